@@ -1,0 +1,40 @@
+"""The `pagefleet` command line: one subcommand module per job, imported lazily.
+
+Each module in `COMMANDS` exposes `register(subparsers)`, which adds its parser and sets
+`func` (called with the parsed args). Heavy imports (torch, the engine) happen inside the
+commands, so `pagefleet gateway` never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = (
+    "pagefleet.platform.cli.bench",
+    "pagefleet.platform.cli.serve",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pagefleet", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for module_name in COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # a command module not written yet
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

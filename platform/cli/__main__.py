@@ -1,0 +1,5 @@
+import sys
+
+from pagefleet.platform.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The paged, continuous-batching engine."""
