@@ -1,0 +1,52 @@
+"""Redis key and stream names; every key starts with `pf:`.
+
+Kept in one place so the gateway, the workers and the controller can never disagree on a name.
+"""
+
+from __future__ import annotations
+
+CONSUMER_GROUP = "workers"
+PRIORITIES = (0, 1, 2)  # 0 interactive HTTP, 1 async jobs, 2 batch; lower is served first
+PRIORITY_INTERACTIVE, PRIORITY_JOB, PRIORITY_BATCH = PRIORITIES
+
+# Field names inside stream entries.
+ENTRY_REQUEST_ID = "id"
+ENTRY_ENVELOPE = "env"
+ENTRY_EVENT = "ev"
+
+
+def request_stream(model: str, priority: int) -> str:
+    """The queue of one model at one priority."""
+    if priority not in PRIORITIES:
+        raise ValueError(f"priority must be one of {PRIORITIES}, got {priority}")
+    return f"pf:q:{model}:{priority}"
+
+
+def result_stream(request_id: str) -> str:
+    """Events of one request, in order: the durable record of what was generated."""
+    return f"pf:r:{request_id}"
+
+
+def heartbeat_hash(model: str) -> str:
+    """Hash of worker id -> encoded `Heartbeat` for every worker of a model."""
+    return f"pf:w:{model}"
+
+
+def cancel_flag(request_id: str) -> str:
+    """Set when a request is cancelled, so a worker that pulls it later skips it."""
+    return f"pf:c:{request_id}"
+
+
+def cancel_channel(model: str) -> str:
+    """Pub/sub channel on which the gateway announces cancellations to a model's workers."""
+    return f"pf:cancel:{model}"
+
+
+def job_hash(job_id: str) -> str:
+    """Hash holding one async job's record."""
+    return f"pf:job:{job_id}"
+
+
+def owner_jobs(owner: str) -> str:
+    """Sorted set (score: created_at) of the job ids an API key made."""
+    return f"pf:jobs:{owner}"
