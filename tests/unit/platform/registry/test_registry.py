@@ -1,0 +1,128 @@
+"""The registry loads the shipped files and rejects bad ones with errors naming model and key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pagefleet.platform.registry import (
+    EngineSettings,
+    RegistryError,
+    UnknownModelError,
+    default_registry_path,
+    load_registry,
+    parse_registry,
+)
+
+EXAMPLE = Path(__file__).resolve().parents[4] / "examples" / "registry.yaml"
+VALID = {
+    "models": {
+        "tiny": {
+            "source": "tiny-source",
+            "engine": {"max_model_len": 1024},
+            "profile": {"accelerator": "nvidia.com/gpu", "count": 2, "tensor_parallel_size": 2},
+            "scaling": {"min_replicas": 0, "max_replicas": 3},
+        }
+    }
+}
+
+
+def _with(path: tuple[str, ...], value: object) -> dict:
+    data = copy.deepcopy(VALID)
+    node = data["models"]["tiny"]
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+    return data
+
+
+def test_default_registry_ships_the_embedded_model_on_cpu() -> None:
+    assert default_registry_path().is_file()
+    spec = load_registry().get("smollm2-135m-instruct")
+    assert spec.profile.accelerator == "cpu"
+    assert not spec.profile.is_gpu
+    assert (spec.scaling.min_replicas, spec.scaling.max_replicas) == (0, 2)
+
+
+def test_example_registry_has_two_gpu_profiles() -> None:
+    registry = load_registry(EXAMPLE)
+    assert len(registry.models) >= 2
+    small = registry.get("smollm2-135m-instruct")
+    large = registry.get("llama-3.1-70b-instruct")
+    assert small.profile.count == 1 and small.scaling.min_replicas == 0
+    assert large.profile.tensor_parallel_size == 4 and large.scaling.min_replicas == 1
+    assert large.profile.node_selector["nvidia.com/gpu.product"].startswith("NVIDIA-H100")
+    assert large.engine_kwargs()["tensor_parallel_size"] == 4
+
+
+def test_engine_kwargs_hold_only_set_values() -> None:
+    assert EngineSettings().as_engine_kwargs() == {}
+    settings = EngineSettings(max_num_seqs=8, enforce_eager=False)
+    assert settings.as_engine_kwargs() == {"max_num_seqs": 8, "enforce_eager": False}
+
+
+def test_get_unknown_model_raises_key_error_listing_known() -> None:
+    registry = parse_registry(VALID)
+    with pytest.raises(KeyError) as info:
+        registry.get("nope")
+    assert isinstance(info.value, UnknownModelError)
+    assert "tiny" in str(info.value) and "nope" in str(info.value)
+    assert "tiny" in registry and "nope" not in registry
+
+
+def test_source_defaults_to_name() -> None:
+    registry = parse_registry({"models": {"m1": None}})
+    assert registry.get("m1").source == "m1"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "fragment"),
+    [
+        (("scaling", "min_replicas"), 5, "min_replicas (5) must not exceed max_replicas (3)"),
+        (("scaling", "max_replicas"), 0, "max_replicas must be at least 1"),
+        (("scaling", "panic_threshold"), 1.0, "panic_threshold must be greater than 1"),
+        (("scaling", "scale_down_window_s"), -1, "scale_down_window_s must be a non-negative"),
+        (("scaling", "bogus"), 1, "scaling: unknown key(s) ['bogus']"),
+        (("profile", "tensor_parallel_size"), 4, "tensor_parallel_size 4 must divide count 2"),
+        (("profile", "shm"), "lots", "shm must be a Kubernetes quantity"),
+        (("profile", "tolerations"), [{"key": "k", "operator": "Sometimes"}], "tolerations[0]: operator"),
+        (("profile", "node_selector"), {"gpu": 1}, "node_selector must map strings to strings"),
+        (("engine", "block_size"), 12, "block_size must be a power of two"),
+        (("engine", "dtype"), "int3", "dtype must be one of"),
+        (("engine", "max_num_seqs"), 0, "max_num_seqs must be an integer of at least 1"),
+        (("engine", "gpu_memory_utilization"), 1.5, "gpu_memory_utilization must be in (0, 1]"),
+        (("engine", "tensor_parallel_size"), 1, "disagrees with profile.tensor_parallel_size"),
+        (("engine", "max_num_seq"), 1, "engine: unknown key(s) ['max_num_seq']"),
+        (("weights",), "x", "unknown key(s) ['weights']"),
+    ],
+)
+def test_invalid_values_are_rejected_precisely(path: tuple[str, ...], value: object, fragment: str) -> None:
+    with pytest.raises(RegistryError) as info:
+        parse_registry(_with(path, value), origin="reg.yaml")
+    message = str(info.value)
+    assert "reg.yaml: model 'tiny'" in message
+    assert fragment in message
+
+
+@pytest.mark.parametrize(
+    "document",
+    [None, [], {"models": {}}, {"models": {"ok": {}}, "extra": 1}, {"models": {"Bad_Name": {}}}],
+)
+def test_malformed_documents_are_rejected(document: object) -> None:
+    with pytest.raises(RegistryError):
+        parse_registry(document)
+
+
+def test_load_reports_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="cannot read"):
+        load_registry(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("models: [unclosed")
+    with pytest.raises(RegistryError, match="not valid YAML"):
+        load_registry(broken)
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(VALID))
+    assert load_registry(good).origin == str(good)
