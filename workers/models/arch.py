@@ -1,0 +1,122 @@
+"""The handful of numbers that define a Llama-family model, read once from a Hugging Face config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+_LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelArch:
+    """Shapes and constants of a Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM2).
+
+    The engine sizes its KV cache from this and the model is built from it, so it is the only
+    place that knows how the various config.json spellings map to one meaning.
+    """
+
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None  # llama3 scaling only (see _LLAMA3_ROPE_KEYS)
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # Qwen2: bias on q/k/v projections
+    eos_token_ids: list[int] = field(default_factory=list)
+    bos_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("num_layers", "hidden_size", "intermediate_size", "num_heads",
+                     "num_kv_heads", "head_dim", "vocab_size", "max_position_embeddings"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        if self.rope_scaling is not None:
+            if self.rope_scaling.get("rope_type") != "llama3":
+                raise ValueError(f"only llama3 rope scaling is supported, got {self.rope_scaling}")
+            missing = [k for k in _LLAMA3_ROPE_KEYS if k not in self.rope_scaling]
+            if missing:
+                raise ValueError(f"llama3 rope_scaling lacks {missing}: {self.rope_scaling}")
+
+    def num_heads_per_rank(self, tp_size: int) -> int:
+        """Query heads each tensor-parallel rank holds."""
+        if self.num_heads % tp_size:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) is not divisible by tensor_parallel_size ({tp_size})"
+            )
+        return self.num_heads // tp_size
+
+    def num_kv_heads_per_rank(self, tp_size: int) -> int:
+        """KV heads each rank holds, which is what the engine's KV cache must be shaped for.
+
+        KV heads are split, never replicated: a tensor-parallel size that does not divide
+        num_kv_heads is rejected here rather than silently duplicating cache memory.
+        """
+        if self.num_kv_heads % tp_size:
+            raise ValueError(
+                f"num_kv_heads ({self.num_kv_heads}) is not divisible by tensor_parallel_size "
+                f"({tp_size}); choose a tensor_parallel_size that divides it"
+            )
+        return self.num_kv_heads // tp_size
+
+    @classmethod
+    def from_hf_config(cls, cfg: Any) -> ModelArch:
+        """Accepts a transformers PretrainedConfig (v4 or v5 spelling of rope settings)."""
+        model_type = getattr(cfg, "model_type", None)
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"model_type {model_type!r} is not supported; supported: {SUPPORTED_MODEL_TYPES}"
+            )
+        num_heads = cfg.num_attention_heads
+        num_kv_heads = getattr(cfg, "num_key_value_heads", None) or num_heads
+        rope_theta, rope_scaling = _rope_settings(cfg)
+        max_positions = cfg.max_position_embeddings
+        # Sliding-window attention equals full attention while sequences fit in the window, so
+        # capping the length keeps Mistral-v0.1-style models exact without a windowed kernel.
+        window = getattr(cfg, "sliding_window", None)
+        if window and (model_type == "mistral" or getattr(cfg, "use_sliding_window", False)):
+            max_positions = min(max_positions, window)
+        eos = getattr(cfg, "eos_token_id", None)
+        return cls(
+            num_layers=cfg.num_hidden_layers,
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_heads=num_heads,
+            num_kv_heads=num_kv_heads,
+            head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // num_heads,
+            vocab_size=cfg.vocab_size,
+            rms_norm_eps=float(cfg.rms_norm_eps),
+            rope_theta=rope_theta,
+            rope_scaling=rope_scaling,
+            max_position_embeddings=max_positions,
+            tie_word_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
+            attention_bias=model_type == "qwen2" or bool(getattr(cfg, "attention_bias", False)),
+            eos_token_ids=[] if eos is None else list(eos) if isinstance(eos, list | tuple) else [eos],
+            bos_token_id=getattr(cfg, "bos_token_id", None),
+        )
+
+
+def _rope_settings(cfg: Any) -> tuple[float, dict[str, Any] | None]:
+    """transformers v5 folds rope_theta and rope_scaling into `rope_parameters`; v4 keeps both."""
+    params = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    theta = params.get("rope_theta", getattr(cfg, "rope_theta", None) or 10000.0)
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type == "default":
+        return float(theta), None
+    if rope_type != "llama3":
+        raise ValueError(f"rope_type {rope_type!r} is not supported (only default and llama3)")
+    scaling = {k: params[k] for k in _LLAMA3_ROPE_KEYS if k in params}
+    return float(theta), {"rope_type": "llama3", **scaling}

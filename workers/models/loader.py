@@ -1,0 +1,139 @@
+"""What the engine calls: resolve a model, load its tokenizer, build it with weights in place.
+
+```python
+resolved = resolve_model("smollm2-135m-instruct")
+tokenizer = load_tokenizer(resolved)
+model = build_model(resolved, dtype=torch.bfloat16, device=torch.device("cuda"),
+                    attention=backend, tp=TensorParallel(rank, size, group))
+```
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pagefleet.workers.attention.base import AttentionBackend
+from pagefleet.workers.attention.torch_backend import TorchAttentionBackend
+from pagefleet.workers.models.arch import ModelArch
+from pagefleet.workers.models.llama import LlamaForCausalLM
+from pagefleet.workers.models.parallel import TensorParallel
+from pagefleet.workers.models.sources import DEFAULT_MODEL, ResolvedModel, resolve_model
+
+DUMMY_STD = 0.02  # HF's initializer_range: activations stay O(1) through RMSNorm'd layers
+
+__all__ = [
+    "DEFAULT_MODEL", "ResolvedModel", "build_model", "dummy_weights", "iter_safetensors",
+    "load_tokenizer", "resolve_model",
+]
+
+
+def load_tokenizer(resolved: ResolvedModel, tokenizer: str | None = None) -> Any:
+    """A transformers tokenizer, or None when the source has none (dummy presets)."""
+    source = tokenizer or resolved.tokenizer_source
+    if source is None:
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source)
+
+
+def build_model(
+    resolved: ResolvedModel,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | None = None,
+    load_format: str = "auto",
+    attention: AttentionBackend | None = None,
+    tp: TensorParallel | None = None,
+    seed: int = 0,
+) -> LlamaForCausalLM:
+    """Allocate the model directly on `device` in `dtype`, then stream weights into it.
+
+    `load_format="dummy"` fills seeded random weights through the same sharding path as real
+    ones, so every tensor-parallel rank holds slices of one and the same full model.
+    """
+    device = device or torch.device("cpu")
+    tp = tp or TensorParallel()
+    with _default_dtype(dtype), device:
+        model = LlamaForCausalLM(resolved.arch, tp, attention or TorchAttentionBackend())
+    if load_format == "dummy":
+        weights = dummy_weights(resolved.arch, seed, dtype, device)
+    elif load_format == "auto":
+        if resolved.path is None:
+            raise ValueError(f"model {resolved.name!r} has no weights; use load_format='dummy'")
+        weights = iter_safetensors(resolved.path)
+    else:
+        raise ValueError(f"load_format must be 'auto' or 'dummy', got {load_format!r}")
+    with torch.no_grad():
+        model.load_weights(weights)
+    return model.eval()
+
+
+def iter_safetensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of every `*.safetensors` file in `folder`, read lazily on the CPU."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"no *.safetensors files in {folder}")
+    for file in files:
+        with safe_open(file, framework="pt", device="cpu") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                yield name, f.get_tensor(name)
+
+
+def dummy_weights(arch: ModelArch, seed: int, dtype: torch.dtype,
+                  device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+    """Full HF-named random tensors, each seeded from (seed, name) so order does not matter."""
+    generator = None if device.type == "meta" else torch.Generator(device=device)
+    for name, shape in hf_weight_shapes(arch).items():
+        if name.endswith("norm.weight"):
+            yield name, torch.ones(shape, dtype=dtype, device=device)
+            continue
+        if generator is not None:
+            generator.manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        tensor = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+        yield name, tensor.mul_(DUMMY_STD)
+
+
+def hf_weight_shapes(arch: ModelArch) -> dict[str, tuple[int, ...]]:
+    """The full (unsharded) Hugging Face checkpoint layout of a Llama-family model."""
+    hidden, q_size = arch.hidden_size, arch.num_heads * arch.head_dim
+    kv_size, inter = arch.num_kv_heads * arch.head_dim, arch.intermediate_size
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (arch.vocab_size, hidden)}
+    for i in range(arch.num_layers):
+        p = f"model.layers.{i}"
+        shapes |= {
+            f"{p}.input_layernorm.weight": (hidden,),
+            f"{p}.self_attn.q_proj.weight": (q_size, hidden),
+            f"{p}.self_attn.k_proj.weight": (kv_size, hidden),
+            f"{p}.self_attn.v_proj.weight": (kv_size, hidden),
+            f"{p}.self_attn.o_proj.weight": (hidden, q_size),
+            f"{p}.post_attention_layernorm.weight": (hidden,),
+            f"{p}.mlp.gate_proj.weight": (inter, hidden),
+            f"{p}.mlp.up_proj.weight": (inter, hidden),
+            f"{p}.mlp.down_proj.weight": (hidden, inter),
+        }
+        if arch.attention_bias:
+            for proj, size in (("q_proj", q_size), ("k_proj", kv_size), ("v_proj", kv_size)):
+                shapes[f"{p}.self_attn.{proj}.bias"] = (size,)
+    shapes["model.norm.weight"] = (hidden,)
+    if not arch.tie_word_embeddings:
+        shapes["lm_head.weight"] = (arch.vocab_size, hidden)
+    return shapes
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Parameters are created in the target dtype, never as a float32 copy first."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)

@@ -1,0 +1,141 @@
+"""Tensor-parallel building blocks over torch.distributed (NCCL on GPU, gloo in CPU tests).
+
+Megatron-style: a column-parallel linear splits output features (no communication), the
+row-parallel linear after it splits input features and all-reduces the partial sums. Every
+layer loads the *full* Hugging Face tensor and keeps its rank's slice, so checkpoints need no
+resharding. With `size == 1` no collective is ever called, so single-GPU runs pay nothing.
+
+Heads are split across ranks; KV heads are never replicated, so `num_kv_heads` must be
+divisible by the tensor-parallel size (see `ModelArch.num_kv_heads_per_rank`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True, slots=True)
+class TensorParallel:
+    """Which slice this process holds; `group` is a torch.distributed process group or None."""
+
+    rank: int = 0
+    size: int = 1
+    group: Any = None
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"tensor-parallel size must be at least 1, got {self.size}")
+        if not 0 <= self.rank < self.size:
+            raise ValueError(f"rank must be in [0, {self.size}), got {self.rank}")
+
+    def divide(self, n: int, what: str) -> int:
+        if n % self.size:
+            raise ValueError(f"{what} ({n}) is not divisible by tensor-parallel size {self.size}")
+        return n // self.size
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        if self.size > 1:
+            dist.all_reduce(x, group=self.group)
+        return x
+
+    def all_gather_last_dim(self, x: torch.Tensor) -> torch.Tensor:
+        if self.size == 1:
+            return x
+        parts = [torch.empty_like(x) for _ in range(self.size)]
+        dist.all_gather(parts, x.contiguous(), group=self.group)
+        return torch.cat(parts, dim=-1)
+
+
+def _parameter(*shape: int) -> nn.Parameter:
+    # Created under the caller's default device/dtype (see loader.build_model).
+    return nn.Parameter(torch.empty(*shape), requires_grad=False)
+
+
+class ColumnParallelLinear(nn.Module):
+    """y = x W^T with W's rows split by rank; `output_sizes` fuses several HF projections.
+
+    For a fused projection (qkv, gate_up) each part is split separately, so rank r holds
+    `[q_r; k_r; v_r]` and the model can split its output into per-rank heads.
+    """
+
+    def __init__(self, input_size: int, output_sizes: list[int], bias: bool,
+                 tp: TensorParallel) -> None:
+        super().__init__()
+        self.tp = tp
+        self.output_sizes = [tp.divide(s, "output features") for s in output_sizes]
+        self.weight = _parameter(sum(self.output_sizes), input_size)  # [out / tp, in]
+        self.bias = _parameter(sum(self.output_sizes)) if bias else None
+
+    def load_weight(self, param_name: str, full: torch.Tensor, shard_index: int) -> None:
+        size = self.output_sizes[shard_index]
+        offset = sum(self.output_sizes[:shard_index])
+        if full.shape[0] != size * self.tp.size:
+            raise ValueError(f"expected {size * self.tp.size} rows, got tensor of {tuple(full.shape)}")
+        param = getattr(self, param_name)
+        param.data[offset:offset + size].copy_(full.narrow(0, self.tp.rank * size, size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class RowParallelLinear(nn.Module):
+    """y = sum over ranks of x_r W_r^T: input features split, partial sums all-reduced."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool, tp: TensorParallel) -> None:
+        super().__init__()
+        self.tp = tp
+        self.input_size = tp.divide(input_size, "input features")
+        self.weight = _parameter(output_size, self.input_size)  # [out, in / tp]
+        self.bias = _parameter(output_size) if bias else None
+
+    def load_weight(self, param_name: str, full: torch.Tensor, shard_index: int) -> None:
+        param = getattr(self, param_name)
+        if param_name == "bias":
+            param.data.copy_(full)
+            return
+        param.data.copy_(full.narrow(1, self.tp.rank * self.input_size, self.input_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.tp.all_reduce(F.linear(x, self.weight))
+        return y if self.bias is None else y + self.bias
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Rows of the vocabulary split by rank (padded so every rank holds the same count)."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, tp: TensorParallel) -> None:
+        super().__init__()
+        self.tp = tp
+        self.vocab_size = vocab_size
+        self.rows_per_rank = -(-vocab_size // tp.size)
+        self.vocab_start = tp.rank * self.rows_per_rank
+        self.weight = _parameter(self.rows_per_rank, hidden_size)  # [padded vocab / tp, hidden]
+
+    def load_weight(self, param_name: str, full: torch.Tensor, shard_index: int) -> None:
+        if full.shape[0] != self.vocab_size:
+            raise ValueError(f"expected {self.vocab_size} vocabulary rows, got {tuple(full.shape)}")
+        rows = max(0, min(self.rows_per_rank, self.vocab_size - self.vocab_start))
+        self.weight.data[rows:].zero_()
+        self.weight.data[:rows].copy_(full.narrow(0, self.vocab_start, rows))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.tp.size == 1:
+            return F.embedding(input_ids, self.weight)
+        local_ids = input_ids - self.vocab_start
+        here = (local_ids >= 0) & (local_ids < self.rows_per_rank)
+        out = F.embedding(local_ids.clamp(0, self.rows_per_rank - 1), self.weight)
+        return self.tp.all_reduce(out * here.unsqueeze(-1).to(out.dtype))
+
+
+class ParallelLMHead(VocabParallelEmbedding):
+    """Logits for this rank's vocabulary slice, gathered so every rank sees the full vocabulary."""
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(hidden, self.weight).float()  # [n, padded vocab / tp]
+        return self.tp.all_gather_last_dim(logits)[..., : self.vocab_size]
