@@ -1,0 +1,38 @@
+"""Argument checks shared by the kernel launchers: fail on the host, before a bad launch."""
+
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_float(name: str, tensor: torch.Tensor) -> None:
+    if tensor.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be float32, float16 or bfloat16, got {tensor.dtype}")
+
+
+def check_shape(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
+
+
+def check_last_dim_contiguous(name: str, tensor: torch.Tensor) -> None:
+    """Kernels index the last dimension with unit stride, so only that one must be dense."""
+    if tensor.stride(-1) != 1:
+        raise ValueError(f"{name} must be contiguous in its last dimension")
+
+
+def check_same_device(**tensors: torch.Tensor) -> None:
+    devices = {t.device for t in tensors.values()}
+    if len(devices) > 1:
+        raise ValueError(f"tensors on different devices: { {k: str(t.device) for k, t in tensors.items()} }")
+
+
+def upcast_dot_operands(tensor: torch.Tensor) -> bool:
+    """Whether a kernel must feed `tl.dot` float32 instead of bfloat16.
+
+    Tensors on the CPU run under the Triton interpreter, whose `tl.dot` multiplies bfloat16
+    operands as their raw uint16 bits (seen with triton 3.9). The GPU path keeps bfloat16.
+    """
+    return tensor.device.type != "cuda" and tensor.dtype == torch.bfloat16

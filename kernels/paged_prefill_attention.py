@@ -1,0 +1,210 @@
+"""Paged prefill / chunked-prefill attention for variable-length causal queries.
+
+Sequence `s` brings `query_len` new tokens (rows `query_start_loc[s]..[s+1]` of `q`) at the
+end of its `seq_len` tokens, all already in the paged cache. Query row `i` sits at position
+`seq_len - query_len + i` and sees keys `0..` that position. Decode rows are query_len 1, so
+one launch serves a mixed batch. Grid: (query tiles of BLOCK_M rows, query heads, sequences);
+key tiles before the first row's position need no causal mask and run unmasked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from pagefleet.kernels.checks import (
+    check_float,
+    check_last_dim_contiguous,
+    check_shape,
+    upcast_dot_operands,
+)
+
+LOG2E = 1.4426950408889634
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillConfig:
+    block_m: int = 64  # query rows per program
+    block_n: int = 64  # keys per tile
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("block_m", "block_n"):
+            value = getattr(self, name)
+            if value < 16 or value & (value - 1):
+                raise ValueError(f"{name} must be a power of two >= 16, got {value}")
+
+
+@triton.jit
+def _attend_tile(
+    q, acc, m_i, l_i, tile_start, k_cache_ptr, v_cache_ptr, table_ptr, head_offset, q_pos,
+    seq_len, qk_scale, stride_cache_block, stride_cache_slot,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+):
+    """One online-softmax step over keys `tile_start..+BLOCK_N` gathered from the block table."""
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    tokens = tile_start + tl.arange(0, BLOCK_N)
+    d_mask = offs_d < HEAD_DIM
+    if MASKED:
+        n_mask = tokens < seq_len
+    else:
+        n_mask = tokens >= 0
+    blocks = tl.load(table_ptr + tokens // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
+    rows = blocks * stride_cache_block + (tokens % BLOCK_SIZE) * stride_cache_slot + head_offset
+    kv_mask = n_mask[:, None] & d_mask[None, :]
+    k = tl.load(k_cache_ptr + rows[:, None] + tl.arange(0, HEAD_DIM_PAD)[None, :],
+                mask=kv_mask, other=0.0)
+    v = tl.load(v_cache_ptr + rows[:, None] + tl.arange(0, HEAD_DIM_PAD)[None, :],
+                mask=kv_mask, other=0.0)
+    if UPCAST_DOT:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [M, N]
+    if MASKED:
+        visible = (tokens[None, :] <= q_pos[:, None]) & n_mask[None, :]
+        scores = tl.where(visible, scores, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(scores, 1))
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(scores - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _paged_prefill_attention_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
+    out_ptr, qk_scale,
+    stride_q_token, stride_q_head,
+    stride_cache_block, stride_cache_slot, stride_cache_head,
+    stride_table_seq, stride_out_token, stride_out_head,
+    QUERIES_PER_KV: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+):
+    m_block = tl.program_id(0)
+    head = tl.program_id(1)
+    seq = tl.program_id(2)
+    q_start = tl.load(query_start_loc_ptr + seq)
+    query_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
+    if m_block * BLOCK_M >= query_len:
+        return
+    seq_len = tl.load(seq_lens_ptr + seq)
+    context_len = seq_len - query_len
+
+    offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    m_mask = offs_m < query_len
+    d_mask = offs_d < HEAD_DIM
+    q_pos = context_len + offs_m
+    q_rows = (q_start + offs_m).to(tl.int64)
+    q = tl.load(q_ptr + q_rows[:, None] * stride_q_token + head * stride_q_head + offs_d[None, :],
+                mask=m_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_M, HEAD_DIM_PAD]
+    if UPCAST_DOT:
+        q = q.to(tl.float32)
+    table_ptr = block_tables_ptr + seq.to(tl.int64) * stride_table_seq
+    head_offset = (head // QUERIES_PER_KV) * stride_cache_head
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
+    # Keys before the tile's first query position are visible to every row: no mask.
+    unmasked_end = (context_len + m_block * BLOCK_M) // BLOCK_N * BLOCK_N
+    for tile_start in range(0, unmasked_end, BLOCK_N):
+        acc, m_i, l_i = _attend_tile(
+            q, acc, m_i, l_i, tile_start, k_cache_ptr, v_cache_ptr, table_ptr, head_offset,
+            q_pos, seq_len, qk_scale, stride_cache_block, stride_cache_slot,
+            HEAD_DIM, HEAD_DIM_PAD, BLOCK_SIZE, BLOCK_N, False, DOT_PRECISION, UPCAST_DOT)
+    kv_end = tl.minimum(seq_len, context_len + (m_block + 1) * BLOCK_M)
+    for tile_start in range(unmasked_end, kv_end, BLOCK_N):
+        acc, m_i, l_i = _attend_tile(
+            q, acc, m_i, l_i, tile_start, k_cache_ptr, v_cache_ptr, table_ptr, head_offset,
+            q_pos, seq_len, qk_scale, stride_cache_block, stride_cache_slot,
+            HEAD_DIM, HEAD_DIM_PAD, BLOCK_SIZE, BLOCK_N, True, DOT_PRECISION, UPCAST_DOT)
+
+    result = acc / l_i[:, None]  # every real row sees at least key 0
+    tl.store(out_ptr + q_rows[:, None] * stride_out_token + head * stride_out_head + offs_d[None, :],
+             result.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+
+
+def paged_prefill_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    block_tables: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
+    scale: float, out: torch.Tensor, max_query_len: int, config: PrefillConfig | None = None,
+) -> torch.Tensor:
+    """Causal attention of `q` `[num_tokens, num_heads, head_dim]` over the paged cache.
+
+    `max_query_len` is a host-side bound (no device sync) that sizes the grid. Writes `out`.
+    """
+    config = config or PrefillConfig()
+    num_tokens, num_heads, head_dim = q.shape
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    num_seqs = seq_lens.shape[0]
+    check_shape("out", out, tuple(q.shape))
+    check_shape("v_cache", v_cache, tuple(k_cache.shape))
+    check_shape("query_start_loc", query_start_loc, (num_seqs + 1,))
+    if k_cache.shape[3] != head_dim:
+        raise ValueError(f"cache head_dim {k_cache.shape[3]} != q head_dim {head_dim}")
+    if block_tables.dim() != 2 or block_tables.shape[0] != num_seqs:
+        raise ValueError(f"block_tables must be [num_seqs={num_seqs}, max_blocks], got {tuple(block_tables.shape)}")
+    if num_heads % num_kv_heads:
+        raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
+    for name, tensor in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("out", out)):
+        check_float(name, tensor)
+        check_last_dim_contiguous(name, tensor)
+    if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise ValueError(f"q and caches must share a dtype, got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
+    if k_cache.stride() != v_cache.stride():
+        raise ValueError("k_cache and v_cache must share strides")
+    for name, tensor in (("block_tables", block_tables), ("seq_lens", seq_lens),
+                         ("query_start_loc", query_start_loc)):
+        if tensor.dtype != torch.int32:
+            raise ValueError(f"{name} must be int32, got {tensor.dtype}")
+    if num_tokens == 0 or num_seqs == 0 or max_query_len == 0:
+        return out
+    grid = (triton.cdiv(max_query_len, config.block_m), num_heads, num_seqs)
+    _paged_prefill_attention_kernel[grid](
+        q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, out, scale * LOG2E,
+        q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_tables.stride(0), out.stride(0), out.stride(1),
+        QUERIES_PER_KV=num_heads // num_kv_heads, HEAD_DIM=head_dim,
+        HEAD_DIM_PAD=triton.next_power_of_2(head_dim), BLOCK_SIZE=block_size,
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        UPCAST_DOT=upcast_dot_operands(q),
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return out
+
+
+def paged_prefill_attention_ref(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    block_tables: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Plain torch, in float32: per sequence, gather its keys and run masked softmax attention."""
+    num_heads = q.shape[1]
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    out = torch.empty_like(q)
+    starts = query_start_loc.tolist()
+    for s, seq_len in enumerate(seq_lens.tolist()):
+        q_start, q_end = starts[s], starts[s + 1]
+        if q_end == q_start:
+            continue
+        blocks = block_tables[s, : triton.cdiv(seq_len, block_size)].long()
+        group = num_heads // num_kv_heads
+        keys = k_cache[blocks].flatten(0, 1)[:seq_len].float().repeat_interleave(group, dim=1)
+        values = v_cache[blocks].flatten(0, 1)[:seq_len].float().repeat_interleave(group, dim=1)
+        scores = torch.einsum("qhd,khd->hqk", q[q_start:q_end].float(), keys) * scale
+        q_pos = torch.arange(seq_len - (q_end - q_start), seq_len, device=q.device)
+        visible = torch.arange(seq_len, device=q.device)[None, :] <= q_pos[:, None]
+        scores = scores.masked_fill(~visible, float("-inf"))
+        out[q_start:q_end] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), values).to(q.dtype)
+    return out

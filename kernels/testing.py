@@ -1,0 +1,89 @@
+"""Random paged-attention batches for the kernel tests and benchmarks.
+
+Blocks are handed out from a random permutation, so every block table is shuffled and
+non-contiguous, as it is in an engine after some allocation churn; the caches hold random
+values (never zeros, which hide unwritten or misindexed reads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import accumulate, pairwise
+
+import torch
+
+
+@dataclass(frozen=True, slots=True)
+class PagedBatch:
+    """One step's layout: sequence `s` adds `query_lens[s]` tokens at the end of `seq_lens[s]`."""
+
+    seq_lens: torch.Tensor  # [num_seqs] int32
+    query_start_loc: torch.Tensor  # [num_seqs + 1] int32
+    block_tables: torch.Tensor  # [num_seqs, max_blocks_per_seq] int32, padded with 0
+    slot_mapping: torch.Tensor  # [num_tokens] int64: where each new token's K/V goes
+    positions: torch.Tensor  # [num_tokens] int64
+    seq_lens_cpu: list[int]
+    query_start_loc_cpu: list[int]
+    num_blocks: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.query_start_loc_cpu[-1]
+
+    @property
+    def max_query_len(self) -> int:
+        starts = self.query_start_loc_cpu
+        return max((b - a for a, b in pairwise(starts)), default=0)
+
+    @property
+    def max_seq_len(self) -> int:
+        return max(self.seq_lens_cpu, default=0)
+
+
+def make_paged_batch(
+    seq_lens: Sequence[int], query_lens: Sequence[int], block_size: int,
+    generator: torch.Generator, device: torch.device | str, extra_blocks: int = 3,
+) -> PagedBatch:
+    """Lay out sequences over a shuffled pool holding `extra_blocks` more than they need."""
+    if len(seq_lens) != len(query_lens):
+        raise ValueError("seq_lens and query_lens differ in length")
+    if any(q > s or q < 0 for q, s in zip(query_lens, seq_lens, strict=True)):
+        raise ValueError("every query_len must be between 0 and its seq_len")
+    blocks_per_seq = [-(-s // block_size) for s in seq_lens]
+    num_blocks = sum(blocks_per_seq) + extra_blocks
+    pool = torch.randperm(num_blocks, generator=generator, device="cpu").tolist()
+    width = max(blocks_per_seq, default=1) or 1
+    tables = torch.zeros((len(seq_lens), width), dtype=torch.int32)
+    slots: list[int] = []
+    positions: list[int] = []
+    for s, (seq_len, query_len) in enumerate(zip(seq_lens, query_lens, strict=True)):
+        table, pool = pool[: blocks_per_seq[s]], pool[blocks_per_seq[s]:]
+        tables[s, : len(table)] = torch.tensor(table, dtype=torch.int32)
+        for pos in range(seq_len - query_len, seq_len):
+            slots.append(table[pos // block_size] * block_size + pos % block_size)
+            positions.append(pos)
+    starts = [0, *accumulate(query_lens)]
+    return PagedBatch(
+        seq_lens=torch.tensor(list(seq_lens), dtype=torch.int32, device=device),
+        query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),
+        block_tables=tables.to(device),
+        slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
+        positions=torch.tensor(positions, dtype=torch.int64, device=device),
+        seq_lens_cpu=list(seq_lens), query_start_loc_cpu=starts, num_blocks=num_blocks,
+    )
+
+
+def random_tensor(
+    shape: Sequence[int], dtype: torch.dtype, generator: torch.Generator,
+    device: torch.device | str,
+) -> torch.Tensor:
+    """Standard normal values drawn with `generator` (on its device), cast to `dtype`."""
+    gen_device = generator.device
+    values = torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=torch.float32)
+    return values.to(device=device, dtype=dtype)
+
+
+def nan_like(tensor: torch.Tensor) -> torch.Tensor:
+    """A poisoned output buffer: any element a kernel forgets to write stays NaN."""
+    return torch.full_like(tensor, float("nan"))
