@@ -1,0 +1,276 @@
+"""The synchronous engine: add requests, `step()` until done. One loop drives it.
+
+`step()` is schedule -> run -> sample -> postprocess. Everything here is deterministic for a
+given order of calls, which is what makes the engine testable against transformers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+
+from pagefleet.platform.protocol.messages import TokenLogprob, TopLogprob
+from pagefleet.platform.protocol.sampling import SamplingParams
+from pagefleet.workers.engine.config import EngineConfig
+from pagefleet.workers.engine.detokenizer import (
+    IncrementalDetokenizer,
+    find_stop_string,
+    stop_holdback,
+)
+from pagefleet.workers.engine.errors import DuplicateRequestError, PromptTooLongError
+from pagefleet.workers.engine.kv_cache_manager import KVCacheManager
+from pagefleet.workers.engine.model_runner import ModelRunner
+from pagefleet.workers.engine.outputs import EngineCounters, EngineStats, RequestDelta
+from pagefleet.workers.engine.sampler import SampledLogprobs, Sampler
+from pagefleet.workers.engine.scheduler import Scheduler, SchedulerConfig
+from pagefleet.workers.engine.sequence import Sequence
+from pagefleet.workers.models.loader import load_tokenizer, resolve_model
+
+logger = logging.getLogger(__name__)
+
+Prompt = str | list[int] | list[dict]
+
+
+@dataclass(slots=True, eq=False)
+class ChoiceState:
+    """What one choice has produced and what of it was already handed out."""
+
+    seq: Sequence
+    detokenizer: IncrementalDetokenizer | None
+    text: str = ""
+    num_emitted_tokens: int = 0
+    num_emitted_chars: int = 0
+    logprobs: list[TokenLogprob] | None = None
+    num_emitted_logprobs: int = 0
+    final_emitted: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class RequestState:
+    request_id: str
+    choices: list[ChoiceState]
+    num_unfinished: int
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        resolved = resolve_model(config.model, load_format=config.load_format)
+        self.tokenizer = load_tokenizer(resolved, config.tokenizer)
+        self.arch = resolved.arch
+        self.runner = ModelRunner(config, resolved)
+        capacity = self.runner.num_blocks * config.block_size
+        wanted = config.max_model_len or self.arch.max_position_embeddings
+        self.max_model_len = min(wanted, capacity)
+        if self.max_model_len < wanted:
+            logger.warning("max_model_len %d capped to the KV cache's %d tokens", wanted, capacity)
+        device_default = 8192 if self.runner.device.type == "cuda" else 2048
+        self.kv_cache = KVCacheManager(
+            self.runner.num_blocks, config.block_size, config.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                max_num_seqs=config.max_num_seqs,
+                max_num_batched_tokens=config.max_num_batched_tokens or device_default,
+                block_size=config.block_size,
+            ),
+            self.kv_cache,
+        )
+        self.eos_token_ids = list(self.arch.eos_token_ids)
+        self.sampler = Sampler(self.eos_token_ids, self.runner.device, config.seed)
+        self.requests: dict[str, RequestState] = {}
+        self.counters = EngineCounters()
+        self._arrivals = itertools.count()
+
+    # ---- requests -------------------------------------------------------------------------
+
+    def tokenize(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt: ids as given, text encoded, messages through the chat template."""
+        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+            if not prompt:
+                raise ValueError("prompt must not be empty")
+            if any(t < 0 or t >= self.arch.vocab_size for t in prompt):
+                raise ValueError(f"prompt token ids must be in [0, {self.arch.vocab_size})")
+            return list(prompt)
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer: pass prompt token ids")
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt must not be empty")
+            return self.tokenizer.encode(prompt)
+        if isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
+            ids = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+            return list(ids)
+        raise ValueError("prompt must be a string, a list of token ids or a list of chat messages")
+
+    def add_request(
+        self, request_id: str, prompt: Prompt, params: SamplingParams,
+        resume: dict[int, list[int]] | None = None,
+    ) -> int:
+        """Queue a request; returns its prompt length. Raises ValueError for bad input."""
+        if request_id in self.requests:
+            raise DuplicateRequestError(f"request {request_id!r} is already running")
+        prompt_ids = self.tokenize(prompt)
+        room = self.max_model_len - len(prompt_ids)
+        max_tokens = params.max_tokens if params.max_tokens is not None else room
+        if room < 1 or max_tokens > room:
+            raise PromptTooLongError(len(prompt_ids), max_tokens, self.max_model_len)
+        resume = resume or {}
+        if any(i < 0 or i >= params.n for i in resume):
+            raise ValueError(f"resume holds a choice index outside [0, {params.n})")
+        arrival = next(self._arrivals)
+        choices = []
+        for index in range(params.n):
+            done_ids = list(resume.get(index, ()))
+            seq = Sequence(
+                request_id, index, prompt_ids, params, max_tokens, arrival,
+                output_token_ids=done_ids, num_resumed_tokens=len(done_ids),
+            )
+            detokenizer = None
+            if self.tokenizer is not None:
+                detokenizer = IncrementalDetokenizer(
+                    self.tokenizer, prompt_ids + done_ids, params.skip_special_tokens
+                )
+            choices.append(
+                ChoiceState(seq, detokenizer, num_emitted_tokens=len(done_ids),
+                            logprobs=[] if params.logprobs is not None else None)
+            )
+        self.requests[request_id] = RequestState(request_id, choices, params.n)
+        self.scheduler.add([choice.seq for choice in choices])
+        self.counters.prompt_tokens += len(prompt_ids)
+        return len(prompt_ids)
+
+    def abort(self, request_id: str) -> list[RequestDelta]:
+        state = self.requests.pop(request_id, None)
+        if state is None:
+            return []
+        self.scheduler.abort(request_id)
+        deltas = []
+        for choice in state.choices:
+            if not choice.final_emitted:
+                choice.seq.finish_reason = "abort"
+                deltas.append(self._delta(choice, final=True))
+        if deltas:
+            deltas[-1].finished = True
+        return deltas
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    # ---- the step -------------------------------------------------------------------------
+
+    def step(self) -> list[RequestDelta]:
+        scheduled = self.scheduler.schedule()
+        if scheduled.is_empty:
+            return []
+        sampling = [item.seq for item in scheduled.scheduled if item.samples]
+        block_tables = [self.kv_cache.block_ids(item.seq.seq_id) for item in scheduled.scheduled]
+        logits = self.runner.execute(scheduled, block_tables)
+        self.scheduler.update(scheduled)
+        if not sampling:
+            return []
+        sampled = self.sampler(logits, sampling)
+        touched: dict[str, RequestState] = {}
+        for seq, token_id, logprobs in zip(sampling, sampled.token_ids, sampled.logprobs, strict=True):
+            state = self.requests[seq.request_id]
+            self._append_token(state.choices[seq.index], token_id, logprobs)
+            touched[seq.request_id] = state
+        self.counters.generation_tokens += len(sampling)
+        return [delta for state in touched.values() for delta in self._collect(state)]
+
+    def _append_token(self, choice: ChoiceState, token_id: int, logprobs: SampledLogprobs | None) -> None:
+        seq = choice.seq
+        params = seq.params
+        seq.output_token_ids.append(token_id)
+        if choice.logprobs is not None and logprobs is not None:
+            choice.logprobs.append(self._token_logprob(token_id, logprobs))
+        can_stop = seq.num_output_tokens >= params.min_tokens
+        if can_stop and token_id in params.stop_token_ids:
+            return self._finish(choice, "stop", token_id)
+        if can_stop and not params.ignore_eos and token_id in self.eos_token_ids:
+            return self._finish(choice, "stop", None)
+        if choice.detokenizer is not None:
+            new_text = choice.detokenizer.add(token_id)
+            choice.text += new_text
+            match = find_stop_string(choice.text, len(new_text), params.stop,
+                                     params.include_stop_str_in_output) if can_stop else None
+            if match is not None:
+                choice.text = match.text
+                return self._finish(choice, "stop", match.stop)
+        if seq.num_output_tokens >= seq.max_tokens or seq.num_tokens >= self.max_model_len:
+            self._finish(choice, "length", None)
+
+    def _finish(self, choice: ChoiceState, reason: str, stop_reason: str | int | None) -> None:
+        choice.seq.stop_reason = stop_reason
+        self.scheduler.finish(choice.seq, reason)
+
+    def _collect(self, state: RequestState) -> list[RequestDelta]:
+        deltas = []
+        for choice in state.choices:
+            seq = choice.seq
+            if choice.final_emitted:
+                continue
+            if seq.is_finished:
+                deltas.append(self._delta(choice, final=True))
+                state.num_unfinished -= 1
+            elif seq.num_output_tokens > choice.num_emitted_tokens:
+                delta = self._delta(choice, final=False)
+                if delta.token_ids or delta.text:
+                    deltas.append(delta)
+        if state.num_unfinished == 0:
+            self.requests.pop(state.request_id, None)
+            self.counters.finished_requests += 1
+            if deltas:
+                deltas[-1].finished = True
+        return deltas
+
+    def _delta(self, choice: ChoiceState, final: bool) -> RequestDelta:
+        seq = choice.seq
+        holdback = 0 if final else stop_holdback(seq.params.stop)
+        text_end = max(choice.num_emitted_chars, len(choice.text) - holdback)
+        logprobs = None
+        if choice.logprobs is not None:
+            logprobs = choice.logprobs[choice.num_emitted_logprobs :]
+            choice.num_emitted_logprobs = len(choice.logprobs)
+        delta = RequestDelta(
+            request_id=seq.request_id,
+            index=seq.index,
+            offset=choice.num_emitted_tokens,
+            token_ids=seq.output_token_ids[choice.num_emitted_tokens :],
+            text=choice.text[choice.num_emitted_chars : text_end],
+            logprobs=logprobs,
+            finish_reason=seq.finish_reason if final else None,
+            num_prompt_tokens=seq.num_prompt_tokens,
+            num_cached_tokens=seq.num_cached_prompt_tokens,
+            stop_reason=seq.stop_reason if final else None,
+        )
+        choice.num_emitted_tokens = seq.num_output_tokens
+        choice.num_emitted_chars = text_end
+        choice.final_emitted = final
+        return delta
+
+    def _token_logprob(self, token_id: int, logprobs: SampledLogprobs) -> TokenLogprob:
+        def text(tid: int) -> str:
+            return self.tokenizer.decode([tid]) if self.tokenizer is not None else ""
+
+        top = [TopLogprob(t, text(t), lp) for t, lp in
+               zip(logprobs.top_token_ids, logprobs.top_logprobs, strict=True)]
+        return TokenLogprob(token_id, text(token_id), logprobs.logprob, top)
+
+    # ---- stats ----------------------------------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_cache_usage=self.kv_cache.usage,
+            prefix_cache_hit_rate=self.kv_cache.prefix_cache_hit_rate,
+            prompt_tokens_total=self.counters.prompt_tokens,
+            generation_tokens_total=self.counters.generation_tokens,
+            num_preemptions_total=self.scheduler.num_preemptions,
+            max_num_seqs=self.config.max_num_seqs,
+            num_kv_blocks=self.runner.num_blocks,
+        )

@@ -1,0 +1,184 @@
+"""Runs one scheduled step on the model: flatten, forward, logits of the sampling rows.
+
+It owns the model and the KV cache tensors (one K and one V tensor per layer, shaped
+`[num_blocks, block_size, num_kv_heads, head_dim]`) and sizes the cache from memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from pagefleet.workers.attention import AttentionMetadata, get_attention_backend
+from pagefleet.workers.engine.config import EngineConfig
+from pagefleet.workers.engine.scheduler import SchedulerOutput
+from pagefleet.workers.models.arch import ModelArch
+from pagefleet.workers.models.loader import ResolvedModel, build_model
+from pagefleet.workers.models.parallel import TensorParallel
+
+logger = logging.getLogger(__name__)
+
+_CPU_KV_CACHE_BYTES = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class StepInputs:
+    input_ids: torch.Tensor  # [num_tokens] int64
+    positions: torch.Tensor  # [num_tokens] int64
+    metadata: AttentionMetadata
+    sample_indices: torch.Tensor  # [num_sampling_seqs] int64: rows of the last tokens
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+class ModelRunner:
+    def __init__(
+        self, config: EngineConfig, resolved: ResolvedModel, tp: TensorParallel | None = None
+    ) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.arch: ModelArch = resolved.arch
+        self.tp = tp or TensorParallel(rank=0, size=1, group=None)
+        backend_name = config.attention_backend or ("triton" if self.device.type == "cuda" else "torch")
+        self.attention = get_attention_backend(backend_name)
+        self.block_size = config.block_size
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.model = build_model(
+            resolved, dtype=self.dtype, device=self.device, load_format=config.load_format,
+            attention=self.attention, tp=self.tp,
+        )
+        self.num_kv_heads = self.arch.num_kv_heads // self.tp.size
+        self.num_blocks = self._decide_num_blocks()
+        self.kv_caches = self._allocate_kv_cache(self.num_blocks)
+
+    @property
+    def bytes_per_block(self) -> int:
+        element = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * self.arch.num_layers * self.block_size * self.num_kv_heads * self.arch.head_dim * element
+
+    def _decide_num_blocks(self) -> int:
+        if self.config.num_kv_blocks is not None:
+            return self.config.num_kv_blocks
+        if self.config.kv_cache_memory_bytes is not None:
+            budget = self.config.kv_cache_memory_bytes
+        elif self.device.type == "cuda":
+            budget = self._profile_free_gpu_memory()
+        else:
+            budget = _CPU_KV_CACHE_BYTES
+        num_blocks = budget // self.bytes_per_block
+        if num_blocks < 1:
+            raise ValueError(f"no memory left for the KV cache (budget {budget} bytes)")
+        return int(num_blocks)
+
+    def _profile_free_gpu_memory(self) -> int:
+        """Memory the KV cache may take: the utilisation share of the card, less the weights
+        and the activations of the largest step (measured with a dummy forward)."""
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        num_tokens = self.config.max_num_batched_tokens or 8192
+        dummy_cache = self._allocate_kv_cache(1 + num_tokens // self.block_size)
+        ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
+        positions = torch.arange(num_tokens, device=self.device) % 1024
+        metadata = _single_sequence_metadata(num_tokens, self.block_size, self.device)
+        with torch.inference_mode():
+            hidden = self.model(ids, positions, dummy_cache, metadata)
+            self.model.compute_logits(hidden[-min(num_tokens, 256):])
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        dummy_bytes = sum(k.numel() * k.element_size() * 2 for k, _ in dummy_cache)
+        del dummy_cache, hidden
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(self.device)
+        used_by_others = total - free - torch.cuda.memory_allocated(self.device)
+        budget = int(total * self.config.gpu_memory_utilization) - used_by_others - (peak - dummy_bytes)
+        logger.info("KV cache budget %.2f GiB (peak step %.2f GiB)", budget / 2**30, peak / 2**30)
+        return budget
+
+    def _allocate_kv_cache(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        shape = (num_blocks, self.block_size, self.num_kv_heads, self.arch.head_dim)
+        return [
+            (torch.zeros(shape, dtype=self.dtype, device=self.device),
+             torch.zeros(shape, dtype=self.dtype, device=self.device))
+            for _ in range(self.arch.num_layers)
+        ]
+
+    def prepare(self, output: SchedulerOutput, block_tables: list[list[int]]) -> StepInputs:
+        """Flatten the step on the host, then copy each array to the device once."""
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slot_mapping: list[int] = []
+        query_start_loc = [0]
+        seq_lens: list[int] = []
+        sample_indices: list[int] = []
+        bs = self.block_size
+        for item, table in zip(output.scheduled, block_tables, strict=True):
+            seq = item.seq
+            start, end = seq.num_computed_tokens, seq.num_computed_tokens + item.num_new_tokens
+            input_ids.extend(seq.token_ids_slice(start, end))
+            positions.extend(range(start, end))
+            slot_mapping.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            query_start_loc.append(query_start_loc[-1] + item.num_new_tokens)
+            seq_lens.append(end)
+            if item.samples:
+                sample_indices.append(query_start_loc[-1] - 1)
+        max_blocks = max(len(table) for table in block_tables)
+        padded = [table + [0] * (max_blocks - len(table)) for table in block_tables]
+        device = self.device
+
+        def to_device(values: list, dtype: torch.dtype) -> torch.Tensor:
+            tensor = torch.tensor(values, dtype=dtype)
+            if device.type == "cuda":
+                return tensor.pin_memory().to(device, non_blocking=True)
+            return tensor
+
+        metadata = AttentionMetadata(
+            slot_mapping=to_device(slot_mapping, torch.long),
+            query_start_loc=to_device(query_start_loc, torch.int32),
+            seq_lens=to_device(seq_lens, torch.int32),
+            block_tables=to_device(padded, torch.int32),
+            max_query_len=max(item.num_new_tokens for item in output.scheduled),
+            max_seq_len=max(seq_lens),
+            query_start_loc_cpu=query_start_loc,
+            seq_lens_cpu=seq_lens,
+        )
+        return StepInputs(
+            input_ids=to_device(input_ids, torch.long),
+            positions=to_device(positions, torch.long),
+            metadata=metadata,
+            sample_indices=to_device(sample_indices, torch.long),
+        )
+
+    @torch.inference_mode()
+    def execute(self, output: SchedulerOutput, block_tables: list[list[int]]) -> torch.Tensor:
+        """Logits `[num_sampling_seqs, vocab]` (float32) of the sequences that sample."""
+        inputs = self.prepare(output, block_tables)
+        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.metadata)
+        return self.model.compute_logits(hidden[inputs.sample_indices])
+
+
+def _single_sequence_metadata(num_tokens: int, block_size: int, device: torch.device) -> AttentionMetadata:
+    num_blocks = -(-num_tokens // block_size)
+    return AttentionMetadata(
+        slot_mapping=torch.arange(num_tokens, device=device),
+        query_start_loc=torch.tensor([0, num_tokens], dtype=torch.int32, device=device),
+        seq_lens=torch.tensor([num_tokens], dtype=torch.int32, device=device),
+        block_tables=torch.arange(num_blocks, dtype=torch.int32, device=device)[None, :],
+        max_query_len=num_tokens,
+        max_seq_len=num_tokens,
+        query_start_loc_cpu=[0, num_tokens],
+        seq_lens_cpu=[num_tokens],
+    )

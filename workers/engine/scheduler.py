@@ -1,0 +1,154 @@
+"""Continuous batching: which sequences run this step, and how many tokens each computes.
+
+Every step fills a token budget: running sequences first (one token for a decode, the next
+chunk for an unfinished prefill), then waiting sequences in arrival order while blocks and
+sequence slots allow. When a running sequence cannot get a block, the newest running sequence
+is preempted: its blocks are freed and it is recomputed later from the head of the queue.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from pagefleet.workers.engine.kv_cache_manager import NO_HIT, KVCacheManager
+from pagefleet.workers.engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    block_size: int
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_seqs and max_num_batched_tokens must be at least 1")
+
+
+@dataclass(slots=True)
+class ScheduledSeq:
+    seq: Sequence
+    num_new_tokens: int
+
+    @property
+    def samples(self) -> bool:
+        """Whether this step reaches the sequence's last token, so its logits are sampled."""
+        return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    scheduled: list[ScheduledSeq] = field(default_factory=list)
+    num_preempted: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(item.num_new_tokens for item in self.scheduled)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager) -> None:
+        self.config = config
+        self.kv_cache = kv_cache
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        # Choices 1..n-1 of a request wait here until choice 0 has computed the prompt.
+        self.pending_forks: dict[str, list[Sequence]] = {}
+        self.num_preemptions = 0
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, seqs: list[Sequence]) -> None:
+        first, *siblings = seqs
+        self.waiting.append(first)
+        if siblings:
+            self.pending_forks[first.request_id] = siblings
+
+    def schedule(self) -> SchedulerOutput:
+        output = SchedulerOutput()
+        budget = self.config.max_num_batched_tokens
+        scheduled_ids: set[tuple[str, int]] = set()
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            while not self.kv_cache.allocate(seq, num_new):
+                victim = self.running.pop()
+                self._preempt(victim)
+                output.num_preempted += 1
+                if victim is seq:
+                    break
+            else:
+                output.scheduled.append(ScheduledSeq(seq, num_new))
+                scheduled_ids.add(seq.seq_id)
+                budget -= num_new
+                i += 1
+        if output.num_preempted:
+            return output  # blocks are scarce: admit nothing new this step
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[0]
+            hit = self.kv_cache.find_prefix(seq) if seq.num_computed_tokens == 0 else NO_HIT
+            num_hit = hit.num_tokens(self.config.block_size)
+            num_new = min(seq.num_tokens - seq.num_computed_tokens - num_hit, budget)
+            if not self.kv_cache.allocate(seq, num_new, hit):
+                break
+            if seq.num_computed_tokens == 0:
+                self.kv_cache.record_prefix_lookup(seq.num_tokens, num_hit)
+                if seq.num_cached_prompt_tokens == 0:
+                    seq.num_cached_prompt_tokens = num_hit
+            seq.num_computed_tokens += num_hit
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            output.scheduled.append(ScheduledSeq(seq, num_new))
+            budget -= num_new
+        return output
+
+    def update(self, output: SchedulerOutput) -> None:
+        """Advance computed-token counts; fork waiting siblings off a finished prompt."""
+        for item in output.scheduled:
+            seq = item.seq
+            seq.num_computed_tokens += item.num_new_tokens
+            if seq.num_computed_tokens >= seq.num_prompt_tokens:
+                siblings = self.pending_forks.pop(seq.request_id, None)
+                if siblings:
+                    self._fork(seq, siblings)
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        self.running.remove(seq)
+        self.kv_cache.free(seq.seq_id)
+
+    def abort(self, request_id: str) -> list[Sequence]:
+        """Drop every sequence of a request, freeing its blocks at once."""
+        aborted = self.pending_forks.pop(request_id, [])
+        for queue in (self.running, self.waiting):
+            mine = [seq for seq in queue if seq.request_id == request_id]
+            for seq in mine:
+                queue.remove(seq)
+                self.kv_cache.free(seq.seq_id)
+            aborted.extend(mine)
+        for seq in aborted:
+            seq.status = SequenceStatus.FINISHED
+            seq.finish_reason = "abort"
+        return aborted
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.kv_cache.free(seq.seq_id)
+        seq.num_computed_tokens = 0
+        seq.status = SequenceStatus.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def _fork(self, parent: Sequence, siblings: list[Sequence]) -> None:
+        for child in reversed(siblings):
+            child.num_computed_tokens = self.kv_cache.fork(parent, child)
+            self.waiting.appendleft(child)
