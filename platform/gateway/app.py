@@ -1,0 +1,78 @@
+"""`create_app(settings)`: the Litestar application of the OpenAI-compatible gateway.
+
+The registry is read once here; the Redis client, the broker and the services are built in
+the lifespan (so an app can be created without Redis running) and injected with `Provide`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+
+from pagefleet.platform.gateway.auth import api_key_guard, provide_owner
+from pagefleet.platform.gateway.broker import Broker
+from pagefleet.platform.gateway.completions.controller import CompletionsController
+from pagefleet.platform.gateway.completions.service import CompletionService
+from pagefleet.platform.gateway.errors import exception_handlers
+from pagefleet.platform.gateway.jobs.controller import JobsController
+from pagefleet.platform.gateway.jobs.service import JobService
+from pagefleet.platform.gateway.metrics import GatewayMetrics, MetricsMiddleware
+from pagefleet.platform.gateway.models.controller import ModelsController
+from pagefleet.platform.gateway.settings import GatewaySettings
+from pagefleet.platform.gateway.system.controller import SystemController
+from pagefleet.platform.registry import load_registry
+
+
+@asynccontextmanager
+async def _redis_lifespan(app: Litestar) -> AsyncIterator[None]:
+    state = app.state
+    settings: GatewaySettings = state.settings
+    client = aioredis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    broker = Broker(client, settings.cancel_retention_s)
+    completions = CompletionService(broker, settings, frozenset(state.registry.models),
+                                    state.metrics)
+    state.broker = broker
+    state.completions = completions
+    state.jobs = JobService(broker, completions, settings.job_retention_s)
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+def _from_state(name: str) -> Provide:
+    def provide(state: State) -> object:
+        return state[name]
+
+    return Provide(provide, sync_to_thread=False)
+
+
+def create_app(settings: GatewaySettings) -> Litestar:
+    registry = load_registry(settings.registry_path)
+    metrics = GatewayMetrics()
+    state = State({"settings": settings, "registry": registry, "metrics": metrics,
+                   "started_at": int(time.time())})
+    dependencies = {name: _from_state(name) for name in
+                    ("settings", "registry", "metrics", "started_at", "broker", "completions",
+                     "jobs")}
+    dependencies["owner"] = Provide(provide_owner, sync_to_thread=False)
+    return Litestar(
+        route_handlers=[CompletionsController, ModelsController, JobsController, SystemController],
+        state=state,
+        lifespan=[_redis_lifespan],
+        dependencies=dependencies,
+        guards=[api_key_guard],
+        exception_handlers=exception_handlers(),
+        middleware=[DefineMiddleware(MetricsMiddleware, metrics=metrics)],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="pagefleet gateway", version="0.1.0",
+                                     description="OpenAI-compatible API and async jobs"),
+    )

@@ -1,0 +1,57 @@
+"""Bearer API keys: a guard for every route not marked public, and the caller's owner id.
+
+The owner id is a hash of the key, so Redis (job records, per-owner job lists) never holds a
+usable key. With no keys configured every caller is the same anonymous owner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from pagefleet.platform.gateway.errors import OpenAIError
+
+ANONYMOUS = "anonymous"
+
+
+def bearer_token(connection: ASGIConnection) -> str | None:
+    header = connection.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def owner_of(key: str | None) -> str:
+    if key is None:
+        return ANONYMOUS
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def is_valid_key(token: str | None, api_keys: tuple[str, ...]) -> bool:
+    if not api_keys:
+        return True
+    if token is None:
+        return False
+    return any(hmac.compare_digest(token.encode(), key.encode()) for key in api_keys)
+
+
+def api_key_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """Reject callers without a valid key (401), except on routes with `opt={"public": True}`."""
+    if handler.opt.get("public"):
+        return
+    api_keys: tuple[str, ...] = connection.app.state.settings.api_keys
+    token = bearer_token(connection)
+    if not is_valid_key(token, api_keys):
+        message = ("Missing API key: pass it as 'Authorization: Bearer <key>'." if token is None
+                   else "Incorrect API key provided.")
+        raise OpenAIError(401, message, code="invalid_api_key")
+
+
+def provide_owner(connection: ASGIConnection) -> str:
+    """The owner id of the caller; the guard has already checked the key."""
+    api_keys: tuple[str, ...] = connection.app.state.settings.api_keys
+    return owner_of(bearer_token(connection)) if api_keys else ANONYMOUS

@@ -1,0 +1,51 @@
+"""POST /v1/completions and /v1/chat/completions: validate, prepare, hand to the service."""
+
+from __future__ import annotations
+
+from litestar import Controller, Response, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.response import Stream
+
+from pagefleet.platform.gateway.completions.params import prepare_chat, prepare_completion
+from pagefleet.platform.gateway.completions.schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+)
+from pagefleet.platform.gateway.completions.service import CompletionService
+from pagefleet.platform.gateway.errors import ErrorResponse
+
+_ERRORS = {status: ResponseSpec(ErrorResponse, description=description) for status, description in {
+    400: "Malformed JSON, schema violation, bad parameter or context length exceeded",
+    401: "Missing or invalid API key",
+    404: "Unknown model",
+    413: "Request body too large",
+    429: "The model's queue is full (see Retry-After)",
+    504: "Deadline exceeded",
+}.items()}
+
+
+class CompletionsController(Controller):
+    path = "/v1"
+    tags = ("openai",)
+
+    @post("/chat/completions", status_code=200,
+          responses={200: ResponseSpec(ChatCompletion, description="A chat completion, or SSE "
+                                       "chunks when stream is true"), **_ERRORS})
+    async def chat(self, data: ChatCompletionRequest, completions: CompletionService,
+                   owner: str) -> Response | Stream:
+        prepared = prepare_chat(data, completions.context("chatcmpl", owner))
+        return await completions.run(prepared)
+
+    @post("/completions", status_code=200,
+          responses={200: ResponseSpec(Completion, description="A completion, or SSE chunks "
+                                       "when stream is true"), **_ERRORS})
+    async def completions(self, data: CompletionRequest, completions: CompletionService,
+                          owner: str) -> Response | Stream:
+        prepared = prepare_completion(data, completions.context("cmpl", owner))
+        return await completions.run(prepared)
+
+
+def error_specs() -> dict[int, ResponseSpec]:
+    return dict(_ERRORS)

@@ -1,0 +1,158 @@
+"""Turn validated OpenAI request bodies into request envelopes for the workers (pure).
+
+A list prompt of k strings becomes k envelopes with ids `{id}-{k}`, like vLLM; their choices
+are merged later with index `k * n + i`. Everything a client can get wrong without a
+tokenizer is rejected here with OpenAI's 400, before anything is queued.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pagefleet.platform.gateway.completions.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    SamplingFields,
+)
+from pagefleet.platform.gateway.errors import bad_request
+from pagefleet.platform.protocol import ChatMessage, RequestEnvelope, SamplingParams
+from pagefleet.platform.protocol.messages import RequestKind
+
+_OPTIONAL_FLOATS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "min_p",
+                    "repetition_penalty")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Who asked and when; the same for every envelope of one HTTP request."""
+
+    response_id: str
+    owner: str | None
+    created_at: float
+    deadline: float | None
+    max_choices: int
+    job_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRequest:
+    """What the service queues and how it answers: one envelope per prompt."""
+
+    response_id: str
+    model: str
+    kind: RequestKind
+    envelopes: list[RequestEnvelope]
+    n: int
+    created: int
+    stream: bool
+    include_usage: bool
+    logprobs: bool
+
+    @property
+    def request_ids(self) -> list[str]:
+        return [envelope.request_id for envelope in self.envelopes]
+
+
+def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    """SamplingParams from the request; its own checks become 400s naming the field."""
+    kwargs: dict = {name: getattr(body, name) for name in _OPTIONAL_FLOATS
+                    if getattr(body, name) is not None}
+    if body.top_k is not None:
+        kwargs["top_k"] = body.top_k
+    try:
+        return SamplingParams(
+            n=body.n, seed=body.seed, stop=body.stop, stop_token_ids=body.stop_token_ids,
+            ignore_eos=body.ignore_eos, max_tokens=max_tokens, min_tokens=body.min_tokens,
+            logprobs=logprobs, skip_special_tokens=body.skip_special_tokens,
+            include_stop_str_in_output=body.include_stop_str_in_output, **kwargs,
+        )
+    except (ValueError, TypeError) as exc:
+        message = str(exc)
+        first = message.split(" ", 1)[0]
+        raise bad_request(message, param=first if first.isidentifier() else None) from None
+
+
+def prompt_list(prompt: object) -> list[str | list[int]]:
+    """OpenAI's four prompt shapes as a list of single prompts (text or token ids)."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return list(prompt)
+        if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
+            return [list(prompt)]
+        if all(isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompt):
+            return [list(p) for p in prompt]
+    raise bad_request("prompt must be a string, a list of strings, a list of token ids or a list "
+                      "of non-empty token id lists", param="prompt")
+
+
+def _check_common(body: SamplingFields, num_prompts: int, context: RequestContext) -> None:
+    if body.stream_options is not None and not body.stream:
+        raise bad_request("stream_options is only allowed when stream is true", param="stream_options")
+    if body.n * num_prompts > context.max_choices:
+        raise bad_request(f"n times the number of prompts must be at most {context.max_choices}, "
+                          f"got {body.n * num_prompts}", param="n")
+    if any(isinstance(t, bool) or t < 0 for t in body.stop_token_ids or []):
+        raise bad_request("stop_token_ids must be non-negative integers", param="stop_token_ids")
+
+
+def _prepared(body: SamplingFields, kind: RequestKind, envelopes: list[RequestEnvelope],
+              context: RequestContext, logprobs: bool) -> PreparedRequest:
+    return PreparedRequest(
+        response_id=context.response_id, model=body.model, kind=kind, envelopes=envelopes,
+        n=body.n, created=int(context.created_at), stream=body.stream,
+        include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        logprobs=logprobs,
+    )
+
+
+def prepare_completion(body: CompletionRequest, context: RequestContext) -> PreparedRequest:
+    if body.echo:
+        raise bad_request("echo is not supported", param="echo")
+    if body.suffix:
+        raise bad_request("suffix is not supported", param="suffix")
+    prompts = prompt_list(body.prompt)
+    _check_common(body, len(prompts), context)
+    params = sampling_params(body, body.max_tokens, body.logprobs)
+    envelopes = [
+        RequestEnvelope(
+            request_id=f"{context.response_id}-{k}", model=body.model, kind="completion",
+            params=params, prompt=prompt, created_at=context.created_at,
+            deadline=context.deadline, owner=context.owner, job_id=context.job_id,
+        )
+        for k, prompt in enumerate(prompts)
+    ]
+    return _prepared(body, "completion", envelopes, context, body.logprobs is not None)
+
+
+def chat_messages(body: ChatCompletionRequest) -> list[ChatMessage]:
+    """Messages with text-part lists flattened to strings (the engine takes text only)."""
+    if not body.messages:
+        raise bad_request("messages must be a non-empty list", param="messages")
+    messages = []
+    for message in body.messages:
+        content = message.content
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text"
+                       and isinstance(p.get("text"), str) for p in content):
+                raise bad_request("only text content parts are supported", param="messages")
+            content = "".join(p["text"] for p in content)
+        messages.append(ChatMessage(role=message.role, content=content, name=message.name))
+    return messages
+
+
+def prepare_chat(body: ChatCompletionRequest, context: RequestContext) -> PreparedRequest:
+    messages = chat_messages(body)
+    _check_common(body, 1, context)
+    if body.top_logprobs is not None and not body.logprobs:
+        raise bad_request("top_logprobs requires logprobs to be true", param="top_logprobs")
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    params = sampling_params(body, max_tokens, logprobs)
+    envelope = RequestEnvelope(
+        request_id=context.response_id, model=body.model, kind="chat", params=params,
+        messages=messages, created_at=context.created_at, deadline=context.deadline,
+        owner=context.owner, job_id=context.job_id,
+    )
+    return _prepared(body, "chat", [envelope], context, body.logprobs)

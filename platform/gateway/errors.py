@@ -1,0 +1,101 @@
+"""OpenAI-shaped errors: one exception type for the gateway, and handlers that turn every
+failure (ours or Litestar's) into `{"error": {"message", "type", "param", "code"}}`.
+
+The official clients map the HTTP status to a typed exception and show `error.message`, so
+the status and the shape matter more than the wording.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+logger = logging.getLogger(__name__)
+
+_TYPES_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    504: "timeout_error",
+}
+
+
+class ErrorBody(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(msgspec.Struct):
+    error: ErrorBody
+
+
+class OpenAIError(Exception):
+    """An error the client should see as-is; `headers` carry e.g. Retry-After."""
+
+    def __init__(self, status: int, message: str, *, type: str | None = None,
+                 param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = ErrorBody(message=message, type=type or error_type(status), param=param,
+                              code=code)
+        self.headers = headers or {}
+
+
+def error_type(status: int) -> str:
+    return _TYPES_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
+    return OpenAIError(400, message, param=param, code=code)
+
+
+def model_not_found(model: str) -> OpenAIError:
+    return OpenAIError(404, f"The model `{model}` does not exist.", type="invalid_request_error",
+                       param="model", code="model_not_found")
+
+
+def error_response(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> Response:
+    return Response(ErrorResponse(error=body), status_code=status, headers=headers or {})
+
+
+def handle_openai_error(_: Request, exc: OpenAIError) -> Response:
+    return error_response(exc.status, exc.body, exc.headers)
+
+
+def handle_http_exception(_: Request, exc: HTTPException) -> Response:
+    """Litestar's own errors: malformed JSON and schema violations (400), 404/405, 413."""
+    status = exc.status_code
+    param = None
+    message = exc.detail
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list) and exc.extra:
+        first = exc.extra[0]
+        if isinstance(first, dict):
+            param = first.get("key") or None
+            message = f"{exc.detail}: {first.get('message', '')}".rstrip(": ")
+    headers = dict(exc.headers or {})
+    return error_response(status, ErrorBody(message=message, type=error_type(status), param=param),
+                          headers)
+
+
+def handle_unexpected(_: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error in the gateway", exc_info=exc)
+    return error_response(500, ErrorBody(message="internal server error", type="server_error"))
+
+
+def exception_handlers() -> dict[type[Exception], object]:
+    return {
+        OpenAIError: handle_openai_error,
+        HTTPException: handle_http_exception,
+        Exception: handle_unexpected,
+    }

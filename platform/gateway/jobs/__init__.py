@@ -1,0 +1,1 @@
+"""Async jobs: submit, poll, cancel, list."""

@@ -1,0 +1,41 @@
+"""/v1/jobs: submit (202), poll, cancel and list the caller's own async jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, delete, get, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
+
+from pagefleet.platform.gateway.errors import ErrorResponse
+from pagefleet.platform.gateway.jobs.schemas import JobCreate, JobList, JobView
+from pagefleet.platform.gateway.jobs.service import JobService
+
+_NOT_FOUND = {404: ResponseSpec(ErrorResponse, description="No such job for this API key")}
+
+
+class JobsController(Controller):
+    path = "/v1/jobs"
+    tags = ("jobs",)
+
+    @post("/", status_code=202, responses={
+        400: ResponseSpec(ErrorResponse, description="Invalid job"),
+        404: ResponseSpec(ErrorResponse, description="Unknown model"),
+        429: ResponseSpec(ErrorResponse, description="The model's queue is full"),
+    })
+    async def submit(self, data: JobCreate, jobs: JobService, owner: str) -> JobView:
+        return JobView.of(await jobs.submit(data, owner))
+
+    @get("/{job_id:str}", responses=_NOT_FOUND)
+    async def poll(self, job_id: str, jobs: JobService, owner: str) -> JobView:
+        return JobView.of(await jobs.get(job_id, owner))
+
+    @delete("/{job_id:str}", status_code=200, responses=_NOT_FOUND)
+    async def cancel(self, job_id: str, jobs: JobService, owner: str) -> JobView:
+        return JobView.of(await jobs.cancel(job_id, owner))
+
+    @get("/")
+    async def list_jobs(self, jobs: JobService, owner: str,
+                        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100) -> JobList:
+        return JobList(data=[JobView.of(r) for r in await jobs.list(owner, limit)])
