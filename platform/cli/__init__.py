@@ -13,6 +13,7 @@ import sys
 
 COMMANDS = (
     "pagefleet.platform.cli.bench",
+    "pagefleet.platform.cli.controller",
     "pagefleet.platform.cli.serve",
 )
 

@@ -1,0 +1,146 @@
+"""Worker processes on this machine, for `pagefleet up` and tests.
+
+Scale-down sends SIGTERM so a worker drains (finishes what it holds, acks, exits) and kills it
+only after `drain_timeout_s`. A worker that exits without being asked to is replaced; one that
+keeps crashing soon after starting is restarted with a doubling back-off so a broken model does
+not spin the machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pagefleet.platform.controller.settings import LocalSettings
+from pagefleet.platform.registry import ModelSpec
+
+log = logging.getLogger(__name__)
+_HEALTHY_AFTER_S = 10.0  # a worker that lived this long resets the crash back-off
+
+
+@dataclass(slots=True)
+class _Worker:
+    worker_id: str
+    process: subprocess.Popen
+    started_at: float
+    stop_sent_at: float | None = None
+
+
+@dataclass(slots=True)
+class _Group:
+    target: int = 0
+    active: list[_Worker] = field(default_factory=list)
+    draining: list[_Worker] = field(default_factory=list)
+    backoff_s: float = 0.0
+    next_start_at: float = 0.0
+    num_restarts: int = 0
+
+
+class LocalBackend:
+    """One group of worker processes per model; `apply` converges the group on its target."""
+
+    def __init__(self, settings: LocalSettings, registry_path: str, redis_url: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._settings = settings
+        self._registry_path = registry_path
+        self._redis_url = redis_url
+        self._clock = clock
+        self._groups: dict[str, _Group] = {}
+
+    def current_replicas(self, model: str) -> int | None:
+        group = self._groups.get(model)
+        return None if group is None else group.target
+
+    def alive(self, model: str) -> int:
+        """Running, not draining, worker processes of `model` (for tests and `pagefleet up`)."""
+        group = self._groups.get(model)
+        return 0 if group is None else sum(1 for w in group.active if w.process.poll() is None)
+
+    def worker_pids(self, model: str) -> list[int]:
+        group = self._groups.get(model)
+        return [] if group is None else [w.process.pid for w in group.active]
+
+    def restarts(self, model: str) -> int:
+        group = self._groups.get(model)
+        return 0 if group is None else group.num_restarts
+
+    def apply(self, spec: ModelSpec, replicas: int, current: int | None) -> None:
+        group = self._groups.setdefault(spec.name, _Group())
+        group.target = replicas
+        now = self._clock()
+        self._reap(spec.name, group, now)
+        while len(group.active) > replicas:
+            self._stop(spec.name, group.active.pop(), now)  # newest first
+        while len(group.active) < replicas and now >= group.next_start_at:
+            group.active.append(self._start(spec.name, now))
+
+    def remove_except(self, models: set[str]) -> list[str]:
+        removed = sorted(name for name in self._groups if name not in models)
+        now = self._clock()
+        for name in removed:
+            group = self._groups[name]
+            group.target = 0
+            while group.active:
+                self._stop(name, group.active.pop(), now)
+            self._reap(name, group, now)
+            if not group.draining:
+                del self._groups[name]
+        return removed
+
+    def close(self) -> None:
+        """SIGTERM every worker, wait up to the drain timeout, then kill what is left."""
+        now = self._clock()
+        for name, group in self._groups.items():
+            while group.active:
+                self._stop(name, group.active.pop(), now)
+        deadline = time.monotonic() + self._settings.drain_timeout_s
+        for group in self._groups.values():
+            for worker in group.draining:
+                try:
+                    worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    worker.process.kill()
+                    worker.process.wait()
+        self._groups.clear()
+
+    def _start(self, model: str, now: float) -> _Worker:
+        worker_id = f"local-{model}-{uuid.uuid4().hex[:8]}"
+        fields = {"model": model, "registry": self._registry_path, "redis_url": self._redis_url,
+                  "worker_id": worker_id}
+        command = [part.format(**fields) for part in self._settings.worker_command]
+        env = {**os.environ, "PAGEFLEET_WORKER_ID": worker_id}
+        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.info("started worker %s of %s (pid %d)", worker_id, model, process.pid)
+        return _Worker(worker_id, process, now)
+
+    def _stop(self, model: str, worker: _Worker, now: float) -> None:
+        if worker.process.poll() is None:
+            worker.process.send_signal(signal.SIGTERM)
+            log.info("draining worker %s of %s (pid %d)", worker.worker_id, model, worker.process.pid)
+        worker.stop_sent_at = now
+        self._groups[model].draining.append(worker)
+
+    def _reap(self, model: str, group: _Group, now: float) -> None:
+        for worker in list(group.draining):
+            if worker.process.poll() is not None:
+                group.draining.remove(worker)
+            elif worker.stop_sent_at is not None and now - worker.stop_sent_at > self._settings.drain_timeout_s:
+                log.warning("worker %s of %s did not drain in time; killing it", worker.worker_id, model)
+                worker.process.kill()
+        for worker in [w for w in group.active if w.process.poll() is not None]:
+            group.active.remove(worker)
+            group.num_restarts += 1
+            lived_s = now - worker.started_at
+            if lived_s >= _HEALTHY_AFTER_S:
+                group.backoff_s = 0.0
+            else:
+                group.backoff_s = min(self._settings.max_restart_backoff_s, max(1.0, 2 * group.backoff_s))
+            group.next_start_at = now + group.backoff_s
+            log.warning("worker %s of %s exited with %s after %.1fs; restarting in %.1fs",
+                        worker.worker_id, model, worker.process.returncode, lived_s, group.backoff_s)

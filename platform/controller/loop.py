@@ -1,0 +1,154 @@
+"""The reconcile loop: every tick, for every model, read signals, decide, apply, record.
+
+Handlers only translate (kopf's habit): the decision is `policy.decide`, the I/O is in
+`signals` and the backend. Blocking backend calls (the Kubernetes client, process control) run
+in a worker thread so a slow API server never delays reading Redis. The registry file is
+re-read when it changes (a ConfigMap update), and an invalid new version is logged and ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+from pagefleet.platform.controller.backends.base import Backend, BackendError
+from pagefleet.platform.controller.metrics import ControllerMetrics
+from pagefleet.platform.controller.policy import Decision, PolicyState, Signals, decide
+from pagefleet.platform.controller.signals import SignalsUnavailable, read_signals
+from pagefleet.platform.registry import Registry, RegistryError, load_registry
+
+log = logging.getLogger(__name__)
+
+
+class Elector(Protocol):
+    def try_acquire_or_renew(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class Controller:
+    def __init__(
+        self,
+        registry: Registry,
+        backend: Backend,
+        redis_client: aioredis.Redis,
+        metrics: ControllerMetrics | None = None,
+        elector: Elector | None = None,
+        heartbeat_stale_s: float = 5.0,
+        registry_path: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.backend = backend
+        self.metrics = metrics if metrics is not None else ControllerMetrics()
+        self._redis = redis_client
+        self._elector = elector
+        self._stale_s = heartbeat_stale_s
+        self._registry_path = registry_path
+        self._registry_mtime = _mtime(registry_path)
+        self._clock = clock
+        self._states: dict[str, PolicyState] = {}
+        self._pruned_for: frozenset[str] | None = None
+        self.is_leader = elector is None
+
+    async def tick(self) -> dict[str, Decision]:
+        """One reconcile pass over every model; returns the decisions made (none if not leader)."""
+        if self._elector is not None:
+            leader = await asyncio.to_thread(self._elector.try_acquire_or_renew)
+            if leader != self.is_leader:
+                log.info("leadership %s", "acquired" if leader else "lost")
+                self._states.clear()  # a new leader starts its windows afresh
+                self._pruned_for = None
+            self.is_leader = leader
+        self.metrics.is_leader.set(1 if self.is_leader else 0)
+        if not self.is_leader:
+            return {}
+        self._maybe_reload_registry()
+        await self._prune()
+        decisions = {}
+        for spec in self.registry.models.values():
+            try:
+                decisions[spec.name] = await self._reconcile(spec.name)
+            except BackendError as exc:
+                log.warning("model %s: %s; retrying next tick", spec.name, exc)
+        return decisions
+
+    async def run(self, stop: asyncio.Event, interval_s: float = 1.0) -> None:
+        """Tick every `interval_s` until `stop` is set; then release leadership."""
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                await self.tick()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), max(0.0, interval_s - (time.monotonic() - started)))
+        finally:
+            if self._elector is not None and self.is_leader:
+                await asyncio.to_thread(self._elector.release)
+
+    async def aclose(self) -> None:
+        """Close the Redis connection; the backend is closed by whoever built it."""
+        await self._redis.aclose()
+
+    async def _reconcile(self, model: str) -> Decision:
+        spec = self.registry.get(model)
+        now = self._clock()
+        signals: Signals | None
+        try:
+            signals = await read_signals(self._redis, model, now, self._stale_s)
+        except SignalsUnavailable as exc:
+            log.warning("%s", exc)
+            signals = None
+        current = await asyncio.to_thread(self.backend.current_replicas, model)
+        decision = decide(spec.scaling, current or 0, signals, self._states.get(model, PolicyState()), now)
+        self._states[model] = decision.state
+        level = logging.INFO if decision.direction != "hold" else logging.DEBUG
+        log.log(level, "model %s: %s -> %d replicas (%s)", model, current, decision.desired_replicas,
+                decision.reason)
+        await asyncio.to_thread(self.backend.apply, spec, decision.desired_replicas, current)
+        self.metrics.observe(model, signals, decision)
+        return decision
+
+    async def _prune(self) -> None:
+        names = frozenset(self.registry.models)
+        if names == self._pruned_for:
+            return
+        try:
+            removed = await asyncio.to_thread(self.backend.remove_except, set(names))
+        except BackendError as exc:
+            log.warning("pruning dropped models: %s; retrying next tick", exc)
+            return
+        for model in removed:
+            self._states.pop(model, None)
+            self.metrics.forget(model)
+        self._pruned_for = names
+
+    def _maybe_reload_registry(self) -> None:
+        mtime = _mtime(self._registry_path)
+        if self._registry_path is None or mtime == self._registry_mtime:
+            return
+        self._registry_mtime = mtime
+        try:
+            registry = load_registry(self._registry_path)
+        except RegistryError as exc:
+            log.error("keeping the previous registry: %s", exc)
+            return
+        log.info("registry reloaded: %s", ", ".join(registry.names()))
+        self.registry = registry
+        for gone in set(self._states) - set(registry.models):
+            self._states.pop(gone)
+
+
+def _mtime(path: str | None) -> float | None:
+    if path is None:
+        return None
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
