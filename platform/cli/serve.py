@@ -1,0 +1,167 @@
+"""`pagefleet worker` and `pagefleet up`: run one model worker, or the whole local platform.
+
+`up` starts a private redis-server (unless --redis-url is given), the gateway and a worker for
+the registry's first model as child processes, prints the URL, and on Ctrl-C stops them in
+reverse order: the worker drains first, while Redis and the gateway still carry its results.
+Children run in their own sessions so the terminal's SIGINT reaches only `up`, which orders
+the shutdown. The worker imports the engine (torch) lazily, inside
+its command, so other commands stay light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    worker = subparsers.add_parser("worker", help="serve one model from its Redis streams")
+    worker.add_argument("--model", default=None, help="registry model name (default: the first one)")
+    worker.add_argument("--registry", default=os.environ.get("PAGEFLEET_REGISTRY"),
+                        help="registry YAML (default: the packaged one)")
+    worker.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    worker.add_argument("--worker-id", default=os.environ.get("PAGEFLEET_WORKER_ID"))
+    worker.add_argument("--metrics-port", type=int, default=None, help="/metrics and /health port")
+    worker.add_argument("--metrics-host", default="0.0.0.0")
+    worker.add_argument("--retention", type=int, default=3600, help="seconds result streams are kept")
+    worker.add_argument("--dead-after", type=float, default=5.0,
+                        help="seconds without heartbeat after which a worker's entries are claimed")
+    worker.add_argument("--log-level", default="INFO")
+    worker.set_defaults(func=_run_worker)
+
+    up = subparsers.add_parser("up", help="run Redis, the gateway and a worker on this machine")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--registry", default=os.environ.get("PAGEFLEET_REGISTRY"))
+    up.add_argument("--redis-url", default=os.environ.get("REDIS_URL"),
+                    help="use this Redis instead of starting a private one")
+    up.set_defaults(func=_run_up)
+
+
+def _load_spec(registry_path: str | None, model: str | None):
+    from pagefleet.platform.registry import load_registry
+
+    registry = load_registry(registry_path)
+    return registry.get(model or next(iter(registry.models)))
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from pagefleet.workers.runtime import WorkerSettings, run_worker
+    from pagefleet.workers.runtime.main import registry_engine_factory
+
+    logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT)
+    spec = _load_spec(args.registry, args.model)
+    overrides = {"worker_id": args.worker_id} if args.worker_id else {}
+    settings = WorkerSettings(model=spec.name, redis_url=args.redis_url, metrics_host=args.metrics_host,
+                              metrics_port=args.metrics_port, retention_s=args.retention,
+                              dead_after_s=args.dead_after, **overrides)
+    return run_worker(settings, registry_engine_factory(spec))
+
+
+# ---- pagefleet up ---------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[str]:
+    """A throw-away redis-server on a free port (no persistence), stopped on exit."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed (apt-get install redis-server), "
+                         "or pass --redis-url")
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="pagefleet-redis-") as workdir:
+        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no", "--dir", workdir],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            _wait_for_port(port, proc, "redis-server")
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            _stop(proc)
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not start on port {port}")
+        time.sleep(0.05)  # polling a readiness condition with a deadline
+
+
+def _stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def start_workers(model: str, registry: str, redis_url: str) -> list[subprocess.Popen]:
+    """The model's workers; the one place the autoscaler will take over."""
+    command = [sys.executable, "-m", "pagefleet.platform.cli", "worker", "--model", model,
+               "--registry", registry, "--redis-url", redis_url]
+    return [subprocess.Popen(command, start_new_session=True)]
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    from pagefleet.platform.registry import default_registry_path
+
+    registry = args.registry or str(default_registry_path())
+    spec = _load_spec(registry, None)
+    with contextlib.ExitStack() as stack:
+        redis_url = args.redis_url or stack.enter_context(private_redis())
+        gateway = subprocess.Popen([sys.executable, "-m", "pagefleet.platform.cli", "gateway",
+                                    "--host", args.host, "--port", str(args.port),
+                                    "--registry", registry, "--redis-url", redis_url],
+                                   start_new_session=True)
+        stack.callback(_stop, gateway)
+        for worker in start_workers(spec.name, registry, redis_url):
+            stack.callback(_stop, worker, 60.0)
+        _wait_for_port(args.port, gateway, "the gateway")
+        base_url = f"http://{args.host}:{args.port}/v1"
+        print(_banner(base_url, spec.name, redis_url), flush=True)
+        signal.signal(signal.SIGTERM, _interrupt)
+        with contextlib.suppress(KeyboardInterrupt):
+            gateway.wait()
+        print("\nshutting down (workers drain first)", flush=True)
+    return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _banner(base_url: str, model: str, redis_url: str) -> str:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Say hello"}],
+                       "max_tokens": 32})
+    return (f"pagefleet is up: {base_url}  (redis {redis_url}, model {model}; the worker "
+            f"loads in a few seconds)\n"
+            f"  curl {base_url}/chat/completions -H 'Content-Type: application/json' -d '{body}'\n"
+            f"  OpenAI client: OpenAI(base_url=\"{base_url}\", api_key=\"none\")\n"
+            f"Ctrl-C stops everything.")
+
+

@@ -1,0 +1,61 @@
+"""The worker runtime's one config object, validated once at the entry point."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+
+
+def default_worker_id() -> str:
+    """Unique per process, readable in `XINFO CONSUMERS`: host, pid and a random suffix."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """How one worker talks to Redis and how it decides what to pull.
+
+    `kv_high_water` stops pulling while the KV cache is fuller than this fraction, so new work
+    stays in Redis where other workers and the controller see it. A consumer whose heartbeat is
+    older than `dead_after_s` is dead and its pending entries are claimed; `claim_min_idle_ms`
+    makes concurrent claimers race safely (an XCLAIM resets the entry's idle time).
+    """
+
+    model: str
+    redis_url: str
+    worker_id: str = field(default_factory=default_worker_id)
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int | None = None  # None: no HTTP endpoint; 0: a free port
+    heartbeat_interval_s: float = 1.0
+    dead_after_s: float = 5.0
+    claim_interval_s: float = 1.0
+    claim_min_idle_ms: int = 1000
+    kv_high_water: float = 0.9
+    idle_block_ms: int = 1000
+    retention_s: int = 3600  # of result streams; jobs keep their result in the job record
+    webhook_attempts: int = 4
+    webhook_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model must be a non-empty name")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis_url must be a redis:// URL, got {self.redis_url!r}")
+        if not self.worker_id:
+            raise ValueError("worker_id must not be empty")
+        if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
+            raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
+        for name in ("heartbeat_interval_s", "claim_interval_s", "webhook_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.dead_after_s < 2 * self.heartbeat_interval_s:
+            raise ValueError(
+                f"dead_after_s ({self.dead_after_s}) must be at least twice the heartbeat interval"
+            )
+        if not 0.0 < self.kv_high_water <= 1.0:
+            raise ValueError(f"kv_high_water must be in (0, 1], got {self.kv_high_water}")
+        for name in ("claim_min_idle_ms", "idle_block_ms", "retention_s", "webhook_attempts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -1,0 +1,205 @@
+"""One request from pulled entry to acknowledged final event.
+
+Order of writes is the recovery contract: deltas, then the final (or error) event, then the
+job record, then XACK. A worker dying anywhere in between leaves the entry pending; whoever
+claims it replays the result stream and continues from exactly where the writes stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+
+from pagefleet.platform.protocol import DeltaEvent, ErrorEvent, FinalEvent, ResultEvent, keys
+from pagefleet.workers.engine.errors import PromptTooLongError
+from pagefleet.workers.runtime.jobs import JobUpdater
+from pagefleet.workers.runtime.metrics import RuntimeMetrics
+from pagefleet.workers.runtime.responses import openai_response
+from pagefleet.workers.runtime.results import ResultWriter, read_results
+from pagefleet.workers.runtime.streams import PulledEntry, RequestQueues
+from pagefleet.workers.runtime.transcript import Transcript
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ActiveRequest:
+    entry: PulledEntry
+    claimed: bool
+    num_seqs: int
+    cancelled: bool = False
+    aborted: bool = False
+    replay: list[ResultEvent] = field(default_factory=list)
+
+
+def _error_for(exc: ValueError, kind: str) -> ErrorEvent:
+    if isinstance(exc, PromptTooLongError):
+        return ErrorEvent(type="invalid_request_error", code="context_length_exceeded",
+                          param="messages" if kind == "chat" else "prompt", message=str(exc),
+                          status=400)
+    return ErrorEvent(type="invalid_request_error", message=str(exc), status=400)
+
+
+def _prompt(entry: PulledEntry) -> Any:
+    envelope = entry.envelope
+    if envelope.kind == "chat":
+        return [msgspec.to_builtins(m) for m in envelope.messages]
+    return envelope.prompt
+
+
+class Executor:
+    """Runs admitted requests concurrently on the engine and owns the set of active requests."""
+
+    def __init__(self, engine: Any, redis: aioredis.Redis, queues: RequestQueues,
+                 writer: ResultWriter, jobs: JobUpdater, metrics: RuntimeMetrics) -> None:
+        self.engine = engine
+        self.redis = redis
+        self.queues = queues
+        self.writer = writer
+        self.jobs = jobs
+        self.metrics = metrics
+        self.active: dict[str, ActiveRequest] = {}
+        self.changed = asyncio.Event()  # set whenever a request ends: capacity may have freed
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def num_active_seqs(self) -> int:
+        return sum(r.num_seqs for r in self.active.values())
+
+    async def start(self, entries: list[PulledEntry], claimed: bool = False) -> None:
+        """Admit entries: register them (so cancels find them), check cancel flags, run them."""
+        if not entries:
+            return
+        fresh = []
+        for entry in entries:
+            if entry.request_id in self.active:  # already ours (a duplicate claim): just ack
+                await self.queues.ack(entry)
+                continue
+            n = entry.envelope.params.n if entry.envelope else 1
+            self.active[entry.request_id] = ActiveRequest(entry, claimed, n)
+            fresh.append(self.active[entry.request_id])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for request in fresh:
+                pipe.exists(keys.cancel_flag(request.entry.request_id))
+            flags = await pipe.execute()
+        for request, flagged in zip(fresh, flags, strict=True):
+            request.cancelled = request.cancelled or bool(flagged)
+            if request.claimed:
+                request.replay = await read_results(self.redis, request.entry.request_id)
+            task = asyncio.create_task(self._serve(request), name=f"request-{request.entry.request_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def cancel(self, request_id: str) -> None:
+        request = self.active.get(request_id)
+        if request is None:
+            return
+        request.cancelled = True
+        if not request.aborted:
+            request.aborted = True
+            self.engine.abort(request_id)
+
+    async def wait_idle(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _serve(self, request: ActiveRequest) -> None:
+        entry = request.entry
+        try:
+            await self._run(request)
+        except Exception:
+            # The entry stays pending; a live worker claims it after this one's heartbeat stops.
+            log.exception("request %s failed in the runtime", entry.request_id)
+        finally:
+            self.active.pop(entry.request_id, None)
+            self.changed.set()
+
+    async def _run(self, request: ActiveRequest) -> None:
+        entry = request.entry
+        envelope = entry.envelope
+        if envelope is None:
+            error = ErrorEvent(type="invalid_request_error", message=entry.error or "bad entry", status=400)
+            await self.writer.finish(entry.request_id, error, ack=(entry.stream, entry.entry_id))
+            return
+        transcript = Transcript(envelope.params.n)
+        for event in request.replay:
+            transcript.add(event)
+        if not transcript.done:
+            self.metrics.queue_time.observe(max(0.0, time.time() - envelope.created_at))
+            if envelope.job_id and not request.cancelled:
+                await self.jobs.mark_running(envelope.job_id)
+            terminal = await self._terminal_event(request, transcript)
+            transcript.add(terminal)
+            ack = None if envelope.job_id else (entry.stream, entry.entry_id)
+            await self.writer.finish(entry.request_id, terminal, ack=ack)
+            if not envelope.job_id:
+                return
+        if envelope.job_id:
+            await self._finish_job(request, transcript)
+        await self.queues.ack(entry)
+
+    async def _terminal_event(self, request: ActiveRequest, transcript: Transcript) -> ResultEvent:
+        envelope = request.entry.envelope
+        if request.cancelled:
+            return transcript.final_event()
+        if envelope.deadline is not None and time.time() >= envelope.deadline:
+            return _deadline_error()
+        remaining = None if envelope.deadline is None else envelope.deadline - time.time()
+        try:
+            async with asyncio.timeout(remaining):
+                await self._generate(request, transcript)
+        except TimeoutError:
+            self.engine.abort(envelope.request_id)
+            return _deadline_error()
+        except ValueError as exc:
+            return _error_for(exc, envelope.kind)
+        return transcript.final_event()
+
+    async def _generate(self, request: ActiveRequest, transcript: Transcript) -> None:
+        envelope = request.entry.envelope
+        request_id = envelope.request_id
+        first_token_at: float | None = None
+        tokens_before = transcript.num_completion_tokens
+        stream = self.engine.add_request(request_id, _prompt(request.entry), envelope.params,
+                                         resume=transcript.resume_tokens())
+        async for delta in stream:
+            if request.cancelled and not request.aborted:
+                request.aborted = True  # the cancel arrived before the engine knew the request
+                self.engine.abort(request_id)
+            transcript.num_prompt_tokens = delta.num_prompt_tokens
+            event = DeltaEvent(index=delta.index, offset=delta.offset, token_ids=list(delta.token_ids),
+                               text=delta.text, logprobs=delta.logprobs,
+                               finish_reason=delta.finish_reason)
+            if transcript.add(event):
+                self.writer.emit(request_id, event)
+                if first_token_at is None and event.token_ids:
+                    first_token_at = time.time()
+                    if not request.claimed:
+                        self.metrics.ttft.observe(first_token_at - envelope.created_at)
+        done_at = time.time()
+        self.metrics.e2e.observe(done_at - envelope.created_at)
+        generated = transcript.num_completion_tokens - tokens_before
+        if first_token_at is not None and generated > 1:
+            self.metrics.tpot.observe((done_at - first_token_at) / (generated - 1))
+
+    async def _finish_job(self, request: ActiveRequest, transcript: Transcript) -> None:
+        envelope = request.entry.envelope
+        terminal = transcript.terminal
+        if isinstance(terminal, ErrorEvent):
+            error = {"type": terminal.type, "code": terminal.code, "message": terminal.message,
+                     "param": terminal.param, "status": terminal.status}
+            await self.jobs.mark_finished(envelope.job_id, None, error)
+        elif isinstance(terminal, FinalEvent) and "abort" not in terminal.finish_reasons:
+            await self.jobs.mark_finished(envelope.job_id, openai_response(envelope, transcript, terminal), None)
+        # an aborted job was cancelled by the gateway, which owns the `cancelled` state
+
+
+def _deadline_error() -> ErrorEvent:
+    return ErrorEvent(type="timeout", code="deadline_exceeded", status=504,
+                      message="the request's deadline passed before it finished")

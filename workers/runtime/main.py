@@ -1,0 +1,158 @@
+"""The worker process: load the engine, then pull, run and stream until SIGTERM, then drain.
+
+Lifecycle: heartbeat `starting` (and serve /health) while the engine loads in a thread;
+`ready` while pulling; on SIGTERM or SIGINT `draining`: stop pulling and claiming, finish every
+admitted request (their finals and acks written), remove the heartbeat, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+
+from pagefleet.platform.protocol import Heartbeat, keys
+from pagefleet.workers.runtime.config import WorkerSettings
+from pagefleet.workers.runtime.executor import Executor
+from pagefleet.workers.runtime.heartbeat import HeartbeatWriter
+from pagefleet.workers.runtime.jobs import JobUpdater
+from pagefleet.workers.runtime.metrics import HealthServer, RuntimeMetrics
+from pagefleet.workers.runtime.puller import Puller
+from pagefleet.workers.runtime.recovery import Recovery
+from pagefleet.workers.runtime.results import ResultWriter
+from pagefleet.workers.runtime.streams import RequestQueues
+
+log = logging.getLogger(__name__)
+EngineFactory = Callable[[], Any]
+
+
+class Worker:
+    """Wires the runtime's parts together; `run()` is the whole lifetime of one worker."""
+
+    def __init__(self, settings: WorkerSettings, engine_factory: EngineFactory,
+                 on_listening: Callable[[int], None] | None = None) -> None:
+        self.settings = settings
+        self.engine_factory = engine_factory
+        self.on_listening = on_listening
+        self.engine: Any = None
+        self.state = "starting"
+        self.stop = asyncio.Event()
+        self.redis = aioredis.from_url(settings.redis_url)
+        self.metrics = RuntimeMetrics(settings.model, self._stats)
+        self.executor: Executor | None = None
+
+    def _stats(self) -> Any:
+        return None if self.engine is None else self.engine.stats()
+
+    def heartbeat(self) -> Heartbeat:
+        stats = self._stats()
+        return Heartbeat(
+            worker_id=self.settings.worker_id, model=self.settings.model, state=self.state,
+            running=stats.num_running if stats else 0, waiting=stats.num_waiting if stats else 0,
+            kv_usage=stats.kv_cache_usage if stats else 0.0,
+            capacity=stats.max_num_seqs if stats else 0, timestamp=time.time())
+
+    def health(self) -> dict:
+        active = 0 if self.executor is None else len(self.executor.active)
+        return {"state": self.state, "worker_id": self.settings.worker_id,
+                "model": self.settings.model, "active_requests": active}
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        server = HealthServer(self.metrics, self.health)
+        if self.settings.metrics_port is not None:
+            port = await server.start(self.settings.metrics_host, self.settings.metrics_port)
+            log.info("metrics and health on port %d", port)
+            if self.on_listening:
+                self.on_listening(port)
+        beats = HeartbeatWriter(self.redis, self.settings.model, self.settings.worker_id,
+                                self.settings.heartbeat_interval_s, self.heartbeat)
+        beat_task = asyncio.create_task(beats.run())
+        try:
+            self.engine = await asyncio.to_thread(self.engine_factory)
+            if not self.stop.is_set():
+                await self._serve(beats)
+        finally:
+            beat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat_task
+            await beats.remove()
+            await server.close()
+            if self.engine is not None:
+                self.engine.shutdown()
+            await self.redis.aclose()
+        return 0
+
+    async def _serve(self, beats: HeartbeatWriter) -> None:
+        settings = self.settings
+        queues = RequestQueues(self.redis, settings.model, settings.worker_id)
+        await queues.ensure_groups()
+        writer = ResultWriter(self.redis, settings.retention_s)
+        async with httpx.AsyncClient(timeout=settings.webhook_timeout_s) as http:
+            jobs = JobUpdater(self.redis, http, settings.webhook_attempts)
+            executor = Executor(self.engine, self.redis, queues, writer, jobs, self.metrics)
+            self.executor = executor
+            puller = Puller(self.engine, queues, executor, settings, self.stop)
+            recovery = Recovery(self.redis, queues, executor, puller, settings, self.stop)
+            writer_task = asyncio.create_task(writer.run())
+            cancel_task = asyncio.create_task(self._listen_for_cancels(executor))
+            self.state = "ready"
+            await beats.beat()
+            log.info("worker %s ready for model %s", settings.worker_id, settings.model)
+            await asyncio.gather(puller.run(), recovery.run())
+            self.state = "draining"
+            await beats.beat()
+            log.info("draining %d active requests", len(executor.active))
+            await executor.wait_idle()
+            await jobs.close()
+            await writer.close()
+            await writer_task
+            cancel_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cancel_task
+            await self._leave_group(queues)
+
+    async def _listen_for_cancels(self, executor: Executor) -> None:
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(keys.cancel_channel(self.settings.model))
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None and message["type"] == "message":
+                    data = message["data"]
+                    executor.cancel(data.decode() if isinstance(data, bytes) else data)
+        finally:
+            await pubsub.aclose()
+
+    async def _leave_group(self, queues: RequestQueues) -> None:
+        for stream in queues.streams:
+            pending = await queues.pending_by_consumer(stream)
+            if pending.get(self.settings.worker_id) == 0:
+                await queues.forget_consumer(stream, self.settings.worker_id)
+
+
+def registry_engine_factory(spec: Any) -> EngineFactory:
+    """Build the AsyncEngine of a registry `ModelSpec` (called in a thread: loading blocks)."""
+    def build() -> Any:
+        from pagefleet.workers.engine.async_engine import AsyncEngine
+        from pagefleet.workers.engine.config import EngineConfig
+
+        return AsyncEngine(EngineConfig(model=spec.source, **spec.engine_kwargs()))
+    return build
+
+
+def run_worker(settings: WorkerSettings, engine_factory: EngineFactory,
+               on_listening: Callable[[int], None] | None = None) -> int:
+    """Run one worker to completion in a fresh event loop; returns the exit status."""
+    async def main() -> int:
+        return await Worker(settings, engine_factory, on_listening).run()
+    return asyncio.run(main())

@@ -1,0 +1,67 @@
+"""Admission control: pull exactly as many entries as the engine can take now.
+
+Free slots are `max_num_seqs` minus the sequences running or waiting (the larger of the
+engine's count and the runtime's own, which also covers entries pulled but not yet handed to
+the engine), and zero while the KV cache is above the high-water mark. Everything else stays
+in Redis, visible to other workers and to the controller's backlog signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pagefleet.workers.runtime.config import WorkerSettings
+from pagefleet.workers.runtime.executor import Executor
+from pagefleet.workers.runtime.streams import RequestQueues
+
+_FULL_RECHECK_S = 0.25  # KV usage can drop without a request ending (preemption, frees)
+
+
+async def wait_first(awaitable: Any, stop: asyncio.Event, timeout: float | None = None) -> None:
+    """Wait for `awaitable`, `stop` or the timeout, whichever comes first; cancel the rest."""
+    work = asyncio.ensure_future(awaitable)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({work, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (work, stopper):
+            task.cancel()
+        await asyncio.gather(work, stopper, return_exceptions=True)
+    if work.done() and not work.cancelled() and work.exception() is not None:
+        raise work.exception()
+
+
+def free_slots(engine: Any, executor: Executor, settings: WorkerSettings) -> int:
+    stats = engine.stats()
+    if stats.kv_cache_usage >= settings.kv_high_water:
+        return 0
+    in_use = max(executor.num_active_seqs, stats.num_running + stats.num_waiting)
+    return max(0, stats.max_num_seqs - in_use)
+
+
+class Puller:
+    def __init__(self, engine: Any, queues: RequestQueues, executor: Executor,
+                 settings: WorkerSettings, stop: asyncio.Event) -> None:
+        self.engine = engine
+        self.queues = queues
+        self.executor = executor
+        self.settings = settings
+        self.stop = stop
+
+    def free_slots(self) -> int:
+        return free_slots(self.engine, self.executor, self.settings)
+
+    async def run(self) -> None:
+        """Pull until `stop` is set (drain): admitted entries start at once."""
+        while not self.stop.is_set():
+            self.executor.changed.clear()
+            free = self.free_slots()
+            if free <= 0:
+                await wait_first(self.executor.changed.wait(), self.stop, _FULL_RECHECK_S)
+                continue
+            entries = await self.queues.read_available(free)
+            if entries:
+                await self.executor.start(entries)
+                continue
+            await wait_first(self.queues.wait_for_new(self.settings.idle_block_ms), self.stop)

@@ -1,0 +1,147 @@
+"""The model's request queues: group set-up, admission-limited reads, waiting, claiming, acking.
+
+Reads never block while they could over-deliver: `read_available` asks each priority stream
+in turn (0 before 1 before 2) without blocking for at most the number of entries the worker
+can admit. When all are empty, `wait_for_new` blocks on a plain XREAD from the group's
+last-delivered ids, which consumes nothing, so a burst can never push more entries onto this
+worker than it asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from pagefleet.platform.protocol import RequestEnvelope, decode_envelope, keys
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PulledEntry:
+    """One request entry delivered to this worker; `envelope` is None if it cannot be decoded."""
+
+    stream: str
+    entry_id: str
+    request_id: str
+    envelope: RequestEnvelope | None
+    error: str | None = None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def parse_entry(stream: str, entry_id: bytes | str, fields: dict | None) -> PulledEntry:
+    """Decode one stream entry; a broken one still carries its ids so it can be answered."""
+    fields = fields or {}
+    raw_id = fields.get(keys.ENTRY_REQUEST_ID.encode()) or fields.get(keys.ENTRY_REQUEST_ID)
+    request_id = _text(raw_id) if raw_id else ""
+    raw_env = fields.get(keys.ENTRY_ENVELOPE.encode()) or fields.get(keys.ENTRY_ENVELOPE)
+    if raw_env is None:
+        return PulledEntry(stream, _text(entry_id), request_id, None, "the entry has no envelope")
+    try:
+        envelope = decode_envelope(raw_env)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        return PulledEntry(stream, _text(entry_id), request_id, None, f"invalid envelope: {exc}")
+    return PulledEntry(stream, _text(entry_id), request_id or envelope.request_id, envelope)
+
+
+class RequestQueues:
+    """The consumer-group view of one model's priority streams, as one consumer."""
+
+    def __init__(self, redis: aioredis.Redis, model: str, consumer: str) -> None:
+        self.redis = redis
+        self.consumer = consumer
+        self.streams = [keys.request_stream(model, p) for p in keys.PRIORITIES]
+
+    async def ensure_groups(self) -> None:
+        for stream in self.streams:
+            try:
+                await self.redis.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def read_available(self, max_entries: int) -> list[PulledEntry]:
+        """Up to `max_entries` undelivered entries, higher priorities first, without blocking."""
+        pulled: list[PulledEntry] = []
+        for stream in self.streams:
+            if len(pulled) >= max_entries:
+                break
+            reply = await self._xreadgroup(stream, max_entries - len(pulled))
+            for _name, entries in reply or []:
+                pulled.extend(parse_entry(stream, entry_id, fields) for entry_id, fields in entries)
+        return pulled
+
+    async def _xreadgroup(self, stream: str, count: int) -> list:
+        try:
+            return await self.redis.xreadgroup(
+                keys.CONSUMER_GROUP, self.consumer, {stream: ">"}, count=count)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_groups()  # the stream was deleted (e.g. FLUSHDB); start over
+            return []
+
+    async def wait_for_new(self, timeout_ms: int) -> None:
+        """Return when an entry may have arrived after the group's last delivery, or on timeout."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in self.streams:
+                pipe.xinfo_groups(stream)
+            replies = await pipe.execute(raise_on_error=False)
+        last_ids: dict[str, str] = {}
+        for stream, groups in zip(self.streams, replies, strict=True):
+            if isinstance(groups, Exception):
+                await self.ensure_groups()
+                return
+            group = next((g for g in groups if _text(g["name"]) == keys.CONSUMER_GROUP), None)
+            if group is None:
+                await self.ensure_groups()
+                return
+            last_ids[stream] = _text(group["last-delivered-id"])
+        await self.redis.xread(last_ids, count=1, block=timeout_ms)
+
+    async def ack(self, entry: PulledEntry) -> None:
+        """Acknowledge and delete: the result stream, not the queue, is the durable record."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xack(entry.stream, keys.CONSUMER_GROUP, entry.entry_id)
+            pipe.xdel(entry.stream, entry.entry_id)
+            await pipe.execute()
+
+    async def pending_by_consumer(self, stream: str) -> dict[str, int]:
+        """Consumer name -> number of entries it holds unacknowledged on `stream`."""
+        try:
+            consumers = await self.redis.xinfo_consumers(stream, keys.CONSUMER_GROUP)
+        except ResponseError:
+            return {}
+        return {_text(c["name"]): int(c["pending"]) for c in consumers}
+
+    async def claim(self, stream: str, owner: str, count: int, min_idle_ms: int) -> list[PulledEntry]:
+        """Move up to `count` of `owner`'s pending entries to this consumer.
+
+        XCLAIM with a minimum idle time makes concurrent claimers safe: the first claim resets
+        the idle time, so a second worker's XCLAIM of the same entry returns nothing.
+        """
+        pending = await self.redis.xpending_range(
+            stream, keys.CONSUMER_GROUP, min="-", max="+", count=count, consumername=owner,
+            idle=min_idle_ms)
+        if not pending:
+            return []
+        ids = [p["message_id"] for p in pending]
+        claimed = await self.redis.xclaim(
+            stream, keys.CONSUMER_GROUP, self.consumer, min_idle_time=min_idle_ms, message_ids=ids)
+        entries = []
+        for entry_id, fields in claimed:
+            if fields is None:  # deleted under us: nothing to run, just settle it
+                await self.redis.xack(stream, keys.CONSUMER_GROUP, entry_id)
+                continue
+            entries.append(parse_entry(stream, entry_id, fields))
+        return entries
+
+    async def forget_consumer(self, stream: str, consumer: str) -> None:
+        await self.redis.xgroup_delconsumer(stream, keys.CONSUMER_GROUP, consumer)
