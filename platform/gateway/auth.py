@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
@@ -51,7 +52,7 @@ def api_key_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None
         raise OpenAIError(401, message, code="invalid_api_key")
 
 
-def provide_owner(connection: ASGIConnection) -> str:
+def provide_owner(request: Request) -> str:
     """The owner id of the caller; the guard has already checked the key."""
-    api_keys: tuple[str, ...] = connection.app.state.settings.api_keys
-    return owner_of(bearer_token(connection)) if api_keys else ANONYMOUS
+    api_keys: tuple[str, ...] = request.app.state.settings.api_keys
+    return owner_of(bearer_token(request)) if api_keys else ANONYMOUS

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from litestar import Controller, Response, post
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import JSONBody
 from litestar.response import Stream
 
 from pagefleet.platform.gateway.completions.params import prepare_chat, prepare_completion
@@ -33,16 +35,16 @@ class CompletionsController(Controller):
     @post("/chat/completions", status_code=200,
           responses={200: ResponseSpec(ChatCompletion, description="A chat completion, or SSE "
                                        "chunks when stream is true"), **_ERRORS})
-    async def chat(self, data: ChatCompletionRequest, completions: CompletionService,
-                   owner: str) -> Response | Stream:
+    async def chat(self, data: JSONBody[ChatCompletionRequest], completions: NamedDependency[CompletionService],
+                   owner: NamedDependency[str]) -> Response | Stream:
         prepared = prepare_chat(data, completions.context("chatcmpl", owner))
         return await completions.run(prepared)
 
     @post("/completions", status_code=200,
           responses={200: ResponseSpec(Completion, description="A completion, or SSE chunks "
                                        "when stream is true"), **_ERRORS})
-    async def completions(self, data: CompletionRequest, completions: CompletionService,
-                          owner: str) -> Response | Stream:
+    async def completions(self, data: JSONBody[CompletionRequest], completions: NamedDependency[CompletionService],
+                          owner: NamedDependency[str]) -> Response | Stream:
         prepared = prepare_completion(data, completions.context("cmpl", owner))
         return await completions.run(prepared)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, delete, get, post
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from pagefleet.platform.gateway.errors import ErrorResponse
 from pagefleet.platform.gateway.jobs.schemas import JobCreate, JobList, JobView
@@ -24,18 +25,18 @@ class JobsController(Controller):
         404: ResponseSpec(ErrorResponse, description="Unknown model"),
         429: ResponseSpec(ErrorResponse, description="The model's queue is full"),
     })
-    async def submit(self, data: JobCreate, jobs: JobService, owner: str) -> JobView:
+    async def submit(self, data: JSONBody[JobCreate], jobs: NamedDependency[JobService], owner: NamedDependency[str]) -> JobView:
         return JobView.of(await jobs.submit(data, owner))
 
     @get("/{job_id:str}", responses=_NOT_FOUND)
-    async def poll(self, job_id: str, jobs: JobService, owner: str) -> JobView:
+    async def poll(self, job_id: FromPath[str], jobs: NamedDependency[JobService], owner: NamedDependency[str]) -> JobView:
         return JobView.of(await jobs.get(job_id, owner))
 
     @delete("/{job_id:str}", status_code=200, responses=_NOT_FOUND)
-    async def cancel(self, job_id: str, jobs: JobService, owner: str) -> JobView:
+    async def cancel(self, job_id: FromPath[str], jobs: NamedDependency[JobService], owner: NamedDependency[str]) -> JobView:
         return JobView.of(await jobs.cancel(job_id, owner))
 
     @get("/")
-    async def list_jobs(self, jobs: JobService, owner: str,
-                        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100) -> JobList:
+    async def list_jobs(self, jobs: NamedDependency[JobService], owner: NamedDependency[str],
+                        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100) -> JobList:
         return JobList(data=[JobView.of(r) for r in await jobs.list(owner, limit)])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import msgspec
 from litestar import Controller, get
+from litestar.di import NamedDependency
 
 from pagefleet.platform.gateway.broker import Broker
 from pagefleet.platform.gateway.settings import GatewaySettings
@@ -33,8 +34,8 @@ class ModelsController(Controller):
     tags = ("openai",)
 
     @get("/")
-    async def list_models(self, registry: Registry, broker: Broker,
-                          settings: GatewaySettings, started_at: int) -> ModelList:
+    async def list_models(self, registry: NamedDependency[Registry], broker: NamedDependency[Broker],
+                          settings: NamedDependency[GatewaySettings], started_at: NamedDependency[int]) -> ModelList:
         cards = []
         for name in registry.names():
             ready = await broker.ready_workers(name, settings.heartbeat_timeout_s)

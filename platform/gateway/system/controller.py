@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 from litestar import Controller, Response, get
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from redis.exceptions import RedisError
 
@@ -23,7 +24,7 @@ class SystemController(Controller):
     tags = ("system",)
 
     @get("/health", opt={"public": True}, responses={503: ResponseSpec(ErrorResponse, description="Redis unreachable")})
-    async def health(self, broker: Broker) -> Response:
+    async def health(self, broker: NamedDependency[Broker]) -> Response:
         try:
             await broker.redis.ping()
         except (RedisError, OSError) as exc:
@@ -32,7 +33,7 @@ class SystemController(Controller):
         return Response(Health(status="ok"))
 
     @get("/metrics", opt={"public": True}, media_type=_PROMETHEUS_TEXT)
-    async def metrics(self, broker: Broker, metrics: GatewayMetrics, registry: Registry) -> Response:
+    async def metrics(self, broker: NamedDependency[Broker], metrics: NamedDependency[GatewayMetrics], registry: NamedDependency[Registry]) -> Response:
         """Backlog gauges are read from Redis at scrape time, so they are never stale."""
         for model in registry.names():
             try:
