@@ -103,7 +103,7 @@ def test_conflict_is_typed_and_the_next_attempt_recovers(
 def test_deployment_deleted_out_of_band_is_recreated(double: KubeApiDouble, backend: KubernetesBackend) -> None:
     spec = load_registry(EXAMPLE).get(SMALL)
     backend.apply(spec, 1, None)
-    client.AppsV1Api(backend._apps.api_client).delete_namespaced_deployment(deployment_name(SMALL), NS)
+    double.handle("DELETE", f"/apis/apps/v1/namespaces/{NS}/deployments/{deployment_name(SMALL)}", "", b"")
     current = backend.current_replicas(SMALL)
     assert current is None
     backend.apply(spec, 1, current)
