@@ -1,0 +1,43 @@
+"""One real worker process per module, on its own model name, against the session's Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.integration.runtime.processes import WorkerProcess, write_registry
+from tests.support.redis_server import free_port
+
+MODEL = "rt-main"
+MAX_NUM_SEQS = 4
+MAX_MODEL_LEN = 128
+
+
+@pytest.fixture(scope="module")
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client that never flushes: module workers keep their groups and heartbeats."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("registry") / "registry.yaml"
+    engine = {"max_model_len": MAX_MODEL_LEN, "max_num_seqs": MAX_NUM_SEQS}
+    return write_registry(path, {MODEL: engine, "rt-drain": {**engine, "max_num_seqs": 2}})
+
+
+@pytest.fixture(scope="module")
+def worker(redis_url: str, registry: Path, client: redis.Redis,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    log = tmp_path_factory.mktemp("logs") / "worker.log"
+    process = WorkerProcess(MODEL, registry, redis_url, log, metrics_port=free_port()).start()
+    try:
+        process.wait_ready(client)
+        yield process
+    finally:
+        process.kill()
