@@ -14,6 +14,7 @@ import sys
 COMMANDS = (
     "pagefleet.platform.cli.bench",
     "pagefleet.platform.cli.controller",
+    "pagefleet.platform.cli.gateway",
     "pagefleet.platform.cli.serve",
 )
 
