@@ -52,7 +52,7 @@ def make_paged_batch(
         raise ValueError("every query_len must be between 0 and its seq_len")
     blocks_per_seq = [-(-s // block_size) for s in seq_lens]
     num_blocks = sum(blocks_per_seq) + extra_blocks
-    pool = torch.randperm(num_blocks, generator=generator, device="cpu").tolist()
+    pool = torch.randperm(num_blocks, generator=generator, device=generator.device).tolist()
     width = max(blocks_per_seq, default=1) or 1
     tables = torch.zeros((len(seq_lens), width), dtype=torch.int32)
     slots: list[int] = []
@@ -87,3 +87,25 @@ def random_tensor(
 def nan_like(tensor: torch.Tensor) -> torch.Tensor:
     """A poisoned output buffer: any element a kernel forgets to write stays NaN."""
     return torch.full_like(tensor, float("nan"))
+
+
+def poison_unused_slots(cache: torch.Tensor, batch: PagedBatch) -> None:
+    """Fill every cache slot outside the batch's sequences with NaN, so a kernel that reads
+    past a sequence's end (or through the block table's padding) returns NaN."""
+    num_blocks, block_size = cache.shape[:2]
+    keep = torch.zeros(num_blocks * block_size, dtype=torch.bool, device=cache.device)
+    for s, seq_len in enumerate(batch.seq_lens_cpu):
+        pos = torch.arange(seq_len, device=cache.device)
+        blocks = batch.block_tables[s, pos // block_size].long()
+        keep[blocks * block_size + pos % block_size] = True
+    cache.view(num_blocks * block_size, -1)[~keep] = float("nan")
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖out − ref‖ / ‖ref‖ in float64; NaN anywhere in `out` gives NaN (which fails `<`)."""
+    diff = (out.double() - ref.double()).norm()
+    return (diff / ref.double().norm().clamp_min(1e-30)).item()
+
+
+# Bounds on `relative_error` by input dtype: float32 runs IEEE dots, half types round P and V.
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}

@@ -1,0 +1,28 @@
+"""Kernel tests run in Triton's CPU interpreter unless a GPU is present.
+
+`TRITON_INTERPRET` is read when `@triton.jit` decorates a kernel, so it is set here, before
+any test module imports `pagefleet.kernels`. With a GPU the same tests run compiled, at
+full size (each module picks its shapes from `torch.cuda.is_available()`).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture
+def generator(request: pytest.FixtureRequest, device: torch.device) -> torch.Generator:
+    """Seeded per test case: reproducible, yet every parametrization draws different inputs."""
+    return torch.Generator(device=device).manual_seed(zlib.crc32(request.node.nodeid.encode()))

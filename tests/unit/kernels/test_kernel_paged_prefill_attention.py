@@ -1,0 +1,85 @@
+"""Paged prefill attention against its torch reference: full, chunked and mixed batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pagefleet.kernels.paged_prefill_attention import (
+    PrefillConfig,
+    paged_prefill_attention,
+    paged_prefill_attention_ref,
+)
+from pagefleet.kernels.testing import (
+    TOLERANCE,
+    make_paged_batch,
+    nan_like,
+    poison_unused_slots,
+    random_tensor,
+    relative_error,
+)
+
+FULL = torch.cuda.is_available()
+HEADS = [(32, 8, 128), (24, 8, 128), (16, 16, 64), (64, 8, 64)] if FULL else [
+    (4, 4, 64), (6, 2, 128), (8, 1, 64)]
+# (seq_lens, query_lens): whole prompts, chunked prefill over a cached prefix, and a mixed
+# batch where decode rows are queries of length 1.
+BATCHES = {
+    "prefill": ([37, 1, 16], [37, 1, 16]),
+    "chunked": ([100, 70], [30, 64]),
+    "mixed": ([1, 50, 90, 33], [1, 50, 20, 1]),
+}
+if FULL:
+    BATCHES = {
+        "prefill": ([1000, 1, 16, 2049], [1000, 1, 16, 2049]),
+        "chunked": ([5000, 777, 4097], [512, 700, 1]),
+        "mixed": ([1, 3000, 900, 33, 8191], [1, 1000, 900, 1, 1]),
+    }
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+KINDS = list(BATCHES)
+# The interpreter is slow: on the CPU every value is covered, not every combination.
+F32, F16, BF16 = DTYPES
+CASES = [(*h, k, d) for h in HEADS for k in KINDS for d in DTYPES] if FULL else [
+    (4, 4, 64, "prefill", F32), (4, 4, 64, "mixed", BF16), (6, 2, 128, "chunked", F16),
+    (6, 2, 128, "mixed", F32), (8, 1, 64, "chunked", BF16), (8, 1, 64, "prefill", F16)]
+
+
+@pytest.mark.parametrize(("num_heads", "num_kv_heads", "head_dim", "kind", "dtype"), CASES)
+def test_prefill_matches_reference(
+    num_heads: int, num_kv_heads: int, head_dim: int, kind: str, dtype: torch.dtype,
+    device: torch.device, generator: torch.Generator,
+) -> None:
+    seq_lens, query_lens = BATCHES[kind]
+    block_size = 16
+    batch = make_paged_batch(seq_lens, query_lens, block_size, generator, device)
+    cache_shape = (batch.num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache = random_tensor(cache_shape, dtype, generator, device)
+    v_cache = random_tensor(cache_shape, dtype, generator, device)
+    poison_unused_slots(k_cache, batch)
+    poison_unused_slots(v_cache, batch)
+    q = random_tensor((batch.num_tokens, num_heads, head_dim), dtype, generator, device)
+    out = nan_like(q)
+    config = PrefillConfig() if FULL else PrefillConfig(block_m=16, block_n=32)
+    scale = head_dim**-0.5
+    paged_prefill_attention(q, k_cache, v_cache, batch.block_tables, batch.seq_lens,
+                            batch.query_start_loc, scale, out, batch.max_query_len, config)
+    ref = paged_prefill_attention_ref(q, k_cache, v_cache, batch.block_tables, batch.seq_lens,
+                                      batch.query_start_loc, scale)
+    assert not out.isnan().any()
+    assert relative_error(out, ref) < TOLERANCE[dtype]
+
+
+def test_prefill_odd_head_dim_and_block_size(device: torch.device, generator: torch.Generator) -> None:
+    block_size, head_dim, num_heads, num_kv_heads = 8, 80, 4, 2
+    batch = make_paged_batch([45, 9], [20, 9], block_size, generator, device)
+    cache_shape = (batch.num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache = random_tensor(cache_shape, torch.float32, generator, device)
+    v_cache = random_tensor(cache_shape, torch.float32, generator, device)
+    q = random_tensor((batch.num_tokens, num_heads, head_dim), torch.float32, generator, device)
+    out = nan_like(q)
+    paged_prefill_attention(q, k_cache, v_cache, batch.block_tables, batch.seq_lens,
+                            batch.query_start_loc, 0.2, out, batch.max_query_len,
+                            PrefillConfig(block_m=16, block_n=16))
+    ref = paged_prefill_attention_ref(q, k_cache, v_cache, batch.block_tables, batch.seq_lens,
+                                      batch.query_start_loc, 0.2)
+    assert relative_error(out, ref) < TOLERANCE[torch.float32]

@@ -1,0 +1,85 @@
+"""The Triton backend held to the torch reference through the `forward` interface."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pagefleet.kernels.testing import (
+    TOLERANCE,
+    PagedBatch,
+    make_paged_batch,
+    random_tensor,
+    relative_error,
+)
+from pagefleet.workers.attention import AttentionMetadata, get_attention_backend
+from pagefleet.workers.attention.torch_backend import TorchAttentionBackend
+from pagefleet.workers.attention.triton_backend import TritonAttentionBackend
+
+FULL = torch.cuda.is_available()
+# (seq_lens, query_lens) of one engine step.
+STEPS = {
+    "decode": ([1, 17, 100, 48], [1, 1, 1, 1]),
+    "prefill": ([37, 5], [37, 5]),
+    "chunked": ([90], [26]),
+    "mixed": ([1, 40, 70, 33], [1, 40, 18, 1]),
+}
+if FULL:
+    STEPS = {
+        "decode": ([1, 17, 4097, 1000, 9000] * 8, [1] * 40),
+        "prefill": ([2000, 5, 513], [2000, 5, 513]),
+        "chunked": ([6000, 4096], [1024, 96]),
+        "mixed": ([1, 2000, 700, 33, 5000], [1, 2000, 300, 1, 1]),
+    }
+HEADS = [(32, 8, 128), (24, 8, 128), (16, 16, 64)] if FULL else [(4, 4, 64), (6, 2, 128), (8, 1, 64)]
+F32, BF16 = torch.float32, torch.bfloat16
+CASES = [(s, *h, d) for s in STEPS for h in HEADS for d in (F32, BF16)] if FULL else [
+    ("decode", 4, 4, 64, F32), ("decode", 8, 1, 64, BF16), ("prefill", 6, 2, 128, BF16),
+    ("chunked", 8, 1, 64, F32), ("mixed", 6, 2, 128, F32), ("mixed", 4, 4, 64, BF16)]
+
+
+def to_metadata(batch: PagedBatch) -> AttentionMetadata:
+    return AttentionMetadata(
+        slot_mapping=batch.slot_mapping, query_start_loc=batch.query_start_loc,
+        seq_lens=batch.seq_lens, block_tables=batch.block_tables,
+        max_query_len=batch.max_query_len, max_seq_len=batch.max_seq_len,
+        query_start_loc_cpu=batch.query_start_loc_cpu, seq_lens_cpu=batch.seq_lens_cpu,
+    )
+
+
+@pytest.mark.parametrize(("step", "num_heads", "num_kv_heads", "head_dim", "dtype"), CASES)
+def test_forward_matches_torch_backend(
+    step: str, num_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+    device: torch.device, generator: torch.Generator,
+) -> None:
+    seq_lens, query_lens = STEPS[step]
+    block_size = 16
+    batch = make_paged_batch(seq_lens, query_lens, block_size, generator, device)
+    metadata = to_metadata(batch)
+    cache_shape = (batch.num_blocks, block_size, num_kv_heads, head_dim)
+    # The cached prefix is random; the slots of this step's tokens start poisoned, so
+    # attention that ran before the write (or missed it) yields NaN.
+    k_cache = random_tensor(cache_shape, dtype, generator, device)
+    v_cache = random_tensor(cache_shape, dtype, generator, device)
+    k_cache.view(-1, num_kv_heads, head_dim)[batch.slot_mapping] = float("nan")
+    v_cache.view(-1, num_kv_heads, head_dim)[batch.slot_mapping] = float("nan")
+    q = random_tensor((batch.num_tokens, num_heads, head_dim), dtype, generator, device)
+    k = random_tensor((batch.num_tokens, num_kv_heads, head_dim), dtype, generator, device)
+    v = random_tensor((batch.num_tokens, num_kv_heads, head_dim), dtype, generator, device)
+    ref_k_cache, ref_v_cache = k_cache.clone(), v_cache.clone()
+    scale = head_dim**-0.5
+
+    out = TritonAttentionBackend().forward(q, k, v, k_cache, v_cache, metadata, scale)
+    ref = TorchAttentionBackend().forward(q, k, v, ref_k_cache, ref_v_cache, metadata, scale)
+
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert torch.equal(k_cache.nan_to_num(), ref_k_cache.nan_to_num())
+    assert torch.equal(v_cache.nan_to_num(), ref_v_cache.nan_to_num())
+    assert not out.isnan().any()
+    assert relative_error(out, ref) < TOLERANCE[dtype]
+
+
+def test_backend_is_registered_by_name() -> None:
+    backend = get_attention_backend("triton")
+    assert isinstance(backend, TritonAttentionBackend)
+    assert backend.name == "triton"
