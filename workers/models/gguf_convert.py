@@ -69,15 +69,12 @@ def _write_hf_folder(gguf_path: Path, out: Path) -> None:
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    tensors = dict(gguf_tensors(gguf_path, config.num_attention_heads, config.num_key_value_heads))
-    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
-    config.save_pretrained(out)
+    save_file(dict(gguf_tensors(gguf_path)), out / "model.safetensors", metadata={"format": "pt"})
+    AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name).save_pretrained(out)
     AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name).save_pretrained(out)
 
 
-def gguf_tensors(gguf_path: Path, num_heads: int, num_kv_heads: int,
-                 ) -> Iterator[tuple[str, torch.Tensor]]:
+def gguf_tensors(gguf_path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """Dequantized float32 tensors under HF Llama names, Q/K rows back in HF order."""
     import gguf
 
@@ -85,6 +82,9 @@ def gguf_tensors(gguf_path: Path, num_heads: int, num_kv_heads: int,
     arch = reader.fields["general.architecture"].contents()
     if arch not in _ARCHITECTURES:
         raise ValueError(f"GGUF architecture {arch!r} is not supported; supported: {_ARCHITECTURES}")
+    num_heads = reader.fields[f"{arch}.attention.head_count"].contents()
+    kv_field = reader.fields.get(f"{arch}.attention.head_count_kv")
+    num_kv_heads = num_heads if kv_field is None else kv_field.contents()
     for tensor in reader.tensors:
         if tensor.name == "rope_freqs.weight":
             raise ValueError(

@@ -1,0 +1,123 @@
+"""Our Llama against Hugging Face transformers, through a real (scattered) paged KV cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from pagefleet.workers.models.arch import ModelArch
+from pagefleet.workers.models.llama import LlamaForCausalLM, rope_inv_freq
+from pagefleet.workers.models.loader import (
+    ResolvedModel,
+    build_model,
+    load_tokenizer,
+    resolve_model,
+)
+from tests.unit.workers.models.paged import PagedCache, Step
+from tests.unit.workers.models.tiny import VARIANTS, tiny_config, write_tiny_checkpoint
+
+PROMPTS = [
+    "Hi there!",
+    "The capital of France is",
+    "Write a haiku about paged attention, continuous batching and the smell of warm GPUs "
+    "in a data centre at night, then explain each line.",
+]
+ATOL = 2e-3
+
+
+@pytest.fixture(scope="module")
+def model(default_resolved: ResolvedModel) -> LlamaForCausalLM:
+    return build_model(default_resolved, dtype=torch.float32, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(default_resolved: ResolvedModel) -> list[list[int]]:
+    tokenizer = load_tokenizer(default_resolved)
+    ids = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    assert len({len(i) for i in ids}) == len(ids), "prompts must differ in length"
+    return ids
+
+
+@pytest.fixture(scope="module")
+def prompt_hf_logits(prompt_ids, hf_reference) -> list[torch.Tensor]:
+    return [hf_logits(hf_reference, ids) for ids in prompt_ids]
+
+
+def hf_logits(hf_model: Any, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return hf_model(torch.tensor([ids])).logits[0].float()  # [len, vocab]
+
+
+def run(model: LlamaForCausalLM, cache: PagedCache, step: Step) -> torch.Tensor:
+    with torch.no_grad():
+        return model.compute_logits(model(step.input_ids, step.positions, cache.kv_caches, step.metadata))
+
+
+def assert_close(ours: torch.Tensor, ref: torch.Tensor) -> None:
+    assert ours.dtype == torch.float32
+    assert (ours - ref).abs().max().item() < ATOL
+    top2 = ref.topk(2, dim=-1).values
+    decisive = (top2[:, 0] - top2[:, 1]) > ATOL  # ignore near ties, where argmax may flip
+    assert decisive.any()
+    assert torch.equal(ours.argmax(-1)[decisive], ref.argmax(-1)[decisive])
+
+
+def test_prefill_batch_matches_hf(model, prompt_ids, prompt_hf_logits) -> None:
+    cache = PagedCache(model.arch, num_blocks=64, block_size=4)
+    logits = run(model, cache, cache.step(dict(enumerate(prompt_ids))))
+    start = 0
+    for ids, ref in zip(prompt_ids, prompt_hf_logits, strict=True):
+        assert_close(logits[start:start + len(ids)], ref)
+        start += len(ids)
+
+
+def test_chunked_prefill_then_decode_matches_hf(model, prompt_ids, prompt_hf_logits, hf_reference) -> None:
+    cache = PagedCache(model.arch, num_blocks=64, block_size=4, seed=1)
+    splits = [len(ids) // 2 for ids in prompt_ids]  # prefix lengths, all >= 1
+    run(model, cache, cache.step({s: ids[:k] for s, (ids, k) in enumerate(zip(prompt_ids, splits, strict=True))}))
+    rest = run(model, cache, cache.step({s: ids[k:] for s, (ids, k) in enumerate(zip(prompt_ids, splits, strict=True))}))
+    start, next_ids = 0, {}
+    for s, (ids, k) in enumerate(zip(prompt_ids, splits, strict=True)):
+        ref = prompt_hf_logits[s]
+        assert_close(rest[start:start + len(ids) - k], ref[k:])
+        start += len(ids) - k
+        next_ids[s] = int(ref[-1].argmax())
+    decode = run(model, cache, cache.step({s: [t] for s, t in next_ids.items()}))
+    for s, ids in enumerate(prompt_ids):
+        assert_close(decode[s:s + 1], hf_logits(hf_reference, [*ids, next_ids[s]])[-1:])
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_tiny_variants_match_hf(tmp_path: Path, variant: str) -> None:
+    """Qwen2 qkv bias, llama3 rope scaling, untied heads: checked on tiny safetensors folders."""
+    from transformers import AutoModelForCausalLM
+
+    folder = write_tiny_checkpoint(tmp_path / variant, variant)
+    resolved = resolve_model(str(folder))
+    ours = build_model(resolved)
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = torch.randint(0, resolved.arch.vocab_size, (90,), generator=torch.Generator().manual_seed(0))
+    cache = PagedCache(resolved.arch, num_blocks=40, block_size=8)
+    logits = run(ours, cache, cache.step({0: ids.tolist()}))
+    assert_close(logits, hf_logits(hf, ids.tolist()))
+
+
+def test_llama3_rope_scaling_changes_only_low_frequencies() -> None:
+    arch = ModelArch.from_hf_config(tiny_config("llama3-tied"))
+    plain = ModelArch.from_hf_config(tiny_config("mistral"))
+    scaled, base = rope_inv_freq(arch), rope_inv_freq(plain)
+    assert scaled[0] == base[0]  # shortest wavelength untouched
+    assert torch.isclose(scaled[-1], base[-1] / arch.rope_scaling["factor"])
+
+
+def test_bfloat16_model_keeps_float32_logits(default_resolved) -> None:
+    bf16 = build_model(default_resolved, dtype=torch.bfloat16)
+    assert bf16.model.layers[0].self_attn.qkv_proj.weight.dtype == torch.bfloat16
+    cache = PagedCache(default_resolved.arch, num_blocks=8, block_size=4)
+    cache.kv_caches = [(k.bfloat16(), v.bfloat16()) for k, v in cache.kv_caches]
+    logits = run(bf16, cache, cache.step({0: [1, 2, 3, 4, 5]}))
+    assert logits.dtype == torch.float32 and logits.shape == (5, default_resolved.arch.vocab_size)
+    assert torch.isfinite(logits).all()
