@@ -1,0 +1,73 @@
+"""The app's request validation and error shapes, in process; none of these reach Redis."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from litestar.testing import TestClient
+
+from pagefleet.platform.gateway import GatewaySettings, create_app
+
+KEY = "sk-unit"
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    # Nothing listens on this port: a test that reached Redis would fail loudly.
+    settings = GatewaySettings(redis_url="redis://127.0.0.1:1/0", api_keys=(KEY,), max_body_bytes=2048)
+    with TestClient(create_app(settings)) as test_client:
+        test_client.headers["Authorization"] = f"Bearer {KEY}"
+        yield test_client
+
+
+def error_of(response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+@pytest.mark.parametrize(("content", "status"), [
+    (b"{not json", 400),
+    (b'{"model": "smollm2-135m-instruct"}', 400),
+    (b'{"model": 3, "messages": []}', 400),
+    (b'{"model": "unknown", "messages": [{"role": "user", "content": "x"}]}', 404),
+    (b'{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "'
+     + b"x" * 4096 + b'"}]}', 413),
+])
+def test_errors_are_openai_shaped(client: TestClient, content: bytes, status: int) -> None:
+    response = client.post("/v1/chat/completions", content=content,
+                                 headers={"Content-Type": "application/json"})
+    assert response.status_code == status
+    error_of(response)
+
+
+def test_unknown_model_names_code(client: TestClient) -> None:
+    response = client.post("/v1/completions", json={"model": "nope", "prompt": "x"})
+    assert error_of(response)["code"] == "model_not_found"
+
+
+def test_missing_key_is_401_but_openapi_schema_is_served(client: TestClient) -> None:
+    response = client.get("/v1/models", headers={"Authorization": ""})
+    assert response.status_code == 401
+    assert error_of(response)["type"] == "authentication_error"
+    schema = client.get("/schema/openapi.json").json()
+    assert "/v1/chat/completions" in schema["paths"]
+
+
+def test_gateway_and_its_cli_never_import_torch() -> None:
+    code = (
+        "import sys\n"
+        "from pagefleet.platform.cli import build_parser\n"
+        "args = build_parser().parse_args(['gateway', '--api-key', 'k'])\n"
+        "from pagefleet.platform.cli.gateway import settings_from_args\n"
+        "from pagefleet.platform.gateway import create_app\n"
+        "create_app(settings_from_args(args))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from pagefleet.platform.gateway.completions.params import (
+    RequestContext,
+    prepare_chat,
+    prepare_completion,
+    prompt_list,
+)
+from pagefleet.platform.gateway.completions.schemas import ChatCompletionRequest, CompletionRequest
+from pagefleet.platform.gateway.errors import OpenAIError
+
+CONTEXT = RequestContext(response_id="cmpl-1", owner="o", created_at=100.0, deadline=160.0,
+                         max_choices=8)
+
+
+def completion(**body) -> CompletionRequest:
+    return msgspec.convert({"model": "m", **body}, CompletionRequest)
+
+
+def chat(**body) -> ChatCompletionRequest:
+    return msgspec.convert({"model": "m", "messages": [{"role": "user", "content": "hi"}], **body},
+                           ChatCompletionRequest)
+
+
+@pytest.mark.parametrize(("prompt", "expected"), [
+    ("text", ["text"]),
+    (["a", "b"], ["a", "b"]),
+    ([1, 2, 3], [[1, 2, 3]]),
+    ([[1], [2, 3]], [[1], [2, 3]]),
+])
+def test_prompt_shapes(prompt: object, expected: list) -> None:
+    assert prompt_list(prompt) == expected
+
+
+@pytest.mark.parametrize("prompt", [[], ["a", 1], [[1], []], [[1], "a"], [True]])
+def test_bad_prompt_shapes_are_400(prompt: object) -> None:
+    with pytest.raises(OpenAIError) as info:
+        prompt_list(prompt)
+    assert (info.value.status, info.value.body.param) == (400, "prompt")
+
+
+def test_list_prompt_becomes_one_envelope_per_prompt() -> None:
+    prepared = prepare_completion(completion(prompt=["a", "b", "c"], n=2), CONTEXT)
+    assert prepared.request_ids == ["cmpl-1-0", "cmpl-1-1", "cmpl-1-2"]
+    assert [e.prompt for e in prepared.envelopes] == ["a", "b", "c"]
+    assert all(e.params.n == 2 and e.deadline == 160.0 and e.owner == "o" for e in prepared.envelopes)
+    assert prepared.envelopes[0].params.max_tokens == 16  # OpenAI's completions default
+
+
+def test_vllm_extras_reach_sampling_params() -> None:
+    params = prepare_completion(completion(prompt="x", top_k=5, min_p=0.2, repetition_penalty=1.3,
+                                           ignore_eos=True, stop_token_ids=[7], min_tokens=2,
+                                           seed=11, stop="END", logprobs=3),
+                                CONTEXT).envelopes[0].params
+    assert (params.top_k, params.min_p, params.repetition_penalty, params.ignore_eos) == (5, 0.2, 1.3, True)
+    assert (params.stop_token_ids, params.min_tokens, params.seed, params.stop) == ([7], 2, 11, ["END"])
+    assert params.logprobs == 3
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"echo": True}, "echo"),
+    ({"n": 0}, "n"),
+    ({"n": 9}, "n"),  # over max_choices
+    ({"temperature": -0.5}, "temperature"),
+    ({"stream_options": {"include_usage": True}}, "stream_options"),
+    ({"logprobs": 21}, "logprobs"),
+])
+def test_completion_rejections_name_the_field(body: dict, param: str) -> None:
+    with pytest.raises(OpenAIError) as info:
+        prepare_completion(completion(prompt="x", **body), CONTEXT)
+    assert (info.value.status, info.value.body.param) == (400, param)
+
+
+def test_n_counts_every_prompt_against_max_choices() -> None:
+    with pytest.raises(OpenAIError):
+        prepare_completion(completion(prompt=["a", "b", "c"], n=3), CONTEXT)
+
+
+def test_chat_flattens_text_parts_and_maps_logprobs() -> None:
+    body = chat(messages=[{"role": "user", "content": [{"type": "text", "text": "a"},
+                                                       {"type": "text", "text": "b"}]}],
+                logprobs=True, top_logprobs=4, max_tokens=9, max_completion_tokens=5)
+    prepared = prepare_chat(body, CONTEXT)
+    envelope = prepared.envelopes[0]
+    assert envelope.request_id == "cmpl-1" and envelope.kind == "chat"
+    assert envelope.messages[0].content == "ab"
+    assert envelope.params.logprobs == 4
+    assert envelope.params.max_tokens == 5  # max_completion_tokens wins
+    assert prepared.logprobs
+
+
+def test_chat_defaults_to_no_token_limit_and_no_logprobs() -> None:
+    envelope = prepare_chat(chat(), CONTEXT).envelopes[0]
+    assert envelope.params.max_tokens is None and envelope.params.logprobs is None
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages"),
+    ({"top_logprobs": 2}, "top_logprobs"),
+])
+def test_chat_rejections(body: dict, param: str) -> None:
+    with pytest.raises(OpenAIError) as info:
+        prepare_chat(chat(**body), CONTEXT)
+    assert info.value.body.param == param
