@@ -10,6 +10,7 @@ import shlex
 import signal
 
 from pagefleet.platform.controller.settings import (
+    DEFAULT_WORKER_IMAGE,
     ControllerSettings,
     KubernetesSettings,
     LocalSettings,
@@ -25,13 +26,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between ticks")
     parser.add_argument("--metrics-port", type=int, default=None)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--render", action="store_true",
+                        help="print the worker Deployments of the registry as YAML and exit")
     local = parser.add_argument_group("local backend")
     local.add_argument("--worker-command", default=None,
                        help="worker command line with {model} {registry} {redis_url} {worker_id}")
     local.add_argument("--drain-timeout", type=float, default=30.0)
     k8s = parser.add_argument_group("kubernetes backend")
     k8s.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "pagefleet"))
-    k8s.add_argument("--worker-image", default=KubernetesSettings.image)
+    k8s.add_argument("--worker-image", default=DEFAULT_WORKER_IMAGE)
     k8s.add_argument("--registry-configmap", default="pagefleet-registry")
     k8s.add_argument("--lease-name", default="pagefleet-controller")
     k8s.add_argument("--identity", default=os.environ.get("POD_NAME"))
@@ -51,11 +54,26 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
                               kubernetes=KubernetesSettings(**k8s_kwargs), local=local)
 
 
+def _render(settings: ControllerSettings) -> int:
+    import sys
+
+    import yaml
+
+    from pagefleet.platform.controller.manifests import render_worker_deployments
+    from pagefleet.platform.registry import load_registry
+
+    manifests = render_worker_deployments(load_registry(settings.registry_path), settings.kubernetes)
+    yaml.safe_dump_all(manifests, sys.stdout, sort_keys=False)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from pagefleet.platform.controller.runner import run_controller
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from_args(args)
+    if args.render:
+        return _render(settings)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def main() -> None:
         stop = asyncio.Event()

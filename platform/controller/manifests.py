@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from pagefleet.platform.controller.settings import KubernetesSettings
-from pagefleet.platform.registry import ModelSpec
+from pagefleet.platform.registry import ModelSpec, Registry
 
 FIELD_MANAGER = "pagefleet-controller"
 APP_LABEL = "app.kubernetes.io/name"
@@ -42,7 +42,7 @@ def worker_deployment(spec: ModelSpec, settings: KubernetesSettings, replicas: i
         },
         "spec": {
             "replicas": replicas,
-            "selector": {"matchLabels": labels},
+            "selector": {"matchLabels": dict(labels)},
             # Surge one new pod before removing an old one: a rollout never drops capacity.
             "strategy": {"type": "RollingUpdate",
                          "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
@@ -51,7 +51,13 @@ def worker_deployment(spec: ModelSpec, settings: KubernetesSettings, replicas: i
         },
     }
     deployment["metadata"]["annotations"][SPEC_HASH_ANNOTATION] = spec_hash(deployment)
-    return deployment
+    return json.loads(json.dumps(deployment))  # plain JSON data, no shared sub-objects
+
+
+def render_worker_deployments(registry: Registry, settings: KubernetesSettings) -> list[dict[str, Any]]:
+    """Every model's Deployment at its minimum replicas: for review, GitOps or KEDA users."""
+    return [worker_deployment(spec, settings, spec.scaling.min_replicas)
+            for spec in registry.models.values()]
 
 
 def spec_hash(deployment: dict[str, Any]) -> str:
@@ -84,7 +90,7 @@ def _pod_template(spec: ModelSpec, settings: KubernetesSettings, labels: dict[st
         pod_spec["tolerations"] = [t.as_manifest() for t in profile.tolerations]
     return {
         "metadata": {
-            "labels": labels,
+            "labels": dict(labels),
             "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(settings.health_port)},
         },
         "spec": pod_spec,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 BackendName = Literal["local", "kubernetes"]
+DEFAULT_WORKER_IMAGE = "ghcr.io/pagefleet/worker:0.1.0"
 
 # `{model}`, `{registry}`, `{redis_url}` and `{worker_id}` are filled in per worker process.
 DEFAULT_WORKER_COMMAND = (
@@ -25,7 +26,7 @@ class KubernetesSettings:
     """
 
     namespace: str = "pagefleet"
-    image: str = "ghcr.io/pagefleet/worker:0.1.0"
+    image: str = DEFAULT_WORKER_IMAGE
     registry_configmap: str = "pagefleet-registry"
     registry_key: str = "registry.yaml"
     redis_secret: str = "pagefleet-redis"
