@@ -59,13 +59,13 @@ def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int 
                     if getattr(body, name) is not None}
     if body.top_k is not None:
         kwargs["top_k"] = body.top_k
+    for name in ("ignore_eos", "min_tokens", "skip_special_tokens", "include_stop_str_in_output"):
+        if getattr(body, name) is not None:
+            kwargs[name] = getattr(body, name)
     try:
-        return SamplingParams(
-            n=body.n, seed=body.seed, stop=body.stop, stop_token_ids=body.stop_token_ids,
-            ignore_eos=body.ignore_eos, max_tokens=max_tokens, min_tokens=body.min_tokens,
-            logprobs=logprobs, skip_special_tokens=body.skip_special_tokens,
-            include_stop_str_in_output=body.include_stop_str_in_output, **kwargs,
-        )
+        return SamplingParams(n=body.num_choices, seed=body.seed, stop=body.stop,
+                              stop_token_ids=body.stop_token_ids, max_tokens=max_tokens,
+                              logprobs=logprobs, **kwargs)
     except (ValueError, TypeError) as exc:
         message = str(exc)
         first = message.split(" ", 1)[0]
@@ -90,9 +90,9 @@ def prompt_list(prompt: object) -> list[str | list[int]]:
 def _check_common(body: SamplingFields, num_prompts: int, context: RequestContext) -> None:
     if body.stream_options is not None and not body.stream:
         raise bad_request("stream_options is only allowed when stream is true", param="stream_options")
-    if body.n * num_prompts > context.max_choices:
+    if body.num_choices * num_prompts > context.max_choices:
         raise bad_request(f"n times the number of prompts must be at most {context.max_choices}, "
-                          f"got {body.n * num_prompts}", param="n")
+                          f"got {body.num_choices * num_prompts}", param="n")
     if any(isinstance(t, bool) or t < 0 for t in body.stop_token_ids or []):
         raise bad_request("stop_token_ids must be non-negative integers", param="stop_token_ids")
 
@@ -101,7 +101,7 @@ def _prepared(body: SamplingFields, kind: RequestKind, envelopes: list[RequestEn
               context: RequestContext, logprobs: bool) -> PreparedRequest:
     return PreparedRequest(
         response_id=context.response_id, model=body.model, kind=kind, envelopes=envelopes,
-        n=body.n, created=int(context.created_at), stream=body.stream,
+        n=body.num_choices, created=int(context.created_at), stream=bool(body.stream),
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
         logprobs=logprobs,
     )
@@ -155,4 +155,4 @@ def prepare_chat(body: ChatCompletionRequest, context: RequestContext) -> Prepar
         messages=messages, created_at=context.created_at, deadline=context.deadline,
         owner=context.owner, job_id=context.job_id,
     )
-    return _prepared(body, "chat", [envelope], context, body.logprobs)
+    return _prepared(body, "chat", [envelope], context, bool(body.logprobs))

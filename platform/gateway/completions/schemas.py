@@ -1,8 +1,9 @@
 """OpenAI request and response bodies for /v1/completions and /v1/chat/completions.
 
 Requests accept OpenAI's fields plus vLLM's sampling extras (`top_k`, `min_p`, ...), which the
-SDK sends through `extra_body`. Unknown fields are ignored, as vLLM and OpenAI do. Ranges are
-checked by `SamplingParams` so there is one definition of what is valid.
+SDK sends through `extra_body`. Unknown fields are ignored, as vLLM and OpenAI do, and every
+optional field accepts an explicit null (many clients send them) meaning its default. Ranges
+are checked by `SamplingParams` so there is one definition of what is valid.
 """
 
 from __future__ import annotations
@@ -25,30 +26,34 @@ class SamplingFields(msgspec.Struct, kw_only=True):
     """Fields both endpoints share; names follow OpenAI, then vLLM."""
 
     model: str
-    n: int = 1
+    n: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: bool | None = None
     stream_options: StreamOptions | None = None
     user: str | None = None
     top_k: int | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
-    ignore_eos: bool = False
+    ignore_eos: bool | None = None
     stop_token_ids: list[int] | None = None
-    min_tokens: int = 0
-    skip_special_tokens: bool = True
-    include_stop_str_in_output: bool = False
+    min_tokens: int | None = None
+    skip_special_tokens: bool | None = None
+    include_stop_str_in_output: bool | None = None
+
+    @property
+    def num_choices(self) -> int:
+        return 1 if self.n is None else self.n
 
 
 class CompletionRequest(SamplingFields, kw_only=True):
     prompt: Prompt
     max_tokens: int | None = 16
-    echo: bool = False
+    echo: bool | None = None
     logprobs: int | None = None
     suffix: str | None = None
 
@@ -63,7 +68,7 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     messages: list[ChatMessageIn]
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    logprobs: bool = False
+    logprobs: bool | None = None
     top_logprobs: int | None = None
 
 

@@ -119,7 +119,6 @@ class CompletionService:
                         events: AsyncIterator[SourcedEvent]) -> AsyncIterator[bytes]:
         accumulator = ResultAccumulator(prepared)
         finished = False
-        started = time.monotonic()
         first_token_seen = False
         try:
             for chunk in accumulator.first_chunks():
@@ -131,7 +130,8 @@ class CompletionService:
                     if accumulator.add_delta(pending.source, event) is not None:
                         if not first_token_seen:
                             first_token_seen = True
-                            self.metrics.observe_ttft(prepared.model, time.monotonic() - started)
+                            self.metrics.observe_ttft(
+                                prepared.model, time.time() - prepared.envelopes[0].created_at)
                         yield sse(accumulator.delta_chunk(pending.source, event))
                 elif isinstance(event, FinalEvent):
                     for index in accumulator.add_final(pending.source, event):

@@ -22,7 +22,7 @@ from pagefleet.platform.gateway.completions.params import (
 )
 from pagefleet.platform.gateway.completions.schemas import ChatCompletionRequest, CompletionRequest
 from pagefleet.platform.gateway.completions.service import CompletionService
-from pagefleet.platform.gateway.errors import OpenAIError, bad_request
+from pagefleet.platform.gateway.errors import OpenAIError, bad_request, model_not_found
 from pagefleet.platform.gateway.jobs.schemas import JobCreate
 from pagefleet.platform.protocol import JobRecord, decode_job, encode, keys
 
@@ -54,6 +54,8 @@ class JobService:
             body = msgspec.convert(create.body, ChatCompletionRequest if is_chat else CompletionRequest)
         except msgspec.ValidationError as exc:
             raise bad_request(f"invalid job body: {exc}", param="body") from None
+        if body.model not in self.completions.models:
+            raise model_not_found(body.model)
         if body.stream:
             raise bad_request("jobs cannot stream; poll GET /v1/jobs/{id}", param="body.stream")
         context = self.completions.context("job", owner, job_id=job_id, deadline=False)

@@ -106,3 +106,12 @@ def test_chat_rejections(body: dict, param: str) -> None:
     with pytest.raises(OpenAIError) as info:
         prepare_chat(chat(**body), CONTEXT)
     assert info.value.body.param == param
+
+
+def test_explicit_nulls_mean_defaults() -> None:
+    body = chat(n=None, temperature=None, top_p=None, stream=None, logprobs=None, max_tokens=None,
+                stop=None, min_tokens=None, ignore_eos=None, seed=None, stream_options=None)
+    prepared = prepare_chat(body, CONTEXT)
+    params = prepared.envelopes[0].params
+    assert (prepared.n, prepared.stream, prepared.logprobs) == (1, False, False)
+    assert (params.n, params.temperature, params.min_tokens, params.ignore_eos) == (1, 1.0, 0, False)
