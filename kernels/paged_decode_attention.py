@@ -33,6 +33,7 @@ class DecodeConfig:
     num_warps: int = 4
     num_stages: int = 2
     num_splits: int | None = None
+    programs_per_sm: int = 2  # split until the grid has this many programs per SM
     min_tokens_per_split: int = 256
     max_splits: int = 32
 
@@ -46,11 +47,11 @@ class DecodeConfig:
 def choose_num_splits(
     num_seqs: int, num_kv_heads: int, max_seq_len: int, num_sms: int, config: DecodeConfig,
 ) -> int:
-    """Enough programs for about two waves on the GPU, never splits shorter than the minimum."""
+    """Enough programs to fill the GPU evenly, never splits shorter than the minimum."""
     if config.num_splits is not None:
         return config.num_splits
     programs = max(1, num_seqs * num_kv_heads)
-    by_occupancy = triton.cdiv(2 * num_sms, programs)
+    by_occupancy = triton.cdiv(config.programs_per_sm * num_sms, programs)
     by_length = max(1, max_seq_len // config.min_tokens_per_split)
     splits = max(1, min(by_occupancy, by_length, config.max_splits))
     return 1 << (splits.bit_length() - 1)  # a power of two: few compiled variants

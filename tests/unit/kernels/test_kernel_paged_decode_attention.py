@@ -87,7 +87,8 @@ def test_decode_non_power_of_two_head_dim_and_block_size(
     ],
 )
 def test_choose_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, expected: int) -> None:
-    assert choose_num_splits(num_seqs, num_kv_heads, max_seq_len, 132, DecodeConfig()) == expected
+    config = DecodeConfig(programs_per_sm=2, min_tokens_per_split=256, max_splits=32)
+    assert choose_num_splits(num_seqs, num_kv_heads, max_seq_len, 132, config) == expected
 
 
 def test_rejects_mismatched_shapes(device: torch.device, generator: torch.Generator) -> None:

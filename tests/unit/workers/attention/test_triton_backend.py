@@ -83,3 +83,37 @@ def test_backend_is_registered_by_name() -> None:
     backend = get_attention_backend("triton")
     assert isinstance(backend, TritonAttentionBackend)
     assert backend.name == "triton"
+
+
+@pytest.mark.skipif(not FULL, reason="CUDA graphs need a GPU")
+def test_decode_step_replays_in_a_cuda_graph(device: torch.device, generator: torch.Generator) -> None:
+    """Capture fails on any host sync; replay must follow new inputs written in place."""
+    num_heads, num_kv_heads, head_dim, block_size = 32, 8, 128, 16
+    seq_lens = [1, 17, 4097, 1000, 9000, 300, 63, 2]  # +1 keeps each block count
+    batch = make_paged_batch(seq_lens, [1] * len(seq_lens), block_size, generator, device)
+    metadata = to_metadata(batch)
+    cache_shape = (batch.num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache = random_tensor(cache_shape, BF16, generator, device)
+    v_cache = random_tensor(cache_shape, BF16, generator, device)
+    q = random_tensor((len(seq_lens), num_heads, head_dim), BF16, generator, device)
+    k = random_tensor((len(seq_lens), num_kv_heads, head_dim), BF16, generator, device)
+    v = random_tensor((len(seq_lens), num_kv_heads, head_dim), BF16, generator, device)
+    backend = TritonAttentionBackend()
+    backend.forward(q, k, v, k_cache, v_cache, metadata, 0.1)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = backend.forward(q, k, v, k_cache, v_cache, metadata, 0.1)
+
+    # The next step: every sequence one token longer, new q/k/v, same buffers.
+    next_batch = make_paged_batch([n + 1 for n in seq_lens], [1] * len(seq_lens), block_size,
+                                  generator, device)
+    metadata.seq_lens.copy_(next_batch.seq_lens)
+    metadata.block_tables.copy_(next_batch.block_tables[:, : metadata.block_tables.shape[1]])
+    metadata.slot_mapping.copy_(next_batch.slot_mapping)
+    for tensor in (q, k, v):
+        tensor.copy_(random_tensor(tensor.shape, BF16, generator, device))
+    ref_k_cache, ref_v_cache = k_cache.clone(), v_cache.clone()
+    graph.replay()
+    next_metadata = to_metadata(next_batch)
+    ref = TorchAttentionBackend().forward(q, k, v, ref_k_cache, ref_v_cache, next_metadata, 0.1)
+    assert relative_error(out, ref) < TOLERANCE[BF16]
