@@ -44,7 +44,8 @@ class Worker:
         self.engine: Any = None
         self.state = "starting"
         self.stop = asyncio.Event()
-        self.redis = aioredis.from_url(settings.redis_url)
+        # redis-py 8 defaults to a 5 s socket timeout; blocking reads here stay far below 30 s.
+        self.redis = aioredis.from_url(settings.redis_url, socket_timeout=30, health_check_interval=30)
         self.metrics = RuntimeMetrics(settings.model, self._stats)
         self.executor: Executor | None = None
 

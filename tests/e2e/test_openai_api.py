@@ -1,0 +1,168 @@
+"""The official openai client against gateway + Redis + real workers on the embedded model.
+
+Expected outputs are never hard-coded: tests compare the model with itself (stream vs whole
+response, same seed twice, job vs synchronous endpoint) or check the shape and accounting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import MAX_MODEL_LEN, MODEL, Stack
+
+CHAT = [{"role": "user", "content": "Name three fruits."}]
+
+
+def test_models_lists_the_model_as_ready(stack: Stack) -> None:
+    models = stack.client().models.list()
+    assert MODEL in [m.id for m in models.data]
+
+
+def test_chat_completion(stack: Stack) -> None:
+    response = stack.client().chat.completions.create(model=MODEL, messages=CHAT, max_tokens=8,
+                                                       temperature=0)
+    [choice] = response.choices
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    usage = response.usage
+    assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 8
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_completion_of_a_string_and_of_token_ids(stack: Stack) -> None:
+    client = stack.client()
+    text = client.completions.create(model=MODEL, prompt="The sky is", max_tokens=5, temperature=0)
+    ids = client.completions.create(model=MODEL, prompt=[504, 6614, 314], max_tokens=5, temperature=0)
+    for response in (text, ids):
+        assert response.choices[0].text and response.usage.completion_tokens <= 5
+    assert ids.usage.prompt_tokens == 3
+
+
+def test_streaming_chat_with_usage_matches_the_whole_response(stack: Stack) -> None:
+    client = stack.client()
+    kwargs = {"model": MODEL, "messages": CHAT, "max_tokens": 10, "temperature": 0}
+    whole = client.chat.completions.create(**kwargs)
+    chunks = list(client.chat.completions.create(**kwargs, stream=True,
+                                                 stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+
+
+def test_two_choices(stack: Stack) -> None:
+    response = stack.client().chat.completions.create(model=MODEL, messages=CHAT, max_tokens=6, n=2,
+                                                       temperature=1.0, seed=11)
+    assert sorted(c.index for c in response.choices) == [0, 1]
+    assert all(c.message.content for c in response.choices)
+    assert response.usage.completion_tokens == response.usage.completion_tokens  # summed below
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+
+
+def test_stop_string_ends_the_text_before_it(stack: Stack) -> None:
+    client = stack.client()
+    kwargs = {"model": MODEL, "prompt": "List: one, two, three,", "max_tokens": 12, "temperature": 0}
+    free = client.completions.create(**kwargs).choices[0].text
+    words = free.split()
+    assert len(words) >= 2, free
+    stop = words[1]
+    stopped = client.completions.create(**kwargs, stop=[stop]).choices[0]
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == free[: free.index(stop)]
+
+
+def test_same_seed_same_sample(stack: Stack) -> None:
+    client = stack.client()
+    kwargs = {"model": MODEL, "messages": CHAT, "max_tokens": 8, "temperature": 1.0, "seed": 1234}
+    first = client.chat.completions.create(**kwargs).choices[0].message.content
+    second = client.chat.completions.create(**kwargs).choices[0].message.content
+    assert first == second
+
+
+def test_logprobs(stack: Stack) -> None:
+    client = stack.client()
+    chat = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=4, temperature=0,
+                                          logprobs=True, top_logprobs=2)
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content)
+    completion = client.completions.create(model=MODEL, prompt="Hello", max_tokens=4, temperature=0,
+                                           logprobs=2)
+    logprobs = completion.choices[0].logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == completion.usage.completion_tokens
+    assert "".join(logprobs.tokens).startswith(completion.choices[0].text[:1])
+
+
+def test_errors_are_typed(stack: Stack) -> None:
+    client = stack.client()
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=CHAT)
+    with pytest.raises(openai.BadRequestError) as too_long:
+        client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=MAX_MODEL_LEN)
+    assert too_long.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=CHAT, temperature=-1)
+
+
+def test_64_concurrent_streams_are_well_formed(stack: Stack) -> None:
+    async def one(client: openai.AsyncOpenAI, i: int) -> None:
+        stream = await client.completions.create(
+            model=MODEL, prompt=f"Fact number {i}:", max_tokens=4, temperature=0, stream=True,
+            stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+        chunks = [chunk async for chunk in stream]
+        text_chunks = [c for c in chunks if c.choices]
+        assert [c.choices[0].finish_reason for c in text_chunks][-1] == "length"
+        assert all(c.choices[0].finish_reason is None for c in text_chunks[:-1])
+        assert chunks[-1].usage.completion_tokens == 4
+        assert len({c.id for c in chunks}) == 1
+
+    async def main() -> None:
+        async with stack.async_client(timeout=600) as client:
+            await asyncio.gather(*(one(client, i) for i in range(64)))
+
+    asyncio.run(main())
+
+
+def _metric(stack: Stack, name: str) -> float:
+    total = 0.0
+    for worker in stack.live_workers():
+        text = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics").text
+        total += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                     if line.startswith(f"pagefleet:{name}{{"))
+    return total
+
+
+def test_client_disconnect_cancels_and_frees_the_blocks(stack: Stack) -> None:
+    client = stack.client()
+    stream = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=200,
+                                       temperature=0, stream=True, extra_body={"ignore_eos": True})
+    next(iter(stream))
+    assert _metric(stack, "kv_cache_usage_perc") > 0
+    stream.close()
+    deadline = time.monotonic() + 60
+    while _metric(stack, "kv_cache_usage_perc") > 0 or _metric(stack, "num_requests_running") > 0:
+        assert time.monotonic() < deadline, "the aborted request kept its blocks"
+        time.sleep(0.05)  # polling the workers' metrics with a deadline
+
+
+def test_job_result_equals_the_synchronous_response(stack: Stack) -> None:
+    body = {"model": MODEL, "messages": CHAT, "max_tokens": 6, "temperature": 0.8, "seed": 5}
+    sync = stack.client().chat.completions.create(**body)
+    http = httpx.Client(base_url=stack.root_url, timeout=30)
+    created = http.post("/v1/jobs", json={"endpoint": "/v1/chat/completions", "body": body})
+    assert created.status_code == 202
+    job_id = created.json()["id"]
+    deadline = time.monotonic() + 240
+    while (job := http.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)  # polling the job, as a client would
+    assert job["status"] == "succeeded", job
+    result = job["result"]
+    assert [c["message"]["content"] for c in result["choices"]] == [c.message.content for c in sync.choices]
+    assert result["usage"]["completion_tokens"] == sync.usage.completion_tokens
