@@ -9,6 +9,7 @@ engine object is touched by one thread only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -50,10 +51,9 @@ class _Sink:
         self.queue: asyncio.Queue[RequestDelta | BaseException] = asyncio.Queue()
 
     def put(self, item: RequestDelta | BaseException) -> None:
-        try:
+        # A closed caller loop raises RuntimeError: nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:
-            pass  # the caller's loop is closed; nobody is listening any more
 
 
 class AsyncEngine:

@@ -8,7 +8,7 @@ blocks are evicted least recently freed first.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(slots=True, eq=False)
@@ -17,8 +17,8 @@ class Block:
     ref_cnt: int = 0
     block_hash: int | None = None
     token_ids: tuple[int, ...] = ()  # the tokens behind block_hash, checked on every hit
-    prev_free: Block | None = None
-    next_free: Block | None = None
+    prev_free: Block | None = field(default=None, repr=False)
+    next_free: Block | None = field(default=None, repr=False)
 
 
 class FreeBlockQueue:
