@@ -35,7 +35,8 @@ from pagefleet.platform.registry import load_registry
 async def _redis_lifespan(app: Litestar) -> AsyncIterator[None]:
     state = app.state
     settings: GatewaySettings = state.settings
-    client = aioredis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    client = aioredis.Redis.from_url(settings.redis_url, health_check_interval=30,
+                                     socket_timeout=settings.redis_socket_timeout_s)
     broker = Broker(client, settings.cancel_retention_s)
     completions = CompletionService(broker, settings, frozenset(state.registry.models),
                                     state.metrics)

@@ -23,6 +23,7 @@ from pagefleet.platform.protocol import (
 )
 
 _MAX_BLOCK_MS = 5_000  # re-check the deadline at least this often while a request is queued
+_MIN_BLOCK_MS = 1
 
 
 class DeadlineExceeded(Exception):
@@ -43,6 +44,11 @@ class Broker:
     def __init__(self, redis: aioredis.Redis, cancel_retention_s: float) -> None:
         self.redis = redis
         self._cancel_retention_ms = int(cancel_retention_s * 1000)
+        # A blocking XREAD must return before the client's socket timeout fires (redis-py 8
+        # defaults it to 5 s), or a quiet queue would look like a dead Redis.
+        socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
+        self._max_block_ms = _MAX_BLOCK_MS if socket_timeout is None else max(
+            _MIN_BLOCK_MS, min(_MAX_BLOCK_MS, int(socket_timeout * 1000 / 2)))
 
     async def enqueue(self, envelopes: Sequence[RequestEnvelope], priority: int) -> None:
         """Queue the envelopes on their model's stream, creating the consumer group if needed."""
@@ -107,7 +113,7 @@ class Broker:
             remaining_ms = int((deadline - time.time()) * 1000)
             if remaining_ms <= 0:
                 raise DeadlineExceeded
-            reply = await self.redis.xread(last_ids, block=max(1, min(remaining_ms, _MAX_BLOCK_MS)))
+            reply = await self.redis.xread(last_ids, block=max(1, min(remaining_ms, self._max_block_ms)))
             for stream_name, entries in reply or []:
                 stream = _text(stream_name)
                 for entry_id, fields in entries:

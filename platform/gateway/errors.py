@@ -12,6 +12,7 @@ import logging
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,14 @@ def handle_http_exception(_: Request, exc: HTTPException) -> Response:
                           headers)
 
 
+def handle_redis_error(_: Request, exc: RedisError) -> Response:
+    """Redis down or overloaded: the gateway cannot queue or read, which is not a bug here."""
+    logger.warning("redis error in the gateway: %s", exc)
+    return error_response(503, ErrorBody(message="the request queue is unavailable; retry later",
+                                         type="server_error", code="queue_unavailable"),
+                          {"Retry-After": "1"})
+
+
 def handle_unexpected(_: Request, exc: Exception) -> Response:
     logger.exception("unhandled error in the gateway", exc_info=exc)
     return error_response(500, ErrorBody(message="internal server error", type="server_error"))
@@ -97,5 +106,6 @@ def exception_handlers() -> dict[type[Exception], object]:
     return {
         OpenAIError: handle_openai_error,
         HTTPException: handle_http_exception,
+        RedisError: handle_redis_error,
         Exception: handle_unexpected,
     }

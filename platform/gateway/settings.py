@@ -25,6 +25,7 @@ class GatewaySettings:
     max_body_bytes: int = 4 * 1024 * 1024
     max_choices: int = 64  # n times the number of prompts in one request
     heartbeat_timeout_s: float = 5.0
+    redis_socket_timeout_s: float = 30.0  # a `socket_timeout` in redis_url wins
 
     def __post_init__(self) -> None:
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
@@ -42,6 +43,7 @@ class GatewaySettings:
             "max_body_bytes": self.max_body_bytes,
             "max_choices": self.max_choices,
             "heartbeat_timeout_s": self.heartbeat_timeout_s,
+            "redis_socket_timeout_s": self.redis_socket_timeout_s,
         }
         for name, value in positive.items():
             if not value > 0:
