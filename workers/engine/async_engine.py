@@ -136,7 +136,6 @@ class AsyncEngine:
                 self._fail_all(exc)
                 continue
             self._deliver(deltas)
-            self._stats = self.engine.stats()
 
     def _handle(self, command: _Add | _Abort) -> None:
         if isinstance(command, _Abort):
@@ -150,6 +149,8 @@ class AsyncEngine:
         self._sinks[command.request_id] = command.sink
 
     def _deliver(self, deltas: list[RequestDelta]) -> None:
+        # Snapshot first, so a caller that saw its last delta also sees the freed blocks.
+        self._stats = self.engine.stats()
         for delta in deltas:
             sink = self._sinks.get(delta.request_id)
             if sink is None:

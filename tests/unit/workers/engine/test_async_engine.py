@@ -1,0 +1,79 @@
+"""AsyncEngine: concurrent streams, abort on early exit, resume after a crash elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pagefleet.workers import EngineConfig, SamplingParams
+from pagefleet.workers.engine.async_engine import AsyncEngine
+from pagefleet.workers.engine.errors import PromptTooLongError
+
+GREEDY = SamplingParams(temperature=0, max_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    engine = AsyncEngine(EngineConfig(max_model_len=256))
+    yield engine
+    engine.shutdown()
+
+
+async def _collect(engine, request_id, prompt, params, resume=None):
+    deltas = [d async for d in engine.add_request(request_id, prompt, params, resume)]
+    return deltas
+
+
+def test_concurrent_requests_stream_independently(engine, llm):
+    prompts = [f"Question {i}: what is {i} plus {i}?" for i in range(6)]
+
+    async def run():
+        return await asyncio.gather(*(_collect(engine, f"c{i}", p, GREEDY) for i, p in enumerate(prompts)))
+
+    results = asyncio.run(run())
+    expected = llm.generate(prompts, GREEDY)
+    for deltas, want in zip(results, expected, strict=True):
+        assert deltas[-1].finished and deltas[-1].finish_reason in ("stop", "length")
+        assert sum(len(d.token_ids) for d in deltas) == len(want.outputs[0].token_ids)
+        assert [t for d in deltas for t in d.token_ids] == want.outputs[0].token_ids
+        assert "".join(d.text for d in deltas) == want.outputs[0].text
+        offsets = [d.offset for d in deltas]
+        assert offsets == sorted(offsets) and offsets[0] == 0
+
+
+def test_resume_continues_without_repeating_tokens(engine):
+    async def run():
+        full = await _collect(engine, "full", "The history of Rome", GREEDY)
+        tokens = [t for d in full for t in d.token_ids]
+        resumed = await _collect(engine, "resumed", "The history of Rome", GREEDY, {0: tokens[:5]})
+        return tokens, resumed
+
+    tokens, resumed = asyncio.run(run())
+    assert resumed[0].offset == 5
+    assert [t for d in resumed for t in d.token_ids] == tokens[5:]
+
+
+def test_leaving_the_stream_aborts_and_frees_blocks(engine):
+    async def run():
+        stream = engine.add_request("leave", "Tell me a long story", SamplingParams(max_tokens=200))
+        async for _ in stream:
+            break
+        await stream.aclose()
+        # The abort is a command to the engine thread; a follow-up request is served after it.
+        await _collect(engine, "after", "hi", SamplingParams(max_tokens=1))
+
+    asyncio.run(run())
+    stats = engine.stats()
+    assert stats.num_running == 0 and stats.num_waiting == 0
+    assert stats.kv_cache_usage == 0.0
+
+
+def test_bad_request_raises_before_any_delta(engine):
+    async def run():
+        with pytest.raises(PromptTooLongError):
+            await _collect(engine, "long", "hi", SamplingParams(max_tokens=1000))
+        with pytest.raises(ValueError, match="empty"):
+            await _collect(engine, "empty", "", GREEDY)
+
+    asyncio.run(run())
