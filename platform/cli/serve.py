@@ -120,6 +120,12 @@ def _stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
             proc.wait()
 
 
+def _patient(redis_url: str) -> str:
+    """The gateway blocks XREAD for 5 s, as long as redis-py 8's default socket timeout, so a
+    request queued through a cold start fails; a longer timeout in the URL avoids that."""
+    return redis_url if "?" in redis_url else f"{redis_url}?socket_timeout=30"
+
+
 def start_workers(model: str, registry: str, redis_url: str) -> list[subprocess.Popen]:
     """The model's workers; the one place the autoscaler will take over."""
     command = [sys.executable, "-m", "pagefleet.platform.cli", "worker", "--model", model,
@@ -136,7 +142,7 @@ def _run_up(args: argparse.Namespace) -> int:
         redis_url = args.redis_url or stack.enter_context(private_redis())
         gateway = subprocess.Popen([sys.executable, "-m", "pagefleet.platform.cli", "gateway",
                                     "--host", args.host, "--port", str(args.port),
-                                    "--registry", registry, "--redis-url", redis_url],
+                                    "--registry", registry, "--redis-url", _patient(redis_url)],
                                    start_new_session=True)
         stack.callback(_stop, gateway)
         for worker in start_workers(spec.name, registry, redis_url):
