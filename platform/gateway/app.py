@@ -17,7 +17,7 @@ from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 
-from pagefleet.platform.gateway.auth import api_key_guard, provide_owner
+from pagefleet.platform.gateway.auth import OPENAPI_PATH, api_key_guard, provide_owner
 from pagefleet.platform.gateway.broker import Broker
 from pagefleet.platform.gateway.completions.controller import CompletionsController
 from pagefleet.platform.gateway.completions.service import CompletionService
@@ -74,6 +74,6 @@ def create_app(settings: GatewaySettings) -> Litestar:
         exception_handlers=exception_handlers(),
         middleware=[DefineMiddleware(MetricsMiddleware, metrics=metrics)],
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="pagefleet gateway", version="0.1.0",
+        openapi_config=OpenAPIConfig(title="pagefleet gateway", version="0.1.0", path=OPENAPI_PATH,
                                      description="OpenAI-compatible API and async jobs"),
     )

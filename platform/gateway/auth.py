@@ -16,6 +16,7 @@ from litestar.handlers.base import BaseRouteHandler
 from pagefleet.platform.gateway.errors import OpenAIError
 
 ANONYMOUS = "anonymous"
+OPENAPI_PATH = "/schema"
 
 
 def bearer_token(connection: ASGIConnection) -> str | None:
@@ -41,8 +42,9 @@ def is_valid_key(token: str | None, api_keys: tuple[str, ...]) -> bool:
 
 
 def api_key_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
-    """Reject callers without a valid key (401), except on routes with `opt={"public": True}`."""
-    if handler.opt.get("public"):
+    """Reject callers without a valid key (401), except on routes with `opt={"public": True}`
+    and the OpenAPI schema (clients and schemathesis read it to learn the API)."""
+    if handler.opt.get("public") or connection.url.path.startswith(OPENAPI_PATH):
         return
     api_keys: tuple[str, ...] = connection.app.state.settings.api_keys
     token = bearer_token(connection)

@@ -1,4 +1,4 @@
-"""The app's request validation and error shapes, in process; none of these reach Redis."""
+"""The app's request validation and error shapes, in process, with Redis unreachable."""
 
 from __future__ import annotations
 
@@ -53,8 +53,15 @@ def test_missing_key_is_401_but_openapi_schema_is_served(client: TestClient) -> 
     response = client.get("/v1/models", headers={"Authorization": ""})
     assert response.status_code == 401
     assert error_of(response)["type"] == "authentication_error"
-    schema = client.get("/schema/openapi.json").json()
+    schema = client.get("/schema/openapi.json", headers={"Authorization": ""}).json()
     assert "/v1/chat/completions" in schema["paths"]
+
+
+def test_redis_down_is_503_with_retry_after(client: TestClient) -> None:
+    response = client.post("/v1/completions", json={"model": "smollm2-135m-instruct", "prompt": "x"})
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert error_of(response)["code"] == "queue_unavailable"
 
 
 def test_gateway_and_its_cli_never_import_torch() -> None:
