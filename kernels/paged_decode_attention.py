@@ -29,9 +29,10 @@ LOG2E = 1.4426950408889634
 class DecodeConfig:
     """Launch parameters; `num_splits=None` picks the count from batch and length."""
 
+    # Defaults from `pagefleet bench kernels --tune` on an H100 (docs/benchmarks_kernels.md).
     block_n: int = 64  # KV tokens per tile
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 3
     num_splits: int | None = None
     programs_per_sm: int = 2  # split until the grid has this many programs per SM
     min_tokens_per_split: int = 256

@@ -27,10 +27,11 @@ LOG2E = 1.4426950408889634
 
 @dataclass(frozen=True, slots=True)
 class PrefillConfig:
-    block_m: int = 64  # query rows per program
-    block_n: int = 64  # keys per tile
+    # Defaults from `pagefleet bench kernels --tune` on an H100 (docs/benchmarks_kernels.md).
+    block_m: int = 128  # query rows per program
+    block_n: int = 32  # keys per tile
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 3
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
