@@ -7,11 +7,14 @@ so they check the gateway's plumbing -- merging, indices, offsets, usage -- not 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import openai
+import redis
 
-from tests.integration.gateway.conftest import KEY_A, MODEL, LiveGateway
+from pagefleet.platform.protocol import Heartbeat, encode, keys
+from tests.integration.gateway.conftest import IDLE_MODEL, KEY_A, MAX_MODEL_LEN, MODEL, LiveGateway
 
 
 def echo(words: str, max_tokens: int, start: int = 0) -> str:
@@ -25,6 +28,23 @@ def test_models_lists_the_registry_with_readiness(gateway: LiveGateway) -> None:
     assert set(by_id) == {"fake-echo", "idle-model"}
     assert by_id["fake-echo"].object == "model"
     assert by_id["fake-echo"].model_extra["ready"] is False  # the fake writes no heartbeat
+
+
+def test_models_ready_follows_fresh_ready_heartbeats(gateway: LiveGateway, redis_raw: redis.Redis) -> None:
+    key = keys.heartbeat_hash(IDLE_MODEL)
+    now = time.time()
+    redis_raw.hset(key, mapping={
+        "w-ready": encode(Heartbeat(worker_id="w-ready", model=IDLE_MODEL, state="ready", timestamp=now)),
+        "w-stale": encode(Heartbeat(worker_id="w-stale", model=IDLE_MODEL, state="ready", timestamp=now - 3600)),
+        "w-start": encode(Heartbeat(worker_id="w-start", model=IDLE_MODEL, state="starting", timestamp=now)),
+    })
+    try:
+        card = next(m for m in gateway.client().models.list().data if m.id == IDLE_MODEL)
+        assert card.model_extra["ready"] is True
+        assert card.model_extra["ready_workers"] == 1
+        assert card.model_extra["max_model_len"] == MAX_MODEL_LEN
+    finally:
+        redis_raw.delete(key)
 
 
 def test_chat_completion(gateway: LiveGateway) -> None:
