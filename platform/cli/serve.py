@@ -73,7 +73,7 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 # ---- pagefleet up ---------------------------------------------------------------------------
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -86,20 +86,20 @@ def private_redis() -> Iterator[str]:
     if binary is None:
         raise SystemExit("redis-server is not installed (apt-get install redis-server), "
                          "or pass --redis-url")
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="pagefleet-redis-") as workdir:
         proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                  "--appendonly", "no", "--dir", workdir],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         try:
-            _wait_for_port(port, proc, "redis-server")
+            wait_for_port(port, proc, "redis-server")
             yield f"redis://127.0.0.1:{port}/0"
         finally:
-            _stop(proc)
+            stop_process(proc)
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout_s: float = 60.0) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         with socket.socket() as sock:
@@ -110,7 +110,7 @@ def _wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout_s: floa
         time.sleep(0.05)  # polling a readiness condition with a deadline
 
 
-def _stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+def stop_process(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -124,6 +124,13 @@ def _patient(redis_url: str) -> str:
     """The gateway blocks XREAD for 5 s, as long as redis-py 8's default socket timeout, so a
     request queued through a cold start fails; a longer timeout in the URL avoids that."""
     return redis_url if "?" in redis_url else f"{redis_url}?socket_timeout=30"
+
+
+def start_gateway(host: str, port: int, registry: str, redis_url: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pagefleet.platform.cli", "gateway",
+                             "--host", host, "--port", str(port), "--registry", registry,
+                             "--redis-url", _patient(redis_url), "--log-level", "warning"],
+                            start_new_session=True)
 
 
 def start_workers(model: str, registry: str, redis_url: str) -> list[subprocess.Popen]:
@@ -140,14 +147,11 @@ def _run_up(args: argparse.Namespace) -> int:
     spec = _load_spec(registry, None)
     with contextlib.ExitStack() as stack:
         redis_url = args.redis_url or stack.enter_context(private_redis())
-        gateway = subprocess.Popen([sys.executable, "-m", "pagefleet.platform.cli", "gateway",
-                                    "--host", args.host, "--port", str(args.port),
-                                    "--registry", registry, "--redis-url", _patient(redis_url)],
-                                   start_new_session=True)
-        stack.callback(_stop, gateway)
+        gateway = start_gateway(args.host, args.port, registry, redis_url)
+        stack.callback(stop_process, gateway)
         for worker in start_workers(spec.name, registry, redis_url):
-            stack.callback(_stop, worker, 60.0)
-        _wait_for_port(args.port, gateway, "the gateway")
+            stack.callback(stop_process, worker, 60.0)
+        wait_for_port(args.port, gateway, "the gateway")
         base_url = f"http://{args.host}:{args.port}/v1"
         print(_banner(base_url, spec.name, redis_url), flush=True)
         signal.signal(signal.SIGTERM, _interrupt)

@@ -1,0 +1,169 @@
+"""`pagefleet bench serve`: latency and throughput of an OpenAI-compatible server over HTTP,
+or with `--overhead` the platform's own cost: the same workload through gateway + Redis +
+worker and straight into an in-process AsyncEngine, one after the other, in one run.
+
+Only `--overhead` imports the engine (torch), inside the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import sys
+import time
+import uuid
+from dataclasses import asdict
+
+import httpx
+
+from pagefleet.platform.bench.client import CompletionsClient
+from pagefleet.platform.bench.report import format_summary, overhead_table
+from pagefleet.platform.bench.runner import (
+    BenchSummary,
+    LoadSpec,
+    RequestResult,
+    StreamTimer,
+    run_load,
+    summarize,
+)
+from pagefleet.platform.bench.workload import BenchRequest, WorkloadSpec, build_workload
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("serve", help="benchmark serving latency and throughput over HTTP")
+    parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
+    parser.add_argument("--model", default=None, help="model name (default: the registry's first)")
+    parser.add_argument("--api-key", default=None)
+    load = parser.add_mutually_exclusive_group()
+    load.add_argument("--request-rate", type=float, default=None,
+                      help="Poisson arrivals per second (inf: all at once; the default)")
+    load.add_argument("--concurrency", type=int, default=None, help="closed loop of C in flight")
+    parser.add_argument("--num-prompts", type=int, default=100)
+    parser.add_argument("--input-len", type=int, default=128, help="prompt tokens (median if sharegpt)")
+    parser.add_argument("--output-len", type=int, default=64, help="output tokens (median if sharegpt)")
+    parser.add_argument("--lengths", choices=("fixed", "sharegpt"), default="fixed",
+                        help="fixed lengths, or ShareGPT-like lognormal ones")
+    parser.add_argument("--max-total-len", type=int, default=2048)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="write the summaries here")
+    overhead = parser.add_argument_group("--overhead: platform vs in-process engine")
+    overhead.add_argument("--overhead", action="store_true")
+    overhead.add_argument("--registry", default=None, help="registry YAML (default: the packaged one)")
+    overhead.add_argument("--redis-url", default=None, help="default: a private redis-server")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    load = LoadSpec(request_rate=args.request_rate, concurrency=args.concurrency, seed=args.seed) \
+        if args.request_rate is not None or args.concurrency is not None \
+        else LoadSpec(request_rate=math.inf, seed=args.seed)
+    workload = WorkloadSpec(num_prompts=args.num_prompts, input_len=args.input_len,
+                            output_len=args.output_len, distribution=args.lengths,
+                            max_total_len=args.max_total_len, seed=args.seed)
+    requests = build_workload(workload)
+    if args.overhead:
+        summaries = _run_overhead(args, requests, load)
+    else:
+        model = args.model or _registry_spec(args.registry, None).name
+        summaries = {"server": asyncio.run(_http_run(args.base_url, model, args.api_key, requests, load))}
+        print(format_summary(f"{model} at {args.base_url}", summaries["server"]))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"workload": asdict(workload), "load": asdict(load),
+                       **{k: asdict(v) for k, v in summaries.items()}}, out, indent=2, default=str)
+    return 0
+
+
+def _registry_spec(path: str | None, model: str | None):
+    from pagefleet.platform.registry import load_registry
+
+    registry = load_registry(path)
+    return registry.get(model or next(iter(registry.models)))
+
+
+async def _http_run(base_url: str, model: str, api_key: str | None, requests: list[BenchRequest],
+                    load: LoadSpec, warmup: bool = False) -> BenchSummary:
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as http:
+        client = CompletionsClient(http, base_url, model, api_key)
+        if warmup:
+            await client.send(BenchRequest(requests[0].prompt_token_ids, 2))
+        return summarize(await run_load(requests, client.send, load))
+
+
+def _run_overhead(args: argparse.Namespace, requests: list[BenchRequest],
+                  load: LoadSpec) -> dict[str, BenchSummary]:
+    from pagefleet.platform.cli import serve
+    from pagefleet.platform.registry import default_registry_path
+
+    registry = args.registry or str(default_registry_path())
+    spec = _registry_spec(registry, args.model)
+    with contextlib.ExitStack() as stack:
+        redis_url = args.redis_url or stack.enter_context(serve.private_redis())
+        port = serve.free_port()
+        gateway = serve.start_gateway("127.0.0.1", port, registry, redis_url)
+        stack.callback(serve.stop_process, gateway)
+        for worker in serve.start_workers(spec.name, registry, redis_url):
+            stack.callback(serve.stop_process, worker, 60.0)
+        serve.wait_for_port(port, gateway, "the gateway")
+        _wait_for_ready_worker(redis_url, spec.name)
+        base_url = f"http://127.0.0.1:{port}/v1"
+        platform = asyncio.run(_http_run(base_url, spec.name, None, requests, load, warmup=True))
+    print(format_summary(f"{spec.name} through gateway + Redis + worker", platform), flush=True)
+    direct = asyncio.run(_engine_run(spec, requests, load))
+    print(format_summary(f"{spec.name} in-process AsyncEngine", direct))
+    print("\n" + overhead_table(platform, direct))
+    return {"platform": platform, "engine": direct}
+
+
+def _wait_for_ready_worker(redis_url: str, model: str, timeout_s: float = 600.0) -> None:
+    import redis
+
+    from pagefleet.platform.protocol import decode_heartbeat, keys
+
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not any(decode_heartbeat(raw).state == "ready"
+                      for raw in client.hvals(keys.heartbeat_hash(model))):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"no worker of {model} became ready in {timeout_s:.0f} s")
+            time.sleep(0.2)  # polling the heartbeat with a deadline
+    finally:
+        client.close()
+
+
+async def _engine_run(spec, requests: list[BenchRequest], load: LoadSpec) -> BenchSummary:
+    from pagefleet.platform.protocol import SamplingParams
+    from pagefleet.workers.runtime.main import registry_engine_factory
+
+    engine = await asyncio.to_thread(registry_engine_factory(spec))
+
+    async def send(request: BenchRequest) -> RequestResult:
+        timer = StreamTimer()
+        params = SamplingParams(max_tokens=request.output_len, temperature=0.0, ignore_eos=True)
+        async for delta in engine.add_request(uuid.uuid4().hex, request.prompt_token_ids, params):
+            if delta.token_ids:
+                timer.tokens(len(delta.token_ids))
+        return timer.result(len(request.prompt_token_ids))
+
+    try:
+        await send(BenchRequest(requests[0].prompt_token_ids, 2))  # warm-up, as on the platform
+        return summarize(await run_load(requests, send, load))
+    finally:
+        engine.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pagefleet.platform.cli.bench_serve ...`, until `pagefleet bench` lists it."""
+    parser = argparse.ArgumentParser(prog="pagefleet bench")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
