@@ -57,6 +57,7 @@ class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         resolved = resolve_model(config.model, load_format=config.load_format)
+        self.resolved = resolved
         self.tokenizer = load_tokenizer(resolved, config.tokenizer)
         self.arch = resolved.arch
         self.runner = ModelRunner(config, resolved)

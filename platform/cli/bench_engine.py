@@ -1,0 +1,63 @@
+"""`pagefleet bench engine`: offline engine throughput next to transformers, same run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("engine", help="offline throughput: pagefleet vs transformers")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--num-prompts", type=int, default=64)
+    parser.add_argument("--input-len", type=int, default=None, help="fixed; default ShareGPT-like")
+    parser.add_argument("--output-len", type=int, default=None)
+    parser.add_argument("--max-input-len", type=int, default=1024)
+    parser.add_argument("--max-output-len", type=int, default=512)
+    parser.add_argument("--shared-prefix-len", type=int, default=0,
+                        help="tokens of a system prompt shared by every request")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None)
+    parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--num-kv-blocks", type=int, default=None)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--no-prefix-caching", action="store_true")
+    parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--attention-backend", default=None, choices=["torch", "triton"])
+    parser.add_argument("--hf", default="static,single",
+                        help="transformers baselines to run: static,single or none")
+    parser.add_argument("--hf-num-prompts", type=int, default=32)
+    parser.add_argument("--hf-batch-size", type=int, default=16)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pagefleet.workers.bench.engine_bench import EngineBenchOptions, run_engine_bench
+    from pagefleet.workers.bench.workload import WorkloadSpec
+    from pagefleet.workers.engine.config import EngineConfig
+
+    max_len = args.max_input_len + args.max_output_len + args.shared_prefix_len
+    engine = EngineConfig(
+        model=args.model, load_format=args.load_format, dtype=args.dtype, device=args.device,
+        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+        max_model_len=args.max_model_len or max_len, num_kv_blocks=args.num_kv_blocks,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        enable_prefix_caching=not args.no_prefix_caching, enforce_eager=args.enforce_eager,
+        tensor_parallel_size=args.tensor_parallel_size, attention_backend=args.attention_backend,
+        seed=args.seed,
+    )
+    workload = WorkloadSpec(
+        num_prompts=args.num_prompts, input_len=args.input_len, output_len=args.output_len,
+        max_input_len=args.max_input_len, max_output_len=args.max_output_len,
+        shared_prefix_len=args.shared_prefix_len, seed=args.seed,
+    )
+    hf_modes = tuple(m for m in args.hf.split(",") if m and m != "none")
+    run_engine_bench(EngineBenchOptions(engine, workload, hf_modes, args.hf_num_prompts,
+                                        args.hf_batch_size, args.json))
+    return 0

@@ -1,0 +1,1 @@
+"""Benchmarks that need the engine (torch); the CLI imports them lazily."""

@@ -1,0 +1,174 @@
+"""`pagefleet bench engine`: offline throughput of pagefleet's engine next to transformers.
+
+Both run the same requests in the same process on the same device; transformers runs a
+subset (it is slow) as static padded batches and one request at a time, and the report
+compares throughputs (tokens per second), which do not depend on the subset size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pagefleet.platform.protocol.sampling import SamplingParams
+from pagefleet.workers.bench.workload import BenchRequest, WorkloadSpec, make_workload
+from pagefleet.workers.engine.config import EngineConfig
+from pagefleet.workers.engine.llm import LLM
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    system: str
+    num_requests: int
+    elapsed_s: float
+    input_tokens: int
+    output_tokens: int
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.num_requests / self.elapsed_s
+
+    @property
+    def output_tokens_per_s(self) -> float:
+        return self.output_tokens / self.elapsed_s
+
+    @property
+    def total_tokens_per_s(self) -> float:
+        return (self.input_tokens + self.output_tokens) / self.elapsed_s
+
+    def row(self) -> str:
+        return (f"{self.system:<28} {self.num_requests:>6} {self.elapsed_s:>9.2f} "
+                f"{self.requests_per_s:>8.2f} {self.output_tokens_per_s:>11.1f} "
+                f"{self.total_tokens_per_s:>11.1f}")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineBenchOptions:
+    engine: EngineConfig
+    workload: WorkloadSpec
+    hf_modes: tuple[str, ...] = ("static", "single")
+    hf_num_prompts: int = 32
+    hf_batch_size: int = 16
+    json_path: Path | None = None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_pagefleet(llm: LLM, requests: list[BenchRequest]) -> Throughput:
+    prompts = [r.prompt_token_ids for r in requests]
+    params = [SamplingParams(temperature=0, ignore_eos=True, max_tokens=r.output_len) for r in requests]
+    llm.generate(prompts[:2], params[:2])  # warm-up: CUDA graphs, allocator, kernel compilation
+    device = llm.engine.runner.device
+    _sync(device)
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params)
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    produced = sum(len(o.outputs[0].token_ids) for o in outputs)
+    return Throughput("pagefleet", len(requests), elapsed,
+                      sum(len(p) for p in prompts), produced)
+
+
+def load_hf_model(llm: LLM):
+    """The same architecture in transformers: real weights from the resolved folder, or a
+    random model of the same config for dummy weights (the throughput does not care)."""
+    from transformers import AutoModelForCausalLM
+
+    runner = llm.engine.runner
+    resolved = llm.engine.resolved
+    if llm.engine.config.load_format == "dummy" or resolved.path is None:
+        model = AutoModelForCausalLM.from_config(resolved.hf_config, torch_dtype=runner.dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(resolved.path), torch_dtype=runner.dtype)
+    return model.to(runner.device).eval()
+
+
+@torch.inference_mode()
+def bench_hf_static(model, requests: list[BenchRequest], batch_size: int, device: torch.device,
+                    pad_id: int) -> Throughput:
+    """Static batches, left-padded; a batch runs until its longest output is done."""
+    _sync(device)
+    start = time.perf_counter()
+    produced = 0
+    for i in range(0, len(requests), batch_size):
+        batch = requests[i : i + batch_size]
+        width = max(len(r.prompt_token_ids) for r in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, r in enumerate(batch):
+            ids[row, width - len(r.prompt_token_ids):] = torch.tensor(r.prompt_token_ids)
+            mask[row, width - len(r.prompt_token_ids):] = 1
+        longest = max(r.output_len for r in batch)
+        model.generate(ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                       max_new_tokens=longest, min_new_tokens=longest, pad_token_id=pad_id)
+        produced += sum(r.output_len for r in batch)  # only the tokens someone asked for
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    return Throughput(f"hf static (batch {batch_size})", len(requests), elapsed,
+                      sum(len(r.prompt_token_ids) for r in requests), produced)
+
+
+@torch.inference_mode()
+def bench_hf_single(model, requests: list[BenchRequest], device: torch.device, pad_id: int) -> Throughput:
+    _sync(device)
+    start = time.perf_counter()
+    for r in requests:
+        ids = torch.tensor([r.prompt_token_ids], device=device)
+        model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                       max_new_tokens=r.output_len, min_new_tokens=r.output_len, pad_token_id=pad_id)
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    return Throughput("hf one at a time", len(requests), elapsed,
+                      sum(len(r.prompt_token_ids) for r in requests),
+                      sum(r.output_len for r in requests))
+
+
+def run_engine_bench(options: EngineBenchOptions) -> list[Throughput]:
+    llm = LLM(**dataclasses.asdict(options.engine))
+    requests = make_workload(options.workload, llm.engine.arch.vocab_size)
+    results = [bench_pagefleet(llm, requests)]
+    stats = llm.engine.stats()
+    device = llm.engine.runner.device
+    if options.hf_modes:
+        model = load_hf_model(llm)
+        subset = requests[: options.hf_num_prompts]
+        pad_id = 0
+        bench_hf_single(model, subset[:1], device, pad_id)  # warm-up
+        if "static" in options.hf_modes:
+            results.append(bench_hf_static(model, subset, options.hf_batch_size, device, pad_id))
+        if "single" in options.hf_modes:
+            results.append(bench_hf_single(model, subset, device, pad_id))
+    _report(options, results, stats, device)
+    return results
+
+
+def _report(options: EngineBenchOptions, results: list[Throughput], stats, device: torch.device) -> None:
+    ours = results[0]
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {card}; torch {torch.__version__}; model {options.engine.model} "
+          f"({options.engine.load_format}); workload {options.workload}")
+    print(f"{'system':<28} {'reqs':>6} {'time s':>9} {'req/s':>8} {'out tok/s':>11} {'tot tok/s':>11}")
+    for result in results:
+        print(result.row())
+    for result in results[1:]:
+        print(f"pagefleet / {result.system}: {ours.output_tokens_per_s / result.output_tokens_per_s:.1f}x "
+              "output tokens/s")
+    print(f"preemptions: {stats.num_preemptions_total}; prefix-cache hit rate: "
+          f"{stats.prefix_cache_hit_rate:.2%}; KV blocks: {stats.num_kv_blocks}")
+    if options.json_path is not None:
+        payload = {
+            "device": card, "torch": torch.__version__, "model": options.engine.model,
+            "workload": dataclasses.asdict(options.workload),
+            "results": [dict(dataclasses.asdict(r), output_tokens_per_s=r.output_tokens_per_s,
+                             total_tokens_per_s=r.total_tokens_per_s,
+                             requests_per_s=r.requests_per_s) for r in results],
+        }
+        options.json_path.write_text(json.dumps(payload, indent=2))
