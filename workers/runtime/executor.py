@@ -8,6 +8,7 @@ claims it replays the result stream and continues from exactly where the writes 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -168,20 +169,24 @@ class Executor:
         tokens_before = transcript.num_completion_tokens
         stream = self.engine.add_request(request_id, _prompt(request.entry), envelope.params,
                                          resume=transcript.resume_tokens())
-        async for delta in stream:
-            if request.cancelled and not request.aborted:
-                request.aborted = True  # the cancel arrived before the engine knew the request
-                self.engine.abort(request_id)
-            transcript.num_prompt_tokens = delta.num_prompt_tokens
-            event = DeltaEvent(index=delta.index, offset=delta.offset, token_ids=list(delta.token_ids),
-                               text=delta.text, logprobs=delta.logprobs,
-                               finish_reason=delta.finish_reason)
-            if transcript.add(event):
-                self.writer.emit(request_id, event)
-                if first_token_at is None and event.token_ids:
-                    first_token_at = time.time()
-                    if not request.claimed:
-                        self.metrics.ttft.observe(first_token_at - envelope.created_at)
+        async with contextlib.aclosing(stream):  # leaving early aborts the engine request
+            async for delta in stream:
+                if request.cancelled and not request.aborted:
+                    request.aborted = True  # the cancel arrived before the engine knew the request
+                    self.engine.abort(request_id)
+                transcript.num_prompt_tokens = delta.num_prompt_tokens
+                event = DeltaEvent(index=delta.index, offset=delta.offset,
+                                   token_ids=list(delta.token_ids), text=delta.text,
+                                   logprobs=delta.logprobs, finish_reason=delta.finish_reason)
+                if transcript.add(event):
+                    self.writer.emit(request_id, event)
+                    if first_token_at is None and event.token_ids:
+                        first_token_at = time.time()
+                        if not request.claimed:
+                            self.metrics.ttft.observe(first_token_at - envelope.created_at)
+                if transcript.all_finished:
+                    # A resumed choice that had already finished would otherwise keep generating.
+                    break
         done_at = time.time()
         self.metrics.e2e.observe(done_at - envelope.created_at)
         generated = transcript.num_completion_tokens - tokens_before

@@ -47,7 +47,7 @@ class Transcript:
             raise ValueError(f"delta for choice {event.index} of a request with {len(self.choices)}")
         choice = self.choices[event.index]
         if event.offset != len(choice.token_ids) or choice.finish_reason is not None:
-            log.warning("ignoring delta at offset %d of choice %d (have %d tokens)",
+            log.debug("ignoring delta at offset %d of choice %d (have %d tokens)",
                         event.offset, event.index, len(choice.token_ids))
             return False
         choice.token_ids.extend(event.token_ids)

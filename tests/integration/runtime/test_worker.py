@@ -177,12 +177,7 @@ def test_entries_of_a_dead_consumer_resume_without_repeating_tokens(worker, clie
     reference = read_until_done(client, enqueue(client, envelope(MODEL, **params)))
     env = envelope(MODEL, **params)
     stream = keys.request_stream(MODEL, keys.PRIORITY_BATCH)
-    # A ghost consumer (it never heartbeats) takes the entry atomically, so the live worker
-    # cannot pull it first, streams the reference's first tokens and dies.
-    with client.pipeline(transaction=True) as pipe:
-        pipe.xadd(stream, {keys.ENTRY_REQUEST_ID: env.request_id, keys.ENTRY_ENVELOPE: encode(env)})
-        pipe.xreadgroup(keys.CONSUMER_GROUP, "ghost", {stream: ">"}, count=1)
-        pipe.execute()
+    _ghost_takes(client, env, stream)
     ghost_deltas = [e for e in reference if isinstance(e, DeltaEvent) and e.offset < 4]
     for delta in ghost_deltas:
         client.xadd(keys.result_stream(env.request_id), {keys.ENTRY_EVENT: encode(delta)})
@@ -194,6 +189,30 @@ def test_entries_of_a_dead_consumer_resume_without_repeating_tokens(worker, clie
     _wait_for(lambda: "ghost" not in {c["name"].decode() for c in
                                       client.xinfo_consumers(stream, keys.CONSUMER_GROUP)},
               "the dead consumer to be removed")
+
+
+def _ghost_takes(client: redis.Redis, env, stream: str) -> None:
+    """A consumer that never heartbeats takes the entry atomically (before the live worker can)."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.xadd(stream, {keys.ENTRY_REQUEST_ID: env.request_id, keys.ENTRY_ENVELOPE: encode(env)})
+        pipe.xreadgroup(keys.CONSUMER_GROUP, "ghost", {stream: ">"}, count=1)
+        pipe.execute()
+
+
+def test_resume_skips_choices_that_had_already_finished(worker, client: redis.Redis) -> None:
+    params = {"prompt": "Water boils at", "max_tokens": 8, "ignore_eos": True, "n": 2}
+    reference = read_until_done(client, enqueue(client, envelope(MODEL, **params)))
+    env = envelope(MODEL, **params)
+    _ghost_takes(client, env, keys.request_stream(MODEL, keys.PRIORITY_BATCH))
+    # The ghost had finished choice 1 and streamed three tokens of choice 0 when it died.
+    written = [e for e in reference if isinstance(e, DeltaEvent) and (e.index == 1 or e.offset < 3)]
+    for delta in written:
+        client.xadd(keys.result_stream(env.request_id), {keys.ENTRY_EVENT: encode(delta)})
+    events = read_until_done(client, env.request_id)
+    final = assert_well_formed(events, n=2)
+    assert all(e.index == 0 for e in events[len(written):-1])  # nothing more for choice 1
+    assert choice_texts(events, n=2) == choice_texts(reference, n=2)
+    assert final.usage == reference[-1].usage and final.finish_reasons == ["length", "length"]
 
 
 class _WebhookReceiver(http.server.ThreadingHTTPServer):
