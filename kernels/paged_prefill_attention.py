@@ -29,8 +29,8 @@ LOG2E = 1.4426950408889634
 class PrefillConfig:
     # Defaults from `pagefleet bench kernels --tune` on an H100 (docs/benchmarks_kernels.md).
     block_m: int = 128  # query rows per program
-    block_n: int = 32  # keys per tile
-    num_warps: int = 4
+    block_n: int = 128  # keys per tile
+    num_warps: int = 8
     num_stages: int = 3
 
     def __post_init__(self) -> None:
