@@ -120,16 +120,10 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
             proc.wait()
 
 
-def _patient(redis_url: str) -> str:
-    """The gateway blocks XREAD for 5 s, as long as redis-py 8's default socket timeout, so a
-    request queued through a cold start fails; a longer timeout in the URL avoids that."""
-    return redis_url if "?" in redis_url else f"{redis_url}?socket_timeout=30"
-
-
 def start_gateway(host: str, port: int, registry: str, redis_url: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pagefleet.platform.cli", "gateway",
                              "--host", host, "--port", str(port), "--registry", registry,
-                             "--redis-url", _patient(redis_url), "--log-level", "warning"],
+                             "--redis-url", redis_url, "--log-level", "warning"],
                             start_new_session=True)
 
 

@@ -66,11 +66,8 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     try:
         for worker in workers:
             worker.wait_ready(client)
-        # The gateway blocks XREAD for 5 s, exactly redis-py 8's default socket timeout: give
-        # its client more room until the gateway sets its own (see the runtime report).
         server, thread, port = _serve_gateway(GatewaySettings(
-            redis_url=f"{redis_url}?socket_timeout=30", registry_path=str(registry),
-            request_timeout_s=300))
+            redis_url=redis_url, registry_path=str(registry), request_timeout_s=300))
         yield Stack(f"http://127.0.0.1:{port}/v1", f"http://127.0.0.1:{port}", client, workers)
     finally:
         if server is not None:
