@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from pagefleet.platform.protocol import DeltaEvent, ErrorEvent, FinalEvent, ResultEvent, keys
 from pagefleet.workers.engine.errors import PromptTooLongError
@@ -114,12 +115,26 @@ class Executor:
         entry = request.entry
         try:
             await self._run(request)
-        except Exception:
-            # The entry stays pending; a live worker claims it after this one's heartbeat stops.
+        except Exception as exc:
             log.exception("request %s failed in the runtime", entry.request_id)
+            await self._fail(request, exc)
         finally:
             self.active.pop(entry.request_id, None)
             self.changed.set()
+
+    async def _fail(self, request: ActiveRequest, exc: Exception) -> None:
+        """Best effort: answer 500 and ack, so the entry does not sit pending on a live worker.
+        If Redis is unreachable this fails too and the entry waits for a claim."""
+        entry = request.entry
+        error = ErrorEvent(type="server_error", message=f"the worker failed: {exc}", status=500)
+        try:
+            await asyncio.wait_for(self.writer.finish(entry.request_id, error), timeout=10)
+            if entry.envelope is not None and entry.envelope.job_id:
+                await self.jobs.mark_finished(entry.envelope.job_id, None, {
+                    "type": error.type, "message": error.message, "status": error.status})
+            await self.queues.ack(entry)
+        except (RedisError, TimeoutError) as write_error:
+            log.error("could not report the failure of %s: %s", entry.request_id, write_error)
 
     async def _run(self, request: ActiveRequest) -> None:
         entry = request.entry

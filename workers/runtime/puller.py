@@ -9,12 +9,17 @@ in Redis, visible to other workers and to the controller's backlog signal.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from pagefleet.workers.runtime.config import WorkerSettings
 from pagefleet.workers.runtime.executor import Executor
 from pagefleet.workers.runtime.streams import RequestQueues
 
+log = logging.getLogger(__name__)
+_RETRY_S = 1.0
 _FULL_RECHECK_S = 0.25  # KV usage can drop without a request ending (preemption, frees)
 
 
@@ -55,13 +60,20 @@ class Puller:
     async def run(self) -> None:
         """Pull until `stop` is set (drain): admitted entries start at once."""
         while not self.stop.is_set():
-            self.executor.changed.clear()
-            free = self.free_slots()
-            if free <= 0:
-                await wait_first(self.executor.changed.wait(), self.stop, _FULL_RECHECK_S)
-                continue
-            entries = await self.queues.read_available(free)
-            if entries:
-                await self.executor.start(entries)
-                continue
-            await wait_first(self.queues.wait_for_new(self.settings.idle_block_ms), self.stop)
+            try:
+                await self._pull_once()
+            except RedisError as exc:  # Redis restarting or unreachable: retry, keep the work we hold
+                log.warning("pulling failed: %s", exc)
+                await wait_first(asyncio.sleep(_RETRY_S), self.stop)
+
+    async def _pull_once(self) -> None:
+        self.executor.changed.clear()
+        free = self.free_slots()
+        if free <= 0:
+            await wait_first(self.executor.changed.wait(), self.stop, _FULL_RECHECK_S)
+            return
+        entries = await self.queues.read_available(free)
+        if entries:
+            await self.executor.start(entries)
+            return
+        await wait_first(self.queues.wait_for_new(self.settings.idle_block_ms), self.stop)
