@@ -85,9 +85,10 @@ def load_hf_model(llm: LLM):
     runner = llm.engine.runner
     resolved = llm.engine.resolved
     if llm.engine.config.load_format == "dummy" or resolved.path is None:
-        model = AutoModelForCausalLM.from_config(resolved.hf_config, torch_dtype=runner.dtype)
+        with runner.device:  # initialise on the device: an 8B random init on a CPU takes minutes
+            model = AutoModelForCausalLM.from_config(resolved.hf_config, dtype=runner.dtype)
     else:
-        model = AutoModelForCausalLM.from_pretrained(str(resolved.path), torch_dtype=runner.dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(resolved.path), dtype=runner.dtype)
     return model.to(runner.device).eval()
 
 

@@ -61,11 +61,7 @@ class LLMEngine:
         self.tokenizer = load_tokenizer(resolved, config.tokenizer)
         self.arch = resolved.arch
         self.runner = ModelRunner(config, resolved)
-        capacity = self.runner.num_blocks * config.block_size
-        wanted = config.max_model_len or self.arch.max_position_embeddings
-        self.max_model_len = min(wanted, capacity)
-        if self.max_model_len < wanted:
-            logger.warning("max_model_len %d capped to the KV cache's %d tokens", wanted, capacity)
+        self.max_model_len = self.runner.max_model_len
         device_default = 8192 if self.runner.device.type == "cuda" else 2048
         self.kv_cache = KVCacheManager(
             self.runner.num_blocks, config.block_size, config.enable_prefix_caching

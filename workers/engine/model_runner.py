@@ -13,6 +13,7 @@ import torch
 
 from pagefleet.workers.attention import AttentionMetadata, get_attention_backend
 from pagefleet.workers.engine.config import EngineConfig
+from pagefleet.workers.engine.cuda_graphs import DecodeGraphs
 from pagefleet.workers.engine.scheduler import SchedulerOutput
 from pagefleet.workers.models.arch import ModelArch
 from pagefleet.workers.models.loader import ResolvedModel, build_model
@@ -61,9 +62,22 @@ class ModelRunner:
             resolved, dtype=self.dtype, device=self.device, load_format=config.load_format,
             attention=self.attention, tp=self.tp,
         )
-        self.num_kv_heads = self.arch.num_kv_heads // self.tp.size
+        self.num_kv_heads = self.arch.num_kv_heads_per_rank(self.tp.size)
         self.num_blocks = self._decide_num_blocks()
-        self.kv_caches = self._allocate_kv_cache(self.num_blocks)
+        # One block more than the scheduler may hand out: the scratch "null block" that
+        # padded rows of a CUDA-graph batch write to.
+        self.kv_caches = self._allocate_kv_cache(self.num_blocks + 1)
+        wanted = config.max_model_len or self.arch.max_position_embeddings
+        self.max_model_len = min(wanted, self.num_blocks * self.block_size)
+        if self.max_model_len < wanted:
+            logger.warning("max_model_len %d capped to the KV cache's %d tokens",
+                           wanted, self.max_model_len)
+        self.graphs: DecodeGraphs | None = None
+        if self.device.type == "cuda" and not config.enforce_eager and self.attention.name == "triton":
+            self.graphs = DecodeGraphs(
+                self.model, self.kv_caches, min(config.max_num_seqs, 512), self.max_model_len,
+                self.block_size, null_block=self.num_blocks, device=self.device,
+            )
 
     @property
     def bytes_per_block(self) -> int:
@@ -79,7 +93,7 @@ class ModelRunner:
             budget = self._profile_free_gpu_memory()
         else:
             budget = _CPU_KV_CACHE_BYTES
-        num_blocks = budget // self.bytes_per_block
+        num_blocks = budget // self.bytes_per_block - 1  # less the null block
         if num_blocks < 1:
             raise ValueError(f"no memory left for the KV cache (budget {budget} bytes)")
         return int(num_blocks)
@@ -166,7 +180,12 @@ class ModelRunner:
     def execute(self, output: SchedulerOutput, block_tables: list[list[int]]) -> torch.Tensor:
         """Logits `[num_sampling_seqs, vocab]` (float32) of the sequences that sample."""
         inputs = self.prepare(output, block_tables)
-        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.metadata)
+        md = inputs.metadata
+        if self.graphs is not None and md.is_decode_only and self.graphs.can_run(md.num_seqs):
+            hidden = self.graphs.run(inputs.input_ids, inputs.positions, md.slot_mapping,
+                                     md.seq_lens, md.block_tables)
+            return self.model.compute_logits(hidden)  # every decode row samples
+        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, md)
         return self.model.compute_logits(hidden[inputs.sample_indices])
 
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Engine checks and throughput benchmarks on a GPU machine (the lent H100), from the repo root.
+# Needs torch, triton and transformers there; carries msgspec/gguf wheels in .whl/ if missing.
+# Usage: infra/bench/gpu_engine.sh OUT_DIR [quick]
+set -uo pipefail
+out=${1:-/tmp/pf-bench}; mode=${2:-full}
+mkdir -p "$out"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/msgspec-*.whl .whl/gguf-*.whl
+  export PYTHONPATH=/tmp/site
+fi
+mkdir -p /tmp/pf/pagefleet
+for d in kernels workers platform; do ln -sfn "$PWD/$d" "/tmp/pf/pagefleet/$d"; done
+export PYTHONPATH=/tmp/pf:$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/device.txt"
+python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$out/device.txt"
+
+bench() {  # pagefleet bench engine ARGS..., without loading the other CLI commands
+  python3 - "$@" <<'PY'
+import argparse, sys
+from pagefleet.platform.cli import bench_engine
+parser = argparse.ArgumentParser(prog="pagefleet bench")
+bench_engine.register(parser.add_subparsers())
+args = parser.parse_args(["engine", *sys.argv[1:]])
+sys.exit(args.func(args))
+PY
+}
+
+python3 -m pytest -q -x -p no:cacheprovider tests/gpu 2>&1 | tail -5 | tee "$out/gpu_tests.txt"
+[ "$mode" = quick ] && exit 0
+bench --model llama-3.2-1b --load-format dummy --num-prompts 1000 --max-num-seqs 256 \
+  --hf static,single --hf-num-prompts 64 --hf-batch-size 64 --json "$out/llama1b_sharegpt.json" 2>&1 | grep -v Warning | tee "$out/llama1b_sharegpt.txt"
+bench --model llama-3.1-8b --load-format dummy --num-prompts 1000 --max-num-seqs 256 \
+  --hf static --hf-num-prompts 64 --hf-batch-size 64 --json "$out/llama8b_sharegpt.json" 2>&1 | grep -v Warning | tee "$out/llama8b_sharegpt.txt"
