@@ -26,7 +26,8 @@ sys.exit(args.func(args))
 PY
 }
 
-python3 -m pytest -q -x -p no:cacheprovider --noconftest tests/gpu 2>&1 | tail -5 | tee "$out/gpu_tests.txt"
+python3 -m pytest -q -p no:cacheprovider --noconftest tests/gpu > "$out/gpu_tests.txt" 2>&1
+tail -5 "$out/gpu_tests.txt"
 [ "$mode" = quick ] && exit 0
 bench --model llama-3.2-1b --load-format dummy --num-prompts 1000 --max-num-seqs 256 \
   --hf static,single --hf-num-prompts 64 --hf-batch-size 64 --json "$out/llama1b_sharegpt.json" 2>&1 | grep -v Warning | tee "$out/llama1b_sharegpt.txt"
