@@ -8,6 +8,7 @@ compares throughputs (tokens per second), which do not depend on the subset size
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import time
 from dataclasses import dataclass
@@ -77,19 +78,17 @@ def bench_pagefleet(llm: LLM, requests: list[BenchRequest]) -> Throughput:
                       sum(len(p) for p in prompts), produced)
 
 
-def load_hf_model(llm: LLM):
+def load_hf_model(resolved, load_format: str, dtype: torch.dtype, device: torch.device):
     """The same architecture in transformers: real weights from the resolved folder, or a
     random model of the same config for dummy weights (the throughput does not care)."""
     from transformers import AutoModelForCausalLM
 
-    runner = llm.engine.runner
-    resolved = llm.engine.resolved
-    if llm.engine.config.load_format == "dummy" or resolved.path is None:
-        with runner.device:  # initialise on the device: an 8B random init on a CPU takes minutes
-            model = AutoModelForCausalLM.from_config(resolved.hf_config, dtype=runner.dtype)
+    if load_format == "dummy" or resolved.path is None:
+        with device:  # initialise on the device: an 8B random init on a CPU takes minutes
+            model = AutoModelForCausalLM.from_config(resolved.hf_config, dtype=dtype)
     else:
-        model = AutoModelForCausalLM.from_pretrained(str(resolved.path), dtype=runner.dtype)
-    return model.to(runner.device).eval()
+        model = AutoModelForCausalLM.from_pretrained(str(resolved.path), dtype=dtype)
+    return model.to(device).eval()
 
 
 @torch.inference_mode()
@@ -136,10 +135,15 @@ def run_engine_bench(options: EngineBenchOptions) -> list[Throughput]:
     llm = LLM(**dataclasses.asdict(options.engine))
     requests = make_workload(options.workload, llm.engine.arch.vocab_size)
     results = [bench_pagefleet(llm, requests)]
+    print(results[0].row(), flush=True)
     stats = llm.engine.stats()
-    device = llm.engine.runner.device
+    device, dtype, resolved = llm.engine.runner.device, llm.engine.runner.dtype, llm.engine.resolved
+    del llm  # give the KV cache and CUDA graphs back before transformers needs the memory
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     if options.hf_modes:
-        model = load_hf_model(llm)
+        model = load_hf_model(resolved, options.engine.load_format, dtype, device)
         subset = requests[: options.hf_num_prompts]
         pad_id = 0
         bench_hf_single(model, subset[:1], device, pad_id)  # warm-up

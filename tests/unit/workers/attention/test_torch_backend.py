@@ -14,7 +14,7 @@ BLOCK_SIZE = 4
 def _batch(seq_lens: list[int], query_lens: list[int], num_blocks: int, gen: torch.Generator):
     """Random block tables (shuffled, not contiguous) and the metadata of one step."""
     perm = torch.randperm(num_blocks, generator=gen).tolist()
-    tables, slot_mapping, start = [], [], 0
+    tables, slot_mapping = [], []
     for seq_len, query_len in zip(seq_lens, query_lens, strict=True):
         count = -(-seq_len // BLOCK_SIZE)
         table, perm = perm[:count], perm[count:]
