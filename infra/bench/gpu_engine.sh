@@ -26,10 +26,12 @@ sys.exit(args.func(args))
 PY
 }
 
-python3 -m pytest -q -p no:cacheprovider --noconftest tests/gpu > "$out/gpu_tests.txt" 2>&1
-tail -5 "$out/gpu_tests.txt"
+if [ "$mode" != bench ]; then
+  python3 -m pytest -q -p no:cacheprovider --noconftest tests/gpu > "$out/gpu_tests.txt" 2>&1
+  tail -5 "$out/gpu_tests.txt"
+fi
 [ "$mode" = quick ] && exit 0
 bench --model llama-3.2-1b --load-format dummy --num-prompts 1000 --max-num-seqs 256 \
-  --hf static,single --hf-num-prompts 64 --hf-batch-size 64 --json "$out/llama1b_sharegpt.json" 2>&1 | grep -v Warning | tee "$out/llama1b_sharegpt.txt"
+  --hf static,single --hf-num-prompts 128 --hf-batch-size 128 --hf-single-prompts 3 --json "$out/llama1b_sharegpt.json" 2>&1 | grep -v Warning | tee "$out/llama1b_sharegpt.txt"
 bench --model llama-3.1-8b --load-format dummy --num-prompts 1000 --max-num-seqs 256 \
-  --hf static --hf-num-prompts 64 --hf-batch-size 64 --json "$out/llama8b_sharegpt.json" 2>&1 | grep -v Warning | tee "$out/llama8b_sharegpt.txt"
+  --hf static,single --hf-num-prompts 128 --hf-batch-size 128 --hf-single-prompts 2 --json "$out/llama8b_sharegpt.json" 2>&1 | grep -v Warning | tee "$out/llama8b_sharegpt.txt"

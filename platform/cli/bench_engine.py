@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--hf", default="static,single",
                         help="transformers baselines to run: static,single or none")
     parser.add_argument("--hf-num-prompts", type=int, default=32)
+    parser.add_argument("--hf-single-prompts", type=int, default=4,
+                        help="requests for the one-at-a-time baseline")
     parser.add_argument("--hf-batch-size", type=int, default=16)
     parser.add_argument("--json", type=Path, default=None)
     parser.set_defaults(func=run)
@@ -58,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
         shared_prefix_len=args.shared_prefix_len, seed=args.seed,
     )
     hf_modes = tuple(m for m in args.hf.split(",") if m and m != "none")
-    run_engine_bench(EngineBenchOptions(engine, workload, hf_modes, args.hf_num_prompts,
-                                        args.hf_batch_size, args.json))
+    run_engine_bench(EngineBenchOptions(
+        engine, workload, hf_modes, hf_num_prompts=args.hf_num_prompts,
+        hf_single_prompts=args.hf_single_prompts, hf_batch_size=args.hf_batch_size,
+        json_path=args.json,
+    ))
     return 0
