@@ -35,6 +35,9 @@ class KVCacheManager:
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.block_tables: dict[SeqId, list[Block]] = {}
+        # The same tables as plain ids, kept in step with `block_tables`: the runner reads
+        # them every step, and rebuilding them from Block objects would cost O(blocks).
+        self._block_ids: dict[SeqId, list[int]] = {}
         self._block_hashes: dict[SeqId, list[int]] = {}
         self.num_prefix_queried_tokens = 0
         self.num_prefix_hit_tokens = 0
@@ -50,7 +53,8 @@ class KVCacheManager:
         return self.num_prefix_hit_tokens / self.num_prefix_queried_tokens
 
     def block_ids(self, seq_id: SeqId) -> list[int]:
-        return [block.block_id for block in self.block_tables.get(seq_id, ())]
+        """The sequence's block ids (the live list: read, never modify)."""
+        return self._block_ids.get(seq_id, [])
 
     def find_prefix(self, seq: Sequence) -> PrefixHit:
         """Longest cached prefix of a sequence that has computed nothing yet.
@@ -84,18 +88,24 @@ class KVCacheManager:
     def allocate(self, seq: Sequence, num_new_tokens: int, hit: PrefixHit = NO_HIT) -> bool:
         """Give `seq` room for `num_new_tokens` more computed tokens (after `hit`), or do
         nothing and return False. Blocks that these tokens fill are cached for others."""
+        if not hit.blocks and self._fits(seq, num_new_tokens):
+            return True  # the common decode step: room in the last block, nothing to cache
         if self._num_blocks_needed(seq, num_new_tokens, hit) > self.pool.num_free_blocks:
             return False
         table = self.block_tables.setdefault(seq.seq_id, [])
+        ids = self._block_ids.setdefault(seq.seq_id, [])
         hashes = self._block_hashes.setdefault(seq.seq_id, [])
         if hit.blocks:
             self.pool.touch(hit.blocks)
             table.extend(hit.blocks)
+            ids.extend(block.block_id for block in hit.blocks)
             hashes.extend(hit.block_hashes)
         num_tokens = seq.num_computed_tokens + hit.num_tokens(self.block_size) + num_new_tokens
         num_missing = -(-num_tokens // self.block_size) - len(table)
         if num_missing > 0:
-            table.extend(self.pool.allocate(num_missing))
+            new_blocks = self.pool.allocate(num_missing)
+            table.extend(new_blocks)
+            ids.extend(block.block_id for block in new_blocks)
         if self.enable_prefix_caching:
             self._cache_full_blocks(seq, table, hashes, num_tokens // self.block_size)
         return True
@@ -111,6 +121,7 @@ class KVCacheManager:
         shared = self.block_tables.get(parent.seq_id, [])[:num_shared_blocks]
         self.pool.touch(shared)
         self.block_tables[child.seq_id] = list(shared)
+        self._block_ids[child.seq_id] = [block.block_id for block in shared]
         self._block_hashes[child.seq_id] = self._block_hashes.get(parent.seq_id, [])[
             :num_shared_blocks
         ]
@@ -118,8 +129,20 @@ class KVCacheManager:
 
     def free(self, seq_id: SeqId) -> None:
         table = self.block_tables.pop(seq_id, [])
+        self._block_ids.pop(seq_id, None)
         self._block_hashes.pop(seq_id, None)
         self.pool.free(reversed(table))
+
+    def _fits(self, seq: Sequence, num_new_tokens: int) -> bool:
+        ids = self._block_ids.get(seq.seq_id)
+        if ids is None:
+            return False
+        num_tokens = seq.num_computed_tokens + num_new_tokens
+        if num_tokens > len(ids) * self.block_size:
+            return False
+        return not self.enable_prefix_caching or num_tokens // self.block_size <= len(
+            self._block_hashes[seq.seq_id]
+        )
 
     def _num_blocks_needed(self, seq: Sequence, num_new_tokens: int, hit: PrefixHit) -> int:
         table = self.block_tables.get(seq.seq_id, ())

@@ -44,6 +44,7 @@ class ChoiceState:
     logprobs: list[TokenLogprob] | None = None
     num_emitted_logprobs: int = 0
     final_emitted: bool = False
+    holdback: int = 0  # characters held back while streaming: a stop string may be starting
 
 
 @dataclass(slots=True, eq=False)
@@ -71,6 +72,7 @@ class LLMEngine:
                 max_num_seqs=config.max_num_seqs,
                 max_num_batched_tokens=config.max_num_batched_tokens or device_default,
                 block_size=config.block_size,
+                admission_batch=max(1, config.max_num_seqs // 8) if self.runner.graphs else 1,
             ),
             self.kv_cache,
         )
@@ -133,7 +135,8 @@ class LLMEngine:
                 )
             choices.append(
                 ChoiceState(seq, detokenizer, num_emitted_tokens=len(done_ids),
-                            logprobs=[] if params.logprobs is not None else None)
+                            logprobs=[] if params.logprobs is not None else None,
+                            holdback=stop_holdback(params.stop))
             )
         self.requests[request_id] = RequestState(request_id, choices, params.n)
         self.scheduler.add([choice.seq for choice in choices])
@@ -226,7 +229,7 @@ class LLMEngine:
 
     def _delta(self, choice: ChoiceState, final: bool) -> RequestDelta:
         seq = choice.seq
-        holdback = 0 if final else stop_holdback(seq.params.stop)
+        holdback = 0 if final else choice.holdback
         text_end = max(choice.num_emitted_chars, len(choice.text) - holdback)
         logprobs = None
         if choice.logprobs is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from pagefleet.workers.attention import AttentionMetadata, get_attention_backend
@@ -133,49 +134,57 @@ class ModelRunner:
         ]
 
     def prepare(self, output: SchedulerOutput, block_tables: list[list[int]]) -> StepInputs:
-        """Flatten the step on the host, then copy each array to the device once."""
+        """Flatten the step on the host with numpy, then copy each array to the device once."""
+        scheduled = output.scheduled
+        num_seqs = len(scheduled)
+        num_new = np.fromiter((item.num_new_tokens for item in scheduled), np.int64, num_seqs)
+        starts = np.fromiter((item.seq.num_computed_tokens for item in scheduled), np.int64, num_seqs)
+        query_start_loc = np.zeros(num_seqs + 1, dtype=np.int64)
+        np.cumsum(num_new, out=query_start_loc[1:])
+        num_tokens = int(query_start_loc[-1])
         input_ids: list[int] = []
-        positions: list[int] = []
-        slot_mapping: list[int] = []
-        query_start_loc = [0]
-        seq_lens: list[int] = []
-        sample_indices: list[int] = []
-        bs = self.block_size
-        for item, table in zip(output.scheduled, block_tables, strict=True):
+        for item in scheduled:
             seq = item.seq
-            start, end = seq.num_computed_tokens, seq.num_computed_tokens + item.num_new_tokens
-            input_ids.extend(seq.token_ids_slice(start, end))
-            positions.extend(range(start, end))
-            slot_mapping.extend(table[p // bs] * bs + p % bs for p in range(start, end))
-            query_start_loc.append(query_start_loc[-1] + item.num_new_tokens)
-            seq_lens.append(end)
-            if item.samples:
-                sample_indices.append(query_start_loc[-1] - 1)
-        max_blocks = max(len(table) for table in block_tables)
-        padded = [table + [0] * (max_blocks - len(table)) for table in block_tables]
+            if item.num_new_tokens == 1:
+                input_ids.append(seq.token_id_at(seq.num_computed_tokens))
+            else:
+                input_ids.extend(seq.token_ids_slice(
+                    seq.num_computed_tokens, seq.num_computed_tokens + item.num_new_tokens))
+        seq_of_token = np.repeat(np.arange(num_seqs), num_new)
+        positions = np.arange(num_tokens, dtype=np.int64) + np.repeat(starts - query_start_loc[:-1], num_new)
+        tables = np.zeros((num_seqs, max(len(t) for t in block_tables)), dtype=np.int32)
+        for row, table in enumerate(block_tables):
+            tables[row, : len(table)] = table
+        bs = self.block_size
+        slot_mapping = tables[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs
+        seq_lens = (starts + num_new).astype(np.int32)
+        samples = np.fromiter((item.samples for item in scheduled), bool, num_seqs)
+        sample_indices = query_start_loc[1:][samples] - 1
         device = self.device
 
-        def to_device(values: list, dtype: torch.dtype) -> torch.Tensor:
-            tensor = torch.tensor(values, dtype=dtype)
+        def to_device(array: np.ndarray) -> torch.Tensor:
+            tensor = torch.from_numpy(array)
             if device.type == "cuda":
                 return tensor.pin_memory().to(device, non_blocking=True)
             return tensor
 
+        seq_lens_list = seq_lens.tolist()
+        query_start_list = query_start_loc.tolist()
         metadata = AttentionMetadata(
-            slot_mapping=to_device(slot_mapping, torch.long),
-            query_start_loc=to_device(query_start_loc, torch.int32),
-            seq_lens=to_device(seq_lens, torch.int32),
-            block_tables=to_device(padded, torch.int32),
-            max_query_len=max(item.num_new_tokens for item in output.scheduled),
-            max_seq_len=max(seq_lens),
-            query_start_loc_cpu=query_start_loc,
-            seq_lens_cpu=seq_lens,
+            slot_mapping=to_device(slot_mapping),
+            query_start_loc=to_device(query_start_loc.astype(np.int32)),
+            seq_lens=to_device(seq_lens),
+            block_tables=to_device(tables),
+            max_query_len=int(num_new.max()),
+            max_seq_len=max(seq_lens_list),
+            query_start_loc_cpu=query_start_list,
+            seq_lens_cpu=seq_lens_list,
         )
         return StepInputs(
-            input_ids=to_device(input_ids, torch.long),
-            positions=to_device(positions, torch.long),
+            input_ids=to_device(np.asarray(input_ids, dtype=np.int64)),
+            positions=to_device(positions),
             metadata=metadata,
-            sample_indices=to_device(sample_indices, torch.long),
+            sample_indices=to_device(sample_indices),
         )
 
     @torch.inference_mode()

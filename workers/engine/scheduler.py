@@ -17,9 +17,15 @@ from pagefleet.workers.engine.sequence import Sequence, SequenceStatus
 
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
+    """`admission_batch`: while sequences are decoding, wait until this many new ones can be
+    admitted together (or all that wait, if fewer). Steps that mix prefills into decodes run
+    eagerly, decode-only steps replay CUDA graphs; admitting in groups keeps most steps on
+    graphs at the cost of a slightly fuller queue."""
+
     max_num_seqs: int
     max_num_batched_tokens: int
     block_size: int
+    admission_batch: int = 1
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
@@ -90,8 +96,8 @@ class Scheduler:
                 scheduled_ids.add(seq.seq_id)
                 budget -= num_new
                 i += 1
-        if output.num_preempted:
-            return output  # blocks are scarce: admit nothing new this step
+        if output.num_preempted or not self._admission_due():
+            return output  # blocks are scarce, or too few slots free to be worth a prefill step
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
             hit = self.kv_cache.find_prefix(seq) if seq.num_computed_tokens == 0 else NO_HIT
@@ -110,6 +116,12 @@ class Scheduler:
             output.scheduled.append(ScheduledSeq(seq, num_new))
             budget -= num_new
         return output
+
+    def _admission_due(self) -> bool:
+        if not self.running or (self.waiting and self.waiting[0].num_computed_tokens > 0):
+            return True  # idle, or a forked sibling already holds blocks: take it now
+        free_slots = self.config.max_num_seqs - len(self.running)
+        return free_slots >= min(self.config.admission_batch, len(self.waiting))
 
     def update(self, output: SchedulerOutput) -> None:
         """Advance computed-token counts; fork waiting siblings off a finished prompt."""
