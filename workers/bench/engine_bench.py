@@ -57,6 +57,7 @@ class EngineBenchOptions:
     hf_single_prompts: int = 4  # requests run one at a time (slow: a few are enough for a rate)
     hf_batch_size: int = 16
     json_path: Path | None = None
+    breakdown: bool = False
 
 
 def _sync(device: torch.device) -> None:
@@ -64,10 +65,60 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_pagefleet(llm: LLM, requests: list[BenchRequest]) -> Throughput:
+@dataclass(slots=True)
+class StepBreakdown:
+    """Where the engine's wall time goes, by phase; each phase ends with a device sync, so
+    the split is exact (and costs a little overlap that a normal run would have)."""
+
+    graph_steps: int = 0
+    eager_steps: int = 0
+    graph_s: float = 0.0
+    eager_s: float = 0.0
+    sample_s: float = 0.0
+
+    def report(self, total_s: float) -> str:
+        other = total_s - self.graph_s - self.eager_s - self.sample_s
+        return (f"time: {self.graph_steps} graph steps {self.graph_s:.2f} s, {self.eager_steps} eager "
+                f"(prefill/mixed) steps {self.eager_s:.2f} s, sampling {self.sample_s:.2f} s, "
+                f"scheduler + bookkeeping {other:.2f} s (of {total_s:.2f} s)")
+
+
+def instrument(llm: LLM) -> StepBreakdown:
+    """Wrap the runner and sampler of one engine with timers (benchmarks only)."""
+    breakdown = StepBreakdown()
+    engine, runner = llm.engine, llm.engine.runner
+    execute, sampler = runner.execute, engine.sampler
+
+    def timed_execute(output, block_tables):
+        start = time.perf_counter()
+        logits = execute(output, block_tables)
+        _sync(runner.device)
+        elapsed = time.perf_counter() - start
+        decode_only = all(item.num_new_tokens == 1 for item in output.scheduled)
+        if runner.graphs is not None and decode_only and runner.graphs.can_run(len(output.scheduled)):
+            breakdown.graph_steps += 1
+            breakdown.graph_s += elapsed
+        else:
+            breakdown.eager_steps += 1
+            breakdown.eager_s += elapsed
+        return logits
+
+    def timed_sampler(logits, seqs):
+        start = time.perf_counter()
+        result = sampler(logits, seqs)
+        breakdown.sample_s += time.perf_counter() - start
+        return result
+
+    runner.execute = timed_execute
+    engine.sampler = timed_sampler
+    return breakdown
+
+
+def bench_pagefleet(llm: LLM, requests: list[BenchRequest], breakdown: bool = False) -> Throughput:
     prompts = [r.prompt_token_ids for r in requests]
     params = [SamplingParams(temperature=0, ignore_eos=True, max_tokens=r.output_len) for r in requests]
     llm.generate(prompts[:2], params[:2])  # warm-up: CUDA graphs, allocator, kernel compilation
+    timers = instrument(llm) if breakdown else None
     device = llm.engine.runner.device
     _sync(device)
     start = time.perf_counter()
@@ -75,6 +126,8 @@ def bench_pagefleet(llm: LLM, requests: list[BenchRequest]) -> Throughput:
     _sync(device)
     elapsed = time.perf_counter() - start
     produced = sum(len(o.outputs[0].token_ids) for o in outputs)
+    if timers is not None:
+        print(timers.report(elapsed))
     return Throughput("pagefleet", len(requests), elapsed,
                       sum(len(p) for p in prompts), produced)
 
@@ -137,6 +190,9 @@ def run_engine_bench(options: EngineBenchOptions) -> list[Throughput]:
     requests = make_workload(options.workload, llm.engine.arch.vocab_size)
     results = [bench_pagefleet(llm, requests)]
     print(results[0].row(), flush=True)
+    if options.breakdown:  # an instrumented second pass on fresh prompts (no prefix-cache hits)
+        fresh = dataclasses.replace(options.workload, seed=options.workload.seed + 1)
+        bench_pagefleet(llm, make_workload(fresh, llm.engine.arch.vocab_size), breakdown=True)
     stats = llm.engine.stats()
     device, dtype, resolved = llm.engine.runner.device, llm.engine.runner.dtype, llm.engine.resolved
     del llm  # give the KV cache and CUDA graphs back before transformers needs the memory
