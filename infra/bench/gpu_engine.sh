@@ -31,6 +31,16 @@ if [ "$mode" != bench ]; then
   tail -5 "$out/gpu_tests.txt"
 fi
 [ "$mode" = quick ] && exit 0
+if [ "$mode" = extra ]; then
+  run() { name=$1; shift; bench "$@" --hf none 2>&1 | grep -v Warning | tee "$out/$name.txt"; }
+  run llama8b_breakdown --model llama-3.1-8b --load-format dummy --num-prompts 1000 --breakdown
+  run llama1b_breakdown --model llama-3.2-1b --load-format dummy --num-prompts 1000 --breakdown
+  run llama1b_1024_128 --model llama-3.2-1b --load-format dummy --num-prompts 500 --input-len 1024 --output-len 128
+  run llama1b_128_1024 --model llama-3.2-1b --load-format dummy --num-prompts 500 --input-len 128 --output-len 1024
+  run llama1b_prefix1k --model llama-3.2-1b --load-format dummy --num-prompts 500 --input-len 128 --output-len 128 --shared-prefix-len 1024
+  run llama1b_prefix1k_off --model llama-3.2-1b --load-format dummy --num-prompts 500 --input-len 128 --output-len 128 --shared-prefix-len 1024 --no-prefix-caching
+  exit 0
+fi
 bench --model llama-3.2-1b --load-format dummy --num-prompts 1000 --max-num-seqs 256 \
   --hf static,single --hf-num-prompts 128 --hf-batch-size 128 --hf-single-prompts 3 --json "$out/llama1b_sharegpt.json" 2>&1 | grep -v Warning | tee "$out/llama1b_sharegpt.txt"
 bench --model llama-3.1-8b --load-format dummy --num-prompts 1000 --max-num-seqs 256 \
