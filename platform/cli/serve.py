@@ -1,11 +1,16 @@
 """`pagefleet worker` and `pagefleet up`: run one model worker, or the whole local platform.
 
-`up` starts a private redis-server (unless --redis-url is given), the gateway and a worker for
-the registry's first model as child processes, prints the URL, and on Ctrl-C stops them in
-reverse order: the worker drains first, while Redis and the gateway still carry its results.
-Children run in their own sessions so the terminal's SIGINT reaches only `up`, which orders
-the shutdown. The worker imports the engine (torch) lazily, inside
-its command, so other commands stay light.
+`up` starts a private redis-server (unless --redis-url is given), the gateway and the
+autoscaling controller with the local backend as child processes, and prints the URL. No worker
+runs until a request arrives: the controller starts `pagefleet worker` processes as the queues
+fill and stops them after the registry's idle time, exactly as it scales Deployments on
+Kubernetes. The gateway keeps a request queued while the worker cold-starts (its request
+timeout, 600 s, is far above a CPU cold start of the default model, ~10-20 s).
+
+On Ctrl-C `up` stops the children in reverse order: the controller first, which drains its
+workers while Redis and the gateway still carry their results. Children run in their own
+sessions so the terminal's SIGINT reaches only `up`, which orders the shutdown. The worker
+imports the engine (torch) lazily, inside its command, so other commands stay light.
 """
 
 from __future__ import annotations
@@ -23,8 +28,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pagefleet.platform.registry import ModelSpec
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_DRAIN_TIMEOUT_S = 30.0  # the controller's SIGTERM-to-SIGKILL time for each worker
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     worker.add_argument("--log-level", default="INFO")
     worker.set_defaults(func=_run_worker)
 
-    up = subparsers.add_parser("up", help="run Redis, the gateway and a worker on this machine")
+    up = subparsers.add_parser("up", help="run Redis, the gateway and the autoscaler on this machine")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--registry", default=os.environ.get("PAGEFLEET_REGISTRY"))
@@ -51,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.set_defaults(func=_run_up)
 
 
-def _load_spec(registry_path: str | None, model: str | None):
+def _load_spec(registry_path: str | None, model: str | None) -> ModelSpec:
     from pagefleet.platform.registry import load_registry
 
     registry = load_registry(registry_path)
@@ -127,11 +137,25 @@ def start_gateway(host: str, port: int, registry: str, redis_url: str) -> subpro
                             start_new_session=True)
 
 
-def start_workers(model: str, registry: str, redis_url: str) -> list[subprocess.Popen]:
-    """The model's workers; the one place the autoscaler will take over."""
-    command = [sys.executable, "-m", "pagefleet.platform.cli", "worker", "--model", model,
-               "--registry", registry, "--redis-url", redis_url]
-    return [subprocess.Popen(command, start_new_session=True)]
+def start_controller(registry: str, redis_url: str) -> subprocess.Popen:
+    """The autoscaler with the local backend: it starts and drains `pagefleet worker` processes.
+
+    A process rather than `run_controller` in this one, like the gateway: `up` stays a plain
+    supervisor, and SIGTERM is the controller's own way to drain its workers before exiting.
+    """
+    return subprocess.Popen([sys.executable, "-m", "pagefleet.platform.cli", "controller",
+                             "--backend", "local", "--registry", registry, "--redis-url", redis_url,
+                             "--drain-timeout", str(_DRAIN_TIMEOUT_S)],
+                            start_new_session=True)
+
+
+def wait_for_any_exit(children: dict[str, subprocess.Popen]) -> str:
+    """Block until one child exits and return its name; a platform missing a part is down."""
+    while True:
+        for name, proc in children.items():
+            if proc.poll() is not None:
+                return name
+        time.sleep(0.5)  # supervising children; Ctrl-C interrupts the sleep
 
 
 def _run_up(args: argparse.Namespace) -> int:
@@ -139,31 +163,44 @@ def _run_up(args: argparse.Namespace) -> int:
 
     registry = args.registry or str(default_registry_path())
     spec = _load_spec(registry, None)
+    exited = None
     with contextlib.ExitStack() as stack:
         redis_url = args.redis_url or stack.enter_context(private_redis())
         gateway = start_gateway(args.host, args.port, registry, redis_url)
         stack.callback(stop_process, gateway)
-        for worker in start_workers(spec.name, registry, redis_url):
-            stack.callback(stop_process, worker, 60.0)
+        controller = start_controller(registry, redis_url)
+        # Stopped first (callbacks run in reverse): the workers drain while the gateway still
+        # streams their results; SIGKILL only well after the controller's own drain timeout.
+        stack.callback(stop_process, controller, _DRAIN_TIMEOUT_S + 30.0)
         wait_for_port(args.port, gateway, "the gateway")
         base_url = f"http://{args.host}:{args.port}/v1"
-        print(_banner(base_url, spec.name, redis_url), flush=True)
+        print(_banner(base_url, spec, redis_url), flush=True)
         signal.signal(signal.SIGTERM, _interrupt)
         with contextlib.suppress(KeyboardInterrupt):
-            gateway.wait()
-        print("\nshutting down (workers drain first)", flush=True)
-    return 0
+            exited = wait_for_any_exit({"the gateway": gateway, "the controller": controller})
+        if exited is None:
+            print("\nshutting down (workers drain first)", flush=True)
+        else:
+            print(f"\n{exited} exited unexpectedly; shutting down", file=sys.stderr, flush=True)
+    return 0 if exited is None else 1
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _banner(base_url: str, model: str, redis_url: str) -> str:
+def _banner(base_url: str, spec: ModelSpec, redis_url: str) -> str:
+    model, scaling = spec.name, spec.scaling
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Say hello"}],
                        "max_tokens": 32})
-    return (f"pagefleet is up: {base_url}  (redis {redis_url}, model {model}; the worker "
-            f"loads in a few seconds)\n"
+    if scaling.min_replicas == 0:
+        scaling_line = (f"{model} scales from zero: no worker runs yet, so the first request waits "
+                        f"for a cold start (10-20 s on a CPU); back to zero after "
+                        f"{scaling.scale_to_zero_after_s:g} s idle")
+    else:
+        scaling_line = f"{model} keeps {scaling.min_replicas} worker(s) warm; the first ones are loading"
+    return (f"pagefleet is up: {base_url}  (redis {redis_url}, model {model})\n"
+            f"  {scaling_line}\n"
             f"  curl {base_url}/chat/completions -H 'Content-Type: application/json' -d '{body}'\n"
             f"  OpenAI client: OpenAI(base_url=\"{base_url}\", api_key=\"none\")\n"
             f"Ctrl-C stops everything.")

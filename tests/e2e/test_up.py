@@ -1,19 +1,28 @@
-"""`pagefleet up`: one command brings Redis, the gateway and a worker up; SIGINT takes them down."""
+"""`pagefleet up`: Redis, the gateway and the autoscaler come up with no worker; the first request
+cold-starts one, the idle time takes it away again, and SIGINT takes everything down."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import openai
+import redis
+import yaml
 
-from tests.integration.runtime.processes import write_registry
+from pagefleet.platform.protocol import keys
+from tests.integration.runtime.processes import SOURCE
 from tests.support.redis_server import free_port
+
+MODEL = "up-smollm2"
+IDLE_S = 3  # scale_to_zero_after_s: long enough to be a real wait, short for CI
 
 
 def _port_open(port: int) -> bool:
@@ -21,30 +30,69 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_up_serves_the_openai_client_and_shuts_down_cleanly(tmp_path: Path) -> None:
-    registry = write_registry(tmp_path / "registry.yaml", {"up-smollm2": {"max_model_len": 128,
-                                                                        "max_num_seqs": 2}})
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_until(condition: Callable[[], bool], log_path: Path, up: subprocess.Popen, what: str,
+                timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert up.poll() is None, f"`pagefleet up` exited while waiting for {what}:\n{log_path.read_text()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{log_path.read_text()}"
+        time.sleep(0.1)  # polling a condition with a deadline
+
+
+def test_up_scales_from_zero_serves_the_openai_client_and_back_to_zero(tmp_path: Path) -> None:
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(yaml.safe_dump({"models": {MODEL: {
+        "source": SOURCE, "engine": {"max_model_len": 128, "max_num_seqs": 2},
+        "scaling": {"min_replicas": 0, "max_replicas": 1, "scale_to_zero_after_s": IDLE_S}}}}))
     port = free_port()
     log_path = tmp_path / "up.log"
     with open(log_path, "wb") as log:
         up = subprocess.Popen([sys.executable, "-m", "pagefleet.platform.cli", "up", "--port", str(port),
-                               "--registry", str(registry)], stdout=log, stderr=subprocess.STDOUT)
+                               "--registry", str(registry)], stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    client = None
     try:
-        deadline = time.monotonic() + 120
-        while "pagefleet is up" not in log_path.read_text():
-            assert up.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.1)  # polling the banner with a deadline
+        _wait_until(lambda: "Ctrl-C stops everything" in log_path.read_text(), log_path, up, "the banner")
         banner = log_path.read_text()
-        redis_port = int(re.search(r"redis://127\.0\.0\.1:(\d+)", banner).group(1))
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=300)
-        response = client.chat.completions.create(
-            model="up-smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+        assert f"http://127.0.0.1:{port}/v1" in banner and "scales from zero" in banner
+        redis_url = re.search(r"redis://127\.0\.0\.1:\d+/0", banner).group(0)
+        client = redis.Redis.from_url(redis_url)
+        heartbeats = keys.heartbeat_hash(MODEL)
+        # Nothing is queued, so the controller has no reason to start a worker before a request.
+        assert client.hlen(heartbeats) == 0 and "started worker" not in log_path.read_text()
+
+        api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none",
+                            max_retries=0, timeout=300)
+        response = api.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
         assert response.choices[0].message.content
+        assert response.usage.completion_tokens > 0
+        started = re.findall(r"started worker \S+ of up-smollm2 \(pid (\d+)\)", log_path.read_text())
+        assert len(started) == 1, log_path.read_text()  # the request cold-started exactly one worker
+
+        # After IDLE_S without work the controller drains the worker: it deletes its heartbeat
+        # on the way out and the controller reaps the process.
+        worker_pid = int(started[0])
+        _wait_until(lambda: "scale to zero" in log_path.read_text(), log_path, up, "scale to zero")
+        _wait_until(lambda: client.hlen(heartbeats) == 0 and not _pid_exists(worker_pid),
+                    log_path, up, "the worker to exit")
+
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=120) == 0, log_path.read_text()
     finally:
         if up.poll() is None:
             up.kill()
+        if client is not None:
+            client.close()
     output = log_path.read_text()
-    assert "draining" in output  # the worker was asked to drain, not killed
-    assert not _port_open(port) and not _port_open(redis_port)
+    assert "draining worker" in output  # scale-down drains, it does not kill
+    assert "did not drain in time" not in output and "Traceback" not in output, output
+    assert not _port_open(port) and not _port_open(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
