@@ -110,6 +110,7 @@ class AsyncEngine:
     def shutdown(self) -> None:
         self._commands.put(_Stop())
         self._thread.join(timeout=30)
+        self.engine.shutdown()
 
     # ---- engine thread --------------------------------------------------------------------
 

@@ -26,6 +26,10 @@ class LLM:
     def get_tokenizer(self):
         return self.engine.tokenizer
 
+    def shutdown(self) -> None:
+        """Release tensor-parallel worker processes (single-process engines hold none)."""
+        self.engine.shutdown()
+
     def generate(
         self,
         prompts: Prompt | SequenceOf[Prompt],

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from pagefleet.platform.protocol.messages import TokenLogprob, TopLogprob
 from pagefleet.platform.protocol.sampling import SamplingParams
+from pagefleet.workers.engine import tensor_parallel
 from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.engine.detokenizer import (
     IncrementalDetokenizer,
@@ -61,7 +62,8 @@ class LLMEngine:
         self.resolved = resolved
         self.tokenizer = load_tokenizer(resolved, config.tokenizer)
         self.arch = resolved.arch
-        self.runner = ModelRunner(config, resolved)
+        self.tp_context = tensor_parallel.launch(config) if config.tensor_parallel_size > 1 else None
+        self.runner = ModelRunner(config, resolved, tp_context=self.tp_context)
         self.max_model_len = self.runner.max_model_len
         device_default = 8192 if self.runner.device.type == "cuda" else 2048
         self.kv_cache = KVCacheManager(
@@ -159,6 +161,12 @@ class LLMEngine:
 
     def has_unfinished(self) -> bool:
         return bool(self.requests)
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel worker processes, if any (idempotent)."""
+        if self.tp_context is not None:
+            self.tp_context.shutdown()
+            self.tp_context = None
 
     # ---- the step -------------------------------------------------------------------------
 

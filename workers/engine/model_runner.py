@@ -11,11 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from pagefleet.workers.attention import AttentionMetadata, get_attention_backend
 from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.engine.cuda_graphs import DecodeGraphs
 from pagefleet.workers.engine.scheduler import SchedulerOutput
+from pagefleet.workers.engine.tensor_parallel import TensorParallelContext
 from pagefleet.workers.models.arch import ModelArch
 from pagefleet.workers.models.loader import ResolvedModel, build_model
 from pagefleet.workers.models.parallel import TensorParallel
@@ -26,6 +28,20 @@ _CPU_KV_CACHE_BYTES = 1 << 30
 
 
 @dataclass(frozen=True, slots=True)
+class HostStep:
+    """One step flattened on the host: small numpy arrays, cheap to broadcast to TP ranks."""
+
+    input_ids: np.ndarray  # [num_tokens] int64
+    positions: np.ndarray  # [num_tokens] int64
+    slot_mapping: np.ndarray  # [num_tokens] int64
+    query_start_loc: np.ndarray  # [num_seqs + 1] int32
+    seq_lens: np.ndarray  # [num_seqs] int32
+    block_tables: np.ndarray  # [num_seqs, max_blocks] int32
+    sample_indices: np.ndarray  # [num_sampling_seqs] int64
+    max_query_len: int
+
+
+@dataclass(frozen=True, slots=True)
 class StepInputs:
     input_ids: torch.Tensor  # [num_tokens] int64
     positions: torch.Tensor  # [num_tokens] int64
@@ -33,11 +49,12 @@ class StepInputs:
     sample_indices: torch.Tensor  # [num_sampling_seqs] int64: rows of the last tokens
 
 
-def resolve_device(name: str) -> torch.device:
-    """A concrete device; CUDA gets an index, since streams and graphs need one."""
+def resolve_device(name: str, tp_rank: int = 0) -> torch.device:
+    """A concrete device; CUDA gets an index (the TP rank's GPU), since streams and graphs
+    need one."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
     if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cuda", tp_rank or torch.cuda.current_device())
     return device
 
 
@@ -49,13 +66,15 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 class ModelRunner:
     def __init__(
-        self, config: EngineConfig, resolved: ResolvedModel, tp: TensorParallel | None = None
+        self, config: EngineConfig, resolved: ResolvedModel,
+        tp_context: TensorParallelContext | None = None,
     ) -> None:
         self.config = config
-        self.device = resolve_device(config.device)
+        self.tp_context = tp_context
+        self.tp = tp_context.tp if tp_context is not None else TensorParallel(rank=0, size=1)
+        self.device = resolve_device(config.device, self.tp.rank)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.arch: ModelArch = resolved.arch
-        self.tp = tp or TensorParallel(rank=0, size=1, group=None)
         backend_name = config.attention_backend or ("triton" if self.device.type == "cuda" else "torch")
         self.attention = get_attention_backend(backend_name)
         self.block_size = config.block_size
@@ -66,7 +85,7 @@ class ModelRunner:
             attention=self.attention, tp=self.tp,
         )
         self.num_kv_heads = self.arch.num_kv_heads_per_rank(self.tp.size)
-        self.num_blocks = self._decide_num_blocks()
+        self.num_blocks = self._agree_on_num_blocks(self._decide_num_blocks())
         # One block more than the scheduler may hand out: the scratch "null block" that
         # padded rows of a CUDA-graph batch write to.
         self.kv_caches = self._allocate_kv_cache(self.num_blocks + 1)
@@ -101,6 +120,14 @@ class ModelRunner:
             raise ValueError(f"no memory left for the KV cache (budget {budget} bytes)")
         return int(num_blocks)
 
+    def _agree_on_num_blocks(self, num_blocks: int) -> int:
+        """Every TP rank must hold the same block count: take the smallest."""
+        if self.tp.size == 1:
+            return num_blocks
+        count = torch.tensor([num_blocks], dtype=torch.long)
+        dist.all_reduce(count, op=dist.ReduceOp.MIN, group=self.tp_context.control_group)
+        return int(count.item())
+
     def _profile_free_gpu_memory(self) -> int:
         """Memory the KV cache may take: the utilisation share of the card, less the weights
         and the activations of the largest step (measured with a dummy forward)."""
@@ -133,8 +160,8 @@ class ModelRunner:
             for _ in range(self.arch.num_layers)
         ]
 
-    def prepare(self, output: SchedulerOutput, block_tables: list[list[int]]) -> StepInputs:
-        """Flatten the step on the host with numpy, then copy each array to the device once."""
+    def flatten(self, output: SchedulerOutput, block_tables: list[list[int]]) -> HostStep:
+        """Flatten the step on the host with numpy (vectorised where it can be)."""
         scheduled = output.scheduled
         num_seqs = len(scheduled)
         num_new = np.fromiter((item.num_new_tokens for item in scheduled), np.int64, num_seqs)
@@ -156,10 +183,20 @@ class ModelRunner:
         for row, table in enumerate(block_tables):
             tables[row, : len(table)] = table
         bs = self.block_size
-        slot_mapping = tables[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs
-        seq_lens = (starts + num_new).astype(np.int32)
         samples = np.fromiter((item.samples for item in scheduled), bool, num_seqs)
-        sample_indices = query_start_loc[1:][samples] - 1
+        return HostStep(
+            input_ids=np.asarray(input_ids, dtype=np.int64),
+            positions=positions,
+            slot_mapping=tables[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs,
+            query_start_loc=query_start_loc.astype(np.int32),
+            seq_lens=(starts + num_new).astype(np.int32),
+            block_tables=tables,
+            sample_indices=query_start_loc[1:][samples] - 1,
+            max_query_len=int(num_new.max()),
+        )
+
+    def upload(self, step: HostStep) -> StepInputs:
+        """Copy each host array to the device once (pinned, asynchronous on CUDA)."""
         device = self.device
 
         def to_device(array: np.ndarray) -> torch.Tensor:
@@ -168,29 +205,35 @@ class ModelRunner:
                 return tensor.pin_memory().to(device, non_blocking=True)
             return tensor
 
-        seq_lens_list = seq_lens.tolist()
-        query_start_list = query_start_loc.tolist()
+        seq_lens_list = step.seq_lens.tolist()
         metadata = AttentionMetadata(
-            slot_mapping=to_device(slot_mapping),
-            query_start_loc=to_device(query_start_loc.astype(np.int32)),
-            seq_lens=to_device(seq_lens),
-            block_tables=to_device(tables),
-            max_query_len=int(num_new.max()),
+            slot_mapping=to_device(step.slot_mapping),
+            query_start_loc=to_device(step.query_start_loc),
+            seq_lens=to_device(step.seq_lens),
+            block_tables=to_device(step.block_tables),
+            max_query_len=step.max_query_len,
             max_seq_len=max(seq_lens_list),
-            query_start_loc_cpu=query_start_list,
+            query_start_loc_cpu=step.query_start_loc.tolist(),
             seq_lens_cpu=seq_lens_list,
         )
         return StepInputs(
-            input_ids=to_device(np.asarray(input_ids, dtype=np.int64)),
-            positions=to_device(positions),
+            input_ids=to_device(step.input_ids),
+            positions=to_device(step.positions),
             metadata=metadata,
-            sample_indices=to_device(sample_indices),
+            sample_indices=to_device(step.sample_indices),
         )
 
-    @torch.inference_mode()
     def execute(self, output: SchedulerOutput, block_tables: list[list[int]]) -> torch.Tensor:
-        """Logits `[num_sampling_seqs, vocab]` (float32) of the sequences that sample."""
-        inputs = self.prepare(output, block_tables)
+        """Logits `[num_sampling_seqs, vocab]` (float32) of the sequences that sample; with
+        tensor parallelism every rank runs the same step."""
+        step = self.flatten(output, block_tables)
+        if self.tp.size > 1:
+            self.tp_context.broadcast(step)
+        return self.execute_host(step)
+
+    @torch.inference_mode()
+    def execute_host(self, step: HostStep) -> torch.Tensor:
+        inputs = self.upload(step)
         md = inputs.metadata
         if self.graphs is not None and md.is_decode_only and self.graphs.can_run(md.num_seqs):
             hidden = self.graphs.run(inputs.input_ids, inputs.positions, md.slot_mapping,
