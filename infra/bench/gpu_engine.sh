@@ -31,6 +31,14 @@ if [ "$mode" != bench ]; then
   tail -5 "$out/gpu_tests.txt"
 fi
 [ "$mode" = quick ] && exit 0
+if [ "$mode" = tp ]; then
+  python3 -m pytest -q -p no:cacheprovider --noconftest tests/gpu/test_tensor_parallel_cuda.py 2>&1 | tail -3 | tee "$out/tp_tests.txt"
+  for tp in 1 2; do
+    bench --model llama-3.2-1b --load-format dummy --num-prompts 500 --tensor-parallel-size $tp --hf none \
+      2>&1 | grep -v Warning | tee "$out/llama1b_tp$tp.txt"
+  done
+  exit 0
+fi
 if [ "$mode" = extra ]; then
   run() { name=$1; shift; bench "$@" --hf none 2>&1 | grep -v Warning | tee "$out/$name.txt"; }
   run llama8b_breakdown --model llama-3.1-8b --load-format dummy --num-prompts 1000 --breakdown
