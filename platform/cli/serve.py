@@ -149,6 +149,14 @@ def start_controller(registry: str, redis_url: str) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def start_workers(model: str, registry: str, redis_url: str) -> list[subprocess.Popen]:
+    """A fixed, always-warm worker, for measurements that must leave scaling out
+    (`pagefleet bench serve --overhead`); `up` lets the controller start workers instead."""
+    command = [sys.executable, "-m", "pagefleet.platform.cli", "worker", "--model", model,
+               "--registry", registry, "--redis-url", redis_url]
+    return [subprocess.Popen(command, start_new_session=True)]
+
+
 def wait_for_any_exit(children: dict[str, subprocess.Popen]) -> str:
     """Block until one child exits and return its name; a platform missing a part is down."""
     while True:
