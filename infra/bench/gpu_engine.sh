@@ -26,7 +26,7 @@ sys.exit(args.func(args))
 PY
 }
 
-if [ "$mode" != bench ]; then
+if [ "$mode" = full ] || [ "$mode" = quick ]; then
   python3 -m pytest -q -p no:cacheprovider --noconftest tests/gpu > "$out/gpu_tests.txt" 2>&1
   tail -5 "$out/gpu_tests.txt"
 fi
