@@ -1,8 +1,18 @@
-"""Fixtures shared by every test folder."""
+"""Fixtures shared by every test folder.
+
+Without a GPU, Triton kernels run in Triton's CPU interpreter. The variable is read when a
+kernel is decorated, so it is set here, before any test module imports `pagefleet.kernels`.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import redis
