@@ -29,7 +29,7 @@ LOG2E = 1.4426950408889634
 class DecodeConfig:
     """Launch parameters; `num_splits=None` picks the count from batch and length."""
 
-    # Defaults from `pagefleet bench kernels --tune` on an H100 (docs/benchmarks_kernels.md).
+    # Defaults from `pagefleet bench kernels --tune` on an H100 (docs/benchmarks.md).
     block_n: int = 64  # KV tokens per tile
     num_warps: int = 4
     num_stages: int = 3

@@ -27,7 +27,7 @@ LOG2E = 1.4426950408889634
 
 @dataclass(frozen=True, slots=True)
 class PrefillConfig:
-    # Defaults from `pagefleet bench kernels --tune` on an H100 (docs/benchmarks_kernels.md).
+    # Defaults from `pagefleet bench kernels --tune` on an H100 (docs/benchmarks.md).
     block_m: int = 128  # query rows per program
     block_n: int = 128  # keys per tile
     num_warps: int = 8
