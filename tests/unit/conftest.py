@@ -1,8 +1,11 @@
-"""Kernel tests run in Triton's CPU interpreter unless a GPU is present.
+"""Fixtures for the kernel and attention-backend tests.
 
-`TRITON_INTERPRET` is read when `@triton.jit` decorates a kernel, so it is set here, before
-any test module imports `pagefleet.kernels`. With a GPU the same tests run compiled, at
-full size (each module picks its shapes from `torch.cuda.is_available()`).
+Kernel tests run in Triton's CPU interpreter unless a GPU is present. `TRITON_INTERPRET` is
+read when `@triton.jit` decorates a kernel; the root conftest sets it, and so does this one,
+because `pagefleet bench kernels` runs these folders on a GPU machine with
+`--confcutdir=tests/unit` (the root conftest needs redis, which is not installed there).
+With a GPU the same tests run compiled, at full size (each module picks its shapes from
+`torch.cuda.is_available()`).
 """
 
 from __future__ import annotations
