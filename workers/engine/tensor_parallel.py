@@ -44,6 +44,7 @@ class TensorParallelContext:
     def shutdown(self) -> None:
         if self.is_driver and self.tp.size > 1:
             self.broadcast(None)
+            dist.barrier(group=self.control_group)  # gloo aborts a rank whose peer hangs up first
             for process in self.processes:
                 process.join(timeout=60)
         if dist.is_initialized():
@@ -93,4 +94,5 @@ def _worker_main(config: EngineConfig, rank: int, init_method: str) -> None:
                          tp_context=context)
     while (step := context.broadcast(None)) is not None:
         runner.execute_host(step)
+    dist.barrier(group=context.control_group)
     dist.destroy_process_group()

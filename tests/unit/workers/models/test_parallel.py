@@ -39,6 +39,7 @@ def tp_worker(rank: int, port: int, folders: list[Path], out_dir: Path) -> None:
         tp = TensorParallel(rank=rank, size=2, group=dist.group.WORLD)
         for folder in folders:
             torch.save(logits_of(folder, tp), out_dir / f"{folder.name}-rank{rank}.pt")
+        dist.barrier()  # leave together: gloo aborts a rank whose peer hangs up first
     finally:
         dist.destroy_process_group()
 
