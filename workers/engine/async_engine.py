@@ -147,6 +147,10 @@ class AsyncEngine:
         except ValueError as exc:
             command.sink.put(exc)
             return
+        except Exception as exc:  # never let one bad request stop the loop that serves the rest
+            logger.exception("could not add request %s", command.request_id)
+            command.sink.put(ValueError(f"invalid request: {exc}"))
+            return
         self._sinks[command.request_id] = command.sink
 
     def _deliver(self, deltas: list[RequestDelta]) -> None:

@@ -101,7 +101,12 @@ class LLMEngine:
                 raise ValueError("prompt must not be empty")
             return self.tokenizer.encode(prompt)
         if isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
-            ids = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+            try:
+                ids = self.tokenizer.apply_chat_template(
+                    prompt, add_generation_prompt=True, tokenize=True
+                )
+            except Exception as exc:  # jinja2 errors, missing keys: the request is at fault
+                raise ValueError(f"could not apply the chat template: {exc}") from exc
             if isinstance(ids, dict) or hasattr(ids, "input_ids"):
                 ids = ids["input_ids"]
             return list(ids)

@@ -77,3 +77,14 @@ def test_bad_request_raises_before_any_delta(engine):
             await _collect(engine, "empty", "", GREEDY)
 
     asyncio.run(run())
+
+
+def test_a_malformed_chat_fails_alone(engine):
+    async def run():
+        good = asyncio.create_task(_collect(engine, "ok", "Hello there", GREEDY))
+        with pytest.raises(ValueError):
+            await _collect(engine, "bad", [{"role": "user"}, {"content": 3}], GREEDY)
+        return await good
+
+    deltas = asyncio.run(run())
+    assert deltas[-1].finished and deltas[-1].finish_reason in ("stop", "length")
