@@ -13,7 +13,7 @@ def write_kv_cache_ref(
     slot_mapping: torch.Tensor,
 ) -> None:
     """Scatter new K/V rows into the cache slots named by `slot_mapping`."""
-    num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
+    num_kv_heads, head_dim = k_cache.shape[2:]
     k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, k.to(k_cache.dtype))
     v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
 

@@ -82,9 +82,6 @@ class KVCacheManager:
         self.num_prefix_queried_tokens += num_queried_tokens
         self.num_prefix_hit_tokens += num_hit_tokens
 
-    def can_allocate(self, seq: Sequence, num_new_tokens: int, hit: PrefixHit = NO_HIT) -> bool:
-        return self._num_blocks_needed(seq, num_new_tokens, hit) <= self.pool.num_free_blocks
-
     def allocate(self, seq: Sequence, num_new_tokens: int, hit: PrefixHit = NO_HIT) -> bool:
         """Give `seq` room for `num_new_tokens` more computed tokens (after `hit`), or do
         nothing and return False. Blocks that these tokens fill are cached for others."""

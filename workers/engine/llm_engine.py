@@ -133,7 +133,7 @@ class LLMEngine:
             done_ids = list(resume.get(index, ()))
             seq = Sequence(
                 request_id, index, prompt_ids, params, max_tokens, arrival,
-                output_token_ids=done_ids, num_resumed_tokens=len(done_ids),
+                output_token_ids=done_ids,
             )
             detokenizer = None
             if self.tokenizer is not None:
@@ -235,7 +235,6 @@ class LLMEngine:
                     deltas.append(delta)
         if state.num_unfinished == 0:
             self.requests.pop(state.request_id, None)
-            self.counters.finished_requests += 1
             if deltas:
                 deltas[-1].finished = True
         return deltas

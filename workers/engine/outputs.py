@@ -64,4 +64,3 @@ class EngineCounters:
 
     prompt_tokens: int = 0
     generation_tokens: int = 0
-    finished_requests: int = 0

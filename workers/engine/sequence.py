@@ -33,8 +33,6 @@ class Sequence:
     finish_reason: str | None = None
     stop_reason: str | int | None = None
     num_cached_prompt_tokens: int = 0  # prompt tokens served from the prefix cache (first admission)
-    # Output tokens handed in when the request resumed on another worker; they are never re-emitted.
-    num_resumed_tokens: int = 0
 
     @property
     def seq_id(self) -> tuple[str, int]:
