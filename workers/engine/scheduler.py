@@ -34,13 +34,15 @@ class SchedulerConfig:
 
 @dataclass(slots=True)
 class ScheduledSeq:
+    """`samples`: this step reaches the sequence's last token, so its logits are sampled
+    (decided when scheduled, before the step moves `num_computed_tokens`)."""
+
     seq: Sequence
     num_new_tokens: int
+    samples: bool = field(init=False)
 
-    @property
-    def samples(self) -> bool:
-        """Whether this step reaches the sequence's last token, so its logits are sampled."""
-        return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
+    def __post_init__(self) -> None:
+        self.samples = self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
 
 
 @dataclass(slots=True)

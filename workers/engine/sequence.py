@@ -33,10 +33,11 @@ class Sequence:
     finish_reason: str | None = None
     stop_reason: str | int | None = None
     num_cached_prompt_tokens: int = 0  # prompt tokens served from the prefix cache (first admission)
+    seq_id: tuple[str, int] = field(init=False)  # (request_id, index), a key read every step
 
-    @property
-    def seq_id(self) -> tuple[str, int]:
-        return (self.request_id, self.index)
+    def __post_init__(self) -> None:
+        self.seq_id = (self.request_id, self.index)
+
 
     @property
     def num_tokens(self) -> int:
