@@ -19,17 +19,21 @@ COMMANDS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pagefleet", description=__doc__.splitlines()[0])
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    for module_name in COMMANDS:
+def register_commands(subparsers: argparse._SubParsersAction, module_names: tuple[str, ...]) -> None:
+    """Let each command module add its parser; a module that does not exist is skipped."""
+    for module_name in module_names:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if exc.name != module_name:
                 raise
-            continue  # a command module not written yet
+            continue
         module.register(subparsers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pagefleet", description=__doc__.splitlines()[0])
+    register_commands(parser.add_subparsers(dest="command", required=True), COMMANDS)
     return parser
 
 

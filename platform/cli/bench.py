@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from pagefleet.platform.cli import register_commands
 
 BENCH_COMMANDS = (
     "pagefleet.platform.cli.bench_engine",
@@ -14,12 +15,4 @@ BENCH_COMMANDS = (
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks (engine, serve, kernels)")
-    bench_subparsers = parser.add_subparsers(dest="bench_command", required=True)
-    for module_name in BENCH_COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.register(bench_subparsers)
+    register_commands(parser.add_subparsers(dest="bench_command", required=True), BENCH_COMMANDS)
