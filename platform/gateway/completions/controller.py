@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from litestar import Controller, Response, post
+from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
@@ -36,17 +36,17 @@ class CompletionsController(Controller):
           responses={200: ResponseSpec(ChatCompletion, description="A chat completion, or SSE "
                                        "chunks when stream is true"), **_ERRORS})
     async def chat(self, data: JSONBody[ChatCompletionRequest], completions: NamedDependency[CompletionService],
-                   owner: NamedDependency[str]) -> Response | Stream:
+                   owner: NamedDependency[str], request: Request) -> Response | Stream:
         prepared = prepare_chat(data, completions.context("chatcmpl", owner))
-        return await completions.run(prepared)
+        return await completions.run(prepared, request.receive)
 
     @post("/completions", status_code=200,
           responses={200: ResponseSpec(Completion, description="A completion, or SSE chunks "
                                        "when stream is true"), **_ERRORS})
     async def completions(self, data: JSONBody[CompletionRequest], completions: NamedDependency[CompletionService],
-                          owner: NamedDependency[str]) -> Response | Stream:
+                          owner: NamedDependency[str], request: Request) -> Response | Stream:
         prepared = prepare_completion(data, completions.context("cmpl", owner))
-        return await completions.run(prepared)
+        return await completions.run(prepared, request.receive)
 
 
 def error_specs() -> dict[int, ResponseSpec]:

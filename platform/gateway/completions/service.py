@@ -1,8 +1,9 @@
 """Queue a prepared request and answer it from its result streams, whole or as SSE.
 
 Streaming waits for the first event before answering, so an error only the worker can see
-(context too long) still becomes a proper HTTP status. If the client goes away mid-stream,
-the request is cancelled (flag + publish) so the worker frees its KV blocks.
+(context too long) still becomes a proper HTTP status. If the client goes away, mid-stream or
+while a whole answer is being gathered, the request is cancelled (flag + publish) so the
+worker frees its KV blocks instead of generating to max_tokens for nobody.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import anyio
 import msgspec
 from litestar import Response
 from litestar.response import Stream
+from litestar.types import Receive
 
 from pagefleet.platform.gateway.broker import Broker, DeadlineExceeded, SourcedEvent
 from pagefleet.platform.gateway.completions.params import PreparedRequest, RequestContext
@@ -34,6 +36,12 @@ _DONE = b"data: [DONE]\n\n"
 def deadline_error() -> OpenAIError:
     return OpenAIError(504, "The request was not completed before its deadline.",
                        code="deadline_exceeded")
+
+
+def client_closed_error() -> OpenAIError:
+    """Nobody reads it; the status (nginx's 499) is for the access log and the metrics."""
+    return OpenAIError(499, "The client closed the connection before the answer was ready.",
+                       code="client_closed_request")
 
 
 def event_error(event: ErrorEvent) -> OpenAIError:
@@ -76,15 +84,42 @@ class CompletionService:
             )
         await self.broker.enqueue(prepared.envelopes, priority)
 
-    async def run(self, prepared: PreparedRequest) -> Response | Stream:
+    async def run(self, prepared: PreparedRequest, receive: Receive) -> Response | Stream:
+        """`receive` is the request's ASGI channel (body already read): it reports a disconnect."""
         await self.admit(prepared, keys.PRIORITY_INTERACTIVE)
         deadline = prepared.envelopes[0].deadline or time.time() + self.settings.request_timeout_s
         events = self.broker.events(prepared.request_ids, deadline)
         if prepared.stream:
             return await self._stream(prepared, events)
-        return await self._collect(prepared, events)
+        return await self._collect(prepared, events, receive)
 
-    async def _collect(self, prepared: PreparedRequest, events: AsyncIterator[SourcedEvent]) -> Response:
+    async def _collect(self, prepared: PreparedRequest, events: AsyncIterator[SourcedEvent],
+                       receive: Receive) -> Response:
+        """Gather the whole answer while watching the connection; a client that leaves first
+        gets its requests cancelled and a 499 that nobody reads."""
+        outcome: Response | Exception | None = None
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._cancel_on_disconnect, prepared, receive, group.cancel_scope)
+            try:
+                outcome = await self._gather(prepared, events)
+            except Exception as exc:  # re-raised below: the group would wrap it in a group
+                outcome = exc
+            group.cancel_scope.cancel()
+        if outcome is None:  # the watcher cancelled the gathering
+            raise client_closed_error()
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def _cancel_on_disconnect(self, prepared: PreparedRequest, receive: Receive,
+                                    gathering: anyio.CancelScope) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gathering.cancel()  # first, so the aborted final the cancel provokes is not answered
+        with anyio.CancelScope(shield=True):  # `gathering` covers this task too
+            await self.broker.cancel(prepared.model, prepared.request_ids)
+
+    async def _gather(self, prepared: PreparedRequest, events: AsyncIterator[SourcedEvent]) -> Response:
         accumulator = ResultAccumulator(prepared)
         try:
             async for sourced in events:

@@ -1,8 +1,12 @@
-"""A client leaving mid-stream cancels its request; /metrics reports what the gateway did."""
+"""A client leaving, mid-stream or before a whole answer, cancels its request; /metrics
+reports what the gateway did."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+import uuid
 
 import httpx
 import redis
@@ -30,6 +34,50 @@ def test_disconnect_during_stream_cancels_the_request(gateway: LiveGateway, fake
     # The connection is closed here while the worker holds the request open.
     assert fake_worker.wait_aborted(request_id)
     assert redis_raw.get(keys.cancel_flag(request_id)) == b"1"
+
+
+def held_request_id(redis_raw: redis.Redis, marker: str, timeout: float = 30.0) -> str:
+    """The id of the request whose first token is `marker`, once the fake worker holds it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # polling a condition with a deadline
+        for stream in redis_raw.scan_iter(keys.result_stream("*")):
+            first = redis_raw.xrange(stream, count=1)
+            if first and f" {marker}".encode() in first[0][1][keys.ENTRY_EVENT.encode()]:
+                return stream.decode().removeprefix(keys.result_stream(""))
+        time.sleep(0.01)
+    raise AssertionError(f"no held request answered {marker!r}")
+
+
+def test_disconnect_before_a_whole_answer_cancels_the_request(gateway: LiveGateway, fake_worker: FakeEchoWorker,
+                                                              redis_raw: redis.Redis) -> None:
+    marker = f"m{uuid.uuid4().hex}"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": f"{marker} {HOLD}"}],
+            "max_tokens": 10}
+    headers = {"Authorization": f"Bearer {KEY_A}"}
+
+    async def post_then_leave() -> str:
+        async with httpx.AsyncClient(base_url=gateway.root_url, headers=headers, timeout=30) as http:
+            post = asyncio.create_task(http.post("/v1/chat/completions", json=body))
+            request_id = await asyncio.to_thread(held_request_id, redis_raw, marker)
+            assert not post.done()  # the worker holds it: no answer can have come
+            post.cancel()  # httpx closes the connection
+            await asyncio.gather(post, return_exceptions=True)
+        return request_id
+
+    request_id = asyncio.run(post_then_leave())
+    assert fake_worker.wait_aborted(request_id)
+    assert redis_raw.get(keys.cancel_flag(request_id)) == b"1"
+    # The gateway answered the departed client with a 499, not a logged 500.
+    deadline = time.monotonic() + 30
+    while closed_requests(gateway) < 1:  # polling a condition with a deadline
+        assert time.monotonic() < deadline, "the gateway never answered 499"
+        time.sleep(0.01)
+
+
+def closed_requests(gateway: LiveGateway) -> float:
+    return sum(s.value for s in metric_samples(gateway)["pagefleet:gateway_requests"]
+               if s.name.endswith("_total") and s.labels["route"] == "/v1/chat/completions"
+               and s.labels["status"] == "499")
 
 
 def metric_samples(gateway: LiveGateway) -> dict[str, list]:
