@@ -82,7 +82,6 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         output = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
-        scheduled_ids: set[tuple[str, int]] = set()
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
@@ -95,7 +94,6 @@ class Scheduler:
                     break
             else:
                 output.scheduled.append(ScheduledSeq(seq, num_new))
-                scheduled_ids.add(seq.seq_id)
                 budget -= num_new
                 i += 1
         if output.num_preempted or not self._admission_due():
