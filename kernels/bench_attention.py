@@ -59,20 +59,40 @@ def time_in_graph(runs: list[Callable[[], object]]) -> float:
     return time_ms(graph.replay) / len(runs)
 
 
+@dataclass(frozen=True, slots=True)
+class PagedCache:
+    k_cache: torch.Tensor  # [num_blocks, block_size, num_kv_heads, head_dim]
+    v_cache: torch.Tensor
+    block_tables: torch.Tensor  # [batch, blocks_per_seq] int32, shuffled
+    seq_lens: torch.Tensor  # [batch] int32
+
+
+def random_paged_cache(
+    batch: int, seq_len: int, shape: AttentionShape, device: torch.device,
+    generator: torch.Generator,
+) -> PagedCache:
+    """K and V caches of random values holding `batch` sequences of `seq_len` tokens behind
+    a shuffled block table."""
+    blocks_per_seq = triton.cdiv(seq_len, shape.block_size)
+    num_blocks = batch * blocks_per_seq
+    cache_shape = (num_blocks, shape.block_size, shape.num_kv_heads, shape.head_dim)
+    k_cache = torch.randn(cache_shape, dtype=shape.dtype, device=device, generator=generator)
+    v_cache = torch.randn(cache_shape, dtype=shape.dtype, device=device, generator=generator)
+    perm = torch.randperm(num_blocks, device=device, generator=generator)
+    block_tables = perm.view(batch, blocks_per_seq).to(torch.int32)
+    seq_lens = torch.full((batch,), seq_len, dtype=torch.int32, device=device)
+    return PagedCache(k_cache, v_cache, block_tables, seq_lens)
+
+
 class DecodeCase:
     """One batch of `batch` sequences of `context` tokens each, cache laid out at random."""
 
     def __init__(self, batch: int, context: int, shape: AttentionShape, device: torch.device,
                  generator: torch.Generator) -> None:
         self.batch, self.context, self.shape = batch, context, shape
-        blocks_per_seq = triton.cdiv(context, shape.block_size)
-        num_blocks = batch * blocks_per_seq
-        cache_shape = (num_blocks, shape.block_size, shape.num_kv_heads, shape.head_dim)
-        self.k_cache = torch.randn(cache_shape, dtype=shape.dtype, device=device, generator=generator)
-        self.v_cache = torch.randn(cache_shape, dtype=shape.dtype, device=device, generator=generator)
-        perm = torch.randperm(num_blocks, device=device, generator=generator)
-        self.block_tables = perm.view(batch, blocks_per_seq).to(torch.int32)
-        self.seq_lens = torch.full((batch,), context, dtype=torch.int32, device=device)
+        cache = random_paged_cache(batch, context, shape, device, generator)
+        self.k_cache, self.v_cache = cache.k_cache, cache.v_cache
+        self.block_tables, self.seq_lens = cache.block_tables, cache.seq_lens
         self.q = torch.randn((batch, shape.num_heads, shape.head_dim), dtype=shape.dtype,
                              device=device, generator=generator)
         self.out = torch.empty_like(self.q)
@@ -117,14 +137,9 @@ class PrefillCase:
                  device: torch.device, generator: torch.Generator) -> None:
         self.batch, self.query_len, self.context, self.shape = batch, query_len, context, shape
         seq_len = context + query_len
-        blocks_per_seq = triton.cdiv(seq_len, shape.block_size)
-        num_blocks = batch * blocks_per_seq
-        cache_shape = (num_blocks, shape.block_size, shape.num_kv_heads, shape.head_dim)
-        self.k_cache = torch.randn(cache_shape, dtype=shape.dtype, device=device, generator=generator)
-        self.v_cache = torch.randn(cache_shape, dtype=shape.dtype, device=device, generator=generator)
-        perm = torch.randperm(num_blocks, device=device, generator=generator)
-        self.block_tables = perm.view(batch, blocks_per_seq).to(torch.int32)
-        self.seq_lens = torch.full((batch,), seq_len, dtype=torch.int32, device=device)
+        cache = random_paged_cache(batch, seq_len, shape, device, generator)
+        self.k_cache, self.v_cache = cache.k_cache, cache.v_cache
+        self.block_tables, self.seq_lens = cache.block_tables, cache.seq_lens
         self.query_start_loc = torch.arange(0, batch + 1, dtype=torch.int32, device=device) * query_len
         self.q = torch.randn((batch * query_len, shape.num_heads, shape.head_dim), dtype=shape.dtype,
                              device=device, generator=generator)

@@ -5,34 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pagefleet.workers.attention import AttentionMetadata, TorchAttentionBackend
+from pagefleet.kernels.testing import make_paged_batch
+from pagefleet.workers.attention import TorchAttentionBackend
 from pagefleet.workers.attention.torch_backend import paged_attention_ref, write_kv_cache_ref
+from tests.support.paged import to_metadata
 
 BLOCK_SIZE = 4
-
-
-def _batch(seq_lens: list[int], query_lens: list[int], num_blocks: int, gen: torch.Generator):
-    """Random block tables (shuffled, not contiguous) and the metadata of one step."""
-    perm = torch.randperm(num_blocks, generator=gen).tolist()
-    tables, slot_mapping = [], []
-    for seq_len, query_len in zip(seq_lens, query_lens, strict=True):
-        count = -(-seq_len // BLOCK_SIZE)
-        table, perm = perm[:count], perm[count:]
-        tables.append(table)
-        for pos in range(seq_len - query_len, seq_len):
-            slot_mapping.append(table[pos // BLOCK_SIZE] * BLOCK_SIZE + pos % BLOCK_SIZE)
-    width = max(len(t) for t in tables)
-    starts = [0]
-    for query_len in query_lens:
-        starts.append(starts[-1] + query_len)
-    return AttentionMetadata(
-        slot_mapping=torch.tensor(slot_mapping),
-        query_start_loc=torch.tensor(starts, dtype=torch.int32),
-        seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
-        block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32),
-        max_query_len=max(query_lens), max_seq_len=max(seq_lens),
-        query_start_loc_cpu=starts, seq_lens_cpu=seq_lens,
-    )
 
 
 @pytest.mark.parametrize("num_heads,num_kv_heads", [(4, 4), (6, 2), (8, 1)])
@@ -42,13 +20,14 @@ def _batch(seq_lens: list[int], query_lens: list[int], num_blocks: int, gen: tor
 )
 def test_batched_backend_equals_reference(num_heads, num_kv_heads, seq_lens, query_lens):
     gen = torch.Generator().manual_seed(sum(seq_lens) + num_heads)
-    head_dim, num_blocks = 8, 40
-    md = _batch(seq_lens, query_lens, num_blocks, gen)
+    head_dim = 8
+    batch = make_paged_batch(seq_lens, query_lens, BLOCK_SIZE, gen, "cpu", extra_blocks=20)
+    md = to_metadata(batch)
     num_tokens = sum(query_lens)
     q = torch.randn(num_tokens, num_heads, head_dim, generator=gen)
     k = torch.randn(num_tokens, num_kv_heads, head_dim, generator=gen)
     v = torch.randn(num_tokens, num_kv_heads, head_dim, generator=gen)
-    cache_shape = (num_blocks, BLOCK_SIZE, num_kv_heads, head_dim)
+    cache_shape = (batch.num_blocks, BLOCK_SIZE, num_kv_heads, head_dim)
     k_cache, v_cache = torch.randn(cache_shape, generator=gen), torch.randn(cache_shape, generator=gen)
     ref_k, ref_v = k_cache.clone(), v_cache.clone()
     out = TorchAttentionBackend().forward(q, k, v, k_cache, v_cache, md, scale=0.3)

@@ -7,14 +7,14 @@ import torch
 
 from pagefleet.kernels.testing import (
     TOLERANCE,
-    PagedBatch,
     make_paged_batch,
     random_tensor,
     relative_error,
 )
-from pagefleet.workers.attention import AttentionMetadata, get_attention_backend
+from pagefleet.workers.attention import get_attention_backend
 from pagefleet.workers.attention.torch_backend import TorchAttentionBackend
 from pagefleet.workers.attention.triton_backend import TritonAttentionBackend
+from tests.support.paged import to_metadata
 
 FULL = torch.cuda.is_available()
 # (seq_lens, query_lens) of one engine step.
@@ -36,15 +36,6 @@ F32, BF16 = torch.float32, torch.bfloat16
 CASES = [(s, *h, d) for s in STEPS for h in HEADS for d in (F32, BF16)] if FULL else [
     ("decode", 4, 4, 64, F32), ("decode", 8, 1, 64, BF16), ("prefill", 6, 2, 128, BF16),
     ("chunked", 8, 1, 64, F32), ("mixed", 6, 2, 128, F32), ("mixed", 4, 4, 64, BF16)]
-
-
-def to_metadata(batch: PagedBatch) -> AttentionMetadata:
-    return AttentionMetadata(
-        slot_mapping=batch.slot_mapping, query_start_loc=batch.query_start_loc,
-        seq_lens=batch.seq_lens, block_tables=batch.block_tables,
-        max_query_len=batch.max_query_len, max_seq_len=batch.max_seq_len,
-        query_start_loc_cpu=batch.query_start_loc_cpu, seq_lens_cpu=batch.seq_lens_cpu,
-    )
 
 
 @pytest.mark.parametrize(("step", "num_heads", "num_kv_heads", "head_dim", "dtype"), CASES)
