@@ -68,8 +68,7 @@ class LLM:
         order = []
         for prompt, params in zip(prompts, params_list, strict=True):
             request_id = str(next(self._request_ids))
-            self.engine.add_request(request_id, prompt, params)
-            prompt_ids = self.engine.requests[request_id].choices[0].seq.prompt_token_ids
+            prompt_ids = self.engine.add_request(request_id, prompt, params)
             outputs[request_id] = RequestOutput(
                 request_id=request_id,
                 prompt=prompt if isinstance(prompt, str) else None,

@@ -115,8 +115,8 @@ class LLMEngine:
     def add_request(
         self, request_id: str, prompt: Prompt, params: SamplingParams,
         resume: dict[int, list[int]] | None = None,
-    ) -> int:
-        """Queue a request; returns its prompt length. Raises ValueError for bad input."""
+    ) -> list[int]:
+        """Queue a request; returns its prompt token ids. Raises ValueError for bad input."""
         if request_id in self.requests:
             raise DuplicateRequestError(f"request {request_id!r} is already running")
         prompt_ids = self.tokenize(prompt)
@@ -148,7 +148,7 @@ class LLMEngine:
         self.requests[request_id] = RequestState(request_id, choices, params.n)
         self.scheduler.add([choice.seq for choice in choices])
         self.counters.prompt_tokens += len(prompt_ids)
-        return len(prompt_ids)
+        return prompt_ids
 
     def abort(self, request_id: str) -> list[RequestDelta]:
         state = self.requests.pop(request_id, None)

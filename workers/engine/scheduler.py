@@ -51,10 +51,6 @@ class SchedulerOutput:
     num_preempted: int = 0
 
     @property
-    def num_tokens(self) -> int:
-        return sum(item.num_new_tokens for item in self.scheduled)
-
-    @property
     def is_empty(self) -> bool:
         return not self.scheduled
 
