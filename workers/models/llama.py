@@ -4,17 +4,26 @@ Tokens of all sequences in a step are flattened into one `[num_tokens]` batch; a
 finds each token's sequence and cache slots through `AttentionMetadata`, so the model itself
 never sees sequence boundaries. Weights use Hugging Face names at load time; q/k/v and
 gate/up are fused into one matmul each.
+
+With `fused_layers` the elementwise work around the matmuls runs through pagefleet's Triton
+kernels: residual add + RMSNorm in one pass, RoPE in place from a cos/sin table, SiLU-and-mul.
+A decode step of a large model is otherwise hundreds of tiny torch kernels per token batch;
+fused, each layer is about nine launches. The torch path stays the reference (and the CPU path).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagefleet.kernels.rms_norm import fused_add_rms_norm, rms_norm
+from pagefleet.kernels.rotary_embedding import rotary_embedding
+from pagefleet.kernels.silu_and_mul import silu_and_mul
 from pagefleet.workers.attention.base import AttentionBackend
 from pagefleet.workers.attention.metadata import AttentionMetadata
 from pagefleet.workers.models.arch import ModelArch
@@ -63,23 +72,40 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class RMSNorm(nn.Module):
-    """Normalises in float32 and casts back before the weight, exactly like HF's LlamaRMSNorm."""
+    """Normalises in float32 and casts back before the weight, exactly like HF's LlamaRMSNorm.
 
-    def __init__(self, dim: int, eps: float) -> None:
+    Takes the residual stream too (vLLM's shape): `(x, residual) -> (norm(x + residual),
+    x + residual)`, so the fused kernel can add and normalise in one pass.
+    """
+
+    def __init__(self, dim: int, eps: float, fused: bool = False) -> None:
         super().__init__()
         self.eps = eps
+        self.fused = fused
         self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.fused:
+            out = torch.empty_like(x)
+            if residual is None:
+                return rms_norm(x, self.weight, self.eps, out), x
+            fused_add_rms_norm(x, residual, self.weight, self.eps, out, residual)  # in place
+            return out, residual
+        if residual is not None:
+            x = x + residual
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return self.weight * x32.to(x.dtype), x
 
 
 class Attention(nn.Module):
-    def __init__(self, arch: ModelArch, tp: TensorParallel, attention: AttentionBackend) -> None:
+    def __init__(self, arch: ModelArch, tp: TensorParallel, attention: AttentionBackend,
+                 fused: bool) -> None:
         super().__init__()
         self.attention = attention
+        self.fused = fused
         self.head_dim = arch.head_dim
         self.num_heads = arch.num_heads_per_rank(tp.size)
         self.num_kv_heads = arch.num_kv_heads_per_rank(tp.size)
@@ -90,70 +116,111 @@ class Attention(nn.Module):
         )
         self.o_proj = RowParallelLinear(q_size, arch.hidden_size, False, tp)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                kv_cache: KVCache, metadata: AttentionMetadata) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope, kv_cache: KVCache,
+                metadata: AttentionMetadata) -> torch.Tensor:
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
-        q = apply_rotary(q.view(-1, self.num_heads, self.head_dim), cos, sin)  # [T, heads, hd]
-        k = apply_rotary(k.view(-1, self.num_kv_heads, self.head_dim), cos, sin)  # [T, kv, hd]
+        q = q.view(-1, self.num_heads, self.head_dim)  # [T, heads, hd], a view into qkv
+        k = k.view(-1, self.num_kv_heads, self.head_dim)  # [T, kv, hd]
+        if self.fused:
+            rotary_embedding(rope.positions, q, k, rope.cos_sin_cache, q, k)  # in place
+        else:
+            q, k = apply_rotary(q, rope.cos, rope.sin), apply_rotary(k, rope.cos, rope.sin)
         v = v.contiguous().view(-1, self.num_kv_heads, self.head_dim)  # [T, kv, hd]
         out = self.attention.forward(q, k, v, kv_cache[0], kv_cache[1], metadata, self.scale)
         return self.o_proj(out.reshape(-1, q_size))  # [T, hidden]
 
 
 class MLP(nn.Module):
-    def __init__(self, arch: ModelArch, tp: TensorParallel) -> None:
+    def __init__(self, arch: ModelArch, tp: TensorParallel, fused: bool) -> None:
         super().__init__()
+        self.fused = fused
         self.gate_up_proj = ColumnParallelLinear(
             arch.hidden_size, [arch.intermediate_size] * 2, False, tp
         )
         self.down_proj = RowParallelLinear(arch.intermediate_size, arch.hidden_size, False, tp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, intermediate / tp] each
-        return self.down_proj(F.silu(gate) * up)
+        gate_up = self.gate_up_proj(x)  # [T, 2 * intermediate / tp]
+        if self.fused:
+            activated = silu_and_mul(gate_up, gate_up.new_empty(gate_up.shape[0], gate_up.shape[1] // 2))
+        else:
+            gate, up = gate_up.chunk(2, dim=-1)
+            activated = F.silu(gate) * up
+        return self.down_proj(activated)
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, arch: ModelArch, tp: TensorParallel, attention: AttentionBackend) -> None:
+    def __init__(self, arch: ModelArch, tp: TensorParallel, attention: AttentionBackend,
+                 fused: bool) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
-        self.self_attn = Attention(arch, tp, attention)
-        self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
-        self.mlp = MLP(arch, tp)
+        self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, fused)
+        self.self_attn = Attention(arch, tp, attention, fused)
+        self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, fused)
+        self.mlp = MLP(arch, tp, fused)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                kv_cache: KVCache, metadata: AttentionMetadata) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, metadata)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, rope: Rope,
+                kv_cache: KVCache, metadata: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(x, residual)` -> `(mlp output, residual stream before it)`: the add that closes
+        the block happens in the next norm, where it is fused."""
+        hidden, residual = self.input_layernorm(x, residual)
+        hidden = self.self_attn(hidden, rope, kv_cache, metadata)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+@dataclass(frozen=True, slots=True)
+class Rope:
+    """The step's rotary inputs: per-token cos/sin (torch path) or positions and the
+    whole-range table (fused kernel)."""
+
+    positions: torch.Tensor  # [T]
+    cos: torch.Tensor | None = None  # [T, head_dim], model dtype
+    sin: torch.Tensor | None = None
+    cos_sin_cache: torch.Tensor | None = None  # [max_position, head_dim] float32: cos | sin
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, arch: ModelArch, tp: TensorParallel, attention: AttentionBackend) -> None:
+    def __init__(self, arch: ModelArch, tp: TensorParallel, attention: AttentionBackend,
+                 fused: bool = False) -> None:
         super().__init__()
+        self.fused = fused
         self.embed_tokens = VocabParallelEmbedding(arch.vocab_size, arch.hidden_size, tp)
-        self.layers = nn.ModuleList(DecoderLayer(arch, tp, attention) for _ in range(arch.num_layers))
-        self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
-        self.register_buffer("inv_freq", rope_inv_freq(arch), persistent=False)  # float32
+        self.layers = nn.ModuleList(
+            DecoderLayer(arch, tp, attention, fused) for _ in range(arch.num_layers))
+        self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, fused)
+        inv_freq = rope_inv_freq(arch)  # float32
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        if fused:  # computed as HF does (float32 angles), once for every position
+            freqs = torch.arange(arch.max_position_embeddings, dtype=torch.float32)[:, None] * inv_freq
+            table = torch.cat((freqs.cos(), freqs.sin()), dim=-1)  # [max_position, head_dim]
+            self.register_buffer("cos_sin_cache", table.float(), persistent=False)
+
+    def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> Rope:
+        if self.fused:
+            return Rope(positions, cos_sin_cache=self.cos_sin_cache)
+        freqs = positions.float()[:, None] * self.inv_freq.float()[None, :]  # [T, head_dim / 2]
+        angles = torch.cat((freqs, freqs), dim=-1)  # [T, head_dim]
+        return Rope(positions, angles.cos().to(dtype), angles.sin().to(dtype))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv_caches: list[KVCache], metadata: AttentionMetadata) -> torch.Tensor:
         x = self.embed_tokens(input_ids)  # [T, hidden]
-        freqs = positions.float()[:, None] * self.inv_freq.float()[None, :]  # [T, head_dim / 2]
-        angles = torch.cat((freqs, freqs), dim=-1)  # [T, head_dim]
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        rope = self._rope(positions, x.dtype)
+        residual = None
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            x = layer(x, cos, sin, kv_cache, metadata)
-        return self.norm(x)
+            x, residual = layer(x, residual, rope, kv_cache, metadata)
+        return self.norm(x, residual)[0]
 
 
 class LlamaForCausalLM(nn.Module):
     """`forward` returns final hidden states; `compute_logits` only for the rows that need them."""
 
-    def __init__(self, arch: ModelArch, tp: TensorParallel, attention: AttentionBackend) -> None:
+    def __init__(self, arch: ModelArch, tp: TensorParallel, attention: AttentionBackend,
+                 fused_layers: bool = False) -> None:
         super().__init__()
         self.arch = arch
-        self.model = LlamaModel(arch, tp, attention)
+        self.model = LlamaModel(arch, tp, attention, fused_layers)
         self.lm_head = ParallelLMHead(arch.vocab_size, arch.hidden_size, tp)
         if arch.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight

@@ -51,6 +51,7 @@ def build_model(
     attention: AttentionBackend | None = None,
     tp: TensorParallel | None = None,
     seed: int = 0,
+    fused_layers: bool = False,
 ) -> LlamaForCausalLM:
     """Allocate the model directly on `device` in `dtype`, then stream weights into it.
 
@@ -60,7 +61,7 @@ def build_model(
     device = device or torch.device("cpu")
     tp = tp or TensorParallel()
     with _default_dtype(dtype), device:
-        model = LlamaForCausalLM(resolved.arch, tp, attention or TorchAttentionBackend())
+        model = LlamaForCausalLM(resolved.arch, tp, attention or TorchAttentionBackend(), fused_layers)
     if load_format == "dummy":
         weights = dummy_weights(resolved.arch, seed, dtype, device)
     elif load_format == "auto":
