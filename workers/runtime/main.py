@@ -40,6 +40,7 @@ from pagefleet.workers.runtime.puller import Puller
 from pagefleet.workers.runtime.recovery import Recovery
 from pagefleet.workers.runtime.results import ResultWriter
 from pagefleet.workers.runtime.streams import RequestQueues
+from pagefleet.workers.runtime.webhooks import WebhookDeliverer
 
 log = logging.getLogger(__name__)
 EngineFactory = Callable[[], Any]
@@ -113,7 +114,10 @@ class Worker:
         await retry_transient(queues.ensure_groups, self.outages, "creating consumer groups")
         writer = ResultWriter(self.redis, settings.retention_s, self.outages)
         async with httpx.AsyncClient(timeout=settings.webhook_timeout_s) as http:
-            jobs = JobUpdater(self.redis, http, settings.webhook_attempts)
+            jobs = JobUpdater(self.redis)
+            webhooks = WebhookDeliverer(self.redis, http, settings, self.outages)
+            webhooks_stop = asyncio.Event()
+            webhooks_task = asyncio.create_task(webhooks.run(webhooks_stop))
             executor = Executor(self.engine, self.redis, queues, writer, jobs, self.metrics,
                                 self.outages)
             self.executor = executor
@@ -131,7 +135,8 @@ class Worker:
             await self._beat(beats)
             log.info("draining %d active requests", len(executor.active))
             await executor.wait_idle()
-            await jobs.close()
+            webhooks_stop.set()  # undelivered webhooks stay scheduled for the other workers
+            await webhooks_task
             await writer.close()
             await writer_task
             cancel_task.cancel()
