@@ -77,7 +77,10 @@ def _run_worker(args: argparse.Namespace) -> int:
     overrides = {"worker_id": args.worker_id} if args.worker_id else {}
     settings = WorkerSettings(model=spec.name, redis_url=args.redis_url, metrics_host=args.metrics_host,
                               metrics_port=args.metrics_port, retention_s=args.retention,
-                              dead_after_s=args.dead_after, **overrides)
+                              dead_after_s=args.dead_after,
+                              webhook_secret=os.environ.get("PAGEFLEET_WEBHOOK_SECRET") or None,
+                              webhook_allow_private=os.environ.get("PAGEFLEET_WEBHOOK_ALLOW_PRIVATE") == "1",
+                              **overrides)
     return run_worker(settings, registry_engine_factory(spec))
 
 

@@ -4,6 +4,9 @@ Handlers only translate (kopf's habit): the decision is `policy.decide`, the I/O
 `signals` and the backend. Blocking backend calls (the Kubernetes client, process control) run
 in a worker thread so a slow API server never delays reading Redis. The registry file is
 re-read when it changes (a ConfigMap update), and an invalid new version is logged and ignored.
+A Redis outage is an ordinary state: the policy holds replicas, the outage and its end are
+logged once each, and a tick that fails for any other reason is logged and retried, so the
+loop never dies.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pagefleet.platform.controller.backends.base import Backend, BackendError
 from pagefleet.platform.controller.metrics import ControllerMetrics
 from pagefleet.platform.controller.policy import Decision, PolicyState, Signals, decide
 from pagefleet.platform.controller.signals import SignalsUnavailable, read_signals
+from pagefleet.platform.protocol.resilience import RedisOutages
 from pagefleet.platform.registry import Registry, RegistryError, load_registry
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,7 @@ class Controller:
         self._states: dict[str, PolicyState] = {}
         self._pruned_for: frozenset[str] | None = None
         self.is_leader = elector is None
+        self.outages = RedisOutages(log, self.metrics.redis_outages.inc)
 
     async def tick(self) -> dict[str, Decision]:
         """One reconcile pass over every model; returns the decisions made (none if not leader)."""
@@ -85,7 +90,10 @@ class Controller:
         try:
             while not stop.is_set():
                 started = time.monotonic()
-                await self.tick()
+                try:
+                    await self.tick()
+                except Exception:  # the next tick retries; the loop itself must outlive errors
+                    log.exception("reconcile tick failed")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), max(0.0, interval_s - (time.monotonic() - started)))
         finally:
@@ -102,8 +110,9 @@ class Controller:
         signals: Signals | None
         try:
             signals = await read_signals(self._redis, model, now, self._stale_s)
+            self.outages.recovered()
         except SignalsUnavailable as exc:
-            log.warning("%s", exc)
+            self.outages.failed(f"model {model}", exc)
             signals = None
         current = await asyncio.to_thread(self.backend.current_replicas, model)
         decision = decide(spec.scaling, current or 0, signals, self._states.get(model, PolicyState()), now)

@@ -26,6 +26,9 @@ class ControllerMetrics:
                                     ["model", "direction"], registry=self.registry)
         self.is_leader = Gauge("pagefleet:controller_is_leader", "1 while this replica acts",
                                registry=self.registry)
+        self.redis_outages = Counter("pagefleet:redis_outages",
+                                     "Times the controller lost Redis (each outage counted once)",
+                                     registry=self.registry)
 
     def observe(self, model: str, signals: Signals | None, decision: Decision) -> None:
         self.desired_replicas.labels(model=model).set(decision.desired_replicas)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import redis.asyncio as aioredis
 from prometheus_client import start_http_server
 
 from pagefleet.platform.controller.backends.base import Backend
 from pagefleet.platform.controller.loop import Controller, Elector
 from pagefleet.platform.controller.metrics import ControllerMetrics
 from pagefleet.platform.controller.settings import ControllerSettings
+from pagefleet.platform.protocol.resilience import connect
 from pagefleet.platform.registry import default_registry_path, load_registry
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def build_controller(settings: ControllerSettings) -> Controller:
         from pagefleet.platform.controller.backends.local import LocalBackend
 
         backend = LocalBackend(settings.local, registry_path, settings.redis_url)
-    return Controller(registry, backend, aioredis.Redis.from_url(settings.redis_url),
+    return Controller(registry, backend, connect(settings.redis_url),
                       metrics=ControllerMetrics(), elector=elector,
                       heartbeat_stale_s=settings.heartbeat_stale_s, registry_path=registry_path)
 

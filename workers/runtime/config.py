@@ -21,6 +21,11 @@ class WorkerSettings:
     stays in Redis where other workers and the controller see it. A consumer whose heartbeat is
     older than `dead_after_s` is dead and its pending entries are claimed; `claim_min_idle_ms`
     makes concurrent claimers race safely (an XCLAIM resets the entry's idle time).
+
+    Webhooks are retried with jittered exponential back-off from `webhook_backoff_s` up to
+    `webhook_backoff_cap_s` between attempts, for `webhook_window_s` after the job finished;
+    they are signed when `webhook_secret` is set, and refused for private, loopback and other
+    non-public targets unless `webhook_allow_private`.
     """
 
     model: str
@@ -35,8 +40,13 @@ class WorkerSettings:
     kv_high_water: float = 0.9
     idle_block_ms: int = 1000
     retention_s: int = 3600  # of result streams; jobs keep their result in the job record
-    webhook_attempts: int = 4
     webhook_timeout_s: float = 10.0
+    webhook_window_s: float = 24 * 3600.0
+    webhook_backoff_s: float = 1.0
+    webhook_backoff_cap_s: float = 3600.0
+    webhook_poll_s: float = 1.0
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_allow_private: bool = False
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -47,7 +57,8 @@ class WorkerSettings:
             raise ValueError("worker_id must not be empty")
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
             raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
-        for name in ("heartbeat_interval_s", "claim_interval_s", "webhook_timeout_s"):
+        for name in ("heartbeat_interval_s", "claim_interval_s", "webhook_timeout_s",
+                     "webhook_window_s", "webhook_poll_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.dead_after_s < 2 * self.heartbeat_interval_s:
@@ -56,6 +67,8 @@ class WorkerSettings:
             )
         if not 0.0 < self.kv_high_water <= 1.0:
             raise ValueError(f"kv_high_water must be in (0, 1], got {self.kv_high_water}")
-        for name in ("claim_min_idle_ms", "idle_block_ms", "retention_s", "webhook_attempts"):
+        if not 0 < self.webhook_backoff_s <= self.webhook_backoff_cap_s:
+            raise ValueError("need 0 < webhook_backoff_s <= webhook_backoff_cap_s")
+        for name in ("claim_min_idle_ms", "idle_block_ms", "retention_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

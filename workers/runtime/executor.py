@@ -3,6 +3,10 @@
 Order of writes is the recovery contract: deltas, then the final (or error) event, then the
 job record, then XACK. A worker dying anywhere in between leaves the entry pending; whoever
 claims it replays the result stream and continues from exactly where the writes stopped.
+
+A Redis outage is not a failure of the request: every Redis step here is retried with back-off
+until Redis answers again (the result writer buffers deltas meanwhile), so a request running
+through an outage finishes normally, and a job never ends `failed` because Redis blinked.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pagefleet.platform.protocol import DeltaEvent, ErrorEvent, FinalEvent, ResultEvent, keys
+from pagefleet.platform.protocol.resilience import RedisOutages, retry_transient
 from pagefleet.workers.engine.errors import PromptTooLongError
 from pagefleet.workers.runtime.jobs import JobUpdater
 from pagefleet.workers.runtime.metrics import RuntimeMetrics
@@ -59,8 +64,10 @@ class Executor:
     """Runs admitted requests concurrently on the engine and owns the set of active requests."""
 
     def __init__(self, engine: Any, redis: aioredis.Redis, queues: RequestQueues,
-                 writer: ResultWriter, jobs: JobUpdater, metrics: RuntimeMetrics) -> None:
+                 writer: ResultWriter, jobs: JobUpdater, metrics: RuntimeMetrics,
+                 outages: RedisOutages) -> None:
         self.engine = engine
+        self.outages = outages
         self.redis = redis
         self.queues = queues
         self.writer = writer
@@ -86,17 +93,34 @@ class Executor:
             n = entry.envelope.params.n if entry.envelope else 1
             self.active[entry.request_id] = ActiveRequest(entry, claimed, n)
             fresh.append(self.active[entry.request_id])
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for request in fresh:
-                pipe.exists(keys.cancel_flag(request.entry.request_id))
-            flags = await pipe.execute()
+        flags = await self.cancel_flags([r.entry.request_id for r in fresh])
         for request, flagged in zip(fresh, flags, strict=True):
-            request.cancelled = request.cancelled or bool(flagged)
+            request.cancelled = request.cancelled or flagged
             if request.claimed:
-                request.replay = await read_results(self.redis, request.entry.request_id)
+                request_id = request.entry.request_id
+                request.replay = await retry_transient(
+                    lambda request_id=request_id: read_results(self.redis, request_id),
+                    self.outages, "replaying a result stream")
             task = asyncio.create_task(self._serve(request), name=f"request-{request.entry.request_id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def cancel_flags(self, request_ids: list[str]) -> list[bool]:
+        """Whether each request has its cancel flag set (retried through outages)."""
+        async def read() -> list[bool]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for request_id in request_ids:
+                    pipe.exists(keys.cancel_flag(request_id))
+                return [bool(flag) for flag in await pipe.execute()]
+        return await retry_transient(read, self.outages, "reading cancel flags") if request_ids else []
+
+    async def recheck_cancels(self) -> None:
+        """Cancel active requests flagged while the cancel channel was down (a publish made
+        while this worker was not subscribed is lost; the flag is not)."""
+        request_ids = list(self.active)
+        for request_id, flagged in zip(request_ids, await self.cancel_flags(request_ids), strict=True):
+            if flagged:
+                self.cancel(request_id)
 
     def cancel(self, request_id: str) -> None:
         request = self.active.get(request_id)
@@ -149,7 +173,8 @@ class Executor:
         if not transcript.done:
             self.metrics.queue_time.observe(max(0.0, time.time() - envelope.created_at))
             if envelope.job_id and not request.cancelled:
-                await self.jobs.mark_running(envelope.job_id)
+                await retry_transient(lambda: self.jobs.mark_running(envelope.job_id),
+                                      self.outages, "marking a job running")
             terminal = await self._terminal_event(request, transcript)
             transcript.add(terminal)
             ack = None if envelope.job_id else (entry.stream, entry.entry_id)
@@ -158,7 +183,7 @@ class Executor:
                 return
         if envelope.job_id:
             await self._finish_job(request, transcript)
-        await self.queues.ack(entry)
+        await retry_transient(lambda: self.queues.ack(entry), self.outages, "acking a request")
 
     async def _terminal_event(self, request: ActiveRequest, transcript: Transcript) -> ResultEvent:
         envelope = request.entry.envelope
@@ -214,9 +239,13 @@ class Executor:
         if isinstance(terminal, ErrorEvent):
             error = {"type": terminal.type, "code": terminal.code, "message": terminal.message,
                      "param": terminal.param, "status": terminal.status}
-            await self.jobs.mark_finished(envelope.job_id, None, error)
+            outcome = (None, error)
         elif isinstance(terminal, FinalEvent) and "abort" not in terminal.finish_reasons:
-            await self.jobs.mark_finished(envelope.job_id, openai_response(envelope, transcript, terminal), None)
+            outcome = (openai_response(envelope, transcript, terminal), None)
+        else:
+            return
+        await retry_transient(lambda: self.jobs.mark_finished(envelope.job_id, *outcome),
+                              self.outages, "recording a job's outcome")
         # an aborted job was cancelled by the gateway, which owns the `cancelled` state
 
 

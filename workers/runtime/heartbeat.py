@@ -15,14 +15,16 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pagefleet.platform.protocol import Heartbeat, decode_heartbeat, encode, keys
+from pagefleet.platform.protocol.resilience import TRANSIENT_ERRORS, RedisOutages
 
 log = logging.getLogger(__name__)
 
 
 class HeartbeatWriter:
     def __init__(self, redis: aioredis.Redis, model: str, worker_id: str, interval_s: float,
-                 snapshot: Callable[[], Heartbeat]) -> None:
+                 snapshot: Callable[[], Heartbeat], outages: RedisOutages) -> None:
         self.redis = redis
+        self.outages = outages
         self.key = keys.heartbeat_hash(model)
         self.worker_id = worker_id
         self.interval_s = interval_s
@@ -36,6 +38,9 @@ class HeartbeatWriter:
         while True:
             try:
                 await self.beat()
+                self.outages.recovered()
+            except TRANSIENT_ERRORS as exc:
+                self.outages.failed("heartbeat", exc)
             except RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(self.interval_s)  # the heartbeat period itself

@@ -1,5 +1,9 @@
-"""Async job records: the worker moves a job to running, then succeeded or failed, and POSTs its
-webhook (the worker does the webhook because it is the one that sees the job finish).
+"""Async job records: the worker moves a job to running, then succeeded or failed, and schedules
+its webhook (the worker does the webhook because it is the one that sees the job finish).
+
+The terminal state and the webhook's entry in the `pf:webhooks` schedule are written in one
+transaction, so a worker dying right after a job finishes never loses the delivery; any
+worker's `WebhookDeliverer` (webhooks.py) sends it.
 
 The gateway owns the record's retention (its TTL, which HSET keeps). Transitions use WATCH/MULTI
 so they never overwrite a state the gateway set meanwhile (a job
@@ -8,22 +12,20 @@ cancelled while it ran stays cancelled), and a job in a terminal state is never 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
 
-import httpx
 import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from pagefleet.platform.protocol import JobRecord, decode_job, encode, keys
+from pagefleet.platform.protocol.webhooks import WEBHOOK_SCHEDULE
 
 log = logging.getLogger(__name__)
 TERMINAL = ("succeeded", "failed", "cancelled")
 _RECORD = "record"
-_WEBHOOK_CLAIM = "webhook_claimed"
 
 
 def job_view(record: JobRecord) -> dict:
@@ -36,11 +38,8 @@ def job_view(record: JobRecord) -> dict:
 
 
 class JobUpdater:
-    def __init__(self, redis: aioredis.Redis, http: httpx.AsyncClient, webhook_attempts: int) -> None:
+    def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
-        self.http = http
-        self.webhook_attempts = webhook_attempts
-        self._deliveries: set[asyncio.Task[None]] = set()
 
     async def mark_running(self, job_id: str) -> None:
         def running(record: JobRecord) -> JobRecord:
@@ -50,22 +49,13 @@ class JobUpdater:
         await self._transition(job_id, running)
 
     async def mark_finished(self, job_id: str, result: dict | None, error: dict | None) -> None:
-        """Record the outcome, then deliver the webhook in the background."""
+        """Record the outcome and, in the same transaction, schedule the webhook."""
         def finished(record: JobRecord) -> JobRecord:
             return msgspec.structs.replace(
                 record, status="failed" if error is not None else "succeeded",
                 started_at=record.started_at or time.time(), finished_at=time.time(),
                 result=result, error=error)
-        record = await self._transition(job_id, finished)
-        if record is not None and record.webhook:
-            task = asyncio.create_task(self.deliver_webhook(record))
-            self._deliveries.add(task)
-            task.add_done_callback(self._deliveries.discard)
-
-    async def close(self) -> None:
-        """Wait for webhook deliveries still in flight (a draining worker finishes them)."""
-        if self._deliveries:
-            await asyncio.gather(*self._deliveries, return_exceptions=True)
+        await self._transition(job_id, finished)
 
     async def _transition(self, job_id: str, change: Callable[[JobRecord], JobRecord]) -> JobRecord | None:
         key = keys.job_hash(job_id)
@@ -83,23 +73,9 @@ class JobUpdater:
                     updated = change(record)
                     pipe.multi()
                     pipe.hset(key, _RECORD, encode(updated))  # keeps the gateway's TTL
+                    if updated.status in TERMINAL and updated.webhook:
+                        pipe.zadd(WEBHOOK_SCHEDULE, {job_id: time.time()}, nx=True)
                     await pipe.execute()
                     return updated
                 except WatchError:
                     continue
-
-    async def deliver_webhook(self, record: JobRecord) -> None:
-        """POST once (HSETNX claims the delivery), retrying with back-off on failure."""
-        if not await self.redis.hsetnx(keys.job_hash(record.id), _WEBHOOK_CLAIM, "1"):
-            return
-        for attempt in range(1, self.webhook_attempts + 1):
-            try:
-                response = await self.http.post(record.webhook, json=job_view(record))
-                if response.status_code < 500:
-                    return
-                log.warning("webhook %s answered %d", record.webhook, response.status_code)
-            except httpx.HTTPError as exc:
-                log.warning("webhook %s failed: %s", record.webhook, exc)
-            if attempt < self.webhook_attempts:
-                await asyncio.sleep(0.5 * 2 ** (attempt - 1))  # back-off between delivery attempts
-        log.error("giving up on webhook %s of job %s", record.webhook, record.id)

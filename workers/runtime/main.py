@@ -3,6 +3,11 @@
 Lifecycle: heartbeat `starting` (and serve /health) while the engine loads in a thread;
 `ready` while pulling; on SIGTERM or SIGINT `draining`: stop pulling and claiming, finish every
 admitted request (their finals and acks written), remove the heartbeat, exit 0.
+
+Every long-lived Redis task (pullers, claimer, heartbeats, result writer, cancel listener)
+outlives Redis outages: each retries with jittered back-off, the cancel listener subscribes
+again and re-reads the cancel flags it may have missed, and one `RedisOutages` logs each
+outage and its end once and counts it in `pagefleet:redis_outages_total`.
 """
 
 from __future__ import annotations
@@ -12,13 +17,20 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
-import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from pagefleet.platform.protocol import Heartbeat, keys
+from pagefleet.platform.protocol.resilience import (
+    TRANSIENT_ERRORS,
+    RedisOutages,
+    connect,
+    retry_transient,
+    supervise,
+)
 from pagefleet.workers.runtime.config import WorkerSettings
 from pagefleet.workers.runtime.executor import Executor
 from pagefleet.workers.runtime.heartbeat import HeartbeatWriter
@@ -28,9 +40,11 @@ from pagefleet.workers.runtime.puller import Puller
 from pagefleet.workers.runtime.recovery import Recovery
 from pagefleet.workers.runtime.results import ResultWriter
 from pagefleet.workers.runtime.streams import RequestQueues
+from pagefleet.workers.runtime.webhooks import WebhookDeliverer
 
 log = logging.getLogger(__name__)
 EngineFactory = Callable[[], Any]
+_SHUTDOWN_REDIS_S = 10.0  # how long the last writes of a stopping worker wait for Redis
 
 
 class Worker:
@@ -45,8 +59,9 @@ class Worker:
         self.state = "starting"
         self.stop = asyncio.Event()
         # redis-py 8 defaults to a 5 s socket timeout; blocking reads here stay far below 30 s.
-        self.redis = aioredis.from_url(settings.redis_url, socket_timeout=30, health_check_interval=30)
+        self.redis = connect(settings.redis_url, socket_timeout=30)
         self.metrics = RuntimeMetrics(settings.model, self._stats)
+        self.outages = RedisOutages(log, self.metrics.redis_outages.inc)
         self.executor: Executor | None = None
 
     def _stats(self) -> Any:
@@ -76,7 +91,7 @@ class Worker:
             if self.on_listening:
                 self.on_listening(port)
         beats = HeartbeatWriter(self.redis, self.settings.model, self.settings.worker_id,
-                                self.settings.heartbeat_interval_s, self.heartbeat)
+                                self.settings.heartbeat_interval_s, self.heartbeat, self.outages)
         beat_task = asyncio.create_task(beats.run())
         try:
             self.engine = await asyncio.to_thread(self.engine_factory)
@@ -86,7 +101,7 @@ class Worker:
             beat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat_task
-            await beats.remove()
+            await self._last_write(beats.remove, "removing the heartbeat")
             await server.close()
             if self.engine is not None:
                 self.engine.shutdown()
@@ -96,43 +111,72 @@ class Worker:
     async def _serve(self, beats: HeartbeatWriter) -> None:
         settings = self.settings
         queues = RequestQueues(self.redis, settings.model, settings.worker_id)
-        await queues.ensure_groups()
-        writer = ResultWriter(self.redis, settings.retention_s)
+        await retry_transient(queues.ensure_groups, self.outages, "creating consumer groups")
+        writer = ResultWriter(self.redis, settings.retention_s, self.outages)
         async with httpx.AsyncClient(timeout=settings.webhook_timeout_s) as http:
-            jobs = JobUpdater(self.redis, http, settings.webhook_attempts)
-            executor = Executor(self.engine, self.redis, queues, writer, jobs, self.metrics)
+            jobs = JobUpdater(self.redis)
+            webhooks = WebhookDeliverer(self.redis, http, settings, self.outages)
+            webhooks_stop = asyncio.Event()
+            webhooks_task = asyncio.create_task(webhooks.run(webhooks_stop))
+            executor = Executor(self.engine, self.redis, queues, writer, jobs, self.metrics,
+                                self.outages)
             self.executor = executor
-            puller = Puller(self.engine, queues, executor, settings, self.stop)
-            recovery = Recovery(self.redis, queues, executor, puller, settings, self.stop)
-            writer_task = asyncio.create_task(writer.run())
-            cancel_task = asyncio.create_task(self._listen_for_cancels(executor))
+            puller = Puller(self.engine, queues, executor, settings, self.stop, self.outages)
+            recovery = Recovery(self.redis, queues, executor, puller, settings, self.stop,
+                                self.outages)
+            writer_task = asyncio.create_task(supervise(writer.run, self.outages, "the result writer"))
+            cancel_task = asyncio.create_task(supervise(
+                lambda: self._listen_for_cancels(executor), self.outages, "the cancel listener"))
             self.state = "ready"
-            await beats.beat()
+            await self._beat(beats)
             log.info("worker %s ready for model %s", settings.worker_id, settings.model)
             await asyncio.gather(puller.run(), recovery.run())
             self.state = "draining"
-            await beats.beat()
+            await self._beat(beats)
             log.info("draining %d active requests", len(executor.active))
             await executor.wait_idle()
-            await jobs.close()
+            webhooks_stop.set()  # undelivered webhooks stay scheduled for the other workers
+            await webhooks_task
             await writer.close()
             await writer_task
             cancel_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await cancel_task
-            await self._leave_group(queues)
+            await self._last_write(lambda: self._leave_group(queues), "leaving the consumer group")
+
+    async def _beat(self, beats: HeartbeatWriter) -> None:
+        """An immediate beat on a state change; if Redis is down the periodic one catches up."""
+        try:
+            await beats.beat()
+        except TRANSIENT_ERRORS as exc:
+            self.outages.failed("heartbeat", exc)
+
+    async def _last_write(self, write: Callable[[], Awaitable[None]], what: str) -> None:
+        """A clean-up write of a stopping worker: retried through a short outage, then given up
+        (the heartbeat goes stale and other workers tidy up), so the exit status stays 0."""
+        try:
+            await asyncio.wait_for(retry_transient(write, self.outages, what),
+                                   _SHUTDOWN_REDIS_S)
+        except (TimeoutError, RedisError) as exc:
+            log.warning("%s failed: %r", what, exc)
 
     async def _listen_for_cancels(self, executor: Executor) -> None:
+        """Subscribe, then re-read the cancel flags of active requests (a cancel published while
+        we were not subscribed is lost), then stop requests as cancels arrive. A lost connection
+        raises out of here and `supervise` subscribes afresh after a back-off."""
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(keys.cancel_channel(self.settings.model))
         try:
+            await pubsub.subscribe(keys.cancel_channel(self.settings.model))
+            await executor.recheck_cancels()
+            self.outages.recovered()
             while True:
                 message = await pubsub.get_message(timeout=1.0)
                 if message is not None and message["type"] == "message":
                     data = message["data"]
                     executor.cancel(data.decode() if isinstance(data, bytes) else data)
         finally:
-            await pubsub.aclose()
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
 
     async def _leave_group(self, queues: RequestQueues) -> None:
         for stream in queues.streams:

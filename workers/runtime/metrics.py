@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -73,6 +73,9 @@ class RuntimeMetrics:
                               _TPOT_BUCKETS)
         self.e2e = histogram("e2e_request_latency_seconds", "Time from enqueue to final event",
                              _LATENCY_BUCKETS)
+        self.redis_outages = Counter(
+            "pagefleet:redis_outages", "Times this worker lost Redis (each outage counted once)",
+            ["model"], registry=self.registry).labels(model)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

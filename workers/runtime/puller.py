@@ -14,6 +14,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from pagefleet.platform.protocol.resilience import TRANSIENT_ERRORS, Backoff, RedisOutages
 from pagefleet.workers.runtime.config import WorkerSettings
 from pagefleet.workers.runtime.executor import Executor
 from pagefleet.workers.runtime.streams import RequestQueues
@@ -47,8 +48,11 @@ def free_slots(engine: Any, executor: Executor, settings: WorkerSettings) -> int
 
 class Puller:
     def __init__(self, engine: Any, queues: RequestQueues, executor: Executor,
-                 settings: WorkerSettings, stop: asyncio.Event) -> None:
+                 settings: WorkerSettings, stop: asyncio.Event, outages: RedisOutages,
+                 backoff: Backoff = Backoff()) -> None:
         self.engine = engine
+        self.outages = outages
+        self.backoff = backoff
         self.queues = queues
         self.executor = executor
         self.settings = settings
@@ -59,12 +63,24 @@ class Puller:
 
     async def run(self) -> None:
         """Pull until `stop` is set (drain): admitted entries start at once."""
+        attempt = 0
         while not self.stop.is_set():
             try:
                 await self._pull_once()
-            except RedisError as exc:  # Redis restarting or unreachable: retry, keep the work we hold
+                self.outages.recovered()
+                attempt = 0
+                continue
+            except TRANSIENT_ERRORS as exc:  # Redis restarting or unreachable: keep the work we hold
+                self.outages.failed("pulling", exc)
+                delay = self.backoff.delay(attempt)
+                attempt += 1
+            except RedisError as exc:
                 log.warning("pulling failed: %s", exc)
-                await wait_first(asyncio.sleep(_RETRY_S), self.stop)
+                delay = _RETRY_S
+            except Exception:  # never let the puller die silently: log it and pull again
+                log.exception("pulling failed")
+                delay = _RETRY_S
+            await wait_first(asyncio.sleep(delay), self.stop)
 
     async def _pull_once(self) -> None:
         self.executor.changed.clear()

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pagefleet.platform.protocol import keys
+from pagefleet.platform.protocol.resilience import TRANSIENT_ERRORS, RedisOutages
 from pagefleet.workers.runtime.config import WorkerSettings
 from pagefleet.workers.runtime.executor import Executor
 from pagefleet.workers.runtime.heartbeat import live_workers
@@ -27,8 +28,10 @@ log = logging.getLogger(__name__)
 
 class Recovery:
     def __init__(self, redis: aioredis.Redis, queues: RequestQueues, executor: Executor,
-                 puller: Puller, settings: WorkerSettings, stop: asyncio.Event) -> None:
+                 puller: Puller, settings: WorkerSettings, stop: asyncio.Event,
+                 outages: RedisOutages) -> None:
         self.redis = redis
+        self.outages = outages
         self.queues = queues
         self.executor = executor
         self.puller = puller
@@ -39,8 +42,13 @@ class Recovery:
         while not self.stop.is_set():
             try:
                 await self.claim_once()
+                self.outages.recovered()
+            except TRANSIENT_ERRORS as exc:  # retried on the next round, like any claim
+                self.outages.failed("claiming", exc)
             except RedisError as exc:
                 log.warning("claiming failed: %s", exc)
+            except Exception:  # never let the claimer die silently: the next round retries
+                log.exception("claiming failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), self.settings.claim_interval_s)
 

@@ -5,6 +5,12 @@ round trip into one pipeline, merging consecutive deltas of the same choice into
 So a worker streaming many requests sends one pipeline per engine step, not one command per
 token, and a slow Redis round trip turns into bigger batches instead of a backlog of writes.
 A final or error event resolves a future once it is in Redis, so the caller acks only then.
+
+While Redis is unreachable nothing is dropped: the failed batch goes back to the head of the
+queue and is retried with capped, jittered back-off, folded together with whatever arrives
+meanwhile, so clients still see each token once and in order after the outage. The buffer is
+bounded by what the active requests generate (at most `max_num_seqs` x `max_model_len`
+tokens), because the puller admits nothing new while Redis is down.
 """
 
 from __future__ import annotations
@@ -18,9 +24,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pagefleet.platform.protocol import DeltaEvent, ResultEvent, decode_event, encode, keys
+from pagefleet.platform.protocol.resilience import TRANSIENT_ERRORS, Backoff, RedisOutages
 
 log = logging.getLogger(__name__)
-_MAX_ATTEMPTS = 5
 
 
 @dataclass(slots=True)
@@ -65,9 +71,12 @@ def merge_delta(events: list[ResultEvent], delta: DeltaEvent) -> None:
 class ResultWriter:
     """The single writer of `pf:r:{id}` streams for one worker process."""
 
-    def __init__(self, redis: aioredis.Redis, retention_s: int) -> None:
+    def __init__(self, redis: aioredis.Redis, retention_s: int, outages: RedisOutages,
+                 backoff: Backoff = Backoff()) -> None:
         self.redis = redis
         self.retention_s = retention_s
+        self.outages = outages
+        self.backoff = backoff
         self._queue: list[_Pending] = []
         self._wake = asyncio.Event()
         self._closing = False
@@ -91,7 +100,7 @@ class ResultWriter:
             self._wake.clear()
             if self._queue:
                 batch, self._queue = self._queue, []
-                await self._flush(batch)
+                await self._flush_until_written(batch)
             if self._closing and not self._queue:
                 return
 
@@ -99,7 +108,17 @@ class ResultWriter:
         self._closing = True
         self._wake.set()
 
-    async def _flush(self, pending: list[_Pending]) -> None:
+    async def _flush_until_written(self, pending: list[_Pending]) -> None:
+        """Retry the same batch, unchanged, until it is written. Never merged with later events:
+        part of a failed pipeline may be in Redis already, and an exact repeat of a delta is
+        recognised downstream (its offset is behind) while a merged one would hide new tokens."""
+        attempt = 0
+        while not await self._flush(pending):
+            await asyncio.sleep(self.backoff.delay(attempt))
+            attempt += 1
+
+    async def _flush(self, pending: list[_Pending]) -> bool:
+        """Write `pending` in one pipeline; False (nothing resolved) if Redis is unreachable."""
         batch = _Batch()
         for item in pending:
             events = batch.events.setdefault(item.request_id, [])
@@ -111,22 +130,22 @@ class ResultWriter:
                 batch.acks.append(item.ack)
             if item.done is not None:
                 batch.futures.append(item.done)
-        for attempt in range(1, _MAX_ATTEMPTS + 1):
-            try:
-                await self._write(batch)
-                break
-            except RedisError as exc:
-                if attempt == _MAX_ATTEMPTS:
-                    log.error("dropping %d result events after %d attempts: %s",
-                              len(pending), attempt, exc)
-                    for future in batch.futures:
-                        if not future.done():
-                            future.set_exception(exc)
-                    return
-                await asyncio.sleep(0.05 * 2**attempt)  # back-off before retrying the same batch
+        try:
+            await self._write(batch)
+        except TRANSIENT_ERRORS as exc:
+            self.outages.failed("writing results", exc)
+            return False
+        except RedisError as exc:  # a command Redis refuses will not succeed on a retry
+            log.error("dropping %d result events: %s", len(pending), exc)
+            for future in batch.futures:
+                if not future.done():
+                    future.set_exception(exc)
+            return True
+        self.outages.recovered()
         for future in batch.futures:
             if not future.done():
                 future.set_result(None)
+        return True
 
     async def _write(self, batch: _Batch) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

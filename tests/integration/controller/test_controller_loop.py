@@ -14,8 +14,9 @@ import yaml
 from pagefleet.platform.controller.backends.base import BackendError
 from pagefleet.platform.controller.loop import Controller
 from pagefleet.platform.protocol import keys
+from pagefleet.platform.protocol.resilience import connect
 from pagefleet.platform.registry import ModelSpec, load_registry
-from tests.support.redis_server import free_port
+from tests.support.redis_server import RestartableRedis, free_port
 
 
 class RecordingBackend:
@@ -110,7 +111,62 @@ def test_unreachable_redis_holds_replicas(tmp_path: Path) -> None:
             for _ in range(3):
                 decision = (await controller.tick())["a"]
                 assert decision.desired_replicas == 2 and "unavailable" in decision.reason
+            assert controller.outages.down and controller.outages.num_outages == 1  # logged once
         finally:
             await controller.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_redis_restart_is_one_outage_and_the_loop_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "registry.yaml"
+    _write(path, ["a"], 1_000)
+    server = RestartableRedis(str(tmp_path))
+    server.start()
+
+    async def scenario() -> None:
+        controller = Controller(load_registry(path), RecordingBackend(), connect(server.url))
+        try:
+            assert "unavailable" not in (await controller.tick())["a"].reason
+            server.kill()
+            for _ in range(2):
+                assert "unavailable" in (await controller.tick())["a"].reason
+            server.start()
+            assert "unavailable" not in (await controller.tick())["a"].reason  # no stale connection
+            assert not controller.outages.down and controller.outages.num_outages == 1
+        finally:
+            await controller.aclose()
+            server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_tick_does_not_end_the_loop(tmp_path: Path, redis_url: str) -> None:
+    path = tmp_path / "registry.yaml"
+    _write(path, ["a"], 1_000)
+
+    class FlakyBackend(RecordingBackend):
+        def __init__(self, stop: asyncio.Event) -> None:
+            super().__init__()
+            self.stop = stop
+            self.calls = 0
+
+        def current_replicas(self, model: str) -> int | None:
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("a bug in the backend")
+            if self.calls == 3:
+                self.stop.set()
+            return super().current_replicas(model)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        backend = FlakyBackend(stop)
+        controller = Controller(load_registry(path), backend, aioredis.Redis.from_url(redis_url))
+        try:
+            await asyncio.wait_for(controller.run(stop, interval_s=0.01), 30)
+        finally:
+            await controller.aclose()
+        assert backend.calls == 3
 
     asyncio.run(scenario())

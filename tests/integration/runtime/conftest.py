@@ -14,6 +14,7 @@ from tests.support.redis_server import free_port
 MODEL = "rt-main"
 MAX_NUM_SEQS = 4
 MAX_MODEL_LEN = 128
+WEBHOOK_SECRET = "test-webhook-secret"
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def worker(redis_url: str, registry: Path, client: redis.Redis,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     log = tmp_path_factory.mktemp("logs") / "worker.log"
-    process = WorkerProcess(MODEL, registry, redis_url, log, metrics_port=free_port()).start()
+    # The test's webhook receiver listens on loopback, which workers refuse unless allowed.
+    env = {"PAGEFLEET_WEBHOOK_ALLOW_PRIVATE": "1", "PAGEFLEET_WEBHOOK_SECRET": WEBHOOK_SECRET}
+    process = WorkerProcess(MODEL, registry, redis_url, log, metrics_port=free_port(), env=env).start()
     try:
         process.wait_ready(client)
         yield process

@@ -54,6 +54,7 @@ class WorkerProcess:
     worker_id: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:8]}")
     metrics_port: int | None = None
     dead_after_s: float = 3.0
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
 
     def start(self) -> WorkerProcess:
@@ -64,7 +65,7 @@ class WorkerProcess:
             command += ["--metrics-port", str(self.metrics_port), "--metrics-host", "127.0.0.1"]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                         env={**os.environ, "OMP_NUM_THREADS": "1", **self.env})
         return self
 
     def log(self) -> str:

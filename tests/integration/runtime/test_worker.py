@@ -26,7 +26,8 @@ from pagefleet.platform.protocol import (
     encode,
     keys,
 )
-from tests.integration.runtime.conftest import MAX_NUM_SEQS, MODEL
+from pagefleet.platform.protocol.webhooks import webhook_signature
+from tests.integration.runtime.conftest import MAX_NUM_SEQS, MODEL, WEBHOOK_SECRET
 from tests.integration.runtime.processes import (
     WorkerProcess,
     assert_well_formed,
@@ -218,12 +219,17 @@ def test_resume_skips_choices_that_had_already_finished(worker, client: redis.Re
 class _WebhookReceiver(http.server.ThreadingHTTPServer):
     def __init__(self) -> None:
         self.bodies: list[dict] = []
+        self.signed: list[bool] = []  # whether each POST carried a valid Standard Webhooks signature
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers["Content-Length"])
-                receiver.bodies.append(msgspec.json.decode(self.rfile.read(length)))
+                raw = self.rfile.read(length)
+                receiver.signed.append(self.headers["webhook-signature"] == webhook_signature(
+                    WEBHOOK_SECRET, self.headers["webhook-id"],
+                    int(self.headers["webhook-timestamp"]), raw))
+                receiver.bodies.append(msgspec.json.decode(raw))
                 self.send_response(204)
                 self.end_headers()
 
@@ -264,6 +270,7 @@ def test_job_succeeds_with_the_openai_response_and_posts_its_webhook(worker, cli
         [body] = _wait_for(lambda: hook.bodies, "the webhook")
         assert (body["id"], body["status"], body["result"]) == (job_id, "succeeded", record.result)
         assert "owner" not in body and "body" not in body
+        assert hook.signed == [True]
     finally:
         hook.shutdown()
 
