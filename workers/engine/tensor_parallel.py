@@ -3,13 +3,21 @@
 The engine process is rank 0: it schedules, flattens each step on the host and broadcasts
 that small description on a gloo control group; every rank then runs the same forward, whose
 collectives (all-reduce, all-gather) go over the model group. Only rank 0 samples.
+
+Teardown is collective: NCCL communicators are destroyed by every rank together (a rank that
+exits first leaves its peers waiting forever in `destroy_process_group`), so all ranks meet at
+a barrier, destroy, and only then does rank 0 join the processes. Every wait has a deadline
+and a hang is logged loudly instead of blocking the engine's shutdown.
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 import multiprocessing as mp
+import os
 import socket
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +27,15 @@ import torch.distributed as dist
 from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.models.parallel import TensorParallel
 
-_INIT_TIMEOUT = datetime.timedelta(minutes=10)
+logger = logging.getLogger(__name__)
+
+# Group creation and every collective fail after this (NCCL's watchdog aborts the rank), so a
+# lost peer is an error in minutes, never a silent hang.
+_COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=5)
+_TEARDOWN_TIMEOUT_S = 60.0
+# What a rank must see exactly as the engine process does (NVLink multicast stays off where the
+# machine turns it off; NCCL tuning, visible devices).
+_INHERITED_ENV_PREFIXES = ("NCCL_", "TORCH_NCCL_", "TORCH_SYMM_MEM_", "NVSHMEM_", "CUDA_")
 
 
 @dataclass(slots=True)
@@ -44,11 +60,33 @@ class TensorParallelContext:
     def shutdown(self) -> None:
         if self.is_driver and self.tp.size > 1:
             self.broadcast(None)
-            dist.barrier(group=self.control_group)  # gloo aborts a rank whose peer hangs up first
-            for process in self.processes:
-                process.join(timeout=60)
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        teardown(self.control_group)
+        for process in self.processes:
+            process.join(timeout=_TEARDOWN_TIMEOUT_S)
+            if process.is_alive():
+                logger.error("tensor-parallel rank %s did not exit; killing it", process.name)
+                process.kill()
+                process.join(timeout=10)
+
+
+def teardown(control_group: Any) -> None:
+    """Every rank: finish device work, meet the others, destroy the groups together."""
+    if not dist.is_initialized():
+        return
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    if dist.get_world_size() > 1:
+        dist.barrier(group=control_group)  # gloo aborts a rank whose peer hangs up first
+    done = threading.Event()
+
+    def destroy() -> None:
+        dist.destroy_process_group()
+        done.set()
+
+    threading.Thread(target=destroy, name="pagefleet-tp-teardown", daemon=True).start()
+    if not done.wait(_TEARDOWN_TIMEOUT_S):
+        logger.error("destroy_process_group did not return within %.0f s: abandoning the "
+                     "communicators (a peer rank is gone or stuck)", _TEARDOWN_TIMEOUT_S)
 
 
 def _free_port() -> int:
@@ -63,8 +101,9 @@ def _init(config: EngineConfig, rank: int, init_method: str) -> TensorParallelCo
     if use_cuda:
         torch.cuda.set_device(rank)
     dist.init_process_group("nccl" if use_cuda else "gloo", init_method=init_method, rank=rank,
-                            world_size=size, timeout=_INIT_TIMEOUT)
-    control = dist.new_group(backend="gloo") if use_cuda else dist.group.WORLD
+                            world_size=size, timeout=_COLLECTIVE_TIMEOUT)
+    control = (dist.new_group(backend="gloo", timeout=_COLLECTIVE_TIMEOUT) if use_cuda
+               else dist.group.WORLD)
     return TensorParallelContext(TensorParallel(rank, size, dist.group.WORLD), control)
 
 
@@ -72,8 +111,9 @@ def launch(config: EngineConfig) -> TensorParallelContext:
     """Start ranks 1..N-1 and join them as rank 0."""
     init_method = f"tcp://127.0.0.1:{_free_port()}"
     ctx = mp.get_context("spawn")
+    inherited = {k: v for k, v in os.environ.items() if k.startswith(_INHERITED_ENV_PREFIXES)}
     processes = [
-        ctx.Process(target=_worker_main, args=(config, rank, init_method), daemon=True,
+        ctx.Process(target=_worker_main, args=(config, rank, init_method, inherited), daemon=True,
                     name=f"pagefleet-tp{rank}")
         for rank in range(1, config.tensor_parallel_size)
     ]
@@ -84,8 +124,9 @@ def launch(config: EngineConfig) -> TensorParallelContext:
     return context
 
 
-def _worker_main(config: EngineConfig, rank: int, init_method: str) -> None:
+def _worker_main(config: EngineConfig, rank: int, init_method: str, env: dict[str, str]) -> None:
     """A non-driver rank: build the same runner, then replay whatever steps rank 0 sends."""
+    os.environ.update(env)
     from pagefleet.workers.engine.model_runner import ModelRunner
     from pagefleet.workers.models.loader import resolve_model
 
@@ -94,5 +135,4 @@ def _worker_main(config: EngineConfig, rank: int, init_method: str) -> None:
                          tp_context=context)
     while (step := context.broadcast(None)) is not None:
         runner.execute_host(step)
-    dist.barrier(group=context.control_group)
-    dist.destroy_process_group()
+    teardown(context.control_group)
