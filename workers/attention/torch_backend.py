@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pagefleet.workers.arithmetic import cdiv
 from pagefleet.workers.attention.metadata import AttentionMetadata
 
 
@@ -21,7 +22,7 @@ def write_kv_cache_ref(
 def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:
     """The first `seq_len` cached rows of one sequence: `[seq_len, num_kv_heads, head_dim]`."""
     block_size = cache.shape[1]
-    num_blocks = (seq_len + block_size - 1) // block_size
+    num_blocks = cdiv(seq_len, block_size)
     rows = cache[block_table[:num_blocks].long()]  # [num_blocks, block_size, kv_heads, head_dim]
     return rows.flatten(0, 1)[:seq_len]
 
@@ -72,7 +73,7 @@ def paged_attention_batched(
         torch.arange(num_seqs, device=device), query_lens, output_size=num_tokens
     )
     row_of_token = torch.arange(num_tokens, device=device) - starts[seq_of_token]
-    tables = metadata.block_tables[:, : -(-max_s // block_size)].long()
+    tables = metadata.block_tables[:, : cdiv(max_s, block_size)].long()
     keys = k_cache[tables].flatten(1, 2)[:, :max_s].float()  # [seqs, max_s, kv_heads, dim]
     values = v_cache[tables].flatten(1, 2)[:, :max_s].float()
     queries = q.new_zeros((num_seqs, max_q, num_heads, head_dim), dtype=torch.float32)

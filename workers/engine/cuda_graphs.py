@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pagefleet.workers.arithmetic import cdiv
 from pagefleet.workers.attention import AttentionMetadata
 
 
@@ -46,7 +47,7 @@ class DecodeGraphs:
         self.null_block = null_block
         self.null_slot = null_block * block_size
         max_bs = self.sizes[-1]
-        max_blocks = -(-max_model_len // block_size)
+        max_blocks = cdiv(max_model_len, block_size)
         self.static = _StaticInputs(
             input_ids=torch.zeros(max_bs, dtype=torch.long, device=device),
             positions=torch.zeros(max_bs, dtype=torch.long, device=device),
