@@ -89,9 +89,9 @@ def instrument(llm: LLM) -> StepBreakdown:
     engine, runner = llm.engine, llm.engine.runner
     execute, sampler = runner.execute, engine.sampler
 
-    def timed_execute(output, block_tables):
+    def timed_execute(output):
         start = time.perf_counter()
-        logits = execute(output, block_tables)
+        logits = execute(output)
         _sync(runner.device)
         elapsed = time.perf_counter() - start
         decode_only = all(item.num_new_tokens == 1 for item in output.scheduled)

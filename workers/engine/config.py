@@ -12,12 +12,17 @@ _BACKENDS = (None, "torch", "triton")
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
-    """Everything the engine needs to start; derived values live in `ResolvedEngine` instead.
+    """What the user asked for; None leaves the choice to the engine. The defaults that
+    depend on the model and the device are decided once, by `resolved_config.resolve`, into a
+    `ResolvedEngineConfig` (this object is never written back to).
 
     `num_kv_blocks` overrides memory-based KV sizing (tests use it to force preemption);
     `kv_cache_memory_bytes` sizes the cache by bytes (the CPU default is 1 GiB, like vLLM's
-    `VLLM_CPU_KVCACHE_SPACE`). `max_model_len` and `max_num_batched_tokens` default from the
-    model's config.
+    `VLLM_CPU_KVCACHE_SPACE`; on CUDA the cache takes `gpu_memory_utilization` of the card
+    less the weights and the largest step). `max_model_len` defaults to the model's
+    `max_position_embeddings`, capped to what the KV cache holds; `max_num_batched_tokens`
+    to 8192 on CUDA and 2048 elsewhere; `attention_backend` to triton on CUDA, torch
+    elsewhere.
     """
 
     model: str = DEFAULT_MODEL
@@ -36,7 +41,7 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     seed: int = 0
     load_format: str = "auto"
-    attention_backend: str | None = None  # None: triton on CUDA, torch elsewhere
+    attention_backend: str | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:

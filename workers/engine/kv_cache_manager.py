@@ -9,10 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pagefleet.workers.arithmetic import cdiv
 from pagefleet.workers.engine.block_pool import Block, BlockPool
 from pagefleet.workers.engine.sequence import Sequence
 
 SeqId = tuple[str, int]
+
+
+def chain_block_hash(parent_hash: int | None, token_ids: tuple[int, ...]) -> int:
+    """The prefix-cache key of a full block: its tokens chained to the hash of the block
+    before it (None for the first), so equal hashes mean equal prefixes up to collisions."""
+    return hash((parent_hash, token_ids))
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,16 +36,27 @@ class PrefixHit:
 NO_HIT = PrefixHit()
 
 
+@dataclass(slots=True, eq=False)
+class BlockTable:
+    """One sequence's blocks, in order. `block_ids` repeats `blocks` as plain ids because the
+    runner reads them every step and rebuilding them would cost O(blocks); `block_hashes`
+    holds the chained hashes of the leading full blocks already offered to the prefix cache."""
+
+    blocks: list[Block] = field(default_factory=list)
+    block_ids: list[int] = field(default_factory=list)
+    block_hashes: list[int] = field(default_factory=list)
+
+    def extend(self, blocks: list[Block]) -> None:
+        self.blocks.extend(blocks)
+        self.block_ids.extend(block.block_id for block in blocks)
+
+
 class KVCacheManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool) -> None:
         self.pool = BlockPool(num_blocks)
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
-        self.block_tables: dict[SeqId, list[Block]] = {}
-        # The same tables as plain ids, kept in step with `block_tables`: the runner reads
-        # them every step, and rebuilding them from Block objects would cost O(blocks).
-        self._block_ids: dict[SeqId, list[int]] = {}
-        self._block_hashes: dict[SeqId, list[int]] = {}
+        self.block_tables: dict[SeqId, BlockTable] = {}
         self.num_prefix_queried_tokens = 0
         self.num_prefix_hit_tokens = 0
 
@@ -54,7 +72,8 @@ class KVCacheManager:
 
     def block_ids(self, seq_id: SeqId) -> list[int]:
         """The sequence's block ids (the live list: read, never modify)."""
-        return self._block_ids.get(seq_id, [])
+        table = self.block_tables.get(seq_id)
+        return table.block_ids if table is not None else []
 
     def find_prefix(self, seq: Sequence) -> PrefixHit:
         """Longest cached prefix of a sequence that has computed nothing yet.
@@ -67,8 +86,8 @@ class KVCacheManager:
         hashes: list[int] = []
         parent: int | None = None
         for i in range((seq.num_tokens - 1) // self.block_size):
-            token_ids = tuple(seq.token_ids_slice(i * self.block_size, (i + 1) * self.block_size))
-            block_hash = hash((parent, token_ids))
+            token_ids = self._block_token_ids(seq, i)
+            block_hash = chain_block_hash(parent, token_ids)
             block = self.pool.lookup(block_hash, token_ids)
             if block is None:
                 break
@@ -89,22 +108,17 @@ class KVCacheManager:
             return True  # the common decode step: room in the last block, nothing to cache
         if self._num_blocks_needed(seq, num_new_tokens, hit) > self.pool.num_free_blocks:
             return False
-        table = self.block_tables.setdefault(seq.seq_id, [])
-        ids = self._block_ids.setdefault(seq.seq_id, [])
-        hashes = self._block_hashes.setdefault(seq.seq_id, [])
+        table = self.block_tables.setdefault(seq.seq_id, BlockTable())
         if hit.blocks:
             self.pool.touch(hit.blocks)
             table.extend(hit.blocks)
-            ids.extend(block.block_id for block in hit.blocks)
-            hashes.extend(hit.block_hashes)
+            table.block_hashes.extend(hit.block_hashes)
         num_tokens = seq.num_computed_tokens + hit.num_tokens(self.block_size) + num_new_tokens
-        num_missing = -(-num_tokens // self.block_size) - len(table)
+        num_missing = cdiv(num_tokens, self.block_size) - len(table.blocks)
         if num_missing > 0:
-            new_blocks = self.pool.allocate(num_missing)
-            table.extend(new_blocks)
-            ids.extend(block.block_id for block in new_blocks)
+            table.extend(self.pool.allocate(num_missing))
         if self.enable_prefix_caching:
-            self._cache_full_blocks(seq, table, hashes, num_tokens // self.block_size)
+            self._cache_full_blocks(seq, table, num_tokens // self.block_size)
         return True
 
     def fork(self, parent: Sequence, child: Sequence) -> int:
@@ -115,44 +129,46 @@ class KVCacheManager:
             (parent.num_prompt_tokens - 1) // self.block_size,
             parent.num_computed_tokens // self.block_size,
         )
-        shared = self.block_tables.get(parent.seq_id, [])[:num_shared_blocks]
+        parent_table = self.block_tables.get(parent.seq_id, BlockTable())
+        shared = parent_table.blocks[:num_shared_blocks]
         self.pool.touch(shared)
-        self.block_tables[child.seq_id] = list(shared)
-        self._block_ids[child.seq_id] = [block.block_id for block in shared]
-        self._block_hashes[child.seq_id] = self._block_hashes.get(parent.seq_id, [])[
-            :num_shared_blocks
-        ]
+        table = BlockTable(block_hashes=parent_table.block_hashes[:num_shared_blocks])
+        table.extend(shared)
+        self.block_tables[child.seq_id] = table
         return num_shared_blocks * self.block_size
 
     def free(self, seq_id: SeqId) -> None:
-        table = self.block_tables.pop(seq_id, [])
-        self._block_ids.pop(seq_id, None)
-        self._block_hashes.pop(seq_id, None)
-        self.pool.free(reversed(table))
+        table = self.block_tables.pop(seq_id, None)
+        if table is not None:
+            self.pool.free(reversed(table.blocks))
 
     def _fits(self, seq: Sequence, num_new_tokens: int) -> bool:
-        ids = self._block_ids.get(seq.seq_id)
-        if ids is None:
+        table = self.block_tables.get(seq.seq_id)
+        if table is None:
             return False
         num_tokens = seq.num_computed_tokens + num_new_tokens
-        if num_tokens > len(ids) * self.block_size:
+        if num_tokens > len(table.block_ids) * self.block_size:
             return False
         return not self.enable_prefix_caching or num_tokens // self.block_size <= len(
-            self._block_hashes[seq.seq_id]
+            table.block_hashes
         )
 
     def _num_blocks_needed(self, seq: Sequence, num_new_tokens: int, hit: PrefixHit) -> int:
-        table = self.block_tables.get(seq.seq_id, ())
+        table = self.block_tables.get(seq.seq_id)
+        num_held = len(table.blocks) if table is not None else 0
         num_tokens = seq.num_computed_tokens + hit.num_tokens(self.block_size) + num_new_tokens
-        num_new_blocks = max(0, -(-num_tokens // self.block_size) - len(table) - len(hit.blocks))
+        num_new_blocks = max(0, cdiv(num_tokens, self.block_size) - num_held - len(hit.blocks))
         num_revived = sum(1 for block in hit.blocks if block.ref_cnt == 0)
         return num_new_blocks + num_revived
 
-    def _cache_full_blocks(
-        self, seq: Sequence, table: list[Block], hashes: list[int], num_full_blocks: int
-    ) -> None:
+    def _cache_full_blocks(self, seq: Sequence, table: BlockTable, num_full_blocks: int) -> None:
+        hashes = table.block_hashes
         for i in range(len(hashes), num_full_blocks):
-            token_ids = tuple(seq.token_ids_slice(i * self.block_size, (i + 1) * self.block_size))
-            block_hash = hash((hashes[-1] if hashes else None, token_ids))
-            self.pool.cache(table[i], block_hash, token_ids)
+            token_ids = self._block_token_ids(seq, i)
+            block_hash = chain_block_hash(hashes[-1] if hashes else None, token_ids)
+            self.pool.cache(table.blocks[i], block_hash, token_ids)
             hashes.append(block_hash)
+
+    def _block_token_ids(self, seq: Sequence, block_index: int) -> tuple[int, ...]:
+        start = block_index * self.block_size
+        return tuple(seq.token_ids_slice(start, start + self.block_size))

@@ -6,7 +6,6 @@ given order of calls, which is what makes the engine testable against transforme
 
 from __future__ import annotations
 
-import itertools
 import logging
 from dataclasses import dataclass
 
@@ -34,8 +33,9 @@ Prompt = str | list[int] | list[dict]
 
 
 @dataclass(slots=True, eq=False)
-class ChoiceState:
-    """What one choice has produced and what of it was already handed out."""
+class ChoiceStream:
+    """One choice as the engine streams it: its sequence, the text detokenised so far, and
+    how much of the tokens, text and logprobs was already handed out in deltas."""
 
     seq: Sequence
     detokenizer: IncrementalDetokenizer | None
@@ -51,7 +51,7 @@ class ChoiceState:
 @dataclass(slots=True, eq=False)
 class RequestState:
     request_id: str
-    choices: list[ChoiceState]
+    choices: list[ChoiceStream]
     num_unfinished: int
 
 
@@ -64,25 +64,24 @@ class LLMEngine:
         self.arch = resolved.arch
         self.tp_context = tensor_parallel.launch(config) if config.tensor_parallel_size > 1 else None
         self.runner = ModelRunner(config, resolved, tp_context=self.tp_context)
-        self.max_model_len = self.runner.max_model_len
-        device_default = 8192 if self.runner.device.type == "cuda" else 2048
+        settings = self.settings = self.runner.settings
+        self.max_model_len = settings.max_model_len
         self.kv_cache = KVCacheManager(
-            self.runner.num_blocks, config.block_size, config.enable_prefix_caching
+            settings.num_kv_blocks, settings.block_size, settings.enable_prefix_caching
         )
         self.scheduler = Scheduler(
             SchedulerConfig(
-                max_num_seqs=config.max_num_seqs,
-                max_num_batched_tokens=config.max_num_batched_tokens or device_default,
-                block_size=config.block_size,
-                admission_batch=max(1, config.max_num_seqs // 8) if self.runner.graphs else 1,
+                max_num_seqs=settings.max_num_seqs,
+                max_num_batched_tokens=settings.max_num_batched_tokens,
+                block_size=settings.block_size,
+                admission_batch=settings.admission_batch,
             ),
             self.kv_cache,
         )
         self.eos_token_ids = list(self.arch.eos_token_ids)
-        self.sampler = Sampler(self.eos_token_ids, self.runner.device, config.seed)
+        self.sampler = Sampler(self.eos_token_ids, settings.device, config.seed)
         self.requests: dict[str, RequestState] = {}
         self.counters = EngineCounters()
-        self._arrivals = itertools.count()
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -127,13 +126,11 @@ class LLMEngine:
         resume = resume or {}
         if any(i < 0 or i >= params.n for i in resume):
             raise ValueError(f"resume holds a choice index outside [0, {params.n})")
-        arrival = next(self._arrivals)
         choices = []
-        for index in range(params.n):
-            done_ids = list(resume.get(index, ()))
+        for choice_index in range(params.n):
+            done_ids = list(resume.get(choice_index, ()))
             seq = Sequence(
-                request_id, index, prompt_ids, params, max_tokens, arrival,
-                output_token_ids=done_ids,
+                request_id, choice_index, prompt_ids, params, max_tokens, output_token_ids=done_ids
             )
             detokenizer = None
             if self.tokenizer is not None:
@@ -141,7 +138,7 @@ class LLMEngine:
                     self.tokenizer, prompt_ids + done_ids, params.skip_special_tokens
                 )
             choices.append(
-                ChoiceState(seq, detokenizer, num_emitted_tokens=len(done_ids),
+                ChoiceStream(seq, detokenizer, num_emitted_tokens=len(done_ids),
                             logprobs=[] if params.logprobs is not None else None,
                             holdback=stop_holdback(params.stop))
             )
@@ -179,9 +176,8 @@ class LLMEngine:
         scheduled = self.scheduler.schedule()
         if scheduled.is_empty:
             return []
-        sampling = [item.seq for item in scheduled.scheduled if item.samples]
-        block_tables = [self.kv_cache.block_ids(item.seq.seq_id) for item in scheduled.scheduled]
-        logits = self.runner.execute(scheduled, block_tables)
+        sampling = [item.seq for item in scheduled.scheduled if item.needs_sample]
+        logits = self.runner.execute(scheduled)
         self.scheduler.update(scheduled)
         if not sampling:
             return []
@@ -189,12 +185,12 @@ class LLMEngine:
         touched: dict[str, RequestState] = {}
         for seq, token_id, logprobs in zip(sampling, sampled.token_ids, sampled.logprobs, strict=True):
             state = self.requests[seq.request_id]
-            self._append_token(state.choices[seq.index], token_id, logprobs)
+            self._append_token(state.choices[seq.choice_index], token_id, logprobs)
             touched[seq.request_id] = state
         self.counters.generation_tokens += len(sampling)
         return [delta for state in touched.values() for delta in self._collect(state)]
 
-    def _append_token(self, choice: ChoiceState, token_id: int, logprobs: SampledLogprobs | None) -> None:
+    def _append_token(self, choice: ChoiceStream, token_id: int, logprobs: SampledLogprobs | None) -> None:
         seq = choice.seq
         params = seq.params
         seq.output_token_ids.append(token_id)
@@ -216,7 +212,7 @@ class LLMEngine:
         if seq.num_output_tokens >= seq.max_tokens or seq.num_tokens >= self.max_model_len:
             self._finish(choice, "length", None)
 
-    def _finish(self, choice: ChoiceState, reason: str, stop_reason: str | int | None) -> None:
+    def _finish(self, choice: ChoiceStream, reason: str, stop_reason: str | int | None) -> None:
         choice.seq.stop_reason = stop_reason
         self.scheduler.finish(choice.seq, reason)
 
@@ -239,7 +235,7 @@ class LLMEngine:
                 deltas[-1].finished = True
         return deltas
 
-    def _delta(self, choice: ChoiceState, final: bool) -> RequestDelta:
+    def _delta(self, choice: ChoiceStream, final: bool) -> RequestDelta:
         seq = choice.seq
         holdback = 0 if final else choice.holdback
         text_end = max(choice.num_emitted_chars, len(choice.text) - holdback)
@@ -249,7 +245,7 @@ class LLMEngine:
             choice.num_emitted_logprobs = len(choice.logprobs)
         delta = RequestDelta(
             request_id=seq.request_id,
-            index=seq.index,
+            index=seq.choice_index,
             offset=choice.num_emitted_tokens,
             token_ids=seq.output_token_ids[choice.num_emitted_tokens :],
             text=choice.text[choice.num_emitted_chars : text_end],
@@ -283,6 +279,6 @@ class LLMEngine:
             prompt_tokens_total=self.counters.prompt_tokens,
             generation_tokens_total=self.counters.generation_tokens,
             num_preemptions_total=self.scheduler.num_preemptions,
-            max_num_seqs=self.config.max_num_seqs,
-            num_kv_blocks=self.runner.num_blocks,
+            max_num_seqs=self.settings.max_num_seqs,
+            num_kv_blocks=self.settings.num_kv_blocks,
         )

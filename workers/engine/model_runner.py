@@ -13,9 +13,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pagefleet.workers.arithmetic import cdiv
 from pagefleet.workers.attention import AttentionMetadata, get_attention_backend
 from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.engine.cuda_graphs import DecodeGraphs
+from pagefleet.workers.engine.resolved_config import (
+    ResolvedEngineConfig,
+    resolve,
+    resolve_device,
+)
 from pagefleet.workers.engine.scheduler import SchedulerOutput
 from pagefleet.workers.engine.tensor_parallel import TensorParallelContext
 from pagefleet.workers.models.arch import ModelArch
@@ -49,57 +55,41 @@ class StepInputs:
     sample_indices: torch.Tensor  # [num_sampling_seqs] int64: rows of the last tokens
 
 
-def resolve_device(name: str, tp_rank: int = 0) -> torch.device:
-    """A concrete device; CUDA gets an index (the TP rank's GPU), since streams and graphs
-    need one."""
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", tp_rank or torch.cuda.current_device())
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
-
-
 class ModelRunner:
+    """Every TP rank builds one, so this is where the engine's settings are resolved (the
+    device depends on the rank): `settings` is what the scheduler and the engine read too."""
+
     def __init__(
-        self, config: EngineConfig, resolved: ResolvedModel,
+        self, config: EngineConfig, resolved_model: ResolvedModel,
         tp_context: TensorParallelContext | None = None,
     ) -> None:
         self.config = config
         self.tp_context = tp_context
         self.tp = tp_context.tp if tp_context is not None else TensorParallel(rank=0, size=1)
-        self.device = resolve_device(config.device, self.tp.rank)
-        self.dtype = resolve_dtype(config.dtype, self.device)
-        self.arch: ModelArch = resolved.arch
-        backend_name = config.attention_backend or ("triton" if self.device.type == "cuda" else "torch")
-        self.attention = get_attention_backend(backend_name)
-        self.block_size = config.block_size
+        self.arch: ModelArch = resolved_model.arch
+        settings = resolve(config, self.arch, resolve_device(config.device, self.tp.rank))
+        self.device, self.dtype = settings.device, settings.dtype
+        self.attention = get_attention_backend(settings.attention_backend)
+        self.block_size = settings.block_size
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.model = build_model(
-            resolved, dtype=self.dtype, device=self.device, load_format=config.load_format,
+            resolved_model, dtype=self.dtype, device=self.device, load_format=config.load_format,
             attention=self.attention, tp=self.tp,
             fused_layers=self.attention.name == "triton",  # the Triton path fuses the layers too
         )
         self.num_kv_heads = self.arch.num_kv_heads_per_rank(self.tp.size)
-        self.num_blocks = self._agree_on_num_blocks(self._decide_num_blocks())
+        self.num_blocks = self._agree_on_num_blocks(self._decide_num_blocks(settings))
+        self.settings = settings.with_kv_cache(self.num_blocks)
         # One block more than the scheduler may hand out: the scratch "null block" that
         # padded rows of a CUDA-graph batch write to.
         self.kv_caches = self._allocate_kv_cache(self.num_blocks + 1)
-        wanted = config.max_model_len or self.arch.max_position_embeddings
-        self.max_model_len = min(wanted, self.num_blocks * self.block_size)
-        if self.max_model_len < wanted:
-            logger.warning("max_model_len %d capped to the KV cache's %d tokens",
-                           wanted, self.max_model_len)
         self.graphs: DecodeGraphs | None = None
-        if self.device.type == "cuda" and not config.enforce_eager and self.attention.name == "triton":
+        if self.settings.use_cuda_graphs:
             self.graphs = DecodeGraphs(
-                self.model, self.kv_caches, min(config.max_num_seqs, 512), self.max_model_len,
-                self.block_size, null_block=self.num_blocks, device=self.device,
+                self.model, self.kv_caches, self.settings.max_graph_batch_size,
+                self.settings.max_model_len, self.block_size, null_block=self.num_blocks,
+                device=self.device,
             )
 
     @property
@@ -107,13 +97,13 @@ class ModelRunner:
         element = torch.empty((), dtype=self.dtype).element_size()
         return 2 * self.arch.num_layers * self.block_size * self.num_kv_heads * self.arch.head_dim * element
 
-    def _decide_num_blocks(self) -> int:
+    def _decide_num_blocks(self, settings: ResolvedEngineConfig) -> int:
         if self.config.num_kv_blocks is not None:
             return self.config.num_kv_blocks
         if self.config.kv_cache_memory_bytes is not None:
             budget = self.config.kv_cache_memory_bytes
         elif self.device.type == "cuda":
-            budget = self._profile_free_gpu_memory()
+            budget = self._profile_free_gpu_memory(settings.max_num_batched_tokens)
         else:
             budget = _CPU_KV_CACHE_BYTES
         num_blocks = budget // self.bytes_per_block - 1  # less the null block
@@ -129,12 +119,11 @@ class ModelRunner:
         dist.all_reduce(count, op=dist.ReduceOp.MIN, group=self.tp_context.control_group)
         return int(count.item())
 
-    def _profile_free_gpu_memory(self) -> int:
+    def _profile_free_gpu_memory(self, num_tokens: int) -> int:
         """Memory the KV cache may take: the utilisation share of the card, less the weights
         and the activations of the largest step (measured with a dummy forward)."""
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
-        num_tokens = self.config.max_num_batched_tokens or 8192
         dummy_cache = self._allocate_kv_cache(1 + num_tokens // self.block_size)
         ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
         positions = torch.arange(num_tokens, device=self.device) % 1024
@@ -161,7 +150,7 @@ class ModelRunner:
             for _ in range(self.arch.num_layers)
         ]
 
-    def flatten(self, output: SchedulerOutput, block_tables: list[list[int]]) -> HostStep:
+    def flatten(self, output: SchedulerOutput) -> HostStep:
         """Flatten the step on the host with numpy (vectorised where it can be)."""
         scheduled = output.scheduled
         num_seqs = len(scheduled)
@@ -180,11 +169,11 @@ class ModelRunner:
                     seq.num_computed_tokens, seq.num_computed_tokens + item.num_new_tokens))
         seq_of_token = np.repeat(np.arange(num_seqs), num_new)
         positions = np.arange(num_tokens, dtype=np.int64) + np.repeat(starts - query_start_loc[:-1], num_new)
-        tables = np.zeros((num_seqs, max(len(t) for t in block_tables)), dtype=np.int32)
-        for row, table in enumerate(block_tables):
-            tables[row, : len(table)] = table
+        tables = np.zeros((num_seqs, max(len(item.block_ids) for item in scheduled)), dtype=np.int32)
+        for row, item in enumerate(scheduled):
+            tables[row, : len(item.block_ids)] = item.block_ids
         bs = self.block_size
-        samples = np.fromiter((item.samples for item in scheduled), bool, num_seqs)
+        needs_sample = np.fromiter((item.needs_sample for item in scheduled), bool, num_seqs)
         return HostStep(
             input_ids=np.asarray(input_ids, dtype=np.int64),
             positions=positions,
@@ -192,7 +181,7 @@ class ModelRunner:
             query_start_loc=query_start_loc.astype(np.int32),
             seq_lens=(starts + num_new).astype(np.int32),
             block_tables=tables,
-            sample_indices=query_start_loc[1:][samples] - 1,
+            sample_indices=query_start_loc[1:][needs_sample] - 1,
             max_query_len=int(num_new.max()),
         )
 
@@ -224,10 +213,10 @@ class ModelRunner:
             sample_indices=to_device(step.sample_indices),
         )
 
-    def execute(self, output: SchedulerOutput, block_tables: list[list[int]]) -> torch.Tensor:
+    def execute(self, output: SchedulerOutput) -> torch.Tensor:
         """Logits `[num_sampling_seqs, vocab]` (float32) of the sequences that sample; with
         tensor parallelism every rank runs the same step."""
-        step = self.flatten(output, block_tables)
+        step = self.flatten(output)
         if self.tp.size > 1:
             self.tp_context.broadcast(step)
         return self.execute_host(step)
@@ -245,7 +234,7 @@ class ModelRunner:
 
 
 def _single_sequence_metadata(num_tokens: int, block_size: int, device: torch.device) -> AttentionMetadata:
-    num_blocks = -(-num_tokens // block_size)
+    num_blocks = cdiv(num_tokens, block_size)
     return AttentionMetadata(
         slot_mapping=torch.arange(num_tokens, device=device),
         query_start_loc=torch.tensor([0, num_tokens], dtype=torch.int32, device=device),

@@ -69,7 +69,7 @@ class Sampler:
         noise = torch.empty(shape, device=self.device).exponential_(generator=self.generator)
         for row, seq in enumerate(seqs):
             if seq.params.seed is not None:
-                key = hash((seq.params.seed, seq.index, seq.num_output_tokens)) & _SEED_MASK
+                key = hash((seq.params.seed, seq.choice_index, seq.num_output_tokens)) & _SEED_MASK
                 generator = torch.Generator(device=self.device)
                 generator.manual_seed(key)
                 noise[row].exponential_(generator=generator)

@@ -34,15 +34,22 @@ class SchedulerConfig:
 
 @dataclass(slots=True)
 class ScheduledSeq:
-    """`samples`: this step reaches the sequence's last token, so its logits are sampled
-    (decided when scheduled, before the step moves `num_computed_tokens`)."""
+    """One sequence's share of a step: everything the runner needs, no side lookups.
+
+    `block_ids` is the KV manager's live list for the sequence (read, never modify): it
+    already covers this step's tokens. `needs_sample`: this step reaches the sequence's last
+    token, so its logits are sampled (decided when scheduled, before the step moves
+    `num_computed_tokens`)."""
 
     seq: Sequence
     num_new_tokens: int
-    samples: bool = field(init=False)
+    block_ids: list[int]
+    needs_sample: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        self.samples = self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
+        self.needs_sample = (
+            self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
+        )
 
 
 @dataclass(slots=True)
@@ -65,10 +72,6 @@ class Scheduler:
         self.pending_forks: dict[str, list[Sequence]] = {}
         self.num_preemptions = 0
 
-    @property
-    def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
-
     def add(self, seqs: list[Sequence]) -> None:
         first, *siblings = seqs
         self.waiting.append(first)
@@ -89,7 +92,7 @@ class Scheduler:
                 if victim is seq:
                     break
             else:
-                output.scheduled.append(ScheduledSeq(seq, num_new))
+                output.scheduled.append(self._scheduled(seq, num_new))
                 budget -= num_new
                 i += 1
         if output.num_preempted or not self._admission_due():
@@ -109,9 +112,12 @@ class Scheduler:
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            output.scheduled.append(ScheduledSeq(seq, num_new))
+            output.scheduled.append(self._scheduled(seq, num_new))
             budget -= num_new
         return output
+
+    def _scheduled(self, seq: Sequence, num_new_tokens: int) -> ScheduledSeq:
+        return ScheduledSeq(seq, num_new_tokens, self.kv_cache.block_ids(seq.seq_id))
 
     def _admission_due(self) -> bool:
         if not self.running or (self.waiting and self.waiting[0].num_computed_tokens > 0):

@@ -1,7 +1,7 @@
 """One sequence of tokens being generated: a prompt plus one choice's output.
 
-A request with `n` choices becomes `n` sequences sharing `request_id` and the prompt; choice
-`index` tells them apart. One count, `num_computed_tokens`, catching up with `num_tokens`
+A request with `n` choices becomes `n` sequences sharing `request_id` and the prompt;
+`choice_index` tells them apart. One count, `num_computed_tokens`, catching up with `num_tokens`
 covers prefill, chunked prefill, prefix-cache hits and recompute after preemption.
 """
 
@@ -22,22 +22,20 @@ class SequenceStatus(Enum):
 @dataclass(slots=True, eq=False)
 class Sequence:
     request_id: str
-    index: int
+    choice_index: int
     prompt_token_ids: list[int]
     params: SamplingParams
     max_tokens: int  # resolved: params.max_tokens or what the context leaves
-    arrival_order: int
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: str | None = None
     stop_reason: str | int | None = None
     num_cached_prompt_tokens: int = 0  # prompt tokens served from the prefix cache (first admission)
-    seq_id: tuple[str, int] = field(init=False)  # (request_id, index), a key read every step
+    seq_id: tuple[str, int] = field(init=False)  # (request_id, choice_index), read every step
 
     def __post_init__(self) -> None:
-        self.seq_id = (self.request_id, self.index)
-
+        self.seq_id = (self.request_id, self.choice_index)
 
     @property
     def num_tokens(self) -> int:

@@ -18,19 +18,21 @@ NUM_BLOCKS = 12
 
 
 def _seq(request_id: str, prompt: list[int]) -> Sequence:
-    return Sequence(request_id, 0, prompt, SamplingParams(), max_tokens=64, arrival_order=0)
+    return Sequence(request_id, 0, prompt, SamplingParams(), max_tokens=64)
 
 
 def _check_invariants(kv: KVCacheManager, live: dict[str, Sequence], forks: set[str]) -> None:
     pool = kv.pool
-    owners = Counter(b.block_id for table in kv.block_tables.values() for b in table)
+    owners = Counter(b.block_id for table in kv.block_tables.values() for b in table.blocks)
     for block in pool.blocks:
         assert block.ref_cnt == owners[block.block_id], "ref count differs from table references"
     free_ids = pool.free_queue.block_ids()
     assert len(free_ids) == len(set(free_ids)) == pool.num_free_blocks
     assert set(free_ids) == {b.block_id for b in pool.blocks if b.ref_cnt == 0}, "leaked block"
     for table in kv.block_tables.values():
-        assert len({b.block_id for b in table}) == len(table), "block twice in one table"
+        assert len({b.block_id for b in table.blocks}) == len(table.blocks), "block twice in one table"
+        assert table.block_ids == [b.block_id for b in table.blocks], "ids out of step with blocks"
+        assert len(table.block_hashes) <= len(table.blocks)
     for block_hash, block in pool.cached.items():
         assert block.block_hash == block_hash
     assert set(kv.block_tables) <= {s.seq_id for s in live.values()} | {(rid, 1) for rid in forks}
@@ -70,7 +72,7 @@ def test_no_leaked_or_doubly_owned_blocks(ops):
             else:
                 del seq.output_token_ids[-num_tokens:]
         elif op == "fork" and seq is not None and rid not in forks:
-            child = Sequence(rid, 1, seq.prompt_token_ids, seq.params, 64, 0)
+            child = Sequence(rid, 1, seq.prompt_token_ids, seq.params, 64)
             child.num_computed_tokens = kv.fork(seq, child)
             assert child.num_computed_tokens < child.num_tokens
             forks.add(rid)

@@ -11,8 +11,8 @@ from pagefleet.workers.engine.sequence import Sequence
 VOCAB = 50
 
 
-def _seq(params: SamplingParams, index: int = 0, outputs: list[int] | None = None) -> Sequence:
-    return Sequence("r", index, [1, 2, 3], params, 16, 0, output_token_ids=list(outputs or []))
+def _seq(params: SamplingParams, choice_index: int = 0, outputs: list[int] | None = None) -> Sequence:
+    return Sequence("r", choice_index, [1, 2, 3], params, 16, output_token_ids=list(outputs or []))
 
 
 def _logits(rows: int, seed: int = 0) -> torch.Tensor:

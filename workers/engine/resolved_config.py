@@ -1,0 +1,95 @@
+"""Every engine default decided once, for one device: `resolve(config, arch, device)`.
+
+`EngineConfig` holds what the user asked for (None meaning "pick for me"); what the engine
+runs with depends on the model and the device too. Deriving it in one function means the
+runner, the scheduler and the engine cannot disagree about a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from pagefleet.workers.engine.config import EngineConfig
+from pagefleet.workers.models.arch import ModelArch
+
+logger = logging.getLogger(__name__)
+
+# Tokens per step when the config leaves it open: large enough to fill the device with one
+# prefill chunk, small enough that a chunk does not stall decodes for long.
+_CUDA_MAX_NUM_BATCHED_TOKENS = 8192
+_CPU_MAX_NUM_BATCHED_TOKENS = 2048
+# The largest decode batch captured as a CUDA graph; larger batches run eagerly.
+_MAX_GRAPH_BATCH_SIZE = 512
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedEngineConfig:
+    """What the engine runs with. Built by `resolve`, then `with_kv_cache` once the runner
+    has sized the cache (which caps `max_model_len`); read everywhere, derived nowhere else.
+    `admission_batch` (see `SchedulerConfig`) is above 1 only with CUDA graphs, the one case
+    where admitting in groups pays.
+    """
+
+    device: torch.device
+    dtype: torch.dtype
+    attention_backend: str  # "torch" or "triton"
+    block_size: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    enable_prefix_caching: bool
+    use_cuda_graphs: bool
+    max_graph_batch_size: int
+    admission_batch: int
+    num_kv_blocks: int | None = None  # None until the runner has sized the cache
+
+    def with_kv_cache(self, num_kv_blocks: int) -> ResolvedEngineConfig:
+        """The same settings for a cache of `num_kv_blocks` blocks: a sequence longer than
+        the whole cache could never run, so `max_model_len` is capped to it."""
+        capacity = num_kv_blocks * self.block_size
+        if capacity < self.max_model_len:
+            logger.warning("max_model_len %d capped to the KV cache's %d tokens",
+                           self.max_model_len, capacity)
+        return dataclasses.replace(
+            self, num_kv_blocks=num_kv_blocks, max_model_len=min(self.max_model_len, capacity)
+        )
+
+
+def resolve_device(name: str, tp_rank: int = 0) -> torch.device:
+    """A concrete device; CUDA gets an index (the TP rank's GPU), since streams and graphs
+    need one."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", tp_rank or torch.cuda.current_device())
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def resolve(config: EngineConfig, arch: ModelArch, device: torch.device) -> ResolvedEngineConfig:
+    """Fill every default of `config` for `arch` on `device` (the KV cache is sized later)."""
+    on_cuda = device.type == "cuda"
+    backend = config.attention_backend or ("triton" if on_cuda else "torch")
+    use_cuda_graphs = on_cuda and not config.enforce_eager and backend == "triton"
+    default_tokens = _CUDA_MAX_NUM_BATCHED_TOKENS if on_cuda else _CPU_MAX_NUM_BATCHED_TOKENS
+    return ResolvedEngineConfig(
+        device=device,
+        dtype=resolve_dtype(config.dtype, device),
+        attention_backend=backend,
+        block_size=config.block_size,
+        max_num_seqs=config.max_num_seqs,
+        max_num_batched_tokens=config.max_num_batched_tokens or default_tokens,
+        max_model_len=config.max_model_len or arch.max_position_embeddings,
+        enable_prefix_caching=config.enable_prefix_caching,
+        use_cuda_graphs=use_cuda_graphs,
+        max_graph_batch_size=min(config.max_num_seqs, _MAX_GRAPH_BATCH_SIZE),
+        admission_batch=max(1, config.max_num_seqs // 8) if use_cuda_graphs else 1,
+    )
