@@ -37,6 +37,7 @@ class ResolvedEngineConfig:
     device: torch.device
     dtype: torch.dtype
     attention_backend: str  # "torch" or "triton"
+    fused_layers: bool  # residual+RMSNorm, RoPE, SiLU-and-mul through the Triton kernels
     block_size: int
     max_num_seqs: int
     max_num_batched_tokens: int
@@ -84,6 +85,7 @@ def resolve(config: EngineConfig, arch: ModelArch, device: torch.device) -> Reso
         device=device,
         dtype=resolve_dtype(config.dtype, device),
         attention_backend=backend,
+        fused_layers=backend == "triton",  # the Triton path fuses the layers too
         block_size=config.block_size,
         max_num_seqs=config.max_num_seqs,
         max_num_batched_tokens=config.max_num_batched_tokens or default_tokens,

@@ -17,6 +17,7 @@ CUDA = torch.device("cuda", 0)  # a device object only: nothing is allocated on 
 def test_cpu_defaults():
     settings = resolve(EngineConfig(max_num_seqs=64), ARCH, CPU)
     assert settings.attention_backend == "torch" and settings.dtype == torch.float32
+    assert not settings.fused_layers
     assert settings.max_num_batched_tokens == 2048
     assert settings.max_model_len == 4096 and settings.num_kv_blocks is None
     assert not settings.use_cuda_graphs and settings.admission_batch == 1
@@ -25,6 +26,7 @@ def test_cpu_defaults():
 def test_cuda_defaults_capture_graphs_and_admit_in_groups():
     settings = resolve(EngineConfig(max_num_seqs=1024), ARCH, CUDA)
     assert settings.attention_backend == "triton" and settings.dtype == torch.bfloat16
+    assert settings.fused_layers
     assert settings.max_num_batched_tokens == 8192
     assert settings.use_cuda_graphs and settings.max_graph_batch_size == 512
     assert settings.admission_batch == 128
