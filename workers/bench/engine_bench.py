@@ -68,49 +68,120 @@ def _sync(device: torch.device) -> None:
 @dataclass(slots=True)
 class StepBreakdown:
     """Where the engine's wall time goes, by phase; each phase ends with a device sync, so
-    the split is exact (and costs a little overlap that a normal run would have)."""
+    the split is exact (and the instrumented run loses the overlap a normal run has).
 
+    Each graph (decode) step is also set against its bytes floor: every weight read once and
+    the KV cache of every sequence read once, at the card's measured copy bandwidth."""
+
+    copy_bytes_per_s: float = 0.0  # measured device copy bandwidth (bytes read + written)
+    weight_bytes: int = 0  # bytes a decode step must read from the weights
+    kv_bytes_per_token: int = 0
     graph_steps: int = 0
     eager_steps: int = 0
     graph_s: float = 0.0
     eager_s: float = 0.0
     sample_s: float = 0.0
+    graph_floor_s: float = 0.0
+    large_graph_steps: int = 0  # decode batches of 128 sequences or more
+    large_graph_s: float = 0.0
+    large_graph_floor_s: float = 0.0
+
+    def add_graph_step(self, elapsed_s: float, num_seqs: int, num_context_tokens: int) -> None:
+        floor = 0.0
+        if self.copy_bytes_per_s:
+            floor = (self.weight_bytes + num_context_tokens * self.kv_bytes_per_token) / self.copy_bytes_per_s
+        self.graph_steps += 1
+        self.graph_s += elapsed_s
+        self.graph_floor_s += floor
+        if num_seqs >= 128:
+            self.large_graph_steps += 1
+            self.large_graph_s += elapsed_s
+            self.large_graph_floor_s += floor
 
     def report(self, total_s: float) -> str:
         other = total_s - self.graph_s - self.eager_s - self.sample_s
-        return (f"time: {self.graph_steps} graph steps {self.graph_s:.2f} s, {self.eager_steps} eager "
-                f"(prefill/mixed) steps {self.eager_s:.2f} s, sampling {self.sample_s:.2f} s, "
-                f"scheduler + bookkeeping {other:.2f} s (of {total_s:.2f} s)")
+        lines = [f"time: {self.graph_steps} graph steps {self.graph_s:.2f} s, {self.eager_steps} eager "
+                 f"(prefill/mixed) steps {self.eager_s:.2f} s, sampling {self.sample_s:.2f} s, "
+                 f"scheduler + bookkeeping {other:.2f} s (of {total_s:.2f} s)"]
+        if self.graph_steps and self.graph_floor_s:
+            lines.append(
+                f"graph decode steps: {1e3 * self.graph_s / self.graph_steps:.2f} ms each vs a bytes "
+                f"floor of {1e3 * self.graph_floor_s / self.graph_steps:.2f} ms (ratio "
+                f"{self.graph_s / self.graph_floor_s:.2f}; copy {self.copy_bytes_per_s / 1e9:.0f} GB/s, "
+                f"weights {self.weight_bytes / 2**30:.2f} GiB)")
+        if self.large_graph_steps:
+            lines.append(
+                f"graph decode steps at batch >= 128: {self.large_graph_steps} steps, "
+                f"{1e3 * self.large_graph_s / self.large_graph_steps:.2f} ms each vs floor "
+                f"{1e3 * self.large_graph_floor_s / self.large_graph_steps:.2f} ms "
+                f"(ratio {self.large_graph_s / self.large_graph_floor_s:.2f})")
+        return "\n".join(lines)
+
+
+def measure_copy_bandwidth(device: torch.device, num_bytes: int = 1 << 30) -> float:
+    """Bytes read + written per second by a device-to-device copy (0 off CUDA)."""
+    if device.type != "cuda":
+        return 0.0
+    src = torch.empty(num_bytes // 2, dtype=torch.bfloat16, device=device).uniform_()
+    dst = torch.empty_like(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    dst.copy_(src)
+    times = []
+    for _ in range(10):
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * num_bytes / sorted(times)[len(times) // 2]
+
+
+def _decode_weight_bytes(model: torch.nn.Module, tied: bool) -> int:
+    """Bytes of the parameters a decode step reads: all of them, less an untied embedding
+    table (a decode gathers a few of its rows)."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    if not tied:
+        embed = model.model.embed_tokens.weight
+        total -= embed.numel() * embed.element_size()
+    return total
 
 
 def instrument(llm: LLM) -> StepBreakdown:
     """Wrap the runner and sampler of one engine with timers (benchmarks only)."""
-    breakdown = StepBreakdown()
     engine, runner = llm.engine, llm.engine.runner
-    execute, sampler = runner.execute, engine.sampler
+    arch = engine.arch
+    element = torch.empty((), dtype=runner.dtype).element_size()
+    breakdown = StepBreakdown(
+        copy_bytes_per_s=measure_copy_bandwidth(runner.device),
+        weight_bytes=_decode_weight_bytes(runner.model, arch.tie_word_embeddings),
+        kv_bytes_per_token=2 * arch.num_layers * runner.num_kv_heads * arch.head_dim * element,
+    )
+    execute, sample = runner.execute, engine.sampler.sample
 
-    def timed_execute(output):
+    def timed_execute(output, in_flight=None):
         start = time.perf_counter()
-        logits = execute(output)
+        logits = execute(output, in_flight)
         _sync(runner.device)
         elapsed = time.perf_counter() - start
         decode_only = all(item.num_new_tokens == 1 for item in output.scheduled)
-        if runner.graphs is not None and decode_only and runner.graphs.can_run(len(output.scheduled)):
-            breakdown.graph_steps += 1
-            breakdown.graph_s += elapsed
+        num_seqs = len(output.scheduled)
+        if runner.graphs is not None and decode_only and runner.graphs.can_run(num_seqs):
+            context = sum(item.seq.num_computed_tokens + 1 for item in output.scheduled)
+            breakdown.add_graph_step(elapsed, num_seqs, context)
         else:
             breakdown.eager_steps += 1
             breakdown.eager_s += elapsed
         return logits
 
-    def timed_sampler(logits, seqs):
+    def timed_sample(logits, seqs):
         start = time.perf_counter()
-        result = sampler(logits, seqs)
+        result = sample(logits, seqs)
+        _sync(runner.device)
         breakdown.sample_s += time.perf_counter() - start
         return result
 
     runner.execute = timed_execute
-    engine.sampler = timed_sampler
+    engine.sampler.sample = timed_sample
     return breakdown
 
 

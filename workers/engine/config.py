@@ -22,7 +22,9 @@ class EngineConfig:
     less the weights and the largest step). `max_model_len` defaults to the model's
     `max_position_embeddings`, capped to what the KV cache holds; `max_num_batched_tokens`
     to 8192 on CUDA and 2048 elsewhere; `attention_backend` to triton on CUDA, torch
-    elsewhere.
+    elsewhere; `fused_layers` (the Triton residual+RMSNorm, RoPE and SiLU-and-mul kernels)
+    to on with the Triton backend; `async_scheduling` (vLLM's name: the host schedules and
+    uploads step N+1 while the device runs step N) to on on CUDA with one rank.
     """
 
     model: str = DEFAULT_MODEL
@@ -42,6 +44,8 @@ class EngineConfig:
     seed: int = 0
     load_format: str = "auto"
     attention_backend: str | None = None
+    fused_layers: bool | None = None
+    async_scheduling: bool | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -68,6 +72,9 @@ class EngineConfig:
             )
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError(f"num_kv_blocks must be at least 1, got {self.num_kv_blocks}")
+        if self.async_scheduling and self.tensor_parallel_size > 1:
+            raise ValueError("async_scheduling needs tensor_parallel_size 1: only rank 0 "
+                             "samples, so the other ranks could not read the chosen tokens")
         if self.tensor_parallel_size < 1:
             raise ValueError(
                 f"tensor_parallel_size must be at least 1, got {self.tensor_parallel_size}"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from pagefleet.workers.arithmetic import cdiv
 from pagefleet.workers.engine.block_pool import Block, BlockPool
-from pagefleet.workers.engine.sequence import Sequence
+from pagefleet.workers.engine.sequence import PENDING_TOKEN, Sequence
 
 SeqId = tuple[str, int]
 
@@ -165,6 +165,8 @@ class KVCacheManager:
         hashes = table.block_hashes
         for i in range(len(hashes), num_full_blocks):
             token_ids = self._block_token_ids(seq, i)
+            if PENDING_TOKEN in token_ids:
+                break  # cached by a later step, once the host knows the token
             block_hash = chain_block_hash(hashes[-1] if hashes else None, token_ids)
             self.pool.cache(table.blocks[i], block_hash, token_ids)
             hashes.append(block_hash)

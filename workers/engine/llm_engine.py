@@ -2,6 +2,13 @@
 
 `step()` is schedule -> run -> sample -> postprocess. Everything here is deterministic for a
 given order of calls, which is what makes the engine testable against transformers.
+
+With asynchronous scheduling the postprocessing of a step runs one step behind: `step()`
+schedules and launches step N, whose decode inputs are step N-1's choices read on the device,
+and only then reads N-1's tokens back (detokenise, stop checks, deltas) while N runs. A chosen
+token the host has not read is a `PENDING_TOKEN` in its sequence: it counts for lengths and
+blocks, never for hashes or text. A sequence that stopped at N-1 has one wasted token in N,
+which is dropped; `max_tokens` is exact because the scheduler counts pending tokens.
 """
 
 from __future__ import annotations
@@ -20,11 +27,16 @@ from pagefleet.workers.engine.detokenizer import (
 )
 from pagefleet.workers.engine.errors import DuplicateRequestError, PromptTooLongError
 from pagefleet.workers.engine.kv_cache_manager import KVCacheManager
-from pagefleet.workers.engine.model_runner import ModelRunner
+from pagefleet.workers.engine.model_runner import InFlightTokens, ModelRunner
 from pagefleet.workers.engine.outputs import EngineCounters, EngineStats, RequestDelta
-from pagefleet.workers.engine.sampler import SampledLogprobs, Sampler
+from pagefleet.workers.engine.sampler import (
+    DeviceSample,
+    SampledLogprobs,
+    Sampler,
+    needs_token_values,
+)
 from pagefleet.workers.engine.scheduler import Scheduler, SchedulerConfig
-from pagefleet.workers.engine.sequence import Sequence
+from pagefleet.workers.engine.sequence import PENDING_TOKEN, Sequence
 from pagefleet.workers.models.loader import load_tokenizer, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -40,12 +52,26 @@ class ChoiceStream:
     seq: Sequence
     detokenizer: IncrementalDetokenizer | None
     text: str = ""
+    num_ready_tokens: int = 0  # output tokens the host has read (the rest are pending)
     num_emitted_tokens: int = 0
     num_emitted_chars: int = 0
     logprobs: list[TokenLogprob] | None = None
     num_emitted_logprobs: int = 0
     final_emitted: bool = False
     holdback: int = 0  # characters held back while streaming: a stop string may be starting
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchedStep:
+    """A step whose choices are on the device: which sequence sampled which row, and the
+    position in its outputs that the row's token fills."""
+
+    seqs: list[Sequence]
+    output_positions: list[int]
+    sample: DeviceSample
+
+    def tokens(self) -> InFlightTokens:
+        return InFlightTokens(self.sample.token_ids, {seq.seq_id: row for row, seq in enumerate(self.seqs)})
 
 
 @dataclass(slots=True, eq=False)
@@ -82,6 +108,7 @@ class LLMEngine:
         self.sampler = Sampler(self.eos_token_ids, settings.device, config.seed)
         self.requests: dict[str, RequestState] = {}
         self.counters = EngineCounters()
+        self.in_flight: LaunchedStep | None = None  # asynchronous scheduling only
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -138,7 +165,8 @@ class LLMEngine:
                     self.tokenizer, prompt_ids + done_ids, params.skip_special_tokens
                 )
             choices.append(
-                ChoiceStream(seq, detokenizer, num_emitted_tokens=len(done_ids),
+                ChoiceStream(seq, detokenizer, num_ready_tokens=len(done_ids),
+                             num_emitted_tokens=len(done_ids),
                             logprobs=[] if params.logprobs is not None else None,
                             holdback=stop_holdback(params.stop))
             )
@@ -174,29 +202,55 @@ class LLMEngine:
 
     def step(self) -> list[RequestDelta]:
         scheduled = self.scheduler.schedule()
+        previous, self.in_flight = self.in_flight, None
         if scheduled.is_empty:
-            return []
+            return self._settle(previous) if previous is not None else []
         sampling = [item.seq for item in scheduled.scheduled if item.needs_sample]
-        logits = self.runner.execute(scheduled)
+        deltas: list[RequestDelta] = []
+        if previous is not None and any(needs_token_values(seq) for seq in sampling):
+            deltas, previous = self._settle(previous), None  # penalties read token values
+        logits = self.runner.execute(scheduled, previous.tokens() if previous is not None else None)
+        launched = None
+        if sampling:
+            launched = LaunchedStep(sampling, [seq.num_output_tokens for seq in sampling],
+                                    self.sampler.sample(logits, sampling))
+            for seq in sampling:
+                seq.output_token_ids.append(PENDING_TOKEN)
         self.scheduler.update(scheduled)
-        if not sampling:
-            return []
-        sampled = self.sampler(logits, sampling)
+        if previous is not None:
+            deltas += self._settle(previous)  # while the device runs this step
+        if launched is not None and self.settings.async_scheduling:
+            self.in_flight = launched
+        elif launched is not None:
+            deltas += self._settle(launched)
+        return deltas
+
+    def _settle(self, launched: LaunchedStep) -> list[RequestDelta]:
+        """Read a launched step's tokens back and turn them into deltas. Rows of requests that
+        were aborted or sequences that stopped meanwhile are dropped."""
+        sampled = launched.sample.to_host()
         touched: dict[str, RequestState] = {}
-        for seq, token_id, logprobs in zip(sampling, sampled.token_ids, sampled.logprobs, strict=True):
-            state = self.requests[seq.request_id]
-            self._append_token(state.choices[seq.choice_index], token_id, logprobs)
+        rows = zip(launched.seqs, launched.output_positions, sampled.token_ids, sampled.logprobs,
+                   strict=True)
+        for seq, position, token_id, logprobs in rows:
+            state = self.requests.get(seq.request_id)
+            if (state is None or seq.is_finished or position >= seq.num_output_tokens
+                    or seq.output_token_ids[position] != PENDING_TOKEN):
+                continue
+            self._accept_token(state.choices[seq.choice_index], position, token_id, logprobs)
             touched[seq.request_id] = state
-        self.counters.generation_tokens += len(sampling)
+            self.counters.generation_tokens += 1
         return [delta for state in touched.values() for delta in self._collect(state)]
 
-    def _append_token(self, choice: ChoiceStream, token_id: int, logprobs: SampledLogprobs | None) -> None:
+    def _accept_token(self, choice: ChoiceStream, position: int, token_id: int,
+                      logprobs: SampledLogprobs | None) -> None:
         seq = choice.seq
         params = seq.params
-        seq.output_token_ids.append(token_id)
+        seq.output_token_ids[position] = token_id
+        choice.num_ready_tokens = num_output = position + 1
         if choice.logprobs is not None and logprobs is not None:
             choice.logprobs.append(self._token_logprob(token_id, logprobs))
-        can_stop = seq.num_output_tokens >= params.min_tokens
+        can_stop = num_output >= params.min_tokens
         if can_stop and token_id in params.stop_token_ids:
             return self._finish(choice, "stop", token_id)
         if can_stop and not params.ignore_eos and token_id in self.eos_token_ids:
@@ -209,12 +263,14 @@ class LLMEngine:
             if match is not None:
                 choice.text = match.text
                 return self._finish(choice, "stop", match.stop)
-        if seq.num_output_tokens >= seq.max_tokens or seq.num_tokens >= self.max_model_len:
+        if num_output >= seq.max_tokens or seq.num_prompt_tokens + num_output >= self.max_model_len:
             self._finish(choice, "length", None)
 
     def _finish(self, choice: ChoiceStream, reason: str, stop_reason: str | int | None) -> None:
-        choice.seq.stop_reason = stop_reason
-        self.scheduler.finish(choice.seq, reason)
+        seq = choice.seq
+        del seq.output_token_ids[choice.num_ready_tokens:]  # a token chosen past the end
+        seq.stop_reason = stop_reason
+        self.scheduler.finish(seq, reason)
 
     def _collect(self, state: RequestState) -> list[RequestDelta]:
         deltas = []
@@ -225,7 +281,7 @@ class LLMEngine:
             if seq.is_finished:
                 deltas.append(self._delta(choice, final=True))
                 state.num_unfinished -= 1
-            elif seq.num_output_tokens > choice.num_emitted_tokens:
+            elif choice.num_ready_tokens > choice.num_emitted_tokens:
                 delta = self._delta(choice, final=False)
                 if delta.token_ids or delta.text:
                     deltas.append(delta)
@@ -247,7 +303,7 @@ class LLMEngine:
             request_id=seq.request_id,
             index=seq.choice_index,
             offset=choice.num_emitted_tokens,
-            token_ids=seq.output_token_ids[choice.num_emitted_tokens :],
+            token_ids=seq.output_token_ids[choice.num_emitted_tokens : choice.num_ready_tokens],
             text=choice.text[choice.num_emitted_chars : text_end],
             logprobs=logprobs,
             finish_reason=seq.finish_reason if final else None,
@@ -255,7 +311,7 @@ class LLMEngine:
             num_cached_tokens=seq.num_cached_prompt_tokens,
             stop_reason=seq.stop_reason if final else None,
         )
-        choice.num_emitted_tokens = seq.num_output_tokens
+        choice.num_emitted_tokens = choice.num_ready_tokens
         choice.num_emitted_chars = text_end
         choice.final_emitted = final
         return delta

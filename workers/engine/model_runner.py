@@ -23,6 +23,7 @@ from pagefleet.workers.engine.resolved_config import (
     resolve_device,
 )
 from pagefleet.workers.engine.scheduler import SchedulerOutput
+from pagefleet.workers.engine.sequence import PENDING_TOKEN
 from pagefleet.workers.engine.tensor_parallel import TensorParallelContext
 from pagefleet.workers.models.arch import ModelArch
 from pagefleet.workers.models.loader import ResolvedModel, build_model
@@ -45,6 +46,18 @@ class HostStep:
     block_tables: np.ndarray  # [num_seqs, max_blocks] int32
     sample_indices: np.ndarray  # [num_sampling_seqs] int64
     max_query_len: int
+    # Input tokens the host does not know yet (asynchronous scheduling): their rows in
+    # `input_ids`, and where the previous step's device-side choices hold them.
+    pending_rows: np.ndarray  # [num_pending] int64
+    pending_sources: np.ndarray  # [num_pending] int64
+
+
+@dataclass(frozen=True, slots=True)
+class InFlightTokens:
+    """The previous step's choices, still on the device, by sequence."""
+
+    token_ids: torch.Tensor  # [num_sampling_seqs] int64, device
+    row_of: dict[tuple[str, int], int]  # seq_id -> row of token_ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +66,8 @@ class StepInputs:
     positions: torch.Tensor  # [num_tokens] int64
     metadata: AttentionMetadata
     sample_indices: torch.Tensor  # [num_sampling_seqs] int64: rows of the last tokens
+    pending_rows: torch.Tensor  # [num_pending] int64 (see HostStep)
+    pending_sources: torch.Tensor  # [num_pending] int64
 
 
 class ModelRunner:
@@ -150,8 +165,9 @@ class ModelRunner:
             for _ in range(self.arch.num_layers)
         ]
 
-    def flatten(self, output: SchedulerOutput) -> HostStep:
-        """Flatten the step on the host with numpy (vectorised where it can be)."""
+    def flatten(self, output: SchedulerOutput, in_flight: InFlightTokens | None = None) -> HostStep:
+        """Flatten the step on the host with numpy (vectorised where it can be). A decode
+        row whose input is still in flight is marked for `execute_host` to fill on the device."""
         scheduled = output.scheduled
         num_seqs = len(scheduled)
         num_new = np.fromiter((item.num_new_tokens for item in scheduled), np.int64, num_seqs)
@@ -160,11 +176,19 @@ class ModelRunner:
         np.cumsum(num_new, out=query_start_loc[1:])
         num_tokens = int(query_start_loc[-1])
         input_ids: list[int] = []
+        pending_rows: list[int] = []
+        pending_sources: list[int] = []
         for item in scheduled:
             seq = item.seq
             if item.num_new_tokens == 1:
-                input_ids.append(seq.token_id_at(seq.num_computed_tokens))
-            else:
+                token = seq.token_id_at(seq.num_computed_tokens)
+                if token == PENDING_TOKEN:
+                    if in_flight is None:
+                        raise RuntimeError(f"{seq.seq_id}: input token in flight but no step is")
+                    pending_rows.append(len(input_ids))
+                    pending_sources.append(in_flight.row_of[seq.seq_id])
+                input_ids.append(token)
+            else:  # chunks are prompt or settled tokens: only a decode reads a pending one
                 input_ids.extend(seq.token_ids_slice(
                     seq.num_computed_tokens, seq.num_computed_tokens + item.num_new_tokens))
         seq_of_token = np.repeat(np.arange(num_seqs), num_new)
@@ -183,47 +207,54 @@ class ModelRunner:
             block_tables=tables,
             sample_indices=query_start_loc[1:][needs_sample] - 1,
             max_query_len=int(num_new.max()),
+            pending_rows=np.asarray(pending_rows, dtype=np.int64),
+            pending_sources=np.asarray(pending_sources, dtype=np.int64),
         )
 
     def upload(self, step: HostStep) -> StepInputs:
-        """Copy each host array to the device once (pinned, asynchronous on CUDA)."""
-        device = self.device
-
-        def to_device(array: np.ndarray) -> torch.Tensor:
-            tensor = torch.from_numpy(array)
-            if device.type == "cuda":
-                return tensor.pin_memory().to(device, non_blocking=True)
-            return tensor
-
+        """Two host-to-device copies per step (one of the int64 arrays, one of the int32
+        ones, each packed into one pinned buffer), asynchronous on CUDA."""
+        longs = (step.input_ids, step.positions, step.slot_mapping, step.sample_indices,
+                 step.pending_rows, step.pending_sources)
+        ints = (step.query_start_loc, step.seq_lens, step.block_tables.reshape(-1))
+        input_ids, positions, slot_mapping, sample_indices, pending_rows, pending_sources = (
+            self._upload_packed(longs, torch.int64))
+        query_start_loc, seq_lens, block_tables = self._upload_packed(ints, torch.int32)
         seq_lens_list = step.seq_lens.tolist()
         metadata = AttentionMetadata(
-            slot_mapping=to_device(step.slot_mapping),
-            query_start_loc=to_device(step.query_start_loc),
-            seq_lens=to_device(step.seq_lens),
-            block_tables=to_device(step.block_tables),
+            slot_mapping=slot_mapping,
+            query_start_loc=query_start_loc,
+            seq_lens=seq_lens,
+            block_tables=block_tables.view(step.block_tables.shape),
             max_query_len=step.max_query_len,
             max_seq_len=max(seq_lens_list),
             query_start_loc_cpu=step.query_start_loc.tolist(),
             seq_lens_cpu=seq_lens_list,
         )
-        return StepInputs(
-            input_ids=to_device(step.input_ids),
-            positions=to_device(step.positions),
-            metadata=metadata,
-            sample_indices=to_device(step.sample_indices),
-        )
+        return StepInputs(input_ids, positions, metadata, sample_indices,
+                          pending_rows, pending_sources)
 
-    def execute(self, output: SchedulerOutput) -> torch.Tensor:
+    def _upload_packed(self, arrays: tuple[np.ndarray, ...], dtype: torch.dtype) -> list[torch.Tensor]:
+        sizes = [array.size for array in arrays]
+        packed = torch.empty(sum(sizes), dtype=dtype, pin_memory=self.device.type == "cuda")
+        torch.cat([torch.from_numpy(array) for array in arrays], out=packed)
+        if self.device.type == "cuda":
+            packed = packed.to(self.device, non_blocking=True)
+        return list(packed.split(sizes))
+
+    def execute(self, output: SchedulerOutput, in_flight: InFlightTokens | None = None) -> torch.Tensor:
         """Logits `[num_sampling_seqs, vocab]` (float32) of the sequences that sample; with
-        tensor parallelism every rank runs the same step."""
-        step = self.flatten(output)
+        tensor parallelism every rank runs the same step. Nothing here waits for the device."""
+        step = self.flatten(output, in_flight)
         if self.tp.size > 1:
             self.tp_context.broadcast(step)
-        return self.execute_host(step)
+        return self.execute_host(step, in_flight.token_ids if in_flight is not None else None)
 
     @torch.inference_mode()
-    def execute_host(self, step: HostStep) -> torch.Tensor:
+    def execute_host(self, step: HostStep, in_flight_ids: torch.Tensor | None = None) -> torch.Tensor:
         inputs = self.upload(step)
+        if step.pending_rows.size:
+            inputs.input_ids[inputs.pending_rows] = in_flight_ids[inputs.pending_sources]
         md = inputs.metadata
         if self.graphs is not None and md.is_decode_only and self.graphs.can_run(md.num_seqs):
             hidden = self.graphs.run(inputs.input_ids, inputs.positions, md.slot_mapping,

@@ -38,6 +38,7 @@ class ResolvedEngineConfig:
     dtype: torch.dtype
     attention_backend: str  # "torch" or "triton"
     fused_layers: bool  # residual+RMSNorm, RoPE, SiLU-and-mul through the Triton kernels
+    async_scheduling: bool  # schedule step N+1 while step N runs (see LLMEngine.step)
     block_size: int
     max_num_seqs: int
     max_num_batched_tokens: int
@@ -85,7 +86,9 @@ def resolve(config: EngineConfig, arch: ModelArch, device: torch.device) -> Reso
         device=device,
         dtype=resolve_dtype(config.dtype, device),
         attention_backend=backend,
-        fused_layers=backend == "triton",  # the Triton path fuses the layers too
+        fused_layers=config.fused_layers if config.fused_layers is not None else backend == "triton",
+        async_scheduling=(config.async_scheduling if config.async_scheduling is not None
+                          else on_cuda and config.tensor_parallel_size == 1),
         block_size=config.block_size,
         max_num_seqs=config.max_num_seqs,
         max_num_batched_tokens=config.max_num_batched_tokens or default_tokens,

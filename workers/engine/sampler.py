@@ -1,6 +1,8 @@
 """Turns one step's logits into next tokens, per-row sampling parameters and all.
 
-The only host synchronisation is reading the chosen ids (and logprobs when asked for).
+`sample` leaves the chosen ids on the device (the next step can read them there) and starts
+one asynchronous copy to pinned host memory; `DeviceSample.to_host` waits for that copy alone,
+never for the whole stream, so the host can read step N while step N+1 runs.
 Random draws use the exponential-race trick (argmax of p / q with q ~ Exp(1)), which samples
 exactly from p; a seeded row draws its noise from a generator keyed by (seed, choice index,
 output position), so its tokens do not depend on which other requests share the batch.
@@ -32,6 +34,37 @@ class SamplerOutput:
     logprobs: list[SampledLogprobs | None]
 
 
+@dataclass(frozen=True, slots=True)
+class _LogprobTensors:
+    rows: list[int]  # rows of the batch that asked for logprobs
+    num_top: list[int]  # how many alternatives each of those rows asked for
+    sampled: torch.Tensor  # [len(rows)] float32, on the host once ready
+    top_values: torch.Tensor  # [len(rows), max top]
+    top_ids: torch.Tensor
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSample:
+    """One step's choices: `token_ids` on the device, host copies in flight until `ready`."""
+
+    token_ids: torch.Tensor  # [num_seqs] int64, device
+    host_token_ids: torch.Tensor  # the same ids, copied asynchronously (pinned on CUDA)
+    logprobs: _LogprobTensors | None
+    ready: torch.cuda.Event | None  # recorded after the copies; None on the CPU
+
+    def to_host(self) -> SamplerOutput:
+        if self.ready is not None:
+            self.ready.synchronize()
+        token_ids = self.host_token_ids.tolist()
+        result: list[SampledLogprobs | None] = [None] * len(token_ids)
+        lp = self.logprobs
+        if lp is not None:
+            sampled, values, ids = lp.sampled.tolist(), lp.top_values.tolist(), lp.top_ids.tolist()
+            for j, (row, k) in enumerate(zip(lp.rows, lp.num_top, strict=True)):
+                result[row] = SampledLogprobs(sampled[j], ids[j][:k], values[j][:k])
+        return SamplerOutput(token_ids, result)
+
+
 class Sampler:
     def __init__(self, stop_token_ids: list[int], device: torch.device, seed: int) -> None:
         self.eos_token_ids = stop_token_ids
@@ -40,6 +73,12 @@ class Sampler:
         self.generator.manual_seed(seed)
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
+        return self.sample(logits, seqs).to_host()
+
+    def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> DeviceSample:
+        """Choose one token per row without waiting for the device. `seqs[i]` holds the
+        tokens before the one being chosen (penalties read their values, so a caller with a
+        token still in flight must settle it first: `needs_token_values`)."""
         # logits: [num_seqs, vocab] float32
         raw_logits = logits
         if any(_has_penalties(seq) for seq in seqs):
@@ -48,7 +87,17 @@ class Sampler:
             logits = self._mask_stop_tokens(logits if logits is not raw_logits else logits.clone(), seqs)
         token_ids = self._choose(logits, seqs)
         logprobs = self._logprobs(raw_logits, token_ids, seqs)
-        return SamplerOutput(token_ids.tolist(), logprobs)
+        if self.device.type != "cuda":
+            return DeviceSample(token_ids, token_ids, logprobs, None)
+        host_ids = _to_host_async(token_ids)
+        if logprobs is not None:
+            logprobs = _LogprobTensors(
+                logprobs.rows, logprobs.num_top, _to_host_async(logprobs.sampled),
+                _to_host_async(logprobs.top_values), _to_host_async(logprobs.top_ids),
+            )
+        ready = torch.cuda.Event()
+        ready.record()
+        return DeviceSample(token_ids, host_ids, logprobs, ready)
 
     def _choose(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         chosen = logits.argmax(dim=-1)
@@ -105,21 +154,26 @@ class Sampler:
 
     def _logprobs(
         self, raw_logits: torch.Tensor, token_ids: torch.Tensor, seqs: list[Sequence]
-    ) -> list[SampledLogprobs | None]:
+    ) -> _LogprobTensors | None:
         rows = [i for i, seq in enumerate(seqs) if seq.params.logprobs is not None]
-        result: list[SampledLogprobs | None] = [None] * len(seqs)
         if not rows:
-            return result
+            return None
         index = torch.tensor(rows, device=self.device)
         logprobs = raw_logits[index].log_softmax(dim=-1)
-        num_top = max(seqs[i].params.logprobs or 0 for i in rows)
-        top_values, top_ids = logprobs.topk(max(num_top, 1), dim=-1)
+        num_top = [seqs[i].params.logprobs or 0 for i in rows]
+        top_values, top_ids = logprobs.topk(max(max(num_top), 1), dim=-1)
         sampled = logprobs.gather(1, token_ids[index][:, None]).squeeze(1)
-        top_values_l, top_ids_l, sampled_l = top_values.tolist(), top_ids.tolist(), sampled.tolist()
-        for j, row in enumerate(rows):
-            k = seqs[row].params.logprobs or 0
-            result[row] = SampledLogprobs(sampled_l[j], top_ids_l[j][:k], top_values_l[j][:k])
-        return result
+        return _LogprobTensors(rows, num_top, sampled, top_values, top_ids)
+
+
+def needs_token_values(seq: Sequence) -> bool:
+    """Whether sampling this sequence reads the values of its earlier tokens (penalties)."""
+    return _has_penalties(seq)
+
+
+def _to_host_async(tensor: torch.Tensor) -> torch.Tensor:
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    return host.copy_(tensor, non_blocking=True)
 
 
 def _has_penalties(seq: Sequence) -> bool:

@@ -84,6 +84,9 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            if seq.num_output_tokens >= seq.max_tokens:
+                i += 1  # its last token is still in flight (asynchronous scheduling): done
+                continue
             num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
             while not self.kv_cache.allocate(seq, num_new):
                 victim = self.running.pop()

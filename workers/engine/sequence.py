@@ -12,6 +12,10 @@ from enum import Enum
 
 from pagefleet.platform.protocol.sampling import SamplingParams
 
+# An output token chosen on the device whose value the host has not read yet (asynchronous
+# scheduling): it counts towards lengths and blocks, and the runner reads it on the device.
+PENDING_TOKEN = -1
+
 
 class SequenceStatus(Enum):
     WAITING = "waiting"
