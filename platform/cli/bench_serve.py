@@ -32,11 +32,11 @@ from pagefleet.platform.bench.runner import (
     run_load,
     summarize,
 )
-from pagefleet.platform.bench.workload import BenchRequest, WorkloadSpec, build_workload
 from pagefleet.platform.cli import flags
 from pagefleet.platform.processes.children import start_child, stop_process
 from pagefleet.platform.processes.ports import free_port, wait_for_port
 from pagefleet.platform.processes.redis_server import redis_server
+from pagefleet.platform.protocol.workload import BenchRequest, WorkloadSpec, build_workload
 
 if TYPE_CHECKING:
     from pagefleet.platform.registry import ModelSpec
@@ -52,8 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="Poisson arrivals per second (inf: all at once; the default)")
     load.add_argument("--concurrency", type=int, default=None, help="closed loop of C in flight")
     parser.add_argument("--num-prompts", type=int, default=100)
-    parser.add_argument("--input-len", type=int, default=128, help="prompt tokens (median if sharegpt)")
-    parser.add_argument("--output-len", type=int, default=64, help="output tokens (median if sharegpt)")
+    parser.add_argument("--input-len", type=int, default=128, help="prompt tokens (mean if sharegpt)")
+    parser.add_argument("--output-len", type=int, default=64, help="output tokens (mean if sharegpt)")
     parser.add_argument("--lengths", choices=("fixed", "sharegpt"), default="fixed",
                         help="fixed lengths, or ShareGPT-like lognormal ones")
     parser.add_argument("--max-total-len", type=int, default=2048)
@@ -70,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
     load = LoadSpec(request_rate=args.request_rate, concurrency=args.concurrency, seed=args.seed) \
         if args.request_rate is not None or args.concurrency is not None \
         else LoadSpec(request_rate=math.inf, seed=args.seed)
-    workload = WorkloadSpec(num_prompts=args.num_prompts, input_len=args.input_len,
-                            output_len=args.output_len, distribution=args.lengths,
+    workload = WorkloadSpec(num_prompts=args.num_prompts, distribution=args.lengths,
+                            input_len=args.input_len, output_len=args.output_len,
+                            max_input_len=args.max_total_len, max_output_len=args.max_total_len,
                             max_total_len=args.max_total_len, seed=args.seed)
     requests = build_workload(workload)
     if args.overhead:
