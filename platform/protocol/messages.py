@@ -6,6 +6,7 @@ so a field added on one side is known to the other.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 import msgspec
@@ -15,6 +16,8 @@ from pagefleet.platform.protocol.sampling import SamplingParams
 RequestKind = Literal["completion", "chat"]
 WorkerState = Literal["starting", "ready", "draining"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+ACTIVE_JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running")  # may still change
+TERMINAL_JOB_STATUSES: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")  # never change
 FinishReason = Literal["stop", "length", "abort"]
 
 
@@ -156,3 +159,18 @@ def decode_heartbeat(data: bytes) -> Heartbeat:
 
 def decode_job(data: bytes) -> JobRecord:
     return _job_decoder.decode(data)
+
+
+def fresh_heartbeats(raw: Iterable[bytes], now: float, max_age_s: float) -> list[Heartbeat]:
+    """The heartbeats at most `max_age_s` old: the one rule for "this worker is alive" that the
+    gateway (ready workers), the controller (scaling signals) and the workers (claiming a dead
+    worker's entries) all apply. Undecodable entries are skipped."""
+    fresh = []
+    for data in raw:
+        try:
+            beat = _heartbeat_decoder.decode(data)
+        except msgspec.DecodeError:
+            continue
+        if now - beat.timestamp <= max_age_s:
+            fresh.append(beat)
+    return fresh

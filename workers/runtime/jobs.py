@@ -21,11 +21,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from pagefleet.platform.protocol import JobRecord, decode_job, encode, keys
+from pagefleet.platform.protocol.messages import TERMINAL_JOB_STATUSES
 from pagefleet.platform.protocol.webhooks import WEBHOOK_SCHEDULE
 
 log = logging.getLogger(__name__)
-TERMINAL = ("succeeded", "failed", "cancelled")
-_RECORD = "record"
 
 
 def job_view(record: JobRecord) -> dict:
@@ -63,17 +62,17 @@ class JobUpdater:
             while True:
                 try:
                     await pipe.watch(key)
-                    raw = await pipe.hget(key, _RECORD)
+                    raw = await pipe.hget(key, keys.JOB_RECORD_FIELD)
                     if raw is None:
                         log.warning("job %s has no record (expired or deleted)", job_id)
                         return None
                     record = decode_job(raw)
-                    if record.status in TERMINAL:
+                    if record.status in TERMINAL_JOB_STATUSES:
                         return None
                     updated = change(record)
                     pipe.multi()
-                    pipe.hset(key, _RECORD, encode(updated))  # keeps the gateway's TTL
-                    if updated.status in TERMINAL and updated.webhook:
+                    pipe.hset(key, keys.JOB_RECORD_FIELD, encode(updated))  # keeps the gateway's TTL
+                    if updated.status in TERMINAL_JOB_STATUSES and updated.webhook:
                         pipe.zadd(WEBHOOK_SCHEDULE, {job_id: time.time()}, nx=True)
                     await pipe.execute()
                     return updated
