@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pagefleet.platform.controller.backends.base import PermanentBackendError
 from pagefleet.platform.controller.settings import LocalSettings
 from pagefleet.platform.processes.children import start_child
 from pagefleet.platform.registry import ModelSpec
@@ -109,6 +110,9 @@ class LocalBackend:
                     worker.process.kill()
                     worker.process.wait()
         self._groups.clear()
+
+    def report_failure(self, spec: ModelSpec, error: PermanentBackendError) -> None:
+        """Local processes have no event stream; the controller's log line is the report."""
 
     def _start(self, model: str, now: float) -> _Worker:
         worker_id = f"local-{model}-{uuid.uuid4().hex[:8]}"
