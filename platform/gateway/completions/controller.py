@@ -44,6 +44,3 @@ class CompletionsController(Controller):
         prepared = prepare_completion(data, completions.context("cmpl", owner))
         return await completions.run(prepared, request.receive)
 
-
-def error_specs() -> dict[int, ResponseSpec]:
-    return dict(_ERRORS)
