@@ -99,13 +99,9 @@ class ChatCompletionChunk(msgspec.Struct):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
 
 
-class CompletionChunk(msgspec.Struct):
-    id: str
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
-    object: Literal["text_completion"] = "text_completion"
+# OpenAI streams completions as `text_completion` objects of the very same shape (the SDK
+# parses both with its `Completion` type), so a chunk is a `Completion`.
+CompletionChunk = Completion
 
 
 @dataclass(frozen=True, slots=True)
