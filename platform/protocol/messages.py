@@ -18,6 +18,7 @@ WorkerState = Literal["starting", "ready", "draining"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE_JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running")  # may still change
 TERMINAL_JOB_STATUSES: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")  # never change
+JobEndpoint = Literal["/v1/chat/completions", "/v1/completions"]
 FinishReason = Literal["stop", "length", "abort"]
 
 
@@ -123,7 +124,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
 
     id: str
     owner: str | None
-    endpoint: Literal["/v1/chat/completions", "/v1/completions"]
+    endpoint: JobEndpoint
     body: dict
     status: JobStatus = "queued"
     created_at: float
@@ -132,6 +133,29 @@ class JobRecord(msgspec.Struct, kw_only=True):
     webhook: str | None = None
     result: dict | None = None
     error: dict | None = None
+
+
+class JobView(msgspec.Struct, kw_only=True):
+    """A job as its owner sees it: the `GET /v1/jobs/{id}` body and the webhook's body (the
+    record without the request body and the owner)."""
+
+    id: str
+    endpoint: JobEndpoint
+    status: JobStatus
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    webhook: str | None = None
+    result: dict | None = None
+    error: dict | None = None
+    object: Literal["job"] = "job"
+
+    @classmethod
+    def of(cls, record: JobRecord) -> JobView:
+        return cls(id=record.id, endpoint=record.endpoint, status=record.status,
+                   created_at=record.created_at, started_at=record.started_at,
+                   finished_at=record.finished_at, webhook=record.webhook, result=record.result,
+                   error=record.error)
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -21,19 +21,15 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from pagefleet.platform.protocol import JobRecord, decode_job, encode, keys
-from pagefleet.platform.protocol.messages import TERMINAL_JOB_STATUSES
+from pagefleet.platform.protocol.messages import TERMINAL_JOB_STATUSES, JobView
 from pagefleet.platform.protocol.webhooks import WEBHOOK_SCHEDULE
 
 log = logging.getLogger(__name__)
 
 
 def job_view(record: JobRecord) -> dict:
-    """The job as `GET /v1/jobs/{id}` shows it; also the webhook's body."""
-    view = msgspec.to_builtins(record)
-    view.pop("body", None)
-    view.pop("owner", None)
-    view["object"] = "job"
-    return view
+    """The job as `GET /v1/jobs/{id}` shows it (the protocol's `JobView`); the webhook's body."""
+    return msgspec.to_builtins(JobView.of(record))
 
 
 class JobUpdater:
