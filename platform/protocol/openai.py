@@ -31,10 +31,15 @@ class CompletionChoice(msgspec.Struct):
     finish_reason: str | None
 
 
-class Completion(msgspec.Struct):
+class _Response(msgspec.Struct):
+    """What every response object and stream chunk starts with."""
+
     id: str
     created: int
     model: str
+
+
+class Completion(_Response):
     choices: list[CompletionChoice]
     usage: Usage | None = None
     object: Literal["text_completion"] = "text_completion"
@@ -69,10 +74,7 @@ class ChatChoice(msgspec.Struct):
     finish_reason: str | None
 
 
-class ChatCompletion(msgspec.Struct):
-    id: str
-    created: int
-    model: str
+class ChatCompletion(_Response):
     choices: list[ChatChoice]
     usage: Usage | None = None
     object: Literal["chat.completion"] = "chat.completion"
@@ -90,10 +92,7 @@ class ChatChunkChoice(msgspec.Struct):
     finish_reason: str | None = None
 
 
-class ChatCompletionChunk(msgspec.Struct):
-    id: str
-    created: int
-    model: str
+class ChatCompletionChunk(_Response):
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
