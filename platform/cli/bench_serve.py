@@ -177,14 +177,3 @@ async def _engine_run(spec, requests: list[BenchRequest], load: LoadSpec) -> Ben
     finally:
         engine.shutdown()
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m pagefleet.platform.cli.bench_serve ...`, until `pagefleet bench` lists it."""
-    parser = argparse.ArgumentParser(prog="pagefleet bench")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
