@@ -1,5 +1,5 @@
 """Everything the gateway does with Redis streams: queue requests, read their results, cancel
-them, and measure a model's backlog. Controllers never touch Redis keys directly.
+them, and measure a model's backlog. Route handlers never touch Redis keys directly.
 """
 
 from __future__ import annotations

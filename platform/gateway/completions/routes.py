@@ -24,7 +24,7 @@ _ERRORS = {status: ResponseSpec(ErrorResponse, description=description) for stat
 }.items()}
 
 
-class CompletionsController(Controller):
+class CompletionsRoutes(Controller):
     path = "/v1"
     tags = ("openai",)
 

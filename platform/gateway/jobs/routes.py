@@ -17,7 +17,7 @@ from pagefleet.platform.protocol.messages import JobView
 _NOT_FOUND = {404: ResponseSpec(ErrorResponse, description="No such job for this API key")}
 
 
-class JobsController(Controller):
+class JobsRoutes(Controller):
     path = "/v1/jobs"
     tags = ("jobs",)
 
