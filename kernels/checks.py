@@ -23,12 +23,6 @@ def check_last_dim_contiguous(name: str, tensor: torch.Tensor) -> None:
         raise ValueError(f"{name} must be contiguous in its last dimension")
 
 
-def check_same_device(**tensors: torch.Tensor) -> None:
-    devices = {t.device for t in tensors.values()}
-    if len(devices) > 1:
-        raise ValueError(f"tensors on different devices: { {k: str(t.device) for k, t in tensors.items()} }")
-
-
 def upcast_dot_operands(tensor: torch.Tensor) -> bool:
     """Whether a kernel must feed `tl.dot` float32 instead of bfloat16.
 

@@ -11,7 +11,7 @@ import json
 import httpx
 
 from pagefleet.platform.bench.runner import RequestResult, StreamTimer
-from pagefleet.platform.bench.workload import BenchRequest
+from pagefleet.platform.protocol.workload import BenchRequest
 
 
 class CompletionsClient:

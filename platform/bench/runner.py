@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from pagefleet.platform.bench.workload import BenchRequest
+from pagefleet.platform.protocol.workload import BenchRequest
 
 
 @dataclass(slots=True)

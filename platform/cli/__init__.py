@@ -15,20 +15,15 @@ COMMANDS = (
     "pagefleet.platform.cli.bench",
     "pagefleet.platform.cli.controller",
     "pagefleet.platform.cli.gateway",
-    "pagefleet.platform.cli.serve",
+    "pagefleet.platform.cli.up",
+    "pagefleet.platform.cli.worker",
 )
 
 
 def register_commands(subparsers: argparse._SubParsersAction, module_names: tuple[str, ...]) -> None:
-    """Let each command module add its parser; a module that does not exist is skipped."""
+    """Let each command module add its parser; a missing module is an error, not a gap in --help."""
     for module_name in module_names:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(module_name).register(subparsers)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,8 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pagefleet.platform.protocol.workload import WorkloadSpec
     from pagefleet.workers.bench.engine_bench import EngineBenchOptions, run_engine_bench
-    from pagefleet.workers.bench.workload import WorkloadSpec
     from pagefleet.workers.engine.config import EngineConfig
 
     max_len = args.max_input_len + args.max_output_len + args.shared_prefix_len
@@ -56,10 +56,14 @@ def run(args: argparse.Namespace) -> int:
         tensor_parallel_size=args.tensor_parallel_size, attention_backend=args.attention_backend,
         seed=args.seed,
     )
+    if (args.input_len is None) != (args.output_len is None):
+        raise SystemExit("give both --input-len and --output-len, or neither (ShareGPT-like)")
+    lengths = {} if args.input_len is None else {
+        "distribution": "fixed", "input_len": args.input_len, "output_len": args.output_len}
     workload = WorkloadSpec(
-        num_prompts=args.num_prompts, input_len=args.input_len, output_len=args.output_len,
-        max_input_len=args.max_input_len, max_output_len=args.max_output_len,
-        shared_prefix_len=args.shared_prefix_len, seed=args.seed,
+        num_prompts=args.num_prompts, max_input_len=args.max_input_len,
+        max_output_len=args.max_output_len, shared_prefix_len=args.shared_prefix_len,
+        seed=args.seed, **lengths,
     )
     hf_modes = tuple(m for m in args.hf.split(",") if m and m != "none")
     run_engine_bench(EngineBenchOptions(

@@ -12,10 +12,13 @@ import asyncio
 import contextlib
 import json
 import math
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -29,7 +32,14 @@ from pagefleet.platform.bench.runner import (
     run_load,
     summarize,
 )
-from pagefleet.platform.bench.workload import BenchRequest, WorkloadSpec, build_workload
+from pagefleet.platform.cli import flags
+from pagefleet.platform.processes.children import start_child, stop_process
+from pagefleet.platform.processes.ports import free_port, wait_for_port
+from pagefleet.platform.processes.redis_server import redis_server
+from pagefleet.platform.protocol.workload import BenchRequest, WorkloadSpec, build_workload
+
+if TYPE_CHECKING:
+    from pagefleet.platform.registry import ModelSpec
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,8 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="Poisson arrivals per second (inf: all at once; the default)")
     load.add_argument("--concurrency", type=int, default=None, help="closed loop of C in flight")
     parser.add_argument("--num-prompts", type=int, default=100)
-    parser.add_argument("--input-len", type=int, default=128, help="prompt tokens (median if sharegpt)")
-    parser.add_argument("--output-len", type=int, default=64, help="output tokens (median if sharegpt)")
+    parser.add_argument("--input-len", type=int, default=128, help="prompt tokens (mean if sharegpt)")
+    parser.add_argument("--output-len", type=int, default=64, help="output tokens (mean if sharegpt)")
     parser.add_argument("--lengths", choices=("fixed", "sharegpt"), default="fixed",
                         help="fixed lengths, or ShareGPT-like lognormal ones")
     parser.add_argument("--max-total-len", type=int, default=2048)
@@ -51,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", default=None, help="write the summaries here")
     overhead = parser.add_argument_group("--overhead: platform vs in-process engine")
     overhead.add_argument("--overhead", action="store_true")
-    overhead.add_argument("--registry", default=None, help="registry YAML (default: the packaged one)")
+    flags.add_registry_flag(overhead)
     overhead.add_argument("--redis-url", default=None, help="default: a private redis-server")
     parser.set_defaults(func=run)
 
@@ -60,14 +70,15 @@ def run(args: argparse.Namespace) -> int:
     load = LoadSpec(request_rate=args.request_rate, concurrency=args.concurrency, seed=args.seed) \
         if args.request_rate is not None or args.concurrency is not None \
         else LoadSpec(request_rate=math.inf, seed=args.seed)
-    workload = WorkloadSpec(num_prompts=args.num_prompts, input_len=args.input_len,
-                            output_len=args.output_len, distribution=args.lengths,
+    workload = WorkloadSpec(num_prompts=args.num_prompts, distribution=args.lengths,
+                            input_len=args.input_len, output_len=args.output_len,
+                            max_input_len=args.max_total_len, max_output_len=args.max_total_len,
                             max_total_len=args.max_total_len, seed=args.seed)
     requests = build_workload(workload)
     if args.overhead:
         summaries = _run_overhead(args, requests, load)
     else:
-        model = args.model or _registry_spec(args.registry, None).name
+        model = args.model or _registry_spec(args.registry_path, None).name
         summaries = {"server": asyncio.run(_http_run(args.base_url, model, args.api_key, requests, load))}
         print(format_summary(f"{model} at {args.base_url}", summaries["server"]))
     if args.json:
@@ -77,11 +88,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _registry_spec(path: str | None, model: str | None):
+def _registry_spec(path: str | None, model: str | None) -> ModelSpec:
     from pagefleet.platform.registry import load_registry
 
-    registry = load_registry(path)
-    return registry.get(model or next(iter(registry.models)))
+    return load_registry(path).get_or_first(model)
 
 
 async def _http_run(base_url: str, model: str, api_key: str | None, requests: list[BenchRequest],
@@ -96,19 +106,23 @@ async def _http_run(base_url: str, model: str, api_key: str | None, requests: li
 
 def _run_overhead(args: argparse.Namespace, requests: list[BenchRequest],
                   load: LoadSpec) -> dict[str, BenchSummary]:
-    from pagefleet.platform.cli import serve
+    from pagefleet.platform.cli.up import start_gateway
     from pagefleet.platform.registry import default_registry_path
 
-    registry = args.registry or str(default_registry_path())
+    registry = args.registry_path or str(default_registry_path())
     spec = _registry_spec(registry, args.model)
     with contextlib.ExitStack() as stack:
-        redis_url = args.redis_url or stack.enter_context(serve.private_redis())
-        port = serve.free_port()
-        gateway = serve.start_gateway("127.0.0.1", port, registry, redis_url)
-        stack.callback(serve.stop_process, gateway)
-        for worker in serve.start_workers(spec.name, registry, redis_url):
-            stack.callback(serve.stop_process, worker, 60.0)
-        serve.wait_for_port(port, gateway, "the gateway")
+        if args.redis_url:
+            redis_url = args.redis_url
+        else:
+            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="pf-bench-redis-"))
+            redis_url = stack.enter_context(redis_server(workdir))
+        port = free_port()
+        gateway = start_gateway("127.0.0.1", port, registry, redis_url)
+        stack.callback(stop_process, gateway)
+        worker = start_warm_worker(spec.name, registry, redis_url)
+        stack.callback(stop_process, worker, 60.0)
+        wait_for_port(port, gateway, "the gateway")
         _wait_for_ready_worker(redis_url, spec.name)
         base_url = f"http://127.0.0.1:{port}/v1"
         platform = asyncio.run(_http_run(base_url, spec.name, None, requests, load, warmup=True))
@@ -117,6 +131,13 @@ def _run_overhead(args: argparse.Namespace, requests: list[BenchRequest],
     print(format_summary(f"{spec.name} in-process AsyncEngine", direct))
     print("\n" + overhead_table(platform, direct))
     return {"platform": platform, "engine": direct}
+
+
+def start_warm_worker(model: str, registry: str, redis_url: str) -> subprocess.Popen:
+    """A fixed, always-warm worker, so the measurement leaves scaling out (`pagefleet up`
+    lets the controller start workers instead)."""
+    return start_child([sys.executable, "-m", "pagefleet.platform.cli", "worker", "--model", model,
+                        "--registry", registry, "--redis-url", redis_url])
 
 
 def _wait_for_ready_worker(redis_url: str, model: str, timeout_s: float = 600.0) -> None:
@@ -156,14 +177,3 @@ async def _engine_run(spec, requests: list[BenchRequest], load: LoadSpec) -> Ben
     finally:
         engine.shutdown()
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m pagefleet.platform.cli.bench_serve ...`, until `pagefleet bench` lists it."""
-    parser = argparse.ArgumentParser(prog="pagefleet bench")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,47 +2,42 @@
 
 API keys come from `--api-key` (repeatable) or, if none is given, the comma-separated
 PAGEFLEET_API_KEYS environment variable; with neither the gateway is open, like vLLM.
+The other flags are generated from `GatewaySettings`, which holds their defaults.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from pagefleet.platform.gateway import GatewaySettings
+from pagefleet.platform.cli import flags
+from pagefleet.platform.gateway.settings import GatewaySettings
+
+_HELP = {
+    "registry_path": "registry YAML (default: the packaged one)",
+    "api_keys": "accepted bearer key; repeat for several",
+    "request_timeout_s": "seconds before a request is answered 504 and cancelled",
+    "max_backlog": "undelivered entries per model beyond which requests get 429",
+    "job_retention_s": "seconds job records are kept",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("gateway", help="serve the OpenAI-compatible HTTP gateway")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--registry", default=None, help="registry YAML (default: the packaged one)")
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    parser.add_argument("--api-key", action="append", default=None, dest="api_keys",
-                        help="accepted bearer key; repeat for several")
-    parser.add_argument("--request-timeout", type=float, default=600.0,
-                        help="seconds before a request is answered 504 and cancelled")
-    parser.add_argument("--max-backlog", type=int, default=1024,
-                        help="undelivered entries per model beyond which requests get 429")
-    parser.add_argument("--job-retention", type=float, default=86_400.0,
-                        help="seconds job records are kept")
+    flags.add_flags(parser, GatewaySettings, ("registry_path", "redis_url", "api_keys",
+                                              "request_timeout_s", "max_backlog", "job_retention_s"),
+                    help=_HELP, flags={"api_keys": "--api-key"})
     parser.add_argument("--log-level", default="info")
     parser.set_defaults(func=run)
 
 
 def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
-    from pagefleet.platform.gateway import GatewaySettings
-
     keys = args.api_keys
     if keys is None:
         keys = [k.strip() for k in os.environ.get("PAGEFLEET_API_KEYS", "").split(",") if k.strip()]
-    return GatewaySettings(
-        redis_url=args.redis_url, registry_path=args.registry, api_keys=tuple(keys),
-        request_timeout_s=args.request_timeout, max_backlog=args.max_backlog,
-        job_retention_s=args.job_retention,
-    )
+    return flags.settings_from_args(GatewaySettings, args, api_keys=tuple(keys))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,6 +7,11 @@ re-read when it changes (a ConfigMap update), and an invalid new version is logg
 A Redis outage is an ordinary state: the policy holds replicas, the outage and its end are
 logged once each, and a tick that fails for any other reason is logged and retried, so the
 loop never dies.
+
+A temporary backend failure is logged and retried next tick. A permanent one (kopf's
+distinction: a 403 or 422 fails the same way every time) is reported once (an error line, the
+`controller_permanent_failures` metric, `Backend.report_failure`) and the same write is not
+sent again until the model's spec or desired replicas change or `permanent_retry_s` passes.
 """
 
 from __future__ import annotations
@@ -17,16 +22,21 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as aioredis
 
-from pagefleet.platform.controller.backends.base import Backend, BackendError
+from pagefleet.platform.controller.backends.base import (
+    Backend,
+    BackendError,
+    PermanentBackendError,
+)
 from pagefleet.platform.controller.metrics import ControllerMetrics
 from pagefleet.platform.controller.policy import Decision, PolicyState, Signals, decide
 from pagefleet.platform.controller.signals import SignalsUnavailable, read_signals
 from pagefleet.platform.protocol.resilience import RedisOutages
-from pagefleet.platform.registry import Registry, RegistryError, load_registry
+from pagefleet.platform.registry import ModelSpec, Registry, RegistryError, load_registry
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +45,16 @@ class Elector(Protocol):
     def try_acquire_or_renew(self) -> bool: ...
 
     def release(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _PermanentFailure:
+    """The last permanent failure of one model, and what was being sent when it happened."""
+
+    message: str
+    spec: ModelSpec
+    desired_replicas: int | None  # None: it failed before a decision (reading the replicas)
+    at: float
 
 
 class Controller:
@@ -48,6 +68,7 @@ class Controller:
         heartbeat_stale_s: float = 5.0,
         registry_path: str | None = None,
         clock: Callable[[], float] = time.time,
+        permanent_retry_s: float = 300.0,
     ) -> None:
         self.registry = registry
         self.backend = backend
@@ -58,6 +79,8 @@ class Controller:
         self._registry_path = registry_path
         self._registry_mtime = _mtime(registry_path)
         self._clock = clock
+        self._permanent_retry_s = permanent_retry_s
+        self._failures: dict[str, _PermanentFailure] = {}
         self._states: dict[str, PolicyState] = {}
         self._pruned_for: frozenset[str] | None = None
         self.is_leader = elector is None
@@ -83,6 +106,8 @@ class Controller:
                 decisions[spec.name] = await self._reconcile(spec.name)
             except BackendError as exc:
                 log.warning("model %s: %s; retrying next tick", spec.name, exc)
+            except PermanentBackendError as exc:
+                await self._report_permanent(spec, exc, None)
         return decisions
 
     async def run(self, stop: asyncio.Event, interval_s: float = 1.0) -> None:
@@ -120,9 +145,35 @@ class Controller:
         level = logging.INFO if decision.direction != "hold" else logging.DEBUG
         log.log(level, "model %s: %s -> %d replicas (%s)", model, current, decision.desired_replicas,
                 decision.reason)
-        await asyncio.to_thread(self.backend.apply, spec, decision.desired_replicas, current)
+        if self._holding_back(spec, decision.desired_replicas, now):
+            log.debug("model %s: not repeating a write that failed permanently", model)
+        else:
+            try:
+                await asyncio.to_thread(self.backend.apply, spec, decision.desired_replicas, current)
+            except PermanentBackendError as exc:
+                await self._report_permanent(spec, exc, decision.desired_replicas)
+            else:
+                self._failures.pop(model, None)
         self.metrics.observe(model, signals, decision)
         return decision
+
+    def _holding_back(self, spec: ModelSpec, desired_replicas: int, now: float) -> bool:
+        failure = self._failures.get(spec.name)
+        return (failure is not None and failure.spec == spec
+                and failure.desired_replicas == desired_replicas
+                and now - failure.at < self._permanent_retry_s)
+
+    async def _report_permanent(self, spec: ModelSpec, error: PermanentBackendError,
+                                desired_replicas: int | None) -> None:
+        previous = self._failures.get(spec.name)
+        self._failures[spec.name] = _PermanentFailure(str(error), spec, desired_replicas, self._clock())
+        if previous is not None and previous.message == str(error):
+            log.debug("model %s: %s (already reported)", spec.name, error)
+            return
+        log.error("model %s: %s; not retried until its spec or desired replicas change "
+                  "(or in %g s)", spec.name, error, self._permanent_retry_s)
+        self.metrics.permanent_failures.labels(model=spec.name).inc()
+        await asyncio.to_thread(self.backend.report_failure, spec, error)
 
     async def _prune(self) -> None:
         names = frozenset(self.registry.models)
@@ -133,8 +184,13 @@ class Controller:
         except BackendError as exc:
             log.warning("pruning dropped models: %s; retrying next tick", exc)
             return
+        except PermanentBackendError as exc:
+            log.error("pruning dropped models: %s; not retried until the registry changes", exc)
+            self._pruned_for = names
+            return
         for model in removed:
             self._states.pop(model, None)
+            self._failures.pop(model, None)
             self.metrics.forget(model)
         self._pruned_for = names
 

@@ -24,6 +24,10 @@ class ControllerMetrics:
                                ["model"], registry=self.registry)
         self.scale_events = Counter("pagefleet:scale_events", "Replica changes, by direction",
                                     ["model", "direction"], registry=self.registry)
+        self.permanent_failures = Counter(
+            "pagefleet:controller_permanent_failures",
+            "Backend failures that retrying cannot fix (403, 422...), each counted once", ["model"],
+            registry=self.registry)
         self.is_leader = Gauge("pagefleet:controller_is_leader", "1 while this replica acts",
                                registry=self.registry)
         self.redis_outages = Counter("pagefleet:redis_outages",
@@ -44,6 +48,8 @@ class ControllerMetrics:
         for gauge in (self.desired_replicas, self.ready_replicas, self.queue_backlog, self.in_flight):
             with contextlib.suppress(KeyError):
                 gauge.remove(model)
+        with contextlib.suppress(KeyError):
+            self.permanent_failures.remove(model)
         for direction in ("up", "down"):
             with contextlib.suppress(KeyError):
                 self.scale_events.remove(model, direction)

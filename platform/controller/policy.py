@@ -75,7 +75,6 @@ class PolicyState:
     observing_since: float | None = None
     last_active_at: float | None = None
     arrivals_total: int | None = None
-    arrival_rate: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,17 +126,13 @@ def decide(
 
 def _observe(state: PolicyState, signals: Signals, now: float) -> PolicyState:
     arrived = 0
-    rate = 0.0
     if state.arrivals_total is not None and signals.arrivals_total >= state.arrivals_total:
         arrived = signals.arrivals_total - state.arrivals_total
-        previous_at = state.recommendations[-1].at if state.recommendations else None
-        if previous_at is not None and now > previous_at:
-            rate = arrived / (now - previous_at)
     busy = signals.workers.running + signals.workers.waiting
     active = signals.demand > 0 or arrived > 0 or busy > 0
     since = state.observing_since if state.observing_since is not None else now
     return replace(state, observing_since=since, last_active_at=now if active else state.last_active_at,
-                   arrivals_total=signals.arrivals_total, arrival_rate=rate)
+                   arrivals_total=signals.arrivals_total)
 
 
 def _scale_up(

@@ -7,6 +7,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pagefleet.platform.protocol.connection import DEFAULT_REDIS_URL, check_redis_url
+
 BackendName = Literal["local", "kubernetes"]
 DEFAULT_WORKER_IMAGE = "ghcr.io/pagefleet/worker:0.1.0"
 
@@ -66,7 +68,7 @@ class LocalSettings:
 class ControllerSettings:
     """Everything `pagefleet controller` needs; `registry_path` None means the packaged default."""
 
-    redis_url: str
+    redis_url: str = DEFAULT_REDIS_URL
     registry_path: str | None = None
     backend: BackendName = "local"
     interval_s: float = 1.0
@@ -76,8 +78,7 @@ class ControllerSettings:
     local: LocalSettings = field(default_factory=LocalSettings)
 
     def __post_init__(self) -> None:
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"redis_url must be a redis:// URL, got {self.redis_url!r}")
+        check_redis_url(self.redis_url)
         if self.backend not in ("local", "kubernetes"):
             raise ValueError(f"backend must be 'local' or 'kubernetes', got {self.backend!r}")
         if self.interval_s <= 0:

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from pagefleet.platform.controller.policy import Signals, WorkerCounts
-from pagefleet.platform.protocol import Heartbeat, decode_heartbeat, keys
+from pagefleet.platform.protocol import Heartbeat, fresh_heartbeats, keys
 
 log = logging.getLogger(__name__)
 _COUNT_LIMIT = 100_000  # fallback counting stops here; beyond it the answer is "a lot" anyway
@@ -43,7 +43,7 @@ async def read_signals(
         raw_heartbeats = await client.hgetall(keys.heartbeat_hash(model))
     except RedisError as exc:
         raise SignalsUnavailable(f"reading signals of {model!r}: {exc}") from exc
-    heartbeats = _fresh_heartbeats(raw_heartbeats.values(), now, stale_after_s)
+    heartbeats = fresh_heartbeats(raw_heartbeats.values(), now, stale_after_s)
     return Signals(at=now, backlog=sum(backlog_by_priority), in_flight=in_flight,
                    arrivals_total=arrivals_total, workers=count_workers(heartbeats),
                    backlog_by_priority=tuple(backlog_by_priority))
@@ -73,19 +73,6 @@ async def _read_stream(client: aioredis.Redis, key: str) -> _StreamReading:
         lag = len(await client.xrange(key, min=after, max="+", count=_COUNT_LIMIT))
     return _StreamReading(backlog=int(lag), pending=int(group.get("pending", 0)),
                           entries_added=entries_added)
-
-
-def _fresh_heartbeats(raw: Any, now: float, stale_after_s: float) -> list[Heartbeat]:
-    fresh = []
-    for data in raw:
-        try:
-            heartbeat = decode_heartbeat(data)
-        except msgspec.DecodeError:
-            log.warning("ignoring an undecodable heartbeat")
-            continue
-        if now - heartbeat.timestamp <= stale_after_s:
-            fresh.append(heartbeat)
-    return fresh
 
 
 def count_workers(heartbeats: list[Heartbeat]) -> WorkerCounts:

@@ -19,15 +19,15 @@ from litestar.openapi import OpenAPIConfig
 
 from pagefleet.platform.gateway.auth import OPENAPI_PATH, api_key_guard, provide_owner
 from pagefleet.platform.gateway.broker import Broker
-from pagefleet.platform.gateway.completions.controller import CompletionsController
+from pagefleet.platform.gateway.catalog.routes import CatalogRoutes
+from pagefleet.platform.gateway.completions.routes import CompletionsRoutes
 from pagefleet.platform.gateway.completions.service import CompletionService
 from pagefleet.platform.gateway.errors import exception_handlers
-from pagefleet.platform.gateway.jobs.controller import JobsController
+from pagefleet.platform.gateway.jobs.routes import JobsRoutes
 from pagefleet.platform.gateway.jobs.service import JobService
 from pagefleet.platform.gateway.metrics import GatewayMetrics, MetricsMiddleware
-from pagefleet.platform.gateway.models.controller import ModelsController
 from pagefleet.platform.gateway.settings import GatewaySettings
-from pagefleet.platform.gateway.system.controller import SystemController
+from pagefleet.platform.gateway.system.routes import SystemRoutes
 from pagefleet.platform.registry import load_registry
 
 
@@ -66,7 +66,7 @@ def create_app(settings: GatewaySettings) -> Litestar:
                      "jobs")}
     dependencies["owner"] = Provide(provide_owner, sync_to_thread=False)
     return Litestar(
-        route_handlers=[CompletionsController, ModelsController, JobsController, SystemController],
+        route_handlers=[CompletionsRoutes, CatalogRoutes, JobsRoutes, SystemRoutes],
         state=state,
         lifespan=[_redis_lifespan],
         dependencies=dependencies,

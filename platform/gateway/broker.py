@@ -1,5 +1,5 @@
 """Everything the gateway does with Redis streams: queue requests, read their results, cancel
-them, and measure a model's backlog. Controllers never touch Redis keys directly.
+them, and measure a model's backlog. Route handlers never touch Redis keys directly.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pagefleet.platform.protocol import (
     RequestEnvelope,
     ResultEvent,
     decode_event,
-    decode_heartbeat,
     encode,
+    fresh_heartbeats,
     keys,
 )
 
@@ -90,16 +90,8 @@ class Broker:
 
     async def ready_workers(self, model: str, max_age_s: float) -> int:
         """Workers of `model` whose last heartbeat says ready and is recent."""
-        now = time.time()
         beats = await self.redis.hvals(keys.heartbeat_hash(model))
-        ready = 0
-        for raw in beats:
-            try:
-                beat = decode_heartbeat(raw)
-            except ValueError:
-                continue
-            ready += beat.state == "ready" and now - beat.timestamp <= max_age_s
-        return ready
+        return sum(beat.state == "ready" for beat in fresh_heartbeats(beats, time.time(), max_age_s))
 
     async def events(self, request_ids: Sequence[str], deadline: float) -> AsyncIterator[SourcedEvent]:
         """Result events of several requests as they arrive, until each has a final or error.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pagefleet.platform.protocol.connection import DEFAULT_REDIS_URL, check_redis_url
+
 
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
@@ -14,7 +16,7 @@ class GatewaySettings:
     waiting behind a backlog that would blow their deadline anyway.
     """
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = DEFAULT_REDIS_URL
     registry_path: str | None = None  # None: the registry packaged with pagefleet
     api_keys: tuple[str, ...] = ()
     request_timeout_s: float = 600.0
@@ -28,8 +30,7 @@ class GatewaySettings:
     redis_socket_timeout_s: float = 30.0  # a `socket_timeout` in redis_url wins
 
     def __post_init__(self) -> None:
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"redis_url must be a redis:// URL, got {self.redis_url!r}")
+        check_redis_url(self.redis_url)
         if not isinstance(self.api_keys, tuple) or not all(
             isinstance(key, str) and key for key in self.api_keys
         ):

@@ -18,11 +18,12 @@ from pagefleet.platform.protocol.messages import (
     decode_heartbeat,
     decode_job,
     encode,
+    fresh_heartbeats,
 )
 from pagefleet.platform.protocol.sampling import SamplingParams
 
 __all__ = [
     "ChatMessage", "DeltaEvent", "ErrorEvent", "FinalEvent", "Heartbeat", "JobRecord",
     "RequestEnvelope", "ResultEvent", "SamplingParams", "TokenLogprob", "TopLogprob", "Usage",
-    "decode_envelope", "decode_event", "decode_heartbeat", "decode_job", "encode", "keys",
+    "decode_envelope", "decode_event", "decode_heartbeat", "decode_job", "encode", "fresh_heartbeats", "keys",
 ]

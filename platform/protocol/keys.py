@@ -13,6 +13,7 @@ PRIORITY_INTERACTIVE, PRIORITY_JOB, PRIORITY_BATCH = PRIORITIES
 ENTRY_REQUEST_ID = "id"
 ENTRY_ENVELOPE = "env"
 ENTRY_EVENT = "ev"
+JOB_RECORD_FIELD = "record"  # the encoded `JobRecord` inside `job_hash(id)`
 
 
 def request_stream(model: str, priority: int) -> str:

@@ -6,6 +6,7 @@ so a field added on one side is known to the other.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 import msgspec
@@ -15,6 +16,9 @@ from pagefleet.platform.protocol.sampling import SamplingParams
 RequestKind = Literal["completion", "chat"]
 WorkerState = Literal["starting", "ready", "draining"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+ACTIVE_JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running")  # may still change
+TERMINAL_JOB_STATUSES: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")  # never change
+JobEndpoint = Literal["/v1/chat/completions", "/v1/completions"]
 FinishReason = Literal["stop", "length", "abort"]
 
 
@@ -120,7 +124,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
 
     id: str
     owner: str | None
-    endpoint: Literal["/v1/chat/completions", "/v1/completions"]
+    endpoint: JobEndpoint
     body: dict
     status: JobStatus = "queued"
     created_at: float
@@ -129,6 +133,29 @@ class JobRecord(msgspec.Struct, kw_only=True):
     webhook: str | None = None
     result: dict | None = None
     error: dict | None = None
+
+
+class JobView(msgspec.Struct, kw_only=True):
+    """A job as its owner sees it: the `GET /v1/jobs/{id}` body and the webhook's body (the
+    record without the request body and the owner)."""
+
+    id: str
+    endpoint: JobEndpoint
+    status: JobStatus
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    webhook: str | None = None
+    result: dict | None = None
+    error: dict | None = None
+    object: Literal["job"] = "job"
+
+    @classmethod
+    def of(cls, record: JobRecord) -> JobView:
+        return cls(id=record.id, endpoint=record.endpoint, status=record.status,
+                   created_at=record.created_at, started_at=record.started_at,
+                   finished_at=record.finished_at, webhook=record.webhook, result=record.result,
+                   error=record.error)
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -156,3 +183,18 @@ def decode_heartbeat(data: bytes) -> Heartbeat:
 
 def decode_job(data: bytes) -> JobRecord:
     return _job_decoder.decode(data)
+
+
+def fresh_heartbeats(raw: Iterable[bytes], now: float, max_age_s: float) -> list[Heartbeat]:
+    """The heartbeats at most `max_age_s` old: the one rule for "this worker is alive" that the
+    gateway (ready workers), the controller (scaling signals) and the workers (claiming a dead
+    worker's entries) all apply. Undecodable entries are skipped."""
+    fresh = []
+    for data in raw:
+        try:
+            beat = _heartbeat_decoder.decode(data)
+        except msgspec.DecodeError:
+            continue
+        if now - beat.timestamp <= max_age_s:
+            fresh.append(beat)
+    return fresh

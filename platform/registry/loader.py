@@ -49,6 +49,10 @@ class Registry:
         except KeyError:
             raise UnknownModelError(name, sorted(self.models)) from None
 
+    def get_or_first(self, name: str | None) -> ModelSpec:
+        """`name`'s spec, or the first listed model's when `name` is None (the CLI default)."""
+        return self.get(name if name is not None else next(iter(self.models)))
+
     def __contains__(self, name: object) -> bool:
         return name in self.models
 

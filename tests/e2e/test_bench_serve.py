@@ -6,13 +6,13 @@ import json
 import math
 from pathlib import Path
 
-from pagefleet.platform.cli.bench_serve import main
+from pagefleet.platform.cli import main
 from tests.e2e.conftest import MODEL, Stack
 
 
 def test_bench_serve_measures_every_request(stack: Stack, tmp_path: Path, capsys) -> None:
     out = tmp_path / "bench.json"
-    assert main(["--base-url", stack.base_url, "--model", MODEL, "--num-prompts", "6",
+    assert main(["bench", "serve", "--base-url", stack.base_url, "--model", MODEL, "--num-prompts", "6",
                  "--input-len", "16", "--output-len", "4", "--lengths", "sharegpt",
                  "--concurrency", "3", "--max-total-len", "128", "--json", str(out)]) == 0
     summary = json.loads(out.read_text())["server"]

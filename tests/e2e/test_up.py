@@ -56,7 +56,7 @@ def test_up_scales_from_zero_serves_the_openai_client_and_back_to_zero(tmp_path:
     log_path = tmp_path / "up.log"
     with open(log_path, "wb") as log:
         up = subprocess.Popen([sys.executable, "-m", "pagefleet.platform.cli", "up", "--port", str(port),
-                               "--registry", str(registry)], stdout=log, stderr=subprocess.STDOUT,
+                               "--registry", str(registry), "--data-dir", str(tmp_path / "data")], stdout=log, stderr=subprocess.STDOUT,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     client = None
     try:

@@ -8,6 +8,7 @@ the semantics the controller relies on, so tests can drive the real `kubernetes`
   apply (`application/apply-patch+yaml`, `fieldManager` required, creates when absent);
 - the `scale` subresource of a Deployment (GET, PATCH, PUT);
 - coordination.k8s.io/v1 Leases: create, get, PUT, delete;
+- core/v1 Events: create and list (what the controller records about a Deployment);
 - 404 for missing objects, 409 for a create of an existing object and for any write that
   carries a stale `metadata.resourceVersion`; `fail_next()` injects a failure on demand.
 
@@ -33,10 +34,11 @@ from urllib.parse import parse_qs, urlsplit
 import yaml
 
 _ROUTE = re.compile(
-    r"^/apis/(?P<group>apps|coordination\.k8s\.io)/v1/namespaces/(?P<ns>[^/]+)/"
-    r"(?P<kind>deployments|leases)(?:/(?P<name>[^/]+))?(?P<sub>/scale)?$"
+    r"^/(?:apis/(?P<group>apps|coordination\.k8s\.io)/v1|api/v1)/namespaces/(?P<ns>[^/]+)/"
+    r"(?P<kind>deployments|leases|events)(?:/(?P<name>[^/]+))?(?P<sub>/scale)?$"
 )
-_KINDS = {"deployments": ("apps/v1", "Deployment"), "leases": ("coordination.k8s.io/v1", "Lease")}
+_KINDS = {"deployments": ("apps/v1", "Deployment"), "leases": ("coordination.k8s.io/v1", "Lease"),
+          "events": ("v1", "Event")}
 
 
 class ApiError(Exception):

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from pagefleet.platform.protocol.sampling import SamplingParams
-from pagefleet.workers.bench.workload import BenchRequest, WorkloadSpec, make_workload
+from pagefleet.platform.protocol.workload import BenchRequest, WorkloadSpec, build_workload
 from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.engine.llm import LLM
 
@@ -256,14 +256,20 @@ def bench_hf_single(model, requests: list[BenchRequest], device: torch.device, p
                       sum(r.output_len for r in requests))
 
 
+def _workload_for(spec: WorkloadSpec, vocab_size: int) -> list[BenchRequest]:
+    """`spec`'s requests with token ids inside this model's vocabulary (clear of its end)."""
+    high = max(spec.token_id_low + 1, min(spec.token_id_high, vocab_size - 10))
+    return build_workload(dataclasses.replace(spec, token_id_high=high))
+
+
 def run_engine_bench(options: EngineBenchOptions) -> list[Throughput]:
     llm = LLM(**dataclasses.asdict(options.engine))
-    requests = make_workload(options.workload, llm.engine.arch.vocab_size)
+    requests = _workload_for(options.workload, llm.engine.arch.vocab_size)
     results = [bench_pagefleet(llm, requests)]
     print(results[0].row(), flush=True)
     if options.breakdown:  # an instrumented second pass on fresh prompts (no prefix-cache hits)
         fresh = dataclasses.replace(options.workload, seed=options.workload.seed + 1)
-        bench_pagefleet(llm, make_workload(fresh, llm.engine.arch.vocab_size), breakdown=True)
+        bench_pagefleet(llm, _workload_for(fresh, llm.engine.arch.vocab_size), breakdown=True)
     stats = llm.engine.stats()
     device, dtype, resolved = llm.engine.runner.device, llm.engine.runner.dtype, llm.engine.resolved
     del llm  # give the KV cache and CUDA graphs back before transformers needs the memory

@@ -16,9 +16,11 @@ import datetime
 import logging
 import multiprocessing as mp
 import os
-import socket
+import shutil
+import tempfile
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,11 +43,12 @@ _INHERITED_ENV_PREFIXES = ("NCCL_", "TORCH_NCCL_", "TORCH_SYMM_MEM_", "NVSHMEM_"
 @dataclass(slots=True)
 class TensorParallelContext:
     """This process's share: its `TensorParallel` slice, the control group for step
-    broadcasts, and (on rank 0) the worker processes it started."""
+    broadcasts, and (on rank 0) the worker processes it started and the rendezvous folder."""
 
     tp: TensorParallel
     control_group: Any
     processes: list[Any] = field(default_factory=list)
+    rendezvous_dir: str | None = None
 
     @property
     def is_driver(self) -> bool:
@@ -67,6 +70,8 @@ class TensorParallelContext:
                 logger.error("tensor-parallel rank %s did not exit; killing it", process.name)
                 process.kill()
                 process.join(timeout=10)
+        if self.rendezvous_dir is not None:
+            shutil.rmtree(self.rendezvous_dir, ignore_errors=True)
 
 
 def teardown(control_group: Any) -> None:
@@ -89,12 +94,6 @@ def teardown(control_group: Any) -> None:
                      "communicators (a peer rank is gone or stuck)", _TEARDOWN_TIMEOUT_S)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _init(config: EngineConfig, rank: int, init_method: str) -> TensorParallelContext:
     size = config.tensor_parallel_size
     use_cuda = config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
@@ -108,8 +107,13 @@ def _init(config: EngineConfig, rank: int, init_method: str) -> TensorParallelCo
 
 
 def launch(config: EngineConfig) -> TensorParallelContext:
-    """Start ranks 1..N-1 and join them as rank 0."""
-    init_method = f"tcp://127.0.0.1:{_free_port()}"
+    """Start ranks 1..N-1 and join them as rank 0.
+
+    The ranks meet through a file in a private folder rather than a TCP port: a port picked by
+    bind-then-release can be taken by another process before rank 0 binds it again.
+    """
+    rendezvous_dir = tempfile.mkdtemp(prefix="pagefleet-tp-")
+    init_method = Path(rendezvous_dir, "rendezvous").as_uri()
     ctx = mp.get_context("spawn")
     inherited = {k: v for k, v in os.environ.items() if k.startswith(_INHERITED_ENV_PREFIXES)}
     processes = [
@@ -121,6 +125,7 @@ def launch(config: EngineConfig) -> TensorParallelContext:
         process.start()
     context = _init(config, 0, init_method)
     context.processes = processes
+    context.rendezvous_dir = rendezvous_dir
     return context
 
 

@@ -7,6 +7,8 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 
+from pagefleet.platform.protocol.connection import DEFAULT_REDIS_URL, check_redis_url
+
 
 def default_worker_id() -> str:
     """Unique per process, readable in `XINFO CONSUMERS`: host, pid and a random suffix."""
@@ -29,7 +31,7 @@ class WorkerSettings:
     """
 
     model: str
-    redis_url: str
+    redis_url: str = DEFAULT_REDIS_URL
     worker_id: str = field(default_factory=default_worker_id)
     metrics_host: str = "0.0.0.0"
     metrics_port: int | None = None  # None: no HTTP endpoint; 0: a free port
@@ -51,8 +53,7 @@ class WorkerSettings:
     def __post_init__(self) -> None:
         if not self.model:
             raise ValueError("model must be a non-empty name")
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"redis_url must be a redis:// URL, got {self.redis_url!r}")
+        check_redis_url(self.redis_url)
         if not self.worker_id:
             raise ValueError("worker_id must not be empty")
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:

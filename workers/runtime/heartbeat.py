@@ -14,7 +14,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from pagefleet.platform.protocol import Heartbeat, decode_heartbeat, encode, keys
+from pagefleet.platform.protocol import Heartbeat, encode, fresh_heartbeats, keys
 from pagefleet.platform.protocol.resilience import TRANSIENT_ERRORS, RedisOutages
 
 log = logging.getLogger(__name__)
@@ -50,15 +50,6 @@ class HeartbeatWriter:
 
 
 async def live_workers(redis: aioredis.Redis, model: str, dead_after_s: float) -> set[str]:
-    """Ids of workers whose last heartbeat is younger than `dead_after_s`."""
-    beats = await redis.hgetall(keys.heartbeat_hash(model))
-    now = time.time()
-    alive = set()
-    for worker_id, raw in beats.items():
-        try:
-            beat = decode_heartbeat(raw)
-        except ValueError:
-            continue
-        if now - beat.timestamp < dead_after_s:
-            alive.add(worker_id.decode() if isinstance(worker_id, bytes) else worker_id)
-    return alive
+    """Ids of workers whose last heartbeat is at most `dead_after_s` old (the protocol's rule)."""
+    beats = await redis.hvals(keys.heartbeat_hash(model))
+    return {beat.worker_id for beat in fresh_heartbeats(beats, time.time(), dead_after_s)}

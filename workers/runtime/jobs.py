@@ -21,20 +21,15 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from pagefleet.platform.protocol import JobRecord, decode_job, encode, keys
+from pagefleet.platform.protocol.messages import TERMINAL_JOB_STATUSES, JobView
 from pagefleet.platform.protocol.webhooks import WEBHOOK_SCHEDULE
 
 log = logging.getLogger(__name__)
-TERMINAL = ("succeeded", "failed", "cancelled")
-_RECORD = "record"
 
 
 def job_view(record: JobRecord) -> dict:
-    """The job as `GET /v1/jobs/{id}` shows it; also the webhook's body."""
-    view = msgspec.to_builtins(record)
-    view.pop("body", None)
-    view.pop("owner", None)
-    view["object"] = "job"
-    return view
+    """The job as `GET /v1/jobs/{id}` shows it (the protocol's `JobView`); the webhook's body."""
+    return msgspec.to_builtins(JobView.of(record))
 
 
 class JobUpdater:
@@ -63,17 +58,17 @@ class JobUpdater:
             while True:
                 try:
                     await pipe.watch(key)
-                    raw = await pipe.hget(key, _RECORD)
+                    raw = await pipe.hget(key, keys.JOB_RECORD_FIELD)
                     if raw is None:
                         log.warning("job %s has no record (expired or deleted)", job_id)
                         return None
                     record = decode_job(raw)
-                    if record.status in TERMINAL:
+                    if record.status in TERMINAL_JOB_STATUSES:
                         return None
                     updated = change(record)
                     pipe.multi()
-                    pipe.hset(key, _RECORD, encode(updated))  # keeps the gateway's TTL
-                    if updated.status in TERMINAL and updated.webhook:
+                    pipe.hset(key, keys.JOB_RECORD_FIELD, encode(updated))  # keeps the gateway's TTL
+                    if updated.status in TERMINAL_JOB_STATUSES and updated.webhook:
                         pipe.zadd(WEBHOOK_SCHEDULE, {job_id: time.time()}, nx=True)
                     await pipe.execute()
                     return updated

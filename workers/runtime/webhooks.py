@@ -85,7 +85,7 @@ class WebhookDeliverer:
     async def deliver(self, job_id: str) -> None:
         """One attempt for a leased job; the schedule says whether there will be another."""
         key = keys.job_hash(job_id)
-        raw = await self.redis.hget(key, "record")
+        raw = await self.redis.hget(key, keys.JOB_RECORD_FIELD)
         record = None if raw is None else decode_job(raw)
         if record is None or not record.webhook:
             await self.redis.zrem(WEBHOOK_SCHEDULE, job_id)

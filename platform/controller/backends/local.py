@@ -17,7 +17,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pagefleet.platform.controller.backends.base import PermanentBackendError
 from pagefleet.platform.controller.settings import LocalSettings
+from pagefleet.platform.processes.children import start_child
 from pagefleet.platform.registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -109,13 +111,19 @@ class LocalBackend:
                     worker.process.wait()
         self._groups.clear()
 
+    def report_failure(self, spec: ModelSpec, error: PermanentBackendError) -> None:
+        """Local processes have no event stream; the controller's log line is the report."""
+
     def _start(self, model: str, now: float) -> _Worker:
         worker_id = f"local-{model}-{uuid.uuid4().hex[:8]}"
         fields = {"model": model, "registry": self._registry_path, "redis_url": self._redis_url,
                   "worker_id": worker_id}
         command = [part.format(**fields) for part in self._settings.worker_command]
         env = {**os.environ, "PAGEFLEET_WORKER_ID": worker_id}
-        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        # From the executor thread that runs `apply`: it lives until the loop's executor shuts
+        # down, after `close` has drained every worker, so the parent-death signal fires only
+        # when the controller is gone.
+        process = start_child(command, env=env, stdin=subprocess.DEVNULL)
         log.info("started worker %s of %s (pid %d)", worker_id, model, process.pid)
         return _Worker(worker_id, process, now)
 

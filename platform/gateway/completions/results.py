@@ -10,22 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pagefleet.platform.gateway.completions.params import PreparedRequest
-from pagefleet.platform.gateway.completions.schemas import (
-    AssistantMessage,
-    ChatChoice,
+from pagefleet.platform.protocol import DeltaEvent, FinalEvent, TokenLogprob, Usage
+from pagefleet.platform.protocol.openai import (
     ChatChunkChoice,
     ChatCompletion,
     ChatCompletionChunk,
     ChatDelta,
-    ChatLogprobs,
-    ChatTokenLogprob,
     Completion,
     CompletionChoice,
     CompletionChunk,
-    CompletionLogprobs,
-    TopLogprobOut,
+    FinishedChoice,
+    chat_completion,
+    chat_logprobs,
+    completion,
+    completion_logprobs,
 )
-from pagefleet.platform.protocol import DeltaEvent, FinalEvent, TokenLogprob, Usage
 
 
 @dataclass(slots=True)
@@ -84,25 +83,15 @@ class ResultAccumulator:
 
     def chat_completion(self) -> ChatCompletion:
         p = self.prepared
-        choices = [
-            ChatChoice(index=i, message=AssistantMessage(content="".join(s.texts)),
-                       logprobs=chat_logprobs(s.logprobs) if p.logprobs else None,
-                       finish_reason=s.finish_reason)
-            for i, s in enumerate(self.choices)
-        ]
-        return ChatCompletion(id=p.response_id, created=p.created, model=p.model, choices=choices,
-                              usage=self.usage)
+        return chat_completion(p.response_id, p.created, p.model, self._finished(), self.usage)
 
     def completion(self) -> Completion:
         p = self.prepared
-        choices = [
-            CompletionChoice(index=i, text="".join(s.texts),
-                             logprobs=completion_logprobs(s.logprobs, 0) if p.logprobs else None,
-                             finish_reason=s.finish_reason)
-            for i, s in enumerate(self.choices)
-        ]
-        return Completion(id=p.response_id, created=p.created, model=p.model, choices=choices,
-                          usage=self.usage)
+        return completion(p.response_id, p.created, p.model, self._finished(), self.usage)
+
+    def _finished(self) -> list[FinishedChoice]:
+        return [FinishedChoice("".join(s.texts), s.logprobs if self.prepared.logprobs else None,
+                               s.finish_reason) for s in self.choices]
 
     def response(self) -> ChatCompletion | Completion:
         return self.chat_completion() if self.prepared.kind == "chat" else self.completion()
@@ -150,26 +139,3 @@ class ResultAccumulator:
         p = self.prepared
         return CompletionChunk(id=p.response_id, created=p.created, model=p.model, choices=[choice])
 
-
-def chat_logprobs(logprobs: list[TokenLogprob]) -> ChatLogprobs:
-    return ChatLogprobs(content=[
-        ChatTokenLogprob(token=lp.token, logprob=lp.logprob, bytes=list(lp.token.encode()),
-                         top_logprobs=[TopLogprobOut(token=t.token, logprob=t.logprob,
-                                                     bytes=list(t.token.encode())) for t in lp.top])
-        for lp in logprobs
-    ])
-
-
-def completion_logprobs(logprobs: list[TokenLogprob], chars_before: int) -> CompletionLogprobs:
-    """OpenAI's legacy shape; `text_offset` counts characters of the choice's token texts."""
-    offsets = []
-    position = chars_before
-    for lp in logprobs:
-        offsets.append(position)
-        position += len(lp.token)
-    return CompletionLogprobs(
-        tokens=[lp.token for lp in logprobs],
-        token_logprobs=[lp.logprob for lp in logprobs],
-        top_logprobs=[{t.token: t.logprob for t in lp.top} for lp in logprobs],
-        text_offset=offsets,
-    )

@@ -1,4 +1,5 @@
-"""Bodies of the async jobs API (/v1/jobs)."""
+"""Bodies of the async jobs API (/v1/jobs). A job's own view (`JobView`) is the protocol's,
+because the worker sends the same body to the job's webhook."""
 
 from __future__ import annotations
 
@@ -6,38 +7,15 @@ from typing import Literal
 
 import msgspec
 
-from pagefleet.platform.protocol import JobRecord
-from pagefleet.platform.protocol.messages import JobStatus
-
-Endpoint = Literal["/v1/chat/completions", "/v1/completions"]
+from pagefleet.platform.protocol.messages import JobEndpoint, JobView
 
 
 class JobCreate(msgspec.Struct, kw_only=True):
     """`body` is what the endpoint would take synchronously (without `stream`)."""
 
-    endpoint: Endpoint
+    endpoint: JobEndpoint
     body: dict
     webhook: str | None = None
-
-
-class JobView(msgspec.Struct, kw_only=True):
-    id: str
-    endpoint: Endpoint
-    status: JobStatus
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    webhook: str | None = None
-    result: dict | None = None
-    error: dict | None = None
-    object: Literal["job"] = "job"
-
-    @classmethod
-    def of(cls, record: JobRecord) -> JobView:
-        return cls(id=record.id, endpoint=record.endpoint, status=record.status,
-                   created_at=record.created_at, started_at=record.started_at,
-                   finished_at=record.finished_at, webhook=record.webhook, result=record.result,
-                   error=record.error)
 
 
 class JobList(msgspec.Struct):

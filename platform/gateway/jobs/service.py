@@ -25,9 +25,7 @@ from pagefleet.platform.gateway.completions.service import CompletionService
 from pagefleet.platform.gateway.errors import OpenAIError, bad_request, model_not_found
 from pagefleet.platform.gateway.jobs.schemas import JobCreate
 from pagefleet.platform.protocol import JobRecord, decode_job, encode, keys
-
-_ACTIVE = ("queued", "running")
-_RECORD = "record"
+from pagefleet.platform.protocol.messages import ACTIVE_JOB_STATUSES
 
 
 def job_not_found(job_id: str) -> OpenAIError:
@@ -70,7 +68,7 @@ class JobService:
         record = JobRecord(id=job_id, owner=owner, endpoint=create.endpoint, body=create.body,
                            created_at=time.time(), webhook=create.webhook)
         pipe = self.broker.redis.pipeline(transaction=True)
-        pipe.hset(keys.job_hash(job_id), _RECORD, encode(record))
+        pipe.hset(keys.job_hash(job_id), keys.JOB_RECORD_FIELD, encode(record))
         pipe.pexpire(keys.job_hash(job_id), self._retention_ms)
         pipe.zadd(keys.owner_jobs(owner), {job_id: record.created_at})
         pipe.pexpire(keys.owner_jobs(owner), self._retention_ms)
@@ -84,7 +82,7 @@ class JobService:
         return record
 
     async def get(self, job_id: str, owner: str) -> JobRecord:
-        raw = await self.broker.redis.hget(keys.job_hash(job_id), _RECORD)
+        raw = await self.broker.redis.hget(keys.job_hash(job_id), keys.JOB_RECORD_FIELD)
         if raw is None:
             raise job_not_found(job_id)
         record = decode_job(raw)
@@ -101,11 +99,11 @@ class JobService:
                 try:
                     await pipe.watch(key)
                     record = await self.get(job_id, owner)
-                    if record.status not in _ACTIVE:
+                    if record.status not in ACTIVE_JOB_STATUSES:
                         return record
                     record = msgspec.structs.replace(record, status="cancelled", finished_at=time.time())
                     pipe.multi()
-                    pipe.hset(key, _RECORD, encode(record))
+                    pipe.hset(key, keys.JOB_RECORD_FIELD, encode(record))
                     pipe.pexpire(key, self._retention_ms)
                     await pipe.execute()
                     break
@@ -124,7 +122,7 @@ class JobService:
             return []
         pipe = redis.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.hget(keys.job_hash(job_id.decode()), _RECORD)
+            pipe.hget(keys.job_hash(job_id.decode()), keys.JOB_RECORD_FIELD)
         raws = await pipe.execute()
         expired = [job_id for job_id, raw in zip(job_ids, raws, strict=True) if raw is None]
         if expired:

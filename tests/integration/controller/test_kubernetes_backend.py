@@ -15,12 +15,17 @@ import redis
 import redis.asyncio as aioredis
 from kubernetes import client
 
-from pagefleet.platform.controller.backends.base import BackendConflict
+from pagefleet.platform.controller.backends.base import (
+    BackendConflict,
+    BackendError,
+    PermanentBackendError,
+)
 from pagefleet.platform.controller.backends.kubernetes import KubernetesBackend
 from pagefleet.platform.controller.leader import LeaseElector
 from pagefleet.platform.controller.loop import Controller
 from pagefleet.platform.controller.manifests import deployment_name
 from pagefleet.platform.controller.settings import KubernetesSettings
+from pagefleet.platform.processes.ports import free_port
 from pagefleet.platform.protocol import keys
 from pagefleet.platform.registry import load_registry, parse_registry
 from tests.support.k8s_api_double import KubeApiDouble, kube_api_double
@@ -171,3 +176,65 @@ def test_only_the_leader_scales(double: KubeApiDouble, api: client.ApiClient, re
 
     asyncio.run(scenario())
     assert double.get("deployments", NS, deployment_name("m1"))["spec"]["replicas"] == 1
+
+
+@pytest.mark.parametrize(("status", "permanent"), [
+    (403, True), (422, True), (400, True), (409, False), (429, False), (500, False), (503, False),
+])
+def test_api_errors_are_typed_permanent_or_temporary(
+    double: KubeApiDouble, backend: KubernetesBackend, status: int, permanent: bool
+) -> None:
+    spec = load_registry(EXAMPLE).get(SMALL)
+    double.fail_next("PATCH", deployment_name(SMALL), status)
+    expected = PermanentBackendError if permanent else BackendError
+    with pytest.raises(expected) as raised:
+        backend.apply(spec, 1, None)
+    assert isinstance(raised.value, BackendError) != permanent  # permanent is never retryable
+    backend.apply(spec, 1, None)  # the double failed once; the next attempt goes through
+    assert double.get("deployments", NS, deployment_name(SMALL))["spec"]["replicas"] == 1
+
+
+def test_an_unreachable_api_server_is_a_temporary_error() -> None:
+    configuration = client.Configuration()
+    configuration.host = f"http://127.0.0.1:{free_port()}"
+    configuration.retries = False
+    with client.ApiClient(configuration) as api_client:
+        backend = KubernetesBackend(api_client, KubernetesSettings(namespace=NS))
+        with pytest.raises(BackendError, match="unreachable"):
+            backend.current_replicas(SMALL)
+
+
+def test_a_permanent_failure_is_reported_once_and_not_resent_every_tick(
+    double: KubeApiDouble, api: client.ApiClient, redis_url: str, redis_client: redis.Redis
+) -> None:
+    registry = parse_registry({"models": {"m403": {"scaling": {"min_replicas": 1, "max_replicas": 2}}}})
+    name = deployment_name("m403")
+
+    def writes() -> int:
+        return sum(r.method == "PATCH" and name in r.path for r in double.requests)
+
+    async def scenario() -> None:
+        controller = Controller(registry, KubernetesBackend(api, KubernetesSettings(namespace=NS)),
+                                aioredis.Redis.from_url(redis_url))
+        try:
+            double.fail_next("PATCH", name, 403)
+            for _ in range(3):
+                await controller.tick()
+            assert writes() == 1, "a 403 is not sent again every tick"
+            events = [double.get("events", NS, n) for n in double.names("events", NS)]
+            events = [e for e in events if e["involvedObject"]["name"] == name]
+            assert len(events) == 1 and events[0]["type"] == "Warning"
+            assert "HTTP 403" in events[0]["message"]
+            failures = controller.metrics.registry.get_sample_value(
+                "pagefleet:controller_permanent_failures_total", {"model": "m403"})
+            assert failures == 1.0
+            # A new registry version (what an operator does to fix it) is tried at once.
+            controller.registry = parse_registry(
+                {"models": {"m403": {"scaling": {"min_replicas": 2, "max_replicas": 2}}}})
+            await controller.tick()
+            assert writes() == 2
+        finally:
+            await controller.aclose()
+
+    asyncio.run(scenario())
+    assert double.get("deployments", NS, name)["spec"]["replicas"] == 2

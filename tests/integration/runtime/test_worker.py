@@ -244,12 +244,12 @@ def _job(client: redis.Redis, job_id: str, webhook: str, status: str = "queued")
     record = JobRecord(id=job_id, owner="owner-a", endpoint="/v1/chat/completions",
                        body={"model": MODEL, "messages": CHAT}, status=status,
                        created_at=time.time(), webhook=webhook)
-    client.hset(keys.job_hash(job_id), "record", encode(record))
+    client.hset(keys.job_hash(job_id), keys.JOB_RECORD_FIELD, encode(record))
     client.expire(keys.job_hash(job_id), 600)
 
 
 def _record(client: redis.Redis, job_id: str) -> JobRecord:
-    return decode_job(client.hget(keys.job_hash(job_id), "record"))
+    return decode_job(client.hget(keys.job_hash(job_id), keys.JOB_RECORD_FIELD))
 
 
 def test_job_succeeds_with_the_openai_response_and_posts_its_webhook(worker, client: redis.Redis) -> None:

@@ -198,7 +198,7 @@ def test_min_and_max_clamp() -> None:
     assert decide(policy, 1, None, PolicyState(), now=0.0).desired_replicas == 1
 
 
-def test_arrival_rate_and_short_requests_count_as_activity() -> None:
+def test_arrivals_of_short_requests_count_as_activity() -> None:
     policy = ScalingPolicy(max_replicas=2, scale_to_zero_after_s=5, scale_down_window_s=0)
     state = PolicyState()
     total = 0
@@ -208,4 +208,4 @@ def test_arrival_rate_and_short_requests_count_as_activity() -> None:
                           state, now=float(t))
         state = decision.state
         assert decision.desired_replicas == 1
-    assert state.arrival_rate == 3.0
+    assert state.last_active_at == 19.0  # nothing was ever queued or running, yet it was active

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -32,9 +31,11 @@ def logits_of(folder: Path, tp: TensorParallel) -> torch.Tensor:
         return model.compute_logits(hidden)
 
 
-def tp_worker(rank: int, port: int, folders: list[Path], out_dir: Path) -> None:
+def tp_worker(rank: int, rendezvous: Path, folders: list[Path], out_dir: Path) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    # A file rendezvous, not a TCP port: a port picked by bind-then-release can be taken by
+    # another test before rank 0 binds it again, which made this test flaky in full runs.
+    dist.init_process_group("gloo", init_method=rendezvous.as_uri(), rank=rank, world_size=2)
     try:
         tp = TensorParallel(rank=rank, size=2, group=dist.group.WORLD)
         for folder in folders:
@@ -44,15 +45,9 @@ def tp_worker(rank: int, port: int, folders: list[Path], out_dir: Path) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_ranks_match_single_process(tmp_path: Path) -> None:
     folders = [write_tiny_checkpoint(tmp_path / v, v, weights=False) for v in VARIANTS]
-    mp.spawn(tp_worker, args=(free_port(), folders, tmp_path), nprocs=2, join=True)
+    mp.spawn(tp_worker, args=(tmp_path / "rendezvous", folders, tmp_path), nprocs=2, join=True)
     for folder in folders:
         expected = logits_of(folder, TensorParallel())
         assert expected.shape == (sum(map(len, PROMPTS.values())), int(expected.shape[1]))

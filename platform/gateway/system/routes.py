@@ -20,7 +20,7 @@ class Health(msgspec.Struct):
     status: str
 
 
-class SystemController(Controller):
+class SystemRoutes(Controller):
     tags = ("system",)
 
     @get("/health", opt={"public": True}, responses={503: ResponseSpec(ErrorResponse, description="Redis unreachable")})

@@ -9,14 +9,10 @@ from litestar.params import JSONBody
 from litestar.response import Stream
 
 from pagefleet.platform.gateway.completions.params import prepare_chat, prepare_completion
-from pagefleet.platform.gateway.completions.schemas import (
-    ChatCompletion,
-    ChatCompletionRequest,
-    Completion,
-    CompletionRequest,
-)
+from pagefleet.platform.gateway.completions.schemas import ChatCompletionRequest, CompletionRequest
 from pagefleet.platform.gateway.completions.service import CompletionService
 from pagefleet.platform.gateway.errors import ErrorResponse
+from pagefleet.platform.protocol.openai import ChatCompletion, Completion
 
 _ERRORS = {status: ResponseSpec(ErrorResponse, description=description) for status, description in {
     400: "Malformed JSON, schema violation, bad parameter or context length exceeded",
@@ -28,7 +24,7 @@ _ERRORS = {status: ResponseSpec(ErrorResponse, description=description) for stat
 }.items()}
 
 
-class CompletionsController(Controller):
+class CompletionsRoutes(Controller):
     path = "/v1"
     tags = ("openai",)
 
@@ -48,6 +44,3 @@ class CompletionsController(Controller):
         prepared = prepare_completion(data, completions.context("cmpl", owner))
         return await completions.run(prepared, request.receive)
 
-
-def error_specs() -> dict[int, ResponseSpec]:
-    return dict(_ERRORS)

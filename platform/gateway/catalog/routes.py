@@ -29,7 +29,7 @@ class ModelList(msgspec.Struct):
     object: str = "list"
 
 
-class ModelsController(Controller):
+class CatalogRoutes(Controller):
     path = "/v1/models"
     tags = ("openai",)
 

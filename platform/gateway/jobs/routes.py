@@ -10,13 +10,14 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from pagefleet.platform.gateway.errors import ErrorResponse
-from pagefleet.platform.gateway.jobs.schemas import JobCreate, JobList, JobView
+from pagefleet.platform.gateway.jobs.schemas import JobCreate, JobList
 from pagefleet.platform.gateway.jobs.service import JobService
+from pagefleet.platform.protocol.messages import JobView
 
 _NOT_FOUND = {404: ResponseSpec(ErrorResponse, description="No such job for this API key")}
 
 
-class JobsController(Controller):
+class JobsRoutes(Controller):
     path = "/v1/jobs"
     tags = ("jobs",)
 

@@ -1,0 +1,160 @@
+"""OpenAI response objects (`chat.completion`, `text_completion` and their stream chunks) and
+the pure functions that build them from the protocol's events.
+
+One definition for both sides that answer a request: the gateway for synchronous and
+streaming requests, the worker for async jobs, whose `result` must equal what the synchronous
+endpoint would have answered. Torch-free (msgspec only), so the gateway can import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+
+from pagefleet.platform.protocol.messages import TokenLogprob, Usage
+
+
+class CompletionLogprobs(msgspec.Struct):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+
+class CompletionChoice(msgspec.Struct):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None
+    finish_reason: str | None
+
+
+class _Response(msgspec.Struct):
+    """What every response object and stream chunk starts with."""
+
+    id: str
+    created: int
+    model: str
+
+
+class Completion(_Response):
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    object: Literal["text_completion"] = "text_completion"
+
+
+class TopLogprobOut(msgspec.Struct):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatTokenLogprob(msgspec.Struct):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprobOut]
+
+
+class ChatLogprobs(msgspec.Struct):
+    content: list[ChatTokenLogprob] | None
+
+
+class AssistantMessage(msgspec.Struct):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+
+
+class ChatChoice(msgspec.Struct):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None
+    finish_reason: str | None
+
+
+class ChatCompletion(_Response):
+    choices: list[ChatChoice]
+    usage: Usage | None = None
+    object: Literal["chat.completion"] = "chat.completion"
+
+
+class ChatDelta(msgspec.Struct, omit_defaults=True):
+    role: str | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(msgspec.Struct):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(_Response):
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+
+
+# OpenAI streams completions as `text_completion` objects of the very same shape (the SDK
+# parses both with its `Completion` type), so a chunk is a `Completion`.
+CompletionChunk = Completion
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedChoice:
+    """One choice of a finished request: its text, its token logprobs (None when the request
+    did not ask for them) and why it stopped."""
+
+    text: str
+    logprobs: list[TokenLogprob] | None
+    finish_reason: str | None
+
+
+def token_bytes(token: str) -> list[int]:
+    """UTF-8 bytes of a token text; a lone surrogate becomes `?` rather than an error."""
+    return list(token.encode("utf-8", errors="replace"))
+
+
+def chat_logprobs(logprobs: list[TokenLogprob]) -> ChatLogprobs:
+    return ChatLogprobs(content=[
+        ChatTokenLogprob(token=lp.token, logprob=lp.logprob, bytes=token_bytes(lp.token),
+                         top_logprobs=[TopLogprobOut(token=t.token, logprob=t.logprob,
+                                                     bytes=token_bytes(t.token)) for t in lp.top])
+        for lp in logprobs
+    ])
+
+
+def completion_logprobs(logprobs: list[TokenLogprob], chars_before: int = 0) -> CompletionLogprobs:
+    """OpenAI's legacy shape; `text_offset` counts characters of the choice's token texts."""
+    offsets = []
+    position = chars_before
+    for lp in logprobs:
+        offsets.append(position)
+        position += len(lp.token)
+    return CompletionLogprobs(
+        tokens=[lp.token for lp in logprobs],
+        token_logprobs=[lp.logprob for lp in logprobs],
+        top_logprobs=[{t.token: t.logprob for t in lp.top} for lp in logprobs],
+        text_offset=offsets,
+    )
+
+
+def chat_completion(response_id: str, created: int, model: str,
+                    choices: Sequence[FinishedChoice], usage: Usage) -> ChatCompletion:
+    return ChatCompletion(id=response_id, created=created, model=model, usage=usage, choices=[
+        ChatChoice(index=i, message=AssistantMessage(content=c.text),
+                   logprobs=None if c.logprobs is None else chat_logprobs(c.logprobs),
+                   finish_reason=c.finish_reason)
+        for i, c in enumerate(choices)])
+
+
+def completion(response_id: str, created: int, model: str,
+               choices: Sequence[FinishedChoice], usage: Usage) -> Completion:
+    return Completion(id=response_id, created=created, model=model, usage=usage, choices=[
+        CompletionChoice(index=i, text=c.text,
+                         logprobs=None if c.logprobs is None else completion_logprobs(c.logprobs),
+                         finish_reason=c.finish_reason)
+        for i, c in enumerate(choices)])

@@ -1,0 +1,38 @@
+"""The OpenAI shapes both sides build: one UTF-8 rule for logprob bytes, one set of builders."""
+
+from __future__ import annotations
+
+import msgspec
+
+from pagefleet.platform.protocol import TokenLogprob, TopLogprob, Usage
+from pagefleet.platform.protocol.openai import (
+    FinishedChoice,
+    chat_completion,
+    chat_logprobs,
+    completion,
+    token_bytes,
+)
+
+
+def test_token_bytes_are_utf8_and_never_raise() -> None:
+    assert token_bytes("é") == [0xC3, 0xA9]
+    assert token_bytes("\ud800") == [ord("?")]  # a lone surrogate, as a byte-level token can be
+
+
+def test_chat_logprobs_carry_bytes_for_tokens_and_alternatives() -> None:
+    lp = TokenLogprob(token_id=1, token="\ud800", logprob=-0.5, top=[TopLogprob(token_id=2, token="a", logprob=-1.0)])
+    content = chat_logprobs([lp]).content
+    assert content[0].bytes == [ord("?")] and content[0].top_logprobs[0].bytes == [ord("a")]
+
+
+def test_builders_answer_the_openai_shapes() -> None:
+    usage = Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
+    choices = [FinishedChoice("hi", None, "stop"),
+               FinishedChoice("yo", [TokenLogprob(token_id=1, token="yo", logprob=-0.1, top=[])], "length")]
+    chat = msgspec.to_builtins(chat_completion("r1", 7, "m", choices, usage))
+    assert chat["object"] == "chat.completion" and chat["usage"]["total_tokens"] == 5
+    assert chat["choices"][0] == {"index": 0, "message": {"role": "assistant", "content": "hi"},
+                                  "logprobs": None, "finish_reason": "stop"}
+    text = msgspec.to_builtins(completion("r1", 7, "m", choices, usage))
+    assert text["object"] == "text_completion"
+    assert text["choices"][1]["logprobs"]["text_offset"] == [0]
