@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from pagefleet.platform.batch.settings import BatchSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +28,7 @@ class GatewaySettings:
     max_choices: int = 64  # n times the number of prompts in one request
     heartbeat_timeout_s: float = 5.0
     redis_socket_timeout_s: float = 30.0  # a `socket_timeout` in redis_url wins
+    batch: BatchSettings = field(default_factory=BatchSettings)  # /v1/files and /v1/batches
 
     def __post_init__(self) -> None:
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
