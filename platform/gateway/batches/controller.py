@@ -7,7 +7,7 @@ from typing import Annotated
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from pagefleet.platform.gateway.batches.schemas import BatchCreate, BatchList, BatchObject
 from pagefleet.platform.gateway.batches.service import BatchService
@@ -40,7 +40,7 @@ class BatchesController(Controller):
 
     @get("/")
     async def list_batches(self, batches: NamedDependency[BatchService], owner: NamedDependency[str],
-                           after: str | None = None,
+                           after: FromQuery[str | None] = None,
                            limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20) -> BatchList:
         objects = await batches.list(owner, limit, after)
         page = objects[:limit]

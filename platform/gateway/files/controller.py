@@ -9,7 +9,7 @@ from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Body, FromPath, QueryParameter
+from litestar.params import Body, FromPath, FromQuery, QueryParameter
 from litestar.response import Stream
 
 from pagefleet.platform.gateway.errors import ErrorResponse, bad_request
@@ -43,7 +43,7 @@ class FilesController(Controller):
 
     @get("/")
     async def list_files(self, files: NamedDependency[FileService], owner: NamedDependency[str],
-                         purpose: str | None = None, after: str | None = None,
+                         purpose: FromQuery[str | None] = None, after: FromQuery[str | None] = None,
                          limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 10_000) -> FileList:
         records = await files.list(owner, purpose, limit, after)
         page = [FileObject.of(r) for r in records[:limit]]
