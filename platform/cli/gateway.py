@@ -28,11 +28,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="undelivered entries per model beyond which requests get 429")
     parser.add_argument("--job-retention", type=float, default=86_400.0,
                         help="seconds job records are kept")
+    parser.add_argument("--files-dir", default="",
+                        help="where /v1/files keeps files (default ~/.pagefleet/files); the batch workers' too")
     parser.add_argument("--log-level", default="info")
     parser.set_defaults(func=run)
 
 
 def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
+    from pagefleet.platform.batch.settings import BatchSettings
     from pagefleet.platform.gateway import GatewaySettings
 
     keys = args.api_keys
@@ -41,7 +44,7 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
     return GatewaySettings(
         redis_url=args.redis_url, registry_path=args.registry, api_keys=tuple(keys),
         request_timeout_s=args.request_timeout, max_backlog=args.max_backlog,
-        job_retention_s=args.job_retention,
+        job_retention_s=args.job_retention, batch=BatchSettings(files_dir=args.files_dir),
     )
 
 

@@ -152,6 +152,13 @@ def start_controller(registry: str, redis_url: str) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def start_batch_worker(registry: str, redis_url: str) -> subprocess.Popen:
+    """The Celery worker of /v1/batches; files live in the default directory, the gateway's."""
+    return subprocess.Popen([sys.executable, "-m", "pagefleet.platform.cli", "batch-worker",
+                             "--registry", registry, "--redis-url", redis_url, "--concurrency", "1",
+                             "--log-level", "warning"], start_new_session=True)
+
+
 def start_workers(model: str, registry: str, redis_url: str) -> list[subprocess.Popen]:
     """A fixed, always-warm worker, for measurements that must leave scaling out
     (`pagefleet bench serve --overhead`); `up` lets the controller start workers instead."""
@@ -183,12 +190,15 @@ def _run_up(args: argparse.Namespace) -> int:
         # Stopped first (callbacks run in reverse): the workers drain while the gateway still
         # streams their results; SIGKILL only well after the controller's own drain timeout.
         stack.callback(stop_process, controller, _DRAIN_TIMEOUT_S + 30.0)
+        batch_worker = start_batch_worker(registry, redis_url)
+        stack.callback(stop_process, batch_worker)
         wait_for_port(args.port, gateway, "the gateway")
         base_url = f"http://{args.host}:{args.port}/v1"
         print(_banner(base_url, spec, redis_url), flush=True)
         signal.signal(signal.SIGTERM, _interrupt)
         with contextlib.suppress(KeyboardInterrupt):
-            exited = wait_for_any_exit({"the gateway": gateway, "the controller": controller})
+            exited = wait_for_any_exit({"the gateway": gateway, "the controller": controller,
+                                        "the batch worker": batch_worker})
         if exited is None:
             print("\nshutting down (workers drain first)", flush=True)
         else:
