@@ -32,8 +32,7 @@ class LocalFileStorage:
     """Files as `<root>/<file_id>` on a local or shared (PersistentVolumeClaim) filesystem."""
 
     def __init__(self, root: str) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = Path(root)  # made on the first write: an app that stores nothing makes nothing
 
     def _path(self, file_id: str) -> Path:
         if not file_id or "/" in file_id or file_id.startswith("."):
@@ -43,6 +42,7 @@ class LocalFileStorage:
     def write(self, file_id: str, chunks: Iterable[bytes], max_bytes: int) -> int:
         """Store the chunks under `file_id`; returns the size. Raises FileTooLarge past
         `max_bytes`, leaving nothing behind."""
+        self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".upload-")
         size = 0
         try:
