@@ -12,6 +12,7 @@ import importlib
 import sys
 
 COMMANDS = (
+    "pagefleet.platform.cli.batch_worker",
     "pagefleet.platform.cli.bench",
     "pagefleet.platform.cli.controller",
     "pagefleet.platform.cli.gateway",

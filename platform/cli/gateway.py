@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from pagefleet.platform.batch.settings import BatchSettings
 from pagefleet.platform.cli import flags
 from pagefleet.platform.gateway.settings import GatewaySettings
 
@@ -19,6 +20,7 @@ _HELP = {
     "request_timeout_s": "seconds before a request is answered 504 and cancelled",
     "max_backlog": "undelivered entries per model beyond which requests get 429",
     "job_retention_s": "seconds job records are kept",
+    "files_dir": "where /v1/files keeps files (default ~/.pagefleet/files); the batch workers' too",
 }
 
 
@@ -29,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     flags.add_flags(parser, GatewaySettings, ("registry_path", "redis_url", "api_keys",
                                               "request_timeout_s", "max_backlog", "job_retention_s"),
                     help=_HELP, flags={"api_keys": "--api-key"})
+    flags.add_flags(parser, BatchSettings, ("files_dir",), help=_HELP)
     parser.add_argument("--log-level", default="info")
     parser.set_defaults(func=run)
 
@@ -37,7 +40,8 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
     keys = args.api_keys
     if keys is None:
         keys = [k.strip() for k in os.environ.get("PAGEFLEET_API_KEYS", "").split(",") if k.strip()]
-    return flags.settings_from_args(GatewaySettings, args, api_keys=tuple(keys))
+    return flags.settings_from_args(GatewaySettings, args, api_keys=tuple(keys),
+                                    batch=flags.settings_from_args(BatchSettings, args))
 
 
 def run(args: argparse.Namespace) -> int:

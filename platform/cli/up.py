@@ -99,6 +99,13 @@ def start_controller(registry: str, redis_url: str) -> subprocess.Popen:
                         "--drain-timeout", str(DRAIN_TIMEOUT_S)])
 
 
+def start_batch_worker(registry: str, redis_url: str) -> subprocess.Popen:
+    """The Celery worker of /v1/batches; files live in the default directory, the gateway's."""
+    return start_child([sys.executable, "-m", "pagefleet.platform.cli", "batch-worker",
+                        "--registry", registry, "--redis-url", redis_url, "--concurrency", "1",
+                        "--log-level", "warning"])
+
+
 @contextlib.contextmanager
 def persistent_redis(data_dir: Path) -> Iterator[str]:
     """The private Redis of `up`, with AOF in `data_dir`, which this process locks while it
@@ -151,13 +158,16 @@ def run(args: argparse.Namespace) -> int:
         # Stopped first (callbacks run in reverse): the workers drain while the gateway still
         # streams their results; SIGKILL only well after the controller's own drain timeout.
         stack.callback(stop_process, controller, DRAIN_TIMEOUT_S + 30.0)
+        batch_worker = start_batch_worker(registry, redis_url)
+        stack.callback(stop_process, batch_worker)
         wait_for_port(settings.port, gateway, "the gateway")
         base_url = f"http://{settings.host}:{settings.port}/v1"
         storage = "an external Redis" if settings.redis_url else f"data in {data_dir}"
         print(_banner(base_url, spec, redis_url, storage), flush=True)
         signal.signal(signal.SIGTERM, _interrupt)
         with contextlib.suppress(KeyboardInterrupt):
-            exited = wait_for_any_exit({"the gateway": gateway, "the controller": controller})
+            exited = wait_for_any_exit({"the gateway": gateway, "the controller": controller,
+                                        "the batch worker": batch_worker})
         if exited is None:
             print("\nshutting down (workers drain first)", flush=True)
         else:

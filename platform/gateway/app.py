@@ -18,6 +18,8 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 
 from pagefleet.platform.gateway.auth import OPENAPI_PATH, api_key_guard, provide_owner
+from pagefleet.platform.gateway.batches.lifespan import STATE_NAMES as BATCH_STATE
+from pagefleet.platform.gateway.batches.lifespan import batch_lifespan, batch_router
 from pagefleet.platform.gateway.broker import Broker
 from pagefleet.platform.gateway.catalog.routes import CatalogRoutes
 from pagefleet.platform.gateway.completions.routes import CompletionsRoutes
@@ -63,12 +65,13 @@ def create_app(settings: GatewaySettings) -> Litestar:
                    "started_at": int(time.time())})
     dependencies = {name: _from_state(name) for name in
                     ("settings", "registry", "metrics", "started_at", "broker", "completions",
-                     "jobs")}
+                     "jobs", *BATCH_STATE)}
     dependencies["owner"] = Provide(provide_owner, sync_to_thread=False)
     return Litestar(
-        route_handlers=[CompletionsRoutes, CatalogRoutes, JobsRoutes, SystemRoutes],
+        route_handlers=[CompletionsRoutes, CatalogRoutes, JobsRoutes, SystemRoutes,
+                        batch_router(settings)],
         state=state,
-        lifespan=[_redis_lifespan],
+        lifespan=[_redis_lifespan, batch_lifespan],
         dependencies=dependencies,
         guards=[api_key_guard],
         exception_handlers=exception_handlers(),

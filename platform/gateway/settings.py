@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from pagefleet.platform.batch.settings import BatchSettings
 from pagefleet.platform.protocol.connection import DEFAULT_REDIS_URL, check_redis_url
 
 
@@ -28,6 +29,7 @@ class GatewaySettings:
     max_choices: int = 64  # n times the number of prompts in one request
     heartbeat_timeout_s: float = 5.0
     redis_socket_timeout_s: float = 30.0  # a `socket_timeout` in redis_url wins
+    batch: BatchSettings = field(default_factory=BatchSettings)  # /v1/files and /v1/batches
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)

@@ -2,8 +2,12 @@
 
 The synchronous `LLMEngine` runs in its own thread (one loop, as the engine wants); requests
 and aborts reach it through a command queue, and deltas come back to each caller's event loop
-with `call_soon_threadsafe`. Tokenising and validating happen in the engine thread too, so the
-engine object is touched by one thread only.
+with `call_soon_threadsafe`. Validating happens in the engine thread, so the engine's state is
+touched by one thread only; tokenising (and the chat template) does not: a prompt of megabytes
+takes seconds to encode, and in the engine thread that would freeze every other stream. It runs
+in a one-thread executor instead and the engine gets token ids. The tokenizer is then used by two
+threads (encoding here, incremental decoding in the engine thread); HF fast tokenizers allow
+that as long as nobody changes their truncation/padding settings, which nothing here does.
 """
 
 from __future__ import annotations
@@ -14,14 +18,43 @@ import logging
 import queue
 import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from pagefleet.platform.protocol.sampling import SamplingParams
 from pagefleet.workers.engine.config import EngineConfig
+from pagefleet.workers.engine.errors import PromptTooLargeError
 from pagefleet.workers.engine.llm_engine import LLMEngine, Prompt
 from pagefleet.workers.engine.outputs import EngineStats, RequestDelta
 
 logger = logging.getLogger(__name__)
+
+MAX_CHARS_PER_TOKEN = 32
+"""Characters one token can stand for, at most, in any prompt worth tokenising.
+
+Real text averages 3-5 characters per token and the longest tokens of common vocabularies
+(runs of spaces, `=====`) hold 16-30, so a prompt with more than `max_model_len * 32`
+characters cannot fit the context whatever the tokenizer does. Refusing it before encoding
+bounds the tokeniser's work per request by the model's context instead of by the body size.
+"""
+
+
+def prompt_chars(prompt: Prompt) -> int:
+    """Characters of text in a prompt: the string, or every string inside chat messages."""
+    if isinstance(prompt, str):
+        return len(prompt)
+    total = 0
+    pending: list[Any] = [prompt]
+    while pending:  # iterative: message content may nest (parts lists), never recurse on input
+        item = pending.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return total
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +95,7 @@ class AsyncEngine:
         self._commands: queue.SimpleQueue[_Add | _Abort | _Stop] = queue.SimpleQueue()
         self._sinks: dict[str, _Sink] = {}
         self._stats = self.engine.stats()
+        self._tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pagefleet-tokenize")
         self._thread = threading.Thread(target=self._loop, name="pagefleet-engine", daemon=True)
         self._thread.start()
 
@@ -77,14 +111,30 @@ class AsyncEngine:
     def config(self) -> EngineConfig:
         return self.engine.config
 
+    @property
+    def max_prompt_chars(self) -> int:
+        return self.engine.max_model_len * MAX_CHARS_PER_TOKEN
+
+    async def tokenize(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt, encoded off the engine thread; too much text is refused first
+        with `PromptTooLargeError` (see `MAX_CHARS_PER_TOKEN`)."""
+        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+            return prompt  # already ids: the engine checks their range
+        num_chars = prompt_chars(prompt)
+        if num_chars > self.max_prompt_chars:
+            raise PromptTooLargeError(num_chars, self.max_prompt_chars, self.max_model_len)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tokenizing, self.engine.tokenize, prompt)
+
     async def add_request(
         self, request_id: str, prompt: Prompt, params: SamplingParams,
         resume: dict[int, list[int]] | None = None,
     ) -> AsyncIterator[RequestDelta]:
         """Stream the request's deltas; raises ValueError (e.g. PromptTooLongError) before the
         first delta for bad input. Leaving the iteration early aborts the request."""
+        prompt_ids = await self.tokenize(prompt)
         sink = _Sink(asyncio.get_running_loop())
-        self._commands.put(_Add(request_id, prompt, params, resume, sink))
+        self._commands.put(_Add(request_id, prompt_ids, params, resume, sink))
         finished = False
         try:
             while True:
@@ -110,6 +160,7 @@ class AsyncEngine:
     def shutdown(self) -> None:
         self._commands.put(_Stop())
         self._thread.join(timeout=30)
+        self._tokenizing.shutdown(wait=False, cancel_futures=True)
         self.engine.shutdown()
 
     # ---- engine thread --------------------------------------------------------------------

@@ -19,3 +19,22 @@ class PromptTooLongError(ValueError):
 
 class DuplicateRequestError(ValueError):
     """A request id that is already running was submitted again."""
+
+
+class PromptTooLargeError(PromptTooLongError):
+    """The prompt's text is so long that it cannot fit `max_model_len`, refused before tokenising.
+
+    A subclass of `PromptTooLongError` so that callers map both to `context_length_exceeded`;
+    token counts are unknown here because the point is not to spend the tokeniser on it.
+    """
+
+    def __init__(self, num_prompt_chars: int, max_prompt_chars: int, max_model_len: int) -> None:
+        self.num_prompt_chars = num_prompt_chars
+        self.max_prompt_chars = max_prompt_chars
+        self.max_model_len = max_model_len
+        ValueError.__init__(
+            self,
+            f"This model's maximum context length is {max_model_len} tokens. However, your prompt "
+            f"has {num_prompt_chars} characters, more than the {max_prompt_chars} characters any "
+            f"{max_model_len}-token prompt could hold. Please reduce the prompt.",
+        )

@@ -88,3 +88,53 @@ def test_a_malformed_chat_fails_alone(engine):
 
     deltas = asyncio.run(run())
     assert deltas[-1].finished and deltas[-1].finish_reason in ("stop", "length")
+
+
+def test_huge_prompts_never_stall_a_parallel_stream(engine, monkeypatch):
+    """Issue 8/4: tokenising runs off the engine thread, and text no context could hold is
+    refused before the tokenizer sees it. The tokenizer is held inside `tokenize` until the
+    parallel stream has received a delta: with tokenising in the engine thread that delta could
+    never come (the hold would time out and the test fail)."""
+    import threading
+
+    real_tokenize = engine.engine.tokenize
+    tokenizing = threading.Event()
+    stream_moved = threading.Event()
+    tokenized_chars: list[int] = []
+    held_until_stream_moved: list[bool] = []
+
+    def gated_tokenize(prompt):
+        if isinstance(prompt, str):
+            tokenized_chars.append(len(prompt))
+            if len(prompt) > 1000:
+                tokenizing.set()
+                held_until_stream_moved.append(stream_moved.wait(timeout=30))
+        return real_tokenize(prompt)
+
+    monkeypatch.setattr(engine.engine, "tokenize", gated_tokenize)
+    huge = "x" * 3_600_000
+    large = "word " * (engine.max_prompt_chars // 5)  # within the character bound
+
+    async def parallel_stream(started: asyncio.Event):
+        params = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
+        num_deltas_during = 0
+        async for _ in engine.add_request("parallel", "Count to a thousand:", params):
+            started.set()
+            if tokenizing.is_set() and not stream_moved.is_set():
+                num_deltas_during += 1
+                stream_moved.set()
+        return num_deltas_during
+
+    async def run():
+        started = asyncio.Event()
+        stream = asyncio.create_task(parallel_stream(started))
+        await asyncio.wait_for(started.wait(), timeout=60)
+        with pytest.raises(PromptTooLongError, match="3600000 characters"):
+            await _collect(engine, "huge", huge, GREEDY)
+        with pytest.raises(PromptTooLongError, match="maximum context length is 256"):
+            await _collect(engine, "large", large, GREEDY)
+        return await stream
+
+    assert asyncio.run(run()) == 1
+    assert held_until_stream_moved == [True]
+    assert tokenized_chars == [len("Count to a thousand:"), len(large)]  # never the huge one

@@ -1,0 +1,47 @@
+"""Settings shared by the gateway's /v1/files and /v1/batches routes and the batch worker."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def default_files_dir() -> str:
+    return os.path.join(os.path.expanduser("~"), ".pagefleet", "files")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSettings:
+    """`files_dir` must be the same directory (a shared volume) for the gateway and every batch
+    worker. `max_in_flight` bounds the requests one batch keeps queued or running, so a
+    million-line file never floods Redis and many batches share the workers. A step of the
+    Celery task runs at most `step_s` and then re-queues itself, so `visibility_timeout_s`
+    (after which Redis hands an unacknowledged task to another worker) must exceed it; the
+    per-batch lease (`lease_s`) keeps two steps of one batch from running at once.
+    """
+
+    files_dir: str = ""  # "" means default_files_dir()
+    max_file_bytes: int = 200 * 1024 * 1024
+    file_retention_s: float = 30 * 86_400.0
+    max_in_flight: int = 64
+    step_s: float = 5.0
+    lease_s: float = 15.0
+    visibility_timeout_s: float = 60.0
+    max_completion_window_s: float = 86_400.0
+    max_listed_errors: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("max_file_bytes", "file_retention_s", "max_in_flight", "step_s", "lease_s",
+                     "visibility_timeout_s", "max_completion_window_s", "max_listed_errors"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        if self.lease_s <= self.step_s:
+            raise ValueError("lease_s must exceed step_s (a step renews its lease between waits)")
+        if self.visibility_timeout_s <= self.lease_s:
+            raise ValueError("visibility_timeout_s must exceed lease_s, or Redis would hand a "
+                             "running step to a second worker")
+
+    @property
+    def files_path(self) -> str:
+        return self.files_dir or default_files_dir()

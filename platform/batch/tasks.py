@@ -1,0 +1,56 @@
+"""The Celery side: the app (Redis as broker, the gateway's Redis), the step task, the sweep.
+
+A batch is driven by a chain of short `step` tasks, each re-queuing the next, rather than by
+one task that runs for hours: with `acks_late`, a worker killed mid-step leaves its message
+unacknowledged and Redis hands it to another worker after `visibility_timeout_s`, which must
+therefore be longer than a step, never than a batch. A starting worker also re-queues every
+active batch (`sweep`), so a replaced worker picks up at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis
+from celery import Celery
+
+from pagefleet.platform.batch import records as rec
+from pagefleet.platform.batch.celery_app import STEP_TASK, send_step
+from pagefleet.platform.batch.runner import BatchRunner
+from pagefleet.platform.batch.settings import BatchSettings
+from pagefleet.platform.batch.storage import LocalFileStorage
+
+
+@dataclass
+class _Runners:
+    """One BatchRunner per worker process, made on first use (after a prefork fork)."""
+
+    redis_url: str
+    settings: BatchSettings
+    models: frozenset[str]
+    runner: BatchRunner | None = field(default=None)
+
+    def get(self) -> BatchRunner:
+        if self.runner is None:
+            client = redis.Redis.from_url(self.redis_url)
+            self.runner = BatchRunner(client, LocalFileStorage(self.settings.files_path),
+                                      self.settings, self.models)
+        return self.runner
+
+
+def register_tasks(app: Celery, redis_url: str, settings: BatchSettings,
+                   models: frozenset[str]) -> None:
+    runners = _Runners(redis_url, settings, models)
+
+    @app.task(name=STEP_TASK, acks_late=True, ignore_result=True)
+    def step(batch_id: str) -> None:
+        if runners.get().step(batch_id):
+            send_step(app, batch_id)
+
+
+def sweep(app: Celery, client: redis.Redis, settings: BatchSettings) -> int:
+    """Queue a step for every active batch, after a lease left by a dead step has expired."""
+    batch_ids = [b.decode() for b in client.smembers(rec.ACTIVE_BATCHES)]
+    for batch_id in batch_ids:
+        send_step(app, batch_id, countdown=settings.lease_s + 1)
+    return len(batch_ids)
