@@ -29,6 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument("--attention-backend", default=None, choices=["torch", "triton"])
+    parser.add_argument("--no-async-scheduling", action="store_true",
+                        help="postprocess each step before scheduling the next (the old path)")
+    parser.add_argument("--no-fused-layers", action="store_true",
+                        help="torch ops for RMSNorm, RoPE and SiLU-and-mul instead of Triton kernels")
     parser.add_argument("--hf", default="static,single",
                         help="transformers baselines to run: static,single or none")
     parser.add_argument("--hf-num-prompts", type=int, default=32)
@@ -54,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         gpu_memory_utilization=args.gpu_memory_utilization,
         enable_prefix_caching=not args.no_prefix_caching, enforce_eager=args.enforce_eager,
         tensor_parallel_size=args.tensor_parallel_size, attention_backend=args.attention_backend,
-        seed=args.seed,
+        seed=args.seed, async_scheduling=False if args.no_async_scheduling else None,
+        fused_layers=False if args.no_fused_layers else None,
     )
     if (args.input_len is None) != (args.output_len is None):
         raise SystemExit("give both --input-len and --output-len, or neither (ShareGPT-like)")

@@ -61,3 +61,30 @@ def test_bf16_dummy_engine_with_preemption_and_prefix_hits():
     assert all(len(o.outputs[0].token_ids) == 48 for o in outs)
     assert llm.engine.scheduler.num_preemptions > 0
     assert llm.engine.kv_cache.num_prefix_hit_tokens > 0
+
+
+def test_async_scheduling_and_fused_layers_on_cuda_equal_the_plain_path(tmp_path):
+    """CUDA graphs, the fused Triton layers and asynchronous scheduling against the
+    synchronous, unfused path: same greedy tokens through preemption, prefix hits and n > 1."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    config = LlamaConfig(vocab_size=2048, hidden_size=256, intermediate_size=512,
+                         num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
+                         max_position_embeddings=1024, initializer_range=0.15)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    shared = [(11 * j) % 2000 + 5 for j in range(40)]
+    prompts = [shared + [(13 * i + 7 * j) % 2000 + 5 for j in range(3 + 9 * i)] for i in range(10)]
+    params = [SamplingParams(temperature=0, max_tokens=24 + i, ignore_eos=True, n=1 + i % 2)
+              for i in range(10)]
+    kwargs = dict(model=str(tmp_path), dtype="float32", device="cuda", max_model_len=512,
+                  num_kv_blocks=48, block_size=16)
+    fast = LLM(**kwargs)
+    assert fast.engine.settings.async_scheduling and fast.engine.settings.fused_layers
+    got = [[c.token_ids for c in o.outputs] for o in fast.generate(prompts, params)]
+    assert fast.engine.scheduler.num_preemptions > 0
+    assert fast.engine.kv_cache.num_prefix_hit_tokens > 0
+    del fast
+    torch.cuda.empty_cache()
+    plain = LLM(async_scheduling=False, fused_layers=False, **kwargs)
+    assert [[c.token_ids for c in o.outputs] for o in plain.generate(prompts, params)] == got
