@@ -39,6 +39,17 @@ if [ "$mode" = tp ]; then
   done
   exit 0
 fi
+if [ "$mode" = compare ]; then  # the engine-performance levers against the old path, same run
+  python3 -m pytest -q -p no:cacheprovider --noconftest tests/gpu/test_engine_cuda.py 2>&1 | tail -4 | tee "$out/gpu_tests.txt"
+  for m in llama-3.1-8b llama-3.2-1b; do
+    tag=${m//[-.]/}
+    bench --model $m --load-format dummy --num-prompts 1000 --max-num-seqs 256 --hf none --breakdown \
+      --json "$out/${tag}_sharegpt_new.json" 2>&1 | grep -v Warning | tee "$out/${tag}_new.txt"
+    bench --model $m --load-format dummy --num-prompts 1000 --max-num-seqs 256 --hf none \
+      --no-async-scheduling --no-fused-layers --json "$out/${tag}_sharegpt_old.json" 2>&1 | grep -v Warning | tee "$out/${tag}_old.txt"
+  done
+  exit 0
+fi
 if [ "$mode" = extra ]; then
   run() { name=$1; shift; bench "$@" --hf none 2>&1 | grep -v Warning | tee "$out/$name.txt"; }
   run llama8b_breakdown --model llama-3.1-8b --load-format dummy --num-prompts 1000 --breakdown
