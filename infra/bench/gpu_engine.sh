@@ -39,6 +39,11 @@ if [ "$mode" = tp ]; then
   done
   exit 0
 fi
+if [ "$mode" = profile ]; then  # kernels of one graph decode step, by device time
+  python3 infra/bench/profile_decode.py --model llama-3.1-8b --batch 256 --context 400 2>&1 | grep -v Warning | tee "$out/profile_8b.txt"
+  python3 infra/bench/profile_decode.py --model llama-3.2-1b --batch 256 --context 400 2>&1 | grep -v Warning | tee "$out/profile_1b.txt"
+  exit 0
+fi
 if [ "$mode" = compare ]; then  # the engine-performance levers against the old path, same run
   python3 -m pytest -q -p no:cacheprovider --noconftest tests/gpu/test_engine_cuda.py 2>&1 | tail -4 | tee "$out/gpu_tests.txt"
   for m in llama-3.1-8b llama-3.2-1b; do
