@@ -1,7 +1,7 @@
 """A live gateway (uvicorn in a thread, real Redis) and a FakeEchoWorker for the gateway tests.
 
 Three apps: `gateway` (two API keys, model `fake-echo` served by the fake worker), `tight`
-(open, short deadline, tiny backlog cap and retention, model `idle-model` with no worker) and
+(open, short deadline, tiny backlog caps and retention, model `idle-model` with no worker) and
 `open_gateway` (no keys, for schemathesis).
 """
 
@@ -95,7 +95,7 @@ def gateway(redis_url: str, registry_path: str, fake_worker: FakeEchoWorker) -> 
 @pytest.fixture(scope="session")
 def tight(redis_url: str, registry_path: str) -> Iterator[LiveGateway]:
     settings = GatewaySettings(redis_url=redis_url, registry_path=registry_path,
-                               request_timeout_s=0.5, max_backlog=2, retry_after_s=7,
+                               request_timeout_s=0.5, max_backlog=2, max_job_backlog=3, retry_after_s=7,
                                job_retention_s=1.0)
     with serve(settings) as live:
         yield live
