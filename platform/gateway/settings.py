@@ -49,7 +49,7 @@ class GatewaySettings:
     heartbeat_timeout_s: float = 5.0
     redis_socket_timeout_s: float = 30.0  # a `socket_timeout` in redis_url wins
     redis_pool_size: int = 64
-    redis_pool_timeout_s: float = 10.0
+    redis_pool_timeout_s: float = 30.0
     redis_retries: int = 3
     redis_health_check_interval_s: float = 5.0
     result_readers: int = 2

@@ -220,8 +220,10 @@ class InProcessWorker:
         return self
 
     def stop(self, timeout: float = 60.0) -> None:
-        """Drain (as SIGTERM does) and wait for the thread."""
+        """Abort what the engine still holds (a `[hold]` request whose cancel was lost with
+        Redis), then drain as SIGTERM does and wait for the thread."""
         if self._loop is not None and self._worker is not None:
+            self._loop.call_soon_threadsafe(self.engine.shutdown)
             self._loop.call_soon_threadsafe(self._worker.stop.set)
         self._thread.join(timeout)
 

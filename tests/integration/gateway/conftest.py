@@ -45,11 +45,12 @@ class LiveGateway:
 
 
 @contextmanager
-def serve(settings: GatewaySettings) -> Iterator[LiveGateway]:
-    """Serve `create_app(settings)` with uvicorn on a free port until the block ends."""
+def serve(settings: GatewaySettings, backlog: int = 2048) -> Iterator[LiveGateway]:
+    """Serve `create_app(settings)` with uvicorn on a free port until the block ends;
+    `backlog` is the listen queue (a load test opens thousands of connections at once)."""
     port = free_port()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-                            lifespan="on", timeout_graceful_shutdown=5)
+                            lifespan="on", timeout_graceful_shutdown=5, backlog=backlog)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
