@@ -53,8 +53,10 @@ def json_too_deep(body: bytes, max_depth: int) -> bool:
 def out_of_range_int(body: bytes) -> str | None:
     """The first integer literal outside the signed 64-bit range (strings removed), if any."""
     for match in _LONG_INT.finditer(body):
-        if not INT_MIN <= int(match.group()) <= INT_MAX:
-            return match.group().decode()
+        literal = match.group()
+        # Over 19 digits cannot fit (and int() of thousands of digits is refused by Python).
+        if len(literal.lstrip(b"-")) > 19 or not INT_MIN <= int(literal) <= INT_MAX:
+            return literal.decode()
     return None
 
 
