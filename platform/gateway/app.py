@@ -42,7 +42,7 @@ async def _redis_lifespan(app: Litestar) -> AsyncIterator[None]:
     state = app.state
     settings: GatewaySettings = state.settings
     client = command_client(settings)
-    broker = Broker(client, settings.cancel_retention_s)
+    broker = Broker(client, settings.cancel_retention_s, settings.backlog_max_age_s)
     hub = ResultHub.connect(lambda: reader_client(settings), client, settings.result_readers,
                             settings.result_buffer_events)
     max_model_lens = {name: spec.engine.max_model_len for name, spec in state.registry.models.items()}

@@ -20,6 +20,7 @@ class GatewaySettings:
     `max_batch_backlog` cap the undelivered entries of one model's queue at that priority, so a
     job or batch flood can never refuse an interactive request; `max_in_flight` caps the
     requests this gateway process waits on at once (each costs a buffer, not a connection).
+Backlogs are read at most every `backlog_max_age_s` per queue (see `Broker.backlog`).
 
     Result delivery: `result_readers` connections multiplex every in-flight result stream;
     a request's buffer holds up to `result_buffer_events` events before its stream is paused
@@ -39,6 +40,7 @@ class GatewaySettings:
     max_job_backlog: int = 8192
     max_batch_backlog: int = 65_536
     max_in_flight: int = 10_000
+    backlog_max_age_s: float = 0.05  # 0: read the backlog for every request
     retry_after_s: int = 1
     job_retention_s: float = 86_400.0
     cancel_retention_s: float = 3_600.0
@@ -86,6 +88,8 @@ class GatewaySettings:
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
+        if self.backlog_max_age_s < 0:
+            raise ValueError(f"backlog_max_age_s must be >= 0, got {self.backlog_max_age_s}")
         if self.redis_retries < 0:
             raise ValueError(f"redis_retries must be >= 0, got {self.redis_retries}")
 

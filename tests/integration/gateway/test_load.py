@@ -13,6 +13,7 @@ Default suite: 500 streams. `pytest -m load tests/integration/gateway/test_load.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from tests.support.scripted_engine import InProcessWorker, ScriptedEngine
 
 LOAD_MODEL = "load-echo"
 SMALL, LARGE = 500, 5_000
+_STREAMS_PER_CLIENT = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +61,17 @@ async def one_stream(http: httpx.AsyncClient, k: int) -> StreamResult:
 
 
 async def hold_and_release(gateway: LiveGateway, engine: ScriptedEngine, num_streams: int) -> list[StreamResult]:
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(base_url=gateway.root_url, limits=limits, timeout=600) as http:
+    # httpx's pool scans its connections per request: many small clients keep that linear.
+    clients = [httpx.AsyncClient(base_url=gateway.root_url, timeout=600,
+                                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
+               for _ in range(0, num_streams, _STREAMS_PER_CLIENT)]
+    async with contextlib.AsyncExitStack() as stack:
+        for client in clients:
+            await stack.enter_async_context(client)
+        http = clients[0]
         started = time.perf_counter()
-        streams = [asyncio.create_task(one_stream(http, k)) for k in range(num_streams)]
+        streams = [asyncio.create_task(one_stream(clients[k // _STREAMS_PER_CLIENT], k))
+                   for k in range(num_streams)]
         assert await asyncio.to_thread(engine.wait_first_tokens, num_streams, 600)
         # Every stream has its first token; the gateway holds all of them now.
         ready = await http.get("/health/ready")
