@@ -157,9 +157,10 @@ class _Reader:
             except (RedisError, OSError) as exc:
                 if self._closing.is_set():
                     return
+                if self.healthy:
+                    log.warning("result reader lost Redis (%s); failing %d waiting requests",
+                                exc, self.num_subscriptions)
                 self.healthy = False
-                log.warning("result reader lost Redis (%s); failing %d waiting requests",
-                            exc, self.num_subscriptions)
                 self._fail_all()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closing.wait(), backoff)

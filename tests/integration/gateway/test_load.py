@@ -68,7 +68,10 @@ async def hold_and_release(gateway: LiveGateway, engine: ScriptedEngine, num_str
     async with contextlib.AsyncExitStack() as stack:
         for client in clients:
             await stack.enter_async_context(client)
-        http = clients[0]
+        # Probes use their own connection each: a kept-alive one may be closed by the server
+        # (idle timeout) just as a probe is sent on it.
+        http = await stack.enter_async_context(httpx.AsyncClient(
+            base_url=gateway.root_url, timeout=600, headers={"Connection": "close"}))
         started = time.perf_counter()
         streams = [asyncio.create_task(one_stream(clients[k // _STREAMS_PER_CLIENT], k))
                    for k in range(num_streams)]
