@@ -5,7 +5,10 @@ so hostile bodies get a 4xx without reaching a decoder that would recurse 100k d
 encoder that cannot hold a 70-bit integer:
 
 - POST bodies must be `application/json` (415 otherwise): a web page can then not post to an
-  open local gateway with a form or text/plain body, which browsers send without a preflight;
+  open local gateway with a form or text/plain body, which browsers send without a preflight.
+  A route that takes another media type names it in its `opt` (`BODY_MEDIA_TYPE`: the
+  /v1/files upload is multipart, bounded by its router's body limit and behind the API key);
+  a POST without a body (a cancel) has nothing to check;
 - arrays and objects nested deeper than `max_json_depth` are refused (400);
 - every integer literal, in any field or anywhere in a job body, must fit a signed 64-bit
   integer (400): the wire format (msgpack) and the engine cannot carry more.
@@ -24,7 +27,8 @@ from litestar import Request
 from pagefleet.platform.gateway.errors import OpenAIError, bad_request
 
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
-_JSON_MEDIA_TYPES = ("application/json",)
+BODY_MEDIA_TYPE = "body_media_type"  # route opt: the one non-JSON media type a route accepts
+_JSON_MEDIA_TYPE = "application/json"
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 # An integer literal too long to be sure it fits: 19+ digits not part of a fraction/exponent.
 _LONG_INT = re.compile(rb"(?<![\d.eE+-])-?\d{19,}(?![\d.eE])")
@@ -74,10 +78,12 @@ def check_json_body(body: bytes, max_depth: int) -> None:
 
 async def check_body(request: Request) -> None:
     """The `before_request` hook: POST bodies must be JSON of bounded depth and integer size."""
-    if request.method != "POST":
+    if request.method != "POST" or not _has_body(request):
         return
-    media_type, _ = request.content_type
-    if media_type.lower() not in _JSON_MEDIA_TYPES:
+    media_type = request.content_type[0].lower()
+    if media_type != _JSON_MEDIA_TYPE:
+        if media_type == request.route_handler.opt.get(BODY_MEDIA_TYPE):
+            return
         raise unsupported_media_type(media_type)
     body = await request.body()
     max_depth = request.app.state.settings.max_json_depth
@@ -85,3 +91,8 @@ async def check_body(request: Request) -> None:
         await anyio.to_thread.run_sync(check_json_body, body, max_depth)
     else:
         check_json_body(body, max_depth)
+
+
+def _has_body(request: Request) -> bool:
+    headers = request.headers
+    return "transfer-encoding" in headers or headers.get("content-length", "0") != "0"

@@ -97,11 +97,27 @@ def test_non_json_content_type_is_415(gateway: LiveGateway, held_stream: str, co
     headers = {"Authorization": f"Bearer {KEY_A}"}
     if content_type is not None:
         headers["Content-Type"] = content_type
-    for path in ("/v1/completions", "/v1/chat/completions", "/v1/jobs"):
+    for path in ("/v1/completions", "/v1/chat/completions", "/v1/jobs", "/v1/batches"):
         response = httpx.post(f"{gateway.root_url}{path}", content=content.encode(), headers=headers,
                               timeout=30)
         error = assert_openai_error(response, 415)
         assert error["code"] == "unsupported_media_type"
+
+
+def test_the_file_upload_route_takes_multipart(gateway: LiveGateway) -> None:
+    """Only /v1/files names multipart in its route opt; a form without `file` reaches its
+    handler (400 on the field, not 415), so nothing is written."""
+    response = httpx.post(f"{gateway.root_url}/v1/files", data={"purpose": "batch"},
+                          files={"other": ("x.txt", b"x")}, timeout=30,
+                          headers={"Authorization": f"Bearer {KEY_A}"})
+    error = assert_openai_error(response, 400)
+    assert error["param"] == "file"
+
+
+def test_a_post_without_a_body_needs_no_content_type(gateway: LiveGateway) -> None:
+    response = httpx.post(f"{gateway.root_url}/v1/batches/batch_missing/cancel", timeout=30,
+                          headers={"Authorization": f"Bearer {KEY_A}"})
+    assert_openai_error(response, 404)
 
 
 def test_json_with_charset_is_accepted(gateway: LiveGateway) -> None:
