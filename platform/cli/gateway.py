@@ -18,10 +18,15 @@ _HELP = {
     "registry_path": "registry YAML (default: the packaged one)",
     "api_keys": "accepted bearer key; repeat for several",
     "request_timeout_s": "seconds before a request is answered 504 and cancelled",
-    "max_backlog": "undelivered entries per model beyond which requests get 429",
+    "max_backlog": "undelivered interactive entries per model beyond which requests get 429",
+    "max_job_backlog": "undelivered /v1/jobs entries per model beyond which new jobs get 429",
+    "max_in_flight": "requests this gateway waits on at once; beyond it 429 and /health/ready 503",
     "job_retention_s": "seconds job records are kept",
     "files_dir": "where /v1/files keeps files (default ~/.pagefleet/files); the batch workers' too",
 }
+# Only these BatchSettings fields are flags here: the namespace is shared with GatewaySettings,
+# and both classes have a `max_in_flight` (the batch one is the batch workers' to set).
+_BATCH_FLAGS = ("files_dir",)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,9 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     flags.add_flags(parser, GatewaySettings, ("registry_path", "redis_url", "api_keys",
-                                              "request_timeout_s", "max_backlog", "job_retention_s"),
+                                              "request_timeout_s", "max_backlog", "max_job_backlog",
+                                              "max_in_flight", "job_retention_s"),
                     help=_HELP, flags={"api_keys": "--api-key"})
-    flags.add_flags(parser, BatchSettings, ("files_dir",), help=_HELP)
+    flags.add_flags(parser, BatchSettings, _BATCH_FLAGS, help=_HELP)
     parser.add_argument("--log-level", default="info")
     parser.set_defaults(func=run)
 
@@ -40,8 +46,9 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
     keys = args.api_keys
     if keys is None:
         keys = [k.strip() for k in os.environ.get("PAGEFLEET_API_KEYS", "").split(",") if k.strip()]
+    batch_args = argparse.Namespace(**{name: getattr(args, name) for name in _BATCH_FLAGS})
     return flags.settings_from_args(GatewaySettings, args, api_keys=tuple(keys),
-                                    batch=flags.settings_from_args(BatchSettings, args))
+                                    batch=flags.settings_from_args(BatchSettings, batch_args))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,26 +1,22 @@
 """Reading one model's scaling signals from Redis: queues, pending work, arrivals, heartbeats.
 
-Backlog is what no worker has taken yet: the consumer group's `lag` (Redis 7), or, where Redis
-cannot tell (entries deleted from the middle of the stream), a count of the entries after the
-group's last delivered id. In-flight is the group's pending count. A stream without a group
-has had no worker yet, so all of it is backlog. Heartbeats older than `stale_after_s` are from
-dead workers and are ignored.
+Backlog and in-flight per priority come from `protocol.backlog.read_queue`, the definition the
+gateway's admission check uses too, so admission and scaling never disagree. Heartbeats older
+than `stale_after_s` are from dead workers and are ignored.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from pagefleet.platform.controller.policy import Signals, WorkerCounts
 from pagefleet.platform.protocol import Heartbeat, fresh_heartbeats, keys
+from pagefleet.platform.protocol.backlog import read_queue
 
 log = logging.getLogger(__name__)
-_COUNT_LIMIT = 100_000  # fallback counting stops here; beyond it the answer is "a lot" anyway
 
 
 class SignalsUnavailable(Exception):
@@ -36,7 +32,7 @@ async def read_signals(
         in_flight = 0
         arrivals_total = 0
         for priority in keys.PRIORITIES:
-            stream = await _read_stream(client, keys.request_stream(model, priority))
+            stream = await read_queue(client, keys.request_stream(model, priority))
             backlog_by_priority.append(stream.backlog)
             in_flight += stream.pending
             arrivals_total += stream.entries_added
@@ -47,32 +43,6 @@ async def read_signals(
     return Signals(at=now, backlog=sum(backlog_by_priority), in_flight=in_flight,
                    arrivals_total=arrivals_total, workers=count_workers(heartbeats),
                    backlog_by_priority=tuple(backlog_by_priority))
-
-
-class _StreamReading(msgspec.Struct, frozen=True):
-    backlog: int = 0
-    pending: int = 0
-    entries_added: int = 0
-
-
-async def _read_stream(client: aioredis.Redis, key: str) -> _StreamReading:
-    try:
-        info = await client.xinfo_stream(key)
-    except ResponseError as exc:
-        if "no such key" in str(exc).lower():
-            return _StreamReading()
-        raise
-    entries_added = int(info.get("entries-added", info.get("length", 0)))
-    group = next((g for g in await client.xinfo_groups(key)
-                  if _text(g.get("name")) == keys.CONSUMER_GROUP), None)
-    if group is None:
-        return _StreamReading(backlog=int(info.get("length", 0)), entries_added=entries_added)
-    lag = group.get("lag")
-    if lag is None:
-        after = "(" + _text(group.get("last-delivered-id", "0-0"))
-        lag = len(await client.xrange(key, min=after, max="+", count=_COUNT_LIMIT))
-    return _StreamReading(backlog=int(lag), pending=int(group.get("pending", 0)),
-                          entries_added=entries_added)
 
 
 def count_workers(heartbeats: list[Heartbeat]) -> WorkerCounts:
@@ -86,7 +56,3 @@ def count_workers(heartbeats: list[Heartbeat]) -> WorkerCounts:
         waiting=sum(h.waiting for h in heartbeats),
         kv_usage=sum(h.kv_usage for h in ready) / len(ready) if ready else 0.0,
     )
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

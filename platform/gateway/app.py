@@ -1,7 +1,9 @@
 """`create_app(settings)`: the Litestar application of the OpenAI-compatible gateway.
 
-The registry is read once here; the Redis client, the broker and the services are built in
-the lifespan (so an app can be created without Redis running) and injected with `Provide`.
+The registry is read once here; the Redis clients, the broker, the result hub and the
+services are built in the lifespan (so an app can be created without Redis running) and
+injected with `Provide`. Request bodies pass `input_guard` (content type, JSON depth) before
+Litestar parses them.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -24,10 +25,13 @@ from pagefleet.platform.gateway.broker import Broker
 from pagefleet.platform.gateway.catalog.routes import CatalogRoutes
 from pagefleet.platform.gateway.completions.routes import CompletionsRoutes
 from pagefleet.platform.gateway.completions.service import CompletionService
+from pagefleet.platform.gateway.delivery import ResultHub
 from pagefleet.platform.gateway.errors import exception_handlers
+from pagefleet.platform.gateway.input_guard import check_body
 from pagefleet.platform.gateway.jobs.routes import JobsRoutes
 from pagefleet.platform.gateway.jobs.service import JobService
 from pagefleet.platform.gateway.metrics import GatewayMetrics, MetricsMiddleware
+from pagefleet.platform.gateway.redis_clients import command_client, reader_client
 from pagefleet.platform.gateway.settings import GatewaySettings
 from pagefleet.platform.gateway.system.routes import SystemRoutes
 from pagefleet.platform.registry import load_registry
@@ -37,17 +41,21 @@ from pagefleet.platform.registry import load_registry
 async def _redis_lifespan(app: Litestar) -> AsyncIterator[None]:
     state = app.state
     settings: GatewaySettings = state.settings
-    client = aioredis.Redis.from_url(settings.redis_url, health_check_interval=30,
-                                     socket_timeout=settings.redis_socket_timeout_s)
-    broker = Broker(client, settings.cancel_retention_s)
-    completions = CompletionService(broker, settings, frozenset(state.registry.models),
-                                    state.metrics)
+    client = command_client(settings)
+    broker = Broker(client, settings.cancel_retention_s, settings.backlog_max_age_s)
+    hub = ResultHub.connect(lambda: reader_client(settings), client, settings.result_readers,
+                            settings.result_buffer_events)
+    max_model_lens = {name: spec.engine.max_model_len for name, spec in state.registry.models.items()}
+    completions = CompletionService(broker, hub, settings, max_model_lens, state.metrics)
     state.broker = broker
+    state.hub = hub
     state.completions = completions
     state.jobs = JobService(broker, completions, settings.job_retention_s)
+    hub.start()
     try:
         yield
     finally:
+        await hub.close()
         await client.aclose()
 
 
@@ -64,8 +72,8 @@ def create_app(settings: GatewaySettings) -> Litestar:
     state = State({"settings": settings, "registry": registry, "metrics": metrics,
                    "started_at": int(time.time())})
     dependencies = {name: _from_state(name) for name in
-                    ("settings", "registry", "metrics", "started_at", "broker", "completions",
-                     "jobs", *BATCH_STATE)}
+                    ("settings", "registry", "metrics", "started_at", "broker", "hub",
+                     "completions", "jobs", *BATCH_STATE)}
     dependencies["owner"] = Provide(provide_owner, sync_to_thread=False)
     return Litestar(
         route_handlers=[CompletionsRoutes, CatalogRoutes, JobsRoutes, SystemRoutes,
@@ -74,6 +82,7 @@ def create_app(settings: GatewaySettings) -> Litestar:
         lifespan=[_redis_lifespan, batch_lifespan],
         dependencies=dependencies,
         guards=[api_key_guard],
+        before_request=check_body,
         exception_handlers=exception_handlers(),
         middleware=[DefineMiddleware(MetricsMiddleware, metrics=metrics)],
         request_max_body_size=settings.max_body_bytes,

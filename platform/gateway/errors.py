@@ -24,6 +24,7 @@ _TYPES_BY_STATUS = {
     405: "invalid_request_error",
     409: "conflict_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_error",
     504: "timeout_error",
 }
@@ -66,6 +67,18 @@ def model_not_found(model: str) -> OpenAIError:
                        param="model", code="model_not_found")
 
 
+def prompt_too_long(max_model_len: int, size: str, param: str) -> OpenAIError:
+    return OpenAIError(400, f"This model's maximum context length is {max_model_len} tokens, and "
+                       f"the prompt ({size}) cannot fit in it. Please reduce the prompt.",
+                       param=param, code="context_length_exceeded")
+
+
+def queue_unavailable() -> OpenAIError:
+    """Redis is down or unreachable: nothing can be queued or read; retrying later is right."""
+    return OpenAIError(503, "the request queue is unavailable; retry later", type="server_error",
+                       code="queue_unavailable", headers={"Retry-After": "1"})
+
+
 def error_response(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> Response:
     return Response(ErrorResponse(error=body), status_code=status, headers=headers or {})
 
@@ -92,9 +105,8 @@ def handle_http_exception(_: Request, exc: HTTPException) -> Response:
 def handle_redis_error(_: Request, exc: RedisError) -> Response:
     """Redis down or overloaded: the gateway cannot queue or read, which is not a bug here."""
     logger.warning("redis error in the gateway: %s", exc)
-    return error_response(503, ErrorBody(message="the request queue is unavailable; retry later",
-                                         type="server_error", code="queue_unavailable"),
-                          {"Retry-After": "1"})
+    error = queue_unavailable()
+    return error_response(error.status, error.body, error.headers)
 
 
 def handle_unexpected(_: Request, exc: Exception) -> Response:

@@ -51,3 +51,9 @@ def job_hash(job_id: str) -> str:
 def owner_jobs(owner: str) -> str:
     """Sorted set (score: created_at) of the job ids an API key made."""
     return f"pf:jobs:{owner}"
+
+
+def gateway_wake_stream(reader_id: str) -> str:
+    """A gateway result reader's own stream: an entry here ends its blocking XREAD early, so a
+    newly registered request joins the next read at once."""
+    return f"pf:gw:wake:{reader_id}"

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -25,6 +24,7 @@ from redis.exceptions import RedisError
 from pagefleet.platform.protocol import DeltaEvent, ErrorEvent, FinalEvent, ResultEvent, keys
 from pagefleet.platform.protocol.resilience import RedisOutages, retry_transient
 from pagefleet.workers.engine.errors import PromptTooLongError
+from pagefleet.workers.runtime.engine_port import EngineClient, EnginePrompt
 from pagefleet.workers.runtime.jobs import JobUpdater
 from pagefleet.workers.runtime.metrics import RuntimeMetrics
 from pagefleet.workers.runtime.responses import openai_response
@@ -53,7 +53,7 @@ def _error_for(exc: ValueError, kind: str) -> ErrorEvent:
     return ErrorEvent(type="invalid_request_error", message=str(exc), status=400)
 
 
-def _prompt(entry: PulledEntry) -> Any:
+def _prompt(entry: PulledEntry) -> EnginePrompt:
     envelope = entry.envelope
     if envelope.kind == "chat":
         return [msgspec.to_builtins(m) for m in envelope.messages]
@@ -63,7 +63,7 @@ def _prompt(entry: PulledEntry) -> Any:
 class Executor:
     """Runs admitted requests concurrently on the engine and owns the set of active requests."""
 
-    def __init__(self, engine: Any, redis: aioredis.Redis, queues: RequestQueues,
+    def __init__(self, engine: EngineClient, redis: aioredis.Redis, queues: RequestQueues,
                  writer: ResultWriter, jobs: JobUpdater, metrics: RuntimeMetrics,
                  outages: RedisOutages) -> None:
         self.engine = engine

@@ -31,7 +31,9 @@ from pagefleet.platform.protocol.resilience import (
     retry_transient,
     supervise,
 )
+from pagefleet.workers.engine.outputs import EngineStats
 from pagefleet.workers.runtime.config import WorkerSettings
+from pagefleet.workers.runtime.engine_port import EngineClient, EngineFactory
 from pagefleet.workers.runtime.executor import Executor
 from pagefleet.workers.runtime.heartbeat import HeartbeatWriter
 from pagefleet.workers.runtime.jobs import JobUpdater
@@ -43,7 +45,6 @@ from pagefleet.workers.runtime.streams import RequestQueues
 from pagefleet.workers.runtime.webhooks import WebhookDeliverer
 
 log = logging.getLogger(__name__)
-EngineFactory = Callable[[], Any]
 _SHUTDOWN_REDIS_S = 10.0  # how long the last writes of a stopping worker wait for Redis
 
 
@@ -55,7 +56,7 @@ class Worker:
         self.settings = settings
         self.engine_factory = engine_factory
         self.on_listening = on_listening
-        self.engine: Any = None
+        self.engine: EngineClient | None = None
         self.state = "starting"
         self.stop = asyncio.Event()
         # redis-py 8 defaults to a 5 s socket timeout; blocking reads here stay far below 30 s.
@@ -64,7 +65,7 @@ class Worker:
         self.outages = RedisOutages(log, self.metrics.redis_outages.inc)
         self.executor: Executor | None = None
 
-    def _stats(self) -> Any:
+    def _stats(self) -> EngineStats | None:
         return None if self.engine is None else self.engine.stats()
 
     def heartbeat(self) -> Heartbeat:
@@ -80,10 +81,13 @@ class Worker:
         return {"state": self.state, "worker_id": self.settings.worker_id,
                 "model": self.settings.model, "active_requests": active}
 
-    async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop.set)
+    async def run(self, install_signal_handlers: bool = True) -> int:
+        """The whole lifetime; without signal handlers (a worker in a test's thread) set
+        `stop` to drain it."""
+        if install_signal_handlers:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop.set)
         server = HealthServer(self.metrics, self.health)
         if self.settings.metrics_port is not None:
             port = await server.start(self.settings.metrics_host, self.settings.metrics_port)
@@ -187,7 +191,7 @@ class Worker:
 
 def registry_engine_factory(spec: Any) -> EngineFactory:
     """Build the AsyncEngine of a registry `ModelSpec` (called in a thread: loading blocks)."""
-    def build() -> Any:
+    def build() -> EngineClient:
         from pagefleet.workers.engine.async_engine import AsyncEngine
         from pagefleet.workers.engine.config import EngineConfig
 

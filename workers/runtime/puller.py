@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from pagefleet.platform.protocol.resilience import TRANSIENT_ERRORS, Backoff, RedisOutages
 from pagefleet.workers.runtime.config import WorkerSettings
+from pagefleet.workers.runtime.engine_port import EngineClient
 from pagefleet.workers.runtime.executor import Executor
 from pagefleet.workers.runtime.streams import RequestQueues
 
@@ -38,7 +39,7 @@ async def wait_first(awaitable: Any, stop: asyncio.Event, timeout: float | None 
         raise work.exception()
 
 
-def free_slots(engine: Any, executor: Executor, settings: WorkerSettings) -> int:
+def free_slots(engine: EngineClient, executor: Executor, settings: WorkerSettings) -> int:
     stats = engine.stats()
     if stats.kv_cache_usage >= settings.kv_high_water:
         return 0
@@ -47,7 +48,7 @@ def free_slots(engine: Any, executor: Executor, settings: WorkerSettings) -> int
 
 
 class Puller:
-    def __init__(self, engine: Any, queues: RequestQueues, executor: Executor,
+    def __init__(self, engine: EngineClient, queues: RequestQueues, executor: Executor,
                  settings: WorkerSettings, stop: asyncio.Event, outages: RedisOutages,
                  backoff: Backoff = Backoff()) -> None:
         self.engine = engine

@@ -9,10 +9,15 @@ bodies are the protocol's (`pagefleet.platform.protocol.openai`), shared with th
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import msgspec
 
+# What the wire (msgpack) and the engine can carry; the input guard checks raw JSON too.
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 # msgspec allows one array type per union; params.prompt_list checks the list is homogeneous.
-Prompt = str | list[str | int | list[int]]
+Prompt = str | list[str | Int64 | list[Int64]]
+Role = Literal["system", "user", "assistant", "tool", "developer"]
 
 
 class StreamOptions(msgspec.Struct):
@@ -23,22 +28,22 @@ class SamplingFields(msgspec.Struct, kw_only=True):
     """Fields both endpoints share; names follow OpenAI, then vLLM."""
 
     model: str
-    n: int | None = None
+    n: Int64 | None = None
     temperature: float | None = None
     top_p: float | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
     stop: str | list[str] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     user: str | None = None
-    top_k: int | None = None
+    top_k: Int64 | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
     ignore_eos: bool | None = None
-    stop_token_ids: list[int] | None = None
-    min_tokens: int | None = None
+    stop_token_ids: list[Int64] | None = None
+    min_tokens: Int64 | None = None
     skip_special_tokens: bool | None = None
     include_stop_str_in_output: bool | None = None
 
@@ -49,21 +54,21 @@ class SamplingFields(msgspec.Struct, kw_only=True):
 
 class CompletionRequest(SamplingFields, kw_only=True):
     prompt: Prompt
-    max_tokens: int | None = 16
+    max_tokens: Int64 | None = 16
     echo: bool | None = None
-    logprobs: int | None = None
+    logprobs: Int64 | None = None
     suffix: str | None = None
 
 
 class ChatMessageIn(msgspec.Struct):
-    role: str
+    role: Role
     content: str | list[dict] | None = None
     name: str | None = None
 
 
 class ChatCompletionRequest(SamplingFields, kw_only=True):
     messages: list[ChatMessageIn]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    max_tokens: Int64 | None = None
+    max_completion_tokens: Int64 | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: Int64 | None = None

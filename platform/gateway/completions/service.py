@@ -3,7 +3,12 @@
 Streaming waits for the first event before answering, so an error only the worker can see
 (context too long) still becomes a proper HTTP status. If the client goes away, mid-stream or
 while a whole answer is being gathered, the request is cancelled (flag + publish) so the
-worker frees its KV blocks instead of generating to max_tokens for nobody.
+worker frees its KV blocks instead of generating to max_tokens for nobody. If Redis goes away
+while a request waits, a whole answer is a 503 and an open stream ends with an error event and
+`[DONE]`, as every other failure does.
+
+Admission refuses with 429 + Retry-After what this gateway or the model's queue cannot hold:
+more requests waiting here than `max_in_flight`, or a queue at its priority's bound.
 """
 
 from __future__ import annotations
@@ -18,14 +23,28 @@ import msgspec
 from litestar import Response
 from litestar.response import Stream
 from litestar.types import Receive
+from redis.exceptions import RedisError
 
-from pagefleet.platform.gateway.broker import Broker, DeadlineExceeded, SourcedEvent
+from pagefleet.platform.gateway.broker import Broker
 from pagefleet.platform.gateway.completions.params import PreparedRequest, RequestContext
 from pagefleet.platform.gateway.completions.results import ResultAccumulator
-from pagefleet.platform.gateway.errors import ErrorBody, OpenAIError, model_not_found
+from pagefleet.platform.gateway.delivery import (
+    DeadlineExceeded,
+    ResultHub,
+    ResultsUnavailable,
+    SourcedEvent,
+    Subscription,
+)
+from pagefleet.platform.gateway.errors import (
+    ErrorBody,
+    OpenAIError,
+    model_not_found,
+    prompt_too_long,
+    queue_unavailable,
+)
 from pagefleet.platform.gateway.metrics import GatewayMetrics
 from pagefleet.platform.gateway.settings import GatewaySettings
-from pagefleet.platform.protocol import DeltaEvent, ErrorEvent, FinalEvent, keys
+from pagefleet.platform.protocol import DeltaEvent, ErrorEvent, FinalEvent, RequestEnvelope, keys
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +73,18 @@ def sse(payload: msgspec.Struct) -> bytes:
 
 
 class CompletionService:
-    """Admission (model known, backlog under the cap), queueing and answering."""
+    """Admission (model known, prompt can fit, bounds not reached), queueing and answering.
 
-    def __init__(self, broker: Broker, settings: GatewaySettings, models: frozenset[str],
-                 metrics: GatewayMetrics) -> None:
+    `max_model_lens` maps each served model to its context length (None: unknown).
+    """
+
+    def __init__(self, broker: Broker, hub: ResultHub, settings: GatewaySettings,
+                 max_model_lens: dict[str, int | None], metrics: GatewayMetrics) -> None:
         self.broker = broker
+        self.hub = hub
         self.settings = settings
-        self.models = models
+        self.models = frozenset(max_model_lens)
+        self.max_model_lens = max_model_lens
         self.metrics = metrics
 
     def context(self, prefix: str, owner: str, *, job_id: str | None = None,
@@ -73,25 +97,64 @@ class CompletionService:
         )
 
     async def admit(self, prepared: PreparedRequest, priority: int) -> None:
-        """Queue the request, or raise 404 (unknown model) / 429 (backlog over the cap)."""
+        """Queue the request, or raise 404 (unknown model), 400 (a prompt that cannot fit) or
+        429 (the queue at this priority is at its bound)."""
         if prepared.model not in self.models:
             raise model_not_found(prepared.model)
-        backlog = await self.broker.backlog(prepared.model)
-        if backlog + len(prepared.envelopes) > self.settings.max_backlog:
+        self._check_prompt_size(prepared)
+        backlog = await self.broker.backlog(prepared.model, priority)
+        if backlog + len(prepared.envelopes) > self.settings.backlog_bound(priority):
             raise OpenAIError(
                 429, f"The queue of model `{prepared.model}` is full ({backlog} waiting); retry later.",
-                code="queue_full", headers={"Retry-After": str(self.settings.retry_after_s)},
-            )
+                code="queue_full", headers=self._retry_after())
         await self.broker.enqueue(prepared.envelopes, priority)
+
+    def _retry_after(self) -> dict[str, str]:
+        return {"Retry-After": str(self.settings.retry_after_s)}
+
+    def _check_prompt_size(self, prepared: PreparedRequest) -> None:
+        """A prompt of more characters than `max_model_len * max_chars_per_token` (or more
+        token ids than `max_model_len`) cannot fit whatever the tokenizer does: refuse it here
+        rather than have a worker tokenise megabytes to find out."""
+        max_model_len = self.max_model_lens.get(prepared.model)
+        if max_model_len is None:
+            return
+        max_chars = max_model_len * self.settings.max_chars_per_token
+        for envelope in prepared.envelopes:
+            if isinstance(envelope.prompt, list):
+                size, limit, unit = len(envelope.prompt), max_model_len, "tokens"
+            else:
+                size, limit, unit = prompt_chars(envelope), max_chars, "characters"
+            if size > limit:
+                raise prompt_too_long(max_model_len, f"{size} {unit}",
+                                      "messages" if prepared.kind == "chat" else "prompt")
 
     async def run(self, prepared: PreparedRequest, receive: Receive) -> Response | Stream:
         """`receive` is the request's ASGI channel (body already read): it reports a disconnect."""
-        await self.admit(prepared, keys.PRIORITY_INTERACTIVE)
-        deadline = prepared.envelopes[0].deadline or time.time() + self.settings.request_timeout_s
-        events = self.broker.events(prepared.request_ids, deadline)
-        if prepared.stream:
-            return await self._stream(prepared, events)
-        return await self._collect(prepared, events, receive)
+        if self.hub.in_flight >= self.settings.max_in_flight:
+            raise OpenAIError(429, "This gateway is at its limit of requests in flight; retry later.",
+                              code="gateway_busy", headers=self._retry_after())
+        subscription = self.hub.subscribe(prepared.request_ids)
+        try:
+            await self.admit(prepared, keys.PRIORITY_INTERACTIVE)
+            deadline = prepared.envelopes[0].deadline or time.time() + self.settings.request_timeout_s
+            events = subscription.events(deadline)
+            if prepared.stream:
+                return await self._stream(prepared, subscription, events)
+            return await self._collect(prepared, events, receive)
+        except BaseException:
+            subscription.close()
+            raise
+        finally:
+            if not prepared.stream:
+                subscription.close()
+
+    async def cancel_quietly(self, prepared: PreparedRequest) -> None:
+        """Cancel on the way out; with Redis gone the worker finds out from its own side."""
+        try:
+            await self.broker.cancel(prepared.model, prepared.request_ids)
+        except (RedisError, OSError) as exc:
+            logger.warning("could not cancel %s: %s", prepared.response_id, exc)
 
     async def _collect(self, prepared: PreparedRequest, events: AsyncIterator[SourcedEvent],
                        receive: Receive) -> Response:
@@ -117,7 +180,7 @@ class CompletionService:
             pass
         gathering.cancel()  # first, so the aborted final the cancel provokes is not answered
         with anyio.CancelScope(shield=True):  # `gathering` covers this task too
-            await self.broker.cancel(prepared.model, prepared.request_ids)
+            await self.cancel_quietly(prepared)
 
     async def _gather(self, prepared: PreparedRequest, events: AsyncIterator[SourcedEvent]) -> Response:
         accumulator = ResultAccumulator(prepared)
@@ -131,27 +194,34 @@ class CompletionService:
                 elif isinstance(event, FinalEvent):
                     accumulator.add_final(sourced.source, event)
         except DeadlineExceeded:
-            await self.broker.cancel(prepared.model, prepared.request_ids)
+            await self.cancel_quietly(prepared)
             raise deadline_error() from None
+        except ResultsUnavailable:
+            await self.cancel_quietly(prepared)
+            raise queue_unavailable() from None
         except OpenAIError:
-            await self.broker.cancel(prepared.model, prepared.request_ids)
+            await self.cancel_quietly(prepared)
             raise
         return Response(accumulator.response(), status_code=200)
 
-    async def _stream(self, prepared: PreparedRequest, events: AsyncIterator[SourcedEvent]) -> Stream:
+    async def _stream(self, prepared: PreparedRequest, subscription: Subscription,
+                      events: AsyncIterator[SourcedEvent]) -> Stream:
         try:
             first = await anext(events)
         except DeadlineExceeded:
-            await self.broker.cancel(prepared.model, prepared.request_ids)
+            await self.cancel_quietly(prepared)
             raise deadline_error() from None
+        except ResultsUnavailable:
+            await self.cancel_quietly(prepared)
+            raise queue_unavailable() from None
         if isinstance(first.event, ErrorEvent):
-            await self.broker.cancel(prepared.model, prepared.request_ids)
+            await self.cancel_quietly(prepared)
             raise event_error(first.event)
-        return Stream(self._sse_body(prepared, first, events), media_type="text/event-stream",
-                      headers=_SSE_HEADERS)
+        return Stream(self._sse_body(prepared, subscription, first, events),
+                      media_type="text/event-stream", headers=_SSE_HEADERS)
 
-    async def _sse_body(self, prepared: PreparedRequest, first: SourcedEvent,
-                        events: AsyncIterator[SourcedEvent]) -> AsyncIterator[bytes]:
+    async def _sse_body(self, prepared: PreparedRequest, subscription: Subscription,
+                        first: SourcedEvent, events: AsyncIterator[SourcedEvent]) -> AsyncIterator[bytes]:
         accumulator = ResultAccumulator(prepared)
         finished = False
         first_token_seen = False
@@ -181,13 +251,27 @@ class CompletionService:
                 finished = True
         except DeadlineExceeded:
             yield _error_chunk(deadline_error().body)
+        except ResultsUnavailable:
+            yield _error_chunk(queue_unavailable().body)
         finally:
+            subscription.close()
             if not finished:
                 # The client left, the deadline passed or a sub-request failed: free the
                 # workers' blocks. Shielded because a disconnect cancels this task's scope.
                 with anyio.CancelScope(shield=True):
-                    await self.broker.cancel(prepared.model, prepared.request_ids)
+                    await self.cancel_quietly(prepared)
         yield _DONE
+
+
+def prompt_chars(envelope: RequestEnvelope) -> int:
+    """Characters of a text prompt or of all chat message contents."""
+    if isinstance(envelope.prompt, str):
+        return len(envelope.prompt)
+    total = 0
+    for message in envelope.messages or []:
+        if isinstance(message.content, str):
+            total += len(message.content)
+    return total
 
 
 def _error_chunk(body: ErrorBody) -> bytes:

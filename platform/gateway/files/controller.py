@@ -15,6 +15,7 @@ from litestar.response import Stream
 from pagefleet.platform.gateway.errors import ErrorResponse, bad_request
 from pagefleet.platform.gateway.files.schemas import FileDeleted, FileList, FileObject
 from pagefleet.platform.gateway.files.service import FileService
+from pagefleet.platform.gateway.input_guard import BODY_MEDIA_TYPE
 
 _NOT_FOUND = {404: ResponseSpec(ErrorResponse, description="No such file for this API key")}
 
@@ -23,7 +24,7 @@ class FilesController(Controller):
     path = "/v1/files"
     tags = ("files",)
 
-    @post("/", status_code=200, responses={
+    @post("/", status_code=200, opt={BODY_MEDIA_TYPE: RequestEncodingType.MULTI_PART.value}, responses={
         400: ResponseSpec(ErrorResponse, description="Missing file or bad purpose"),
         413: ResponseSpec(ErrorResponse, description="Larger than the configured limit"),
     })

@@ -1,7 +1,8 @@
-"""A live gateway (uvicorn in a thread, real Redis) and a FakeEchoWorker for the gateway tests.
+"""A live gateway (uvicorn in a thread, real Redis) and the real worker runtime on a scripted
+engine (tests/support/scripted_engine.py: output follows from the prompt) for gateway tests.
 
-Three apps: `gateway` (two API keys, model `fake-echo` served by the fake worker), `tight`
-(open, short deadline, tiny backlog cap and retention, model `idle-model` with no worker) and
+Three apps: `gateway` (two API keys, model `fake-echo` served by the worker), `tight`
+(open, short deadline, tiny backlog caps and retention, model `idle-model` with no worker) and
 `open_gateway` (no keys, for schemathesis).
 """
 
@@ -21,8 +22,8 @@ import uvicorn
 import yaml
 
 from pagefleet.platform.gateway import GatewaySettings, create_app
-from tests.support.fake_worker import FakeEchoWorker
 from tests.support.redis_server import free_port
+from tests.support.scripted_engine import InProcessWorker, ScriptedEngine
 
 MODEL = "fake-echo"
 IDLE_MODEL = "idle-model"
@@ -44,11 +45,12 @@ class LiveGateway:
 
 
 @contextmanager
-def serve(settings: GatewaySettings) -> Iterator[LiveGateway]:
-    """Serve `create_app(settings)` with uvicorn on a free port until the block ends."""
+def serve(settings: GatewaySettings, backlog: int = 2048) -> Iterator[LiveGateway]:
+    """Serve `create_app(settings)` with uvicorn on a free port until the block ends;
+    `backlog` is the listen queue (a load test opens thousands of connections at once)."""
     port = free_port()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-                            lifespan="on", timeout_graceful_shutdown=5)
+                            lifespan="on", timeout_graceful_shutdown=5, backlog=backlog)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -77,14 +79,15 @@ def registry_path(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
-def fake_worker(redis_url: str) -> Iterator[FakeEchoWorker]:
-    worker = FakeEchoWorker(redis_url, MODEL, max_model_len=MAX_MODEL_LEN).start()
-    yield worker
-    worker.stop()
+def worker(redis_url: str) -> Iterator[InProcessWorker]:
+    engine = ScriptedEngine(max_model_len=MAX_MODEL_LEN)
+    live = InProcessWorker(redis_url, MODEL, engine, retention_s=300).start()
+    yield live
+    live.stop()
 
 
 @pytest.fixture(scope="session")
-def gateway(redis_url: str, registry_path: str, fake_worker: FakeEchoWorker) -> Iterator[LiveGateway]:
+def gateway(redis_url: str, registry_path: str, worker: InProcessWorker) -> Iterator[LiveGateway]:
     settings = GatewaySettings(redis_url=redis_url, registry_path=registry_path,
                                api_keys=(KEY_A, KEY_B), request_timeout_s=60,
                                max_body_bytes=64 * 1024)
@@ -95,14 +98,15 @@ def gateway(redis_url: str, registry_path: str, fake_worker: FakeEchoWorker) -> 
 @pytest.fixture(scope="session")
 def tight(redis_url: str, registry_path: str) -> Iterator[LiveGateway]:
     settings = GatewaySettings(redis_url=redis_url, registry_path=registry_path,
-                               request_timeout_s=0.5, max_backlog=2, retry_after_s=7,
+                               request_timeout_s=0.5, max_backlog=2, max_job_backlog=3, retry_after_s=7,
+                               backlog_max_age_s=0,
                                job_retention_s=1.0)
     with serve(settings) as live:
         yield live
 
 
 @pytest.fixture(scope="session")
-def open_gateway(redis_url: str, registry_path: str, fake_worker: FakeEchoWorker) -> Iterator[LiveGateway]:
+def open_gateway(redis_url: str, registry_path: str, worker: InProcessWorker) -> Iterator[LiveGateway]:
     settings = GatewaySettings(redis_url=redis_url, registry_path=registry_path,
                                request_timeout_s=30, max_choices=8)
     with serve(settings) as live:

@@ -14,10 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pagefleet.platform.protocol import keys
 from tests.integration.gateway.conftest import KEY_A, MODEL, LiveGateway
-from tests.support.fake_worker import HOLD, FakeEchoWorker
+from tests.support.scripted_engine import HOLD, InProcessWorker
 
 
-def test_disconnect_during_stream_cancels_the_request(gateway: LiveGateway, fake_worker: FakeEchoWorker,
+def test_disconnect_during_stream_cancels_the_request(gateway: LiveGateway, worker: InProcessWorker,
                                                       redis_raw: redis.Redis) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": f"{HOLD} waiting"}],
             "max_tokens": 10, "stream": True}
@@ -32,12 +32,12 @@ def test_disconnect_during_stream_cancels_the_request(gateway: LiveGateway, fake
                     request_id = chunk["id"]
                     break
     # The connection is closed here while the worker holds the request open.
-    assert fake_worker.wait_aborted(request_id)
+    assert worker.wait_aborted(request_id)
     assert redis_raw.get(keys.cancel_flag(request_id)) == b"1"
 
 
 def held_request_id(redis_raw: redis.Redis, marker: str, timeout: float = 30.0) -> str:
-    """The id of the request whose first token is `marker`, once the fake worker holds it."""
+    """The id of the request whose first token is `marker`, once the worker holds it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:  # polling a condition with a deadline
         for stream in redis_raw.scan_iter(keys.result_stream("*")):
@@ -48,7 +48,7 @@ def held_request_id(redis_raw: redis.Redis, marker: str, timeout: float = 30.0) 
     raise AssertionError(f"no held request answered {marker!r}")
 
 
-def test_disconnect_before_a_whole_answer_cancels_the_request(gateway: LiveGateway, fake_worker: FakeEchoWorker,
+def test_disconnect_before_a_whole_answer_cancels_the_request(gateway: LiveGateway, worker: InProcessWorker,
                                                               redis_raw: redis.Redis) -> None:
     marker = f"m{uuid.uuid4().hex}"
     body = {"model": MODEL, "messages": [{"role": "user", "content": f"{marker} {HOLD}"}],
@@ -65,7 +65,7 @@ def test_disconnect_before_a_whole_answer_cancels_the_request(gateway: LiveGatew
         return request_id
 
     request_id = asyncio.run(post_then_leave())
-    assert fake_worker.wait_aborted(request_id)
+    assert worker.wait_aborted(request_id)
     assert redis_raw.get(keys.cancel_flag(request_id)) == b"1"
     # The gateway answered the departed client with a 499, not a logged 500.
     deadline = time.monotonic() + 30

@@ -88,14 +88,26 @@ def test_payload_too_large_is_413(gateway: LiveGateway) -> None:
 
 def test_queue_full_is_429_with_retry_after(tight: LiveGateway, idle_queue_empty: None,
                                             redis_raw: redis.Redis) -> None:
-    client = tight.client()
-    for _ in range(tight.settings.max_backlog):  # jobs queue without waiting for an answer
-        client.post("/jobs", cast_to=object, body={
-            "endpoint": "/v1/completions", "body": {"model": IDLE_MODEL, "prompt": "x"}})
+    for k in range(tight.settings.max_backlog):  # interactive entries no worker has pulled
+        redis_raw.xadd(f"pf:q:{IDLE_MODEL}:0", {"id": f"waiting-{k}", "env": b""})
     with pytest.raises(openai.RateLimitError) as info:
-        client.completions.create(model=IDLE_MODEL, prompt="x")
+        tight.client().completions.create(model=IDLE_MODEL, prompt="x")
     assert info.value.response.headers["retry-after"] == str(tight.settings.retry_after_s)
     assert info.value.code == "queue_full"
+
+
+def test_a_job_flood_never_429s_interactive_requests(tight: LiveGateway, idle_queue_empty: None) -> None:
+    client = tight.client()
+    job = {"endpoint": "/v1/completions", "body": {"model": IDLE_MODEL, "prompt": "x"}}
+    for _ in range(tight.settings.max_job_backlog):
+        client.post("/jobs", cast_to=object, body=job)
+    with pytest.raises(openai.RateLimitError) as info:  # the job queue is at its own bound
+        client.post("/jobs", cast_to=object, body=job)
+    assert info.value.code == "queue_full"
+    # An interactive request is still admitted: it waits (no worker here) until its deadline.
+    with pytest.raises(openai.InternalServerError) as waited:
+        client.completions.create(model=IDLE_MODEL, prompt="x")
+    assert waited.value.status_code == 504
 
 
 def test_deadline_exceeded_is_504_and_cancels(tight: LiveGateway, idle_queue_empty: None,

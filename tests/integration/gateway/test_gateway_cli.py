@@ -11,11 +11,11 @@ import openai
 import pytest
 
 from tests.integration.gateway.conftest import MODEL
-from tests.support.fake_worker import FakeEchoWorker
 from tests.support.redis_server import free_port
+from tests.support.scripted_engine import InProcessWorker
 
 
-def test_cli_serves_the_api(redis_url: str, registry_path: str, fake_worker: FakeEchoWorker) -> None:
+def test_cli_serves_the_api(redis_url: str, registry_path: str, worker: InProcessWorker) -> None:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "pagefleet.platform.cli", "gateway",
                              "--port", str(port), "--redis-url", redis_url, "--registry", registry_path,

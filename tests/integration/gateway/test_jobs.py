@@ -95,13 +95,13 @@ def test_cancel_a_queued_job(tight: LiveGateway, idle_queue_empty: None, redis_r
     assert client.delete(f"/jobs/{job['id']}", cast_to=object)["status"] == "cancelled"
 
 
-def test_cancel_a_running_job_aborts_it(gateway: LiveGateway, fake_worker) -> None:
+def test_cancel_a_running_job_aborts_it(gateway: LiveGateway, worker) -> None:
     client = gateway.client()
     job = submit(client, "/v1/chat/completions", {
         "model": MODEL, "messages": [{"role": "user", "content": "[hold] z"}], "max_tokens": 8})
     poll_until(lambda: get_job(client, job["id"]), lambda j: j["status"] == "running")
     assert client.delete(f"/jobs/{job['id']}", cast_to=object)["status"] == "cancelled"
-    assert fake_worker.wait_aborted(job["id"])
+    assert worker.wait_aborted(job["id"])
     assert get_job(client, job["id"])["status"] == "cancelled"
 
 

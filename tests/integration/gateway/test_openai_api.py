@@ -1,6 +1,7 @@
-"""The official openai client (sync and async) against a live gateway and the FakeEchoWorker.
+"""The official openai client (sync and async) against a live gateway and the real worker
+runtime on a scripted engine.
 
-Expected texts follow from the fake's rule (choice i echoes the prompt's words from word i),
+Expected texts follow from the scripted engine's rule (choice i echoes the prompt's words from word i),
 so they check the gateway's plumbing -- merging, indices, offsets, usage -- not a model.
 """
 
@@ -27,7 +28,8 @@ def test_models_lists_the_registry_with_readiness(gateway: LiveGateway) -> None:
     by_id = {m.id: m for m in models.data}
     assert set(by_id) == {"fake-echo", "idle-model"}
     assert by_id["fake-echo"].object == "model"
-    assert by_id["fake-echo"].model_extra["ready"] is False  # the fake writes no heartbeat
+    assert by_id["fake-echo"].model_extra["ready"] is True  # the worker's heartbeat says ready
+    assert by_id["fake-echo"].model_extra["ready_workers"] == 1
 
 
 def test_models_ready_follows_fresh_ready_heartbeats(gateway: LiveGateway, redis_raw: redis.Redis) -> None:

@@ -1,7 +1,7 @@
 """Property-based requests generated from the gateway's own OpenAPI schema never get a 5xx.
 
-Run against the open gateway with the FakeEchoWorker serving `fake-echo`, so valid requests
-are answered rather than timing out. Few, derandomized examples per operation: this guards
+Run against the open gateway with the worker runtime (scripted engine) serving `fake-echo`, so
+valid requests are answered rather than timing out. Few, derandomized examples per operation: this guards
 the error paths (malformed bodies, odd types) in CI time, not an exhaustive search.
 (Schemathesis' lazy `from_fixture` loader does not work with pytest 9, so the operations are
 driven through Hypothesis directly.)

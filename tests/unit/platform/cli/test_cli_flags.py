@@ -50,9 +50,11 @@ def test_flags_and_environment_reach_the_settings(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("POD_NAME", "pod-7")
     parser = build_parser()
     settings = gateway_settings(parser.parse_args(
-        ["gateway", "--request-timeout", "5", "--max-backlog", "3", "--api-key", "a", "--api-key", "b"]))
+        ["gateway", "--request-timeout", "5", "--max-backlog", "3", "--api-key", "a", "--api-key", "b",
+         "--max-job-backlog", "7", "--max-in-flight", "9"]))
     assert (settings.redis_url, settings.request_timeout_s, settings.max_backlog, settings.api_keys) \
         == ("redis://env:1/0", 5.0, 3, ("a", "b"))
+    assert (settings.max_job_backlog, settings.max_in_flight) == (7, 9)
     controller = controller_settings(parser.parse_args(
         ["controller", "--backend", "kubernetes", "--interval", "2", "--worker-image", "img:1",
          "--worker-command", "run {model} --x", "--redis-url", "redis://flag:2/0"]))

@@ -15,6 +15,14 @@ from pagefleet.platform.gateway.auth import ANONYMOUS, is_valid_key, owner_of
     {"job_retention_s": -1},
     {"max_body_bytes": 0},
     {"max_choices": 0},
+    {"max_job_backlog": 0},
+    {"max_batch_backlog": -1},
+    {"max_in_flight": 0},
+    {"result_readers": 0},
+    {"result_buffer_events": 0},
+    {"max_json_depth": 0},
+    {"redis_pool_size": 0},
+    {"redis_retries": -1},
 ])
 def test_invalid_settings_raise(kwargs: dict) -> None:
     with pytest.raises(ValueError):
@@ -23,6 +31,11 @@ def test_invalid_settings_raise(kwargs: dict) -> None:
 
 def test_defaults_are_valid_and_open() -> None:
     assert GatewaySettings().api_keys == ()
+
+
+def test_each_priority_has_its_own_backlog_bound() -> None:
+    settings = GatewaySettings(max_backlog=10, max_job_backlog=20, max_batch_backlog=30)
+    assert [settings.backlog_bound(p) for p in (0, 1, 2)] == [10, 20, 30]
 
 
 def test_keys() -> None:

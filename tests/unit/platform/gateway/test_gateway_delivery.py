@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
-from pagefleet.platform.gateway.broker import Broker
+from pagefleet.platform.gateway.delivery import ResultHub
 
 
 @pytest.mark.parametrize(("url", "socket_timeout", "max_block_ms"), [
@@ -14,5 +14,8 @@ from pagefleet.platform.gateway.broker import Broker
 ])
 def test_blocking_reads_stay_under_the_socket_timeout(url: str, socket_timeout: float | None,
                                                      max_block_ms: int) -> None:
-    client = aioredis.Redis.from_url(url, socket_timeout=socket_timeout)  # never connects
-    assert Broker(client, cancel_retention_s=60)._max_block_ms == max_block_ms
+    def client() -> aioredis.Redis:
+        return aioredis.Redis.from_url(url, socket_timeout=socket_timeout)  # never connects
+
+    hub = ResultHub.connect(client, client(), num_readers=2, buffer_events=8)
+    assert [reader.max_block_ms for reader in hub.readers] == [max_block_ms, max_block_ms]

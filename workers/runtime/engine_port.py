@@ -1,0 +1,43 @@
+"""The engine as the worker runtime sees it: four calls, nothing else.
+
+`AsyncEngine` implements it; so does the scripted engine the tests run the real runtime on
+(tests/support/scripted_engine.py). Keeping the boundary this small is what lets the runtime
+be tested without a model and the engine without Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+from pagefleet.platform.protocol.sampling import SamplingParams
+from pagefleet.workers.engine.outputs import EngineStats, RequestDelta
+
+# Text, token ids, or chat messages as dicts (role, content, name).
+EnginePrompt = str | list[int] | list[dict[str, Any]]
+
+
+class EngineClient(Protocol):
+    def add_request(self, request_id: str, prompt: EnginePrompt, params: SamplingParams,
+                    resume: dict[int, list[int]] | None = None) -> AsyncIterator[RequestDelta]:
+        """Stream the request's deltas, each choice continuing after its `resume` tokens.
+
+        Raises ValueError (e.g. `PromptTooLongError`) before the first delta for input the
+        engine refuses; leaving the iteration early aborts the request.
+        """
+        ...
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request soon; its stream ends with finish reason `abort`."""
+        ...
+
+    def stats(self) -> EngineStats:
+        """Load now: what the puller's admission and the heartbeat report."""
+        ...
+
+    def shutdown(self) -> None:
+        """Free the engine's resources; called once, after the last request."""
+        ...
+
+
+EngineFactory = Callable[[], EngineClient]
