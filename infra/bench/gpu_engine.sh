@@ -31,12 +31,17 @@ if [ "$mode" = full ] || [ "$mode" = quick ]; then
   tail -5 "$out/gpu_tests.txt"
 fi
 [ "$mode" = quick ] && exit 0
-if [ "$mode" = tp ]; then
-  python3 -m pytest -q -p no:cacheprovider --noconftest tests/gpu/test_tensor_parallel_cuda.py 2>&1 | tail -3 | tee "$out/tp_tests.txt"
+if [ "$mode" = tp ]; then  # two GPUs: TP=2 equals TP=1, then 8B at TP 1 and 2, 70B at TP 2
+  timeout 300 python3 -m pytest -q -p no:cacheprovider --noconftest -o faulthandler_timeout=240 \
+    tests/gpu/test_tensor_parallel_cuda.py 2>&1 | tail -15 | tee "$out/tp_tests.txt"
   for tp in 1 2; do
-    bench --model llama-3.2-1b --load-format dummy --num-prompts 500 --tensor-parallel-size $tp --hf none \
-      2>&1 | grep -v Warning | tee "$out/llama1b_tp$tp.txt"
+    timeout 200 bash -c "$(declare -f bench); bench --model llama-3.1-8b --load-format dummy --num-prompts 1000 \
+      --max-num-seqs 256 --tensor-parallel-size $tp --hf none --json $out/llama318b_tp$tp.json" \
+      2>&1 | grep -v Warning | tail -4 | tee "$out/llama8b_tp$tp.txt"
   done
+  timeout 330 bash -c "$(declare -f bench); bench --model llama-3.1-70b --load-format dummy --num-prompts 500 \
+    --max-num-seqs 256 --tensor-parallel-size 2 --hf none --json $out/llama3170b_tp2.json" \
+    2>&1 | grep -v Warning | tail -4 | tee "$out/llama70b_tp2.txt"
   exit 0
 fi
 if [ "$mode" = profile ]; then  # kernels of one graph decode step, by device time
