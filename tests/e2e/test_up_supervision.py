@@ -73,7 +73,7 @@ def test_kill_9_of_up_leaves_nothing_and_redis_keeps_its_data(tmp_path: Path) ->
     port, data_dir = free_port(), tmp_path / "data"
     up, log_path = _start_up(tmp_path, port, data_dir, "up1.log")
     children = _children(up.pid)
-    assert len(children) == 3, log_path.read_text()  # redis-server, gateway, controller
+    assert len(children) == 4, log_path.read_text()  # redis-server, gateway, controller, batch worker
     client = redis.Redis.from_url(_redis_url(log_path))
     client.set("pf:test:survivor", "kept")
     client.close()

@@ -1,4 +1,4 @@
-"""One real worker process per module, on its own model name, against the session's Redis."""
+"""One real worker process per module, on its own model name, against this package's Redis."""
 
 from __future__ import annotations
 
@@ -9,12 +9,21 @@ import pytest
 import redis
 
 from tests.integration.runtime.processes import WorkerProcess, write_registry
-from tests.support.redis_server import free_port
+from tests.support.redis_server import free_port, redis_server
 
 MODEL = "rt-main"
 MAX_NUM_SEQS = 4
 MAX_MODEL_LEN = 128
 WEBHOOK_SECRET = "test-webhook-secret"
+
+
+@pytest.fixture(scope="package")
+def redis_url() -> Iterator[str]:
+    """This package's own redis-server. The webhook schedule (`pf:webhooks`) is shared by all
+    workers on one Redis, and the workers other test packages leave running refuse loopback
+    targets: on the session's Redis they could lease, and drop, these tests' deliveries."""
+    with redis_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
