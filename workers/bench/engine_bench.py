@@ -314,6 +314,7 @@ def _report(options: EngineBenchOptions, results: list[Throughput], stats, devic
     if options.json_path is not None:
         payload = {
             "device": card, "torch": torch.__version__, "model": options.engine.model,
+            "engine": dataclasses.asdict(options.engine),
             "workload": dataclasses.asdict(options.workload),
             "results": [dict(dataclasses.asdict(r), output_tokens_per_s=r.output_tokens_per_s,
                              total_tokens_per_s=r.total_tokens_per_s,
