@@ -43,6 +43,7 @@ Backlogs are read at most every `backlog_max_age_s` per queue (see `Broker.backl
     backlog_max_age_s: float = 0.05  # 0: read the backlog for every request
     retry_after_s: int = 1
     job_retention_s: float = 86_400.0
+    webhook_allow_private: bool = False  # accept job webhooks to private/loopback addresses
     cancel_retention_s: float = 3_600.0
     max_body_bytes: int = 4 * 1024 * 1024
     max_choices: int = 64  # n times the number of prompts in one request
