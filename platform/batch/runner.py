@@ -34,6 +34,7 @@ from pagefleet.platform.protocol import (
     encode,
     keys,
 )
+from pagefleet.platform.protocol.backlog import queue_backlog_sync
 
 log = logging.getLogger(__name__)
 
@@ -198,11 +199,16 @@ class BatchRunner:
     def _advance(self, record: BatchRecord, block_s: float) -> bool:
         """Feed up to the window, collect what finished; True when every line is done."""
         at_end = self._feed(record)
+        if not at_end and self.redis.hlen(rec.batch_in_flight(record.id)) == 0:
+            time.sleep(block_s)  # held back by a full model queue: poll it, do not spin
+            return False
         self._collect(record, block_s)
         return at_end and self.redis.hlen(rec.batch_in_flight(record.id)) == 0
 
     def _feed(self, record: BatchRecord) -> bool:
-        """Queue lines until `max_in_flight` are out; True when the file is exhausted."""
+        """Queue lines until `max_in_flight` are out or the next line's model has
+        `max_backlog` undelivered batch entries (lines keep their order: a full model holds the
+        lines after it back); True when the file is exhausted."""
         key = rec.batch_key(record.id)
         in_flight = rec.batch_in_flight(record.id)
         room = self.settings.max_in_flight - self.redis.hlen(in_flight)
@@ -211,16 +217,20 @@ class BatchRunner:
         pipe = self.redis.pipeline(transaction=True)
         num_queued = num_bad = 0
         created: set[str] = set()
+        backlogs: dict[str, int] = {}  # per model: undelivered batch entries, with ours added
         exhausted = True
         for line_offset, raw in self._lines(record.input_file_id, offset):
             if num_queued >= room:
                 exhausted = False
                 break
+            parsed = parse_line(raw, number + 1, record, self.models) if raw.strip() else None
+            if isinstance(parsed, BatchLine) and not self._has_room(parsed, backlogs):
+                exhausted = False
+                break
             number += 1
             offset = line_offset + len(raw)
-            if not raw.strip():
+            if parsed is None:
                 continue
-            parsed = parse_line(raw, number, record, self.models)
             if isinstance(parsed, BatchLine) and number in duplicates:
                 parsed = BadLine(number, parsed.custom_id, "duplicate_custom_id",
                                  f"custom_id {parsed.custom_id!r} repeats an earlier line's",
@@ -239,6 +249,7 @@ class BatchRunner:
                     created.add(stream)
                 pipe.xadd(stream, {keys.ENTRY_REQUEST_ID: envelope.request_id,
                                    keys.ENTRY_ENVELOPE: encode(envelope)})
+                backlogs[envelope.model] += 1
             pipe.hset(in_flight, number, line_offset)
             num_queued += 1
         pipe.hset(key, mapping={rec.NEXT_OFFSET: offset, rec.NEXT_LINE: number})
@@ -246,6 +257,19 @@ class BatchRunner:
             pipe.hincrby(key, rec.FAILED, num_bad)
         pipe.execute()
         return exhausted
+
+    def _has_room(self, line: BatchLine, backlogs: dict[str, int]) -> bool:
+        """Whether `line` fits under its model's batch backlog bound (read once per feed; an
+        empty queue always takes a line, so a bound below one line's prompts cannot stall)."""
+        needed: dict[str, int] = {}
+        for envelope in line.prepared.envelopes:
+            needed[envelope.model] = needed.get(envelope.model, 0) + 1
+        for model, count in needed.items():
+            if model not in backlogs:
+                backlogs[model] = queue_backlog_sync(self.redis, model, keys.PRIORITY_BATCH)
+            if backlogs[model] > 0 and backlogs[model] + count > self.settings.max_backlog:
+                return False
+        return True
 
     def _ensure_group(self, stream: str) -> None:
         try:

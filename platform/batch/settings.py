@@ -14,7 +14,10 @@ def default_files_dir() -> str:
 class BatchSettings:
     """`files_dir` must be the same directory (a shared volume) for the gateway and every batch
     worker. `max_in_flight` bounds the requests one batch keeps queued or running, so a
-    million-line file never floods Redis and many batches share the workers. A step of the
+    million-line file never floods Redis and many batches share the workers; `max_backlog`
+    bounds a model's undelivered batch (priority 2) entries, all batches together: a runner
+    stops feeding a model whose batch queue holds that many (the gateway's bounds for
+    interactive and job work are its own, so batches can never refuse them). A step of the
     Celery task runs at most `step_s` and then re-queues itself, so `visibility_timeout_s`
     (after which Redis hands an unacknowledged task to another worker) must exceed it; the
     per-batch lease (`lease_s`) keeps two steps of one batch from running at once.
@@ -24,6 +27,7 @@ class BatchSettings:
     max_file_bytes: int = 200 * 1024 * 1024
     file_retention_s: float = 30 * 86_400.0
     max_in_flight: int = 64
+    max_backlog: int = 65_536
     step_s: float = 5.0
     lease_s: float = 15.0
     visibility_timeout_s: float = 60.0
@@ -31,7 +35,8 @@ class BatchSettings:
     max_listed_errors: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("max_file_bytes", "file_retention_s", "max_in_flight", "step_s", "lease_s",
+        for name in ("max_file_bytes", "file_retention_s", "max_in_flight", "max_backlog",
+                     "step_s", "lease_s",
                      "visibility_timeout_s", "max_completion_window_s", "max_listed_errors"):
             value = getattr(self, name)
             if not value > 0:

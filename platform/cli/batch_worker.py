@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=2, help="batches stepped at once")
     parser.add_argument("--max-in-flight", type=int, default=_DEFAULTS.max_in_flight,
                         help="requests one batch keeps queued or running")
+    parser.add_argument("--max-backlog", type=int, default=_DEFAULTS.max_backlog,
+                        help="undelivered batch entries per model (all batches) beyond which "
+                             "no more lines are queued")
     parser.add_argument("--step", type=float, default=_DEFAULTS.step_s, dest="step_s")
     parser.add_argument("--lease", type=float, default=_DEFAULTS.lease_s, dest="lease_s")
     parser.add_argument("--visibility-timeout", type=float, default=_DEFAULTS.visibility_timeout_s,
@@ -38,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> BatchSettings:
     return BatchSettings(files_dir=args.files_dir, max_in_flight=args.max_in_flight,
-                         step_s=args.step_s, lease_s=args.lease_s,
+                         max_backlog=args.max_backlog, step_s=args.step_s, lease_s=args.lease_s,
                          visibility_timeout_s=args.visibility_timeout_s)
 
 

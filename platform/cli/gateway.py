@@ -22,6 +22,7 @@ _HELP = {
     "max_job_backlog": "undelivered /v1/jobs entries per model beyond which new jobs get 429",
     "max_in_flight": "requests this gateway waits on at once; beyond it 429 and /health/ready 503",
     "job_retention_s": "seconds job records are kept",
+    "webhook_allow_private": "accept job webhooks to private and loopback addresses",
     "files_dir": "where /v1/files keeps files (default ~/.pagefleet/files); the batch workers' too",
 }
 # Only these BatchSettings fields are flags here: the namespace is shared with GatewaySettings,
@@ -35,8 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=8000)
     flags.add_flags(parser, GatewaySettings, ("registry_path", "redis_url", "api_keys",
                                               "request_timeout_s", "max_backlog", "max_job_backlog",
-                                              "max_in_flight", "job_retention_s"),
-                    help=_HELP, flags={"api_keys": "--api-key"})
+                                              "max_in_flight", "job_retention_s",
+                                              "webhook_allow_private"),
+                    help=_HELP, flags={"api_keys": "--api-key"},
+                    env={"webhook_allow_private": "PAGEFLEET_WEBHOOK_ALLOW_PRIVATE"})
     flags.add_flags(parser, BatchSettings, _BATCH_FLAGS, help=_HELP)
     parser.add_argument("--log-level", default="info")
     parser.set_defaults(func=run)

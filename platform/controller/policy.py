@@ -12,6 +12,10 @@ Kept free of I/O so every rule can be tested with a scripted trace. The rules, i
    least `panic_threshold` times what the current replicas are meant to carry) at once;
    otherwise to the lowest recommendation of the last `scale_up_window_s` so a one-tick spike
    does not start a GPU pod. At most `max_scale_up_step` replicas are added per tick.
+   Batch work (priority 2) counts in demand, so it scales a model like any other, but it is
+   offline work with a 24 h window: it never makes a panic (only interactive and job demand
+   does), and when it is all there is it wakes a model from zero only once it has waited
+   `batch_wake_after_s` (default 0: at once).
 4. Scale-down: to the highest recommendation of the last `scale_down_window_s` (no flapping),
    never while a worker is still loading its model (a Deployment removes unready pods first),
    and to zero only after `scale_to_zero_after_s` without any activity.
@@ -46,7 +50,8 @@ class Signals:
     """One observation of a model's queues and workers, read at time `at`.
 
     `arrivals_total` is the streams' monotonic `entries-added` counter: comparing it between ticks
-    reveals requests that arrived and finished between two observations.
+    reveals requests that arrived and finished between two observations. `batch_backlog` and
+    `batch_in_flight` are the priority-2 (batch) parts of `backlog` and `in_flight`.
     """
 
     at: float
@@ -54,11 +59,17 @@ class Signals:
     in_flight: int
     arrivals_total: int
     workers: WorkerCounts = field(default_factory=WorkerCounts)
-    backlog_by_priority: tuple[int, ...] = ()
+    batch_backlog: int = 0
+    batch_in_flight: int = 0
 
     @property
     def demand(self) -> int:
         return self.backlog + self.in_flight
+
+    @property
+    def urgent_demand(self) -> int:
+        """Demand that someone waits on now (interactive requests and jobs): what may panic."""
+        return self.demand - self.batch_backlog - self.batch_in_flight
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +86,7 @@ class PolicyState:
     observing_since: float | None = None
     last_active_at: float | None = None
     arrivals_total: int | None = None
+    batch_only_since: float | None = None  # when demand became batch work alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +123,7 @@ def decide(
     state = replace(state, recommendations=recommendations)
 
     if raw > current:
-        desired, reason = _scale_up(policy, current, signals, raw, recommendations, now)
+        desired, reason = _scale_up(policy, current, signals, raw, recommendations, state, now)
     elif raw < current:
         observed_s = now - state.observing_since
         desired, reason = _scale_down(policy, current, signals, raw, recommendations,
@@ -131,8 +143,11 @@ def _observe(state: PolicyState, signals: Signals, now: float) -> PolicyState:
     busy = signals.workers.running + signals.workers.waiting
     active = signals.demand > 0 or arrived > 0 or busy > 0
     since = state.observing_since if state.observing_since is not None else now
+    batch_only = signals.demand > 0 and signals.urgent_demand == 0
+    batch_since = (state.batch_only_since if state.batch_only_since is not None else now) \
+        if batch_only else None
     return replace(state, observing_since=since, last_active_at=now if active else state.last_active_at,
-                   arrivals_total=signals.arrivals_total)
+                   arrivals_total=signals.arrivals_total, batch_only_since=batch_since)
 
 
 def _scale_up(
@@ -141,13 +156,20 @@ def _scale_up(
     signals: Signals,
     raw: int,
     recommendations: tuple[Recommendation, ...],
+    state: PolicyState,
     now: float,
 ) -> tuple[int, str]:
-    if current == 0:
+    if current == 0 and state.batch_only_since is not None:
+        waited = now - state.batch_only_since
+        if waited < policy.batch_wake_after_s:
+            return 0, (f"hold at zero: batch-only backlog {signals.batch_backlog} has waited "
+                       f"{waited:g}s of {policy.batch_wake_after_s:g}s")
+        target, why = raw, f"activate from zero: batch demand {signals.demand}"
+    elif current == 0:
         target, why = raw, f"activate from zero: demand {signals.demand}"
-    elif signals.demand >= policy.panic_threshold * current * policy.target_in_flight:
-        target, why = raw, (f"panic: demand {signals.demand} >= {policy.panic_threshold:g} x "
-                            f"capacity of {current} replica(s)")
+    elif signals.urgent_demand >= policy.panic_threshold * current * policy.target_in_flight:
+        target, why = raw, (f"panic: demand {signals.urgent_demand} (batch work aside) >= "
+                            f"{policy.panic_threshold:g} x capacity of {current} replica(s)")
     else:
         window = [r.replicas for r in recommendations if r.at >= now - policy.scale_up_window_s]
         target = max(current, min(window))

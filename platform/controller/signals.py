@@ -1,7 +1,8 @@
 """Reading one model's scaling signals from Redis: queues, pending work, arrivals, heartbeats.
 
 Backlog and in-flight per priority come from `protocol.backlog.read_queue`, the definition the
-gateway's admission check uses too, so admission and scaling never disagree. Heartbeats older
+gateway's admission check uses too, so admission and scaling never disagree. The batch
+(priority 2) part is reported apart: the policy never panics for it. Heartbeats older
 than `stale_after_s` are from dead workers and are ignored.
 """
 
@@ -28,21 +29,18 @@ async def read_signals(
 ) -> Signals:
     """One observation of `model`; raises `SignalsUnavailable` when Redis fails."""
     try:
-        backlog_by_priority: list[int] = []
-        in_flight = 0
-        arrivals_total = 0
-        for priority in keys.PRIORITIES:
-            stream = await read_queue(client, keys.request_stream(model, priority))
-            backlog_by_priority.append(stream.backlog)
-            in_flight += stream.pending
-            arrivals_total += stream.entries_added
+        queues = {priority: await read_queue(client, keys.request_stream(model, priority))
+                  for priority in keys.PRIORITIES}
         raw_heartbeats = await client.hgetall(keys.heartbeat_hash(model))
     except RedisError as exc:
         raise SignalsUnavailable(f"reading signals of {model!r}: {exc}") from exc
     heartbeats = fresh_heartbeats(raw_heartbeats.values(), now, stale_after_s)
-    return Signals(at=now, backlog=sum(backlog_by_priority), in_flight=in_flight,
-                   arrivals_total=arrivals_total, workers=count_workers(heartbeats),
-                   backlog_by_priority=tuple(backlog_by_priority))
+    batch = queues[keys.PRIORITY_BATCH]
+    return Signals(at=now, backlog=sum(q.backlog for q in queues.values()),
+                   in_flight=sum(q.pending for q in queues.values()),
+                   arrivals_total=sum(q.entries_added for q in queues.values()),
+                   workers=count_workers(heartbeats),
+                   batch_backlog=batch.backlog, batch_in_flight=batch.pending)
 
 
 def count_workers(heartbeats: list[Heartbeat]) -> WorkerCounts:

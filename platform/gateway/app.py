@@ -50,7 +50,8 @@ async def _redis_lifespan(app: Litestar) -> AsyncIterator[None]:
     state.broker = broker
     state.hub = hub
     state.completions = completions
-    state.jobs = JobService(broker, completions, settings.job_retention_s)
+    state.jobs = JobService(broker, completions, settings.job_retention_s,
+                            settings.webhook_allow_private)
     hub.start()
     try:
         yield

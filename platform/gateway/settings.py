@@ -16,9 +16,10 @@ class GatewaySettings:
     `api_keys` empty means an open gateway (like vLLM without `--api-key`).
 
     Bounds, each answered with 429 + Retry-After rather than a wait that would blow the
-    request's deadline anyway: `max_backlog` (interactive), `max_job_backlog` and
-    `max_batch_backlog` cap the undelivered entries of one model's queue at that priority, so a
-    job or batch flood can never refuse an interactive request; `max_in_flight` caps the
+    request's deadline anyway: `max_backlog` (interactive) and `max_job_backlog` cap the
+    undelivered entries of one model's queue at that priority, so a job flood can never refuse
+    an interactive request (batch lines are queued by the batch runner, under
+    `batch.max_backlog`); `max_in_flight` caps the
     requests this gateway process waits on at once (each costs a buffer, not a connection).
 Backlogs are read at most every `backlog_max_age_s` per queue (see `Broker.backlog`).
 
@@ -38,11 +39,11 @@ Backlogs are read at most every `backlog_max_age_s` per queue (see `Broker.backl
     request_timeout_s: float = 600.0
     max_backlog: int = 1024
     max_job_backlog: int = 8192
-    max_batch_backlog: int = 65_536
     max_in_flight: int = 10_000
     backlog_max_age_s: float = 0.05  # 0: read the backlog for every request
     retry_after_s: int = 1
     job_retention_s: float = 86_400.0
+    webhook_allow_private: bool = False  # accept job webhooks to private/loopback addresses
     cancel_retention_s: float = 3_600.0
     max_body_bytes: int = 4 * 1024 * 1024
     max_choices: int = 64  # n times the number of prompts in one request
@@ -68,7 +69,6 @@ Backlogs are read at most every `backlog_max_age_s` per queue (see `Broker.backl
             "request_timeout_s": self.request_timeout_s,
             "max_backlog": self.max_backlog,
             "max_job_backlog": self.max_job_backlog,
-            "max_batch_backlog": self.max_batch_backlog,
             "max_in_flight": self.max_in_flight,
             "retry_after_s": self.retry_after_s,
             "job_retention_s": self.job_retention_s,
@@ -97,5 +97,5 @@ Backlogs are read at most every `backlog_max_age_s` per queue (see `Broker.backl
         """The undelivered entries one model's queue at `priority` may hold."""
         bounds = {keys.PRIORITY_INTERACTIVE: self.max_backlog,
                   keys.PRIORITY_JOB: self.max_job_backlog,
-                  keys.PRIORITY_BATCH: self.max_batch_backlog}
+                  keys.PRIORITY_BATCH: self.batch.max_backlog}
         return bounds[priority]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
@@ -62,9 +63,35 @@ async def queue_backlog(client: aioredis.Redis, model: str, priority: int,
     return await _backlog(client, stream, group, None, count_limit)
 
 
+def queue_backlog_sync(client: redis.Redis, model: str, priority: int,
+                       count_limit: int = COUNT_LIMIT) -> int:
+    """`queue_backlog` for synchronous callers (the batch runner in a Celery worker)."""
+    stream = keys.request_stream(model, priority)
+    try:
+        group = _workers_group(client.xinfo_groups(stream))
+    except ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return 0
+        raise
+    if group is None:
+        return int(client.xlen(stream))
+    lag = group.get("lag")
+    if lag is None:
+        lag = len(client.xrange(stream, min=_after_delivered(group), max="+", count=count_limit))
+    return int(lag)
+
+
 async def _group(client: aioredis.Redis, stream: str) -> dict | None:
-    return next((g for g in await client.xinfo_groups(stream)
-                 if _text(g.get("name")) == keys.CONSUMER_GROUP), None)
+    return _workers_group(await client.xinfo_groups(stream))
+
+
+def _workers_group(groups: list[dict]) -> dict | None:
+    return next((g for g in groups if _text(g.get("name")) == keys.CONSUMER_GROUP), None)
+
+
+def _after_delivered(group: dict) -> str:
+    """XRANGE's exclusive start just after what the group has delivered."""
+    return "(" + _text(group.get("last-delivered-id", "0-0"))
 
 
 async def _backlog(client: aioredis.Redis, stream: str, group: dict | None, length: int | None,
@@ -73,8 +100,7 @@ async def _backlog(client: aioredis.Redis, stream: str, group: dict | None, leng
         return length if length is not None else int(await client.xlen(stream))
     lag = group.get("lag")
     if lag is None:
-        after = "(" + _text(group.get("last-delivered-id", "0-0"))
-        lag = len(await client.xrange(stream, min=after, max="+", count=count_limit))
+        lag = len(await client.xrange(stream, min=_after_delivered(group), max="+", count=count_limit))
     return int(lag)
 
 

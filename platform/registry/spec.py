@@ -171,6 +171,7 @@ class ScalingPolicy:
     scale_down_window_s: float = 60.0
     max_scale_up_step: int = 4
     panic_threshold: float = 2.0
+    batch_wake_after_s: float = 0.0  # how long batch-only work waits before waking from zero
 
     def __post_init__(self) -> None:
         _require(_is_int(self.min_replicas) and self.min_replicas >= 0,
@@ -183,7 +184,8 @@ class ScalingPolicy:
                  f"target_in_flight must be at least 1, got {self.target_in_flight!r}")
         _require(_is_int(self.max_scale_up_step) and self.max_scale_up_step >= 1,
                  f"max_scale_up_step must be at least 1, got {self.max_scale_up_step!r}")
-        for name in ("scale_to_zero_after_s", "scale_up_window_s", "scale_down_window_s"):
+        for name in ("scale_to_zero_after_s", "scale_up_window_s", "scale_down_window_s",
+                     "batch_wake_after_s"):
             value = getattr(self, name)
             _require(_is_number(value) and value >= 0, f"{name} must be a non-negative number, got {value!r}")
         _require(_is_number(self.panic_threshold) and self.panic_threshold > 1.0,

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 class ActiveRequest:
     entry: PulledEntry
     claimed: bool
-    num_seqs: int
+    n: int  # choices of this request (sequences it runs in the engine)
     cancelled: bool = False
     aborted: bool = False
     replay: list[ResultEvent] = field(default_factory=list)
@@ -79,7 +79,7 @@ class Executor:
 
     @property
     def num_active_seqs(self) -> int:
-        return sum(r.num_seqs for r in self.active.values())
+        return sum(r.n for r in self.active.values())
 
     async def start(self, entries: list[PulledEntry], claimed: bool = False) -> None:
         """Admit entries: register them (so cancels find them), check cancel flags, run them."""

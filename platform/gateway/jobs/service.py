@@ -8,6 +8,7 @@ cannot be probed.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -26,6 +27,7 @@ from pagefleet.platform.gateway.errors import OpenAIError, bad_request, model_no
 from pagefleet.platform.gateway.jobs.schemas import JobCreate
 from pagefleet.platform.protocol import JobRecord, decode_job, encode, keys
 from pagefleet.platform.protocol.messages import ACTIVE_JOB_STATUSES
+from pagefleet.platform.protocol.webhooks import WebhookTargetRefused, check_webhook_target
 
 
 def job_not_found(job_id: str) -> OpenAIError:
@@ -38,15 +40,26 @@ def job_request_id(record: JobRecord) -> str:
 
 
 class JobService:
-    def __init__(self, broker: Broker, completions: CompletionService, retention_s: float) -> None:
+    """`webhook_allow_private` as in the workers: a webhook whose host resolves to a private,
+    loopback or link-local address is refused at creation (400) unless allowed, so a shared
+    gateway cannot be made to POST into its own network. The workers check again when they
+    deliver (DNS may have changed since)."""
+
+    def __init__(self, broker: Broker, completions: CompletionService, retention_s: float,
+                 webhook_allow_private: bool = False) -> None:
         self.broker = broker
         self.completions = completions
         self._retention_ms = int(retention_s * 1000)
         self._retention_s = retention_s
+        self._webhook_allow_private = webhook_allow_private
+
+    async def _check_webhook(self, url: str) -> None:
+        try:  # resolving the host blocks: off the event loop
+            await asyncio.to_thread(check_webhook_target, url, self._webhook_allow_private)
+        except WebhookTargetRefused as exc:
+            raise bad_request(str(exc), param="webhook") from None
 
     def _prepare(self, create: JobCreate, job_id: str, owner: str) -> PreparedRequest:
-        if create.webhook is not None and not create.webhook.startswith(("http://", "https://")):
-            raise bad_request("webhook must be an http:// or https:// URL", param="webhook")
         is_chat = create.endpoint == "/v1/chat/completions"
         try:
             body = msgspec.convert(create.body, ChatCompletionRequest if is_chat else CompletionRequest)
@@ -65,6 +78,8 @@ class JobService:
     async def submit(self, create: JobCreate, owner: str) -> JobRecord:
         job_id = f"job-{uuid.uuid4().hex}"
         prepared = self._prepare(create, job_id, owner)
+        if create.webhook is not None:
+            await self._check_webhook(create.webhook)
         record = JobRecord(id=job_id, owner=owner, endpoint=create.endpoint, body=create.body,
                            created_at=time.time(), webhook=create.webhook)
         pipe = self.broker.redis.pipeline(transaction=True)

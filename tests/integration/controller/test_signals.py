@@ -44,7 +44,7 @@ def test_stream_without_group_is_all_backlog(redis_url: str, redis_client: redis
     _enqueue(redis_client, 0, 3)
     _enqueue(redis_client, 2, 1)
     signals = _read(redis_url)
-    assert signals.backlog == 4 and signals.backlog_by_priority == (3, 0, 1)
+    assert signals.backlog == 4 and signals.batch_backlog == 1
     assert signals.arrivals_total == 4
 
 

@@ -100,7 +100,7 @@ def tight(redis_url: str, registry_path: str) -> Iterator[LiveGateway]:
     settings = GatewaySettings(redis_url=redis_url, registry_path=registry_path,
                                request_timeout_s=0.5, max_backlog=2, max_job_backlog=3, retry_after_s=7,
                                backlog_max_age_s=0,
-                               job_retention_s=1.0)
+                               job_retention_s=1.0, webhook_allow_private=True)
     with serve(settings) as live:
         yield live
 

@@ -69,6 +69,22 @@ def test_invalid_jobs_are_400(gateway: LiveGateway, job: dict, param: str) -> No
     assert info.value.body["param"] == param
 
 
+@pytest.mark.parametrize("webhook", ["http://127.0.0.1:9/hook", "http://localhost/hook",
+                                     "http://10.1.2.3/hook", "http://[::1]:8080/hook",
+                                     "http://169.254.169.254/latest/meta-data"])
+def test_private_webhook_targets_are_400(gateway: LiveGateway, webhook: str) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        submit(gateway.client(), "/v1/completions", {"model": MODEL, "prompt": "x"}, webhook=webhook)
+    assert info.value.body["param"] == "webhook"
+    assert "not allowed" in info.value.body["message"]
+
+
+def test_private_webhook_targets_when_allowed(tight: LiveGateway, idle_queue_empty: None) -> None:
+    job = submit(tight.client(), "/v1/completions", {"model": IDLE_MODEL, "prompt": "x"},
+                 webhook="http://127.0.0.1:9/hook")
+    assert job["status"] == "queued"
+
+
 def test_job_for_unknown_model_is_404(gateway: LiveGateway) -> None:
     with pytest.raises(openai.NotFoundError):
         submit(gateway.client(), "/v1/completions", {"model": "nope", "prompt": "x"})

@@ -55,6 +55,9 @@ def test_flags_and_environment_reach_the_settings(monkeypatch: pytest.MonkeyPatc
     assert (settings.redis_url, settings.request_timeout_s, settings.max_backlog, settings.api_keys) \
         == ("redis://env:1/0", 5.0, 3, ("a", "b"))
     assert (settings.max_job_backlog, settings.max_in_flight) == (7, 9)
+    assert not settings.webhook_allow_private
+    assert gateway_settings(parser.parse_args(
+        ["gateway", "--webhook-allow-private"])).webhook_allow_private
     controller = controller_settings(parser.parse_args(
         ["controller", "--backend", "kubernetes", "--interval", "2", "--worker-image", "img:1",
          "--worker-command", "run {model} --x", "--redis-url", "redis://flag:2/0"]))

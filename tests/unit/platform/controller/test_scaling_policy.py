@@ -13,6 +13,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pytest
+
 from pagefleet.platform.controller.policy import (
     Decision,
     PolicyState,
@@ -209,3 +211,58 @@ def test_arrivals_of_short_requests_count_as_activity() -> None:
         state = decision.state
         assert decision.desired_replicas == 1
     assert state.last_active_at == 19.0  # nothing was ever queued or running, yet it was active
+
+
+BATCH_POLICY = ScalingPolicy(min_replicas=0, max_replicas=6, target_in_flight=4,
+                             scale_up_window_s=2, scale_down_window_s=10, max_scale_up_step=6,
+                             panic_threshold=2.0, batch_wake_after_s=30)
+
+
+def _batch(at: float, batch_backlog: int, urgent_backlog: int = 0, batch_in_flight: int = 0,
+           ready: int = 0) -> Signals:
+    return Signals(at=at, backlog=batch_backlog + urgent_backlog,
+                   in_flight=batch_in_flight, arrivals_total=0,
+                   workers=WorkerCounts(ready=ready),
+                   batch_backlog=batch_backlog, batch_in_flight=batch_in_flight)
+
+
+@pytest.mark.parametrize(("case", "policy", "current", "trace", "expected"), [
+    # (time, batch backlog, urgent backlog, batch in flight) per tick -> replicas asked per tick
+    ("batch-only wakes from zero at once by default", POLICY, 0,
+     [(0, 3, 0, 0)], [1]),
+    ("batch-only waits batch_wake_after_s at zero", BATCH_POLICY, 0,
+     [(0, 3, 0, 0), (10, 3, 0, 0), (29, 3, 0, 0), (30, 3, 0, 0)], [0, 0, 0, 1]),
+    ("an interactive request wakes at once despite the batch wait", BATCH_POLICY, 0,
+     [(0, 3, 0, 0), (1, 3, 1, 0)], [0, 1]),
+    ("the batch wait restarts when the batch backlog drained", BATCH_POLICY, 0,
+     [(0, 3, 0, 0), (20, 0, 0, 0), (21, 3, 0, 0), (40, 3, 0, 0), (51, 3, 0, 0)], [0, 0, 0, 0, 1]),
+    ("a batch backlog far above capacity does not panic", BATCH_POLICY, 1,
+     [(0, 0, 0, 4), (1, 400, 0, 4), (2, 400, 0, 4)], [1, 1, 1]),
+    ("a batch backlog sustained over the window scales up", BATCH_POLICY, 1,
+     [(0, 0, 0, 4), (1, 40, 0, 4), (2, 40, 0, 4), (3, 40, 0, 4)], [1, 1, 1, 6]),
+    ("the same backlog of interactive work panics", BATCH_POLICY, 1,
+     [(0, 0, 0, 0), (1, 0, 400, 0)], [1, 6]),
+    ("batch in flight beside urgent work does not count towards panic", BATCH_POLICY, 1,
+     [(0, 0, 0, 0), (1, 0, 5, 40)], [1, 1]),
+])
+def test_batch_backlog_scales_without_panic(case: str, policy: ScalingPolicy, current: int,
+                                            trace: list[tuple[int, int, int, int]],
+                                            expected: list[int]) -> None:
+    state = PolicyState()
+    asked = []
+    for at, batch_backlog, urgent, batch_in_flight in trace:
+        signals = _batch(at, batch_backlog, urgent, batch_in_flight, ready=current)
+        decision = decide(policy, current, signals, state, now=float(at))
+        state = decision.state
+        current = decision.desired_replicas
+        asked.append(current)
+    assert asked == expected, case
+
+
+def test_batch_work_keeps_a_model_active() -> None:
+    policy = ScalingPolicy(max_replicas=2, scale_to_zero_after_s=5, scale_down_window_s=0)
+    state = PolicyState()
+    for t in range(20):
+        decision = decide(policy, 1, _batch(t, 2, ready=1), state, now=float(t))
+        state = decision.state
+        assert decision.desired_replicas == 1

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from pagefleet.platform.batch.settings import BatchSettings
 from pagefleet.platform.gateway import GatewaySettings
 from pagefleet.platform.gateway.auth import ANONYMOUS, is_valid_key, owner_of
 
@@ -16,7 +17,6 @@ from pagefleet.platform.gateway.auth import ANONYMOUS, is_valid_key, owner_of
     {"max_body_bytes": 0},
     {"max_choices": 0},
     {"max_job_backlog": 0},
-    {"max_batch_backlog": -1},
     {"max_in_flight": 0},
     {"result_readers": 0},
     {"result_buffer_events": 0},
@@ -34,7 +34,8 @@ def test_defaults_are_valid_and_open() -> None:
 
 
 def test_each_priority_has_its_own_backlog_bound() -> None:
-    settings = GatewaySettings(max_backlog=10, max_job_backlog=20, max_batch_backlog=30)
+    settings = GatewaySettings(max_backlog=10, max_job_backlog=20,
+                               batch=BatchSettings(max_backlog=30))
     assert [settings.backlog_bound(p) for p in (0, 1, 2)] == [10, 20, 30]
 
 

@@ -85,6 +85,7 @@ def test_source_defaults_to_name() -> None:
         (("scaling", "max_replicas"), 0, "max_replicas must be at least 1"),
         (("scaling", "panic_threshold"), 1.0, "panic_threshold must be greater than 1"),
         (("scaling", "scale_down_window_s"), -1, "scale_down_window_s must be a non-negative"),
+        (("scaling", "batch_wake_after_s"), -1, "batch_wake_after_s must be a non-negative"),
         (("scaling", "bogus"), 1, "scaling: unknown key(s) ['bogus']"),
         (("profile", "tensor_parallel_size"), 4, "tensor_parallel_size 4 must divide count 2"),
         (("profile", "shm"), "lots", "shm must be a Kubernetes quantity"),
