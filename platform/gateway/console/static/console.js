@@ -157,7 +157,9 @@ function chart(series) {
   const top = Math.max(1, ...series.map((p) => Math.max(p.backlog, p.inFlight)));
   svg.setAttribute("aria-label", `backlog and in flight, last 15 minutes, peak ${top}`);
   for (const [field, dash, colour] of [["backlog", "", "#1f6feb"], ["inFlight", "4 3", "#b35900"]]) {
-    const points = series.map((p) => `${(300 - (now - p.at) / HISTORY_S * 300).toFixed(1)},${(58 - p[field] / top * 54).toFixed(1)}`);
+    const y = (p) => (58 - p[field] / top * 54).toFixed(1);
+    const points = series.map((p) => `${(300 - (now - p.at) / HISTORY_S * 300).toFixed(1)},${y(p)}`);
+    if (series.length === 1) points.unshift(`0,${y(series[0])}`);  // one sample: a flat line
     const line = document.createElementNS(ns, "polyline");
     line.setAttribute("points", points.join(" "));
     line.setAttribute("fill", "none");
@@ -274,6 +276,7 @@ async function sendChat(event) {
     const seconds = first === null ? 0 : (performance.now() - first) / 1000;
     $("tps").textContent = seconds > 0 && count > 1 ? ((count - 1) / seconds).toFixed(1) : "–";
     $("chat-status").textContent = `Done: ${count} tokens.`;
+    startPlayground();  // the model is warm now: refresh its "(cold)" mark
   } catch (error) {
     $("chat-status").textContent = error.name === "AbortError" ? "Stopped." : `Error: ${error.message}`;
   } finally {
