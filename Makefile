@@ -7,9 +7,9 @@ STAMP := $(VENV)/.pagefleet-installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: up test setup lint redis clean
+.PHONY: up test setup lint redis chromium clean
 
-setup: $(STAMP) redis
+setup: $(STAMP) redis chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,13 @@ redis:
 	  echo "installing redis-server"; \
 	  SUDO=$$(command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q redis-server; }
+
+# The console's browser tests drive Debian's Chromium through its chromedriver (never a download).
+chromium:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  echo "installing chromium and chromium-driver"; \
+	  SUDO=$$(command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; }
 
 up: setup
 	$(VENV)/bin/pagefleet up

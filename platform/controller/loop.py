@@ -32,6 +32,7 @@ from pagefleet.platform.controller.backends.base import (
     BackendError,
     PermanentBackendError,
 )
+from pagefleet.platform.controller.decisions import publish_decision
 from pagefleet.platform.controller.metrics import ControllerMetrics
 from pagefleet.platform.controller.policy import Decision, PolicyState, Signals, decide
 from pagefleet.platform.controller.signals import SignalsUnavailable, read_signals
@@ -155,6 +156,7 @@ class Controller:
             else:
                 self._failures.pop(model, None)
         self.metrics.observe(model, signals, decision)
+        await publish_decision(self._redis, model, current, decision, now)
         return decision
 
     def _holding_back(self, spec: ModelSpec, desired_replicas: int, now: float) -> bool:

@@ -46,7 +46,7 @@ def api_key_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None
     and the OpenAPI schema (clients and schemathesis read it to learn the API)."""
     if handler.opt.get("public") or connection.url.path.startswith(OPENAPI_PATH):
         return
-    api_keys: tuple[str, ...] = connection.app.state.settings.api_keys
+    api_keys: tuple[str, ...] = connection.app.state.settings.accepted_keys
     token = bearer_token(connection)
     if not is_valid_key(token, api_keys):
         message = ("Missing API key: pass it as 'Authorization: Bearer <key>'." if token is None
@@ -54,7 +54,26 @@ def api_key_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None
         raise OpenAIError(401, message, code="invalid_api_key")
 
 
+def is_admin(token: str | None, api_keys: tuple[str, ...], admin_keys: tuple[str, ...]) -> bool:
+    """Whether the caller may see fleet-wide views: anyone on an open gateway, else only an
+    admin key's holder."""
+    if not api_keys and not admin_keys:
+        return True
+    if token is None:
+        return False
+    return any(hmac.compare_digest(token.encode(), key.encode()) for key in admin_keys)
+
+
+def admin_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """403 for a valid key that is not an admin key (`api_key_guard` has answered 401 to the
+    rest); for routes with fleet-wide data."""
+    settings = connection.app.state.settings
+    if not is_admin(bearer_token(connection), settings.api_keys, settings.admin_keys):
+        raise OpenAIError(403, "This view needs an admin key (PAGEFLEET_ADMIN_KEYS).",
+                          type="permission_error", code="admin_key_required")
+
+
 def provide_owner(request: Request) -> str:
     """The owner id of the caller; the guard has already checked the key."""
-    api_keys: tuple[str, ...] = request.app.state.settings.api_keys
+    api_keys: tuple[str, ...] = request.app.state.settings.accepted_keys
     return owner_of(bearer_token(request)) if api_keys else ANONYMOUS

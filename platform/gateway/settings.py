@@ -13,7 +13,10 @@ from pagefleet.platform.protocol.connection import DEFAULT_REDIS_URL, check_redi
 class GatewaySettings:
     """Everything `create_app` needs; invalid values raise `ValueError` at construction.
 
-    `api_keys` empty means an open gateway (like vLLM without `--api-key`).
+    `api_keys` empty means an open gateway (like vLLM without `--api-key`). `admin_keys` are
+    accepted wherever an API key is and also open the console's fleet-wide views; with keys
+    configured but no admin key, nobody sees those views. With no key of either kind the
+    gateway is open and so is its console.
 
     Bounds, each answered with 429 + Retry-After rather than a wait that would blow the
     request's deadline anyway: `max_backlog` (interactive) and `max_job_backlog` cap the
@@ -36,6 +39,7 @@ Backlogs are read at most every `backlog_max_age_s` per queue (see `Broker.backl
     redis_url: str = DEFAULT_REDIS_URL
     registry_path: str | None = None  # None: the registry packaged with pagefleet
     api_keys: tuple[str, ...] = ()
+    admin_keys: tuple[str, ...] = ()
     request_timeout_s: float = 600.0
     max_backlog: int = 1024
     max_job_backlog: int = 8192
@@ -65,6 +69,10 @@ Backlogs are read at most every `backlog_max_age_s` per queue (see `Broker.backl
             isinstance(key, str) and key for key in self.api_keys
         ):
             raise ValueError("api_keys must be a tuple of non-empty strings")
+        if not isinstance(self.admin_keys, tuple) or not all(
+            isinstance(key, str) and key for key in self.admin_keys
+        ):
+            raise ValueError("admin_keys must be a tuple of non-empty strings")
         positive = {
             "request_timeout_s": self.request_timeout_s,
             "max_backlog": self.max_backlog,
@@ -92,6 +100,11 @@ Backlogs are read at most every `backlog_max_age_s` per queue (see `Broker.backl
             raise ValueError(f"backlog_max_age_s must be >= 0, got {self.backlog_max_age_s}")
         if self.redis_retries < 0:
             raise ValueError(f"redis_retries must be >= 0, got {self.redis_retries}")
+
+    @property
+    def accepted_keys(self) -> tuple[str, ...]:
+        """Every key the API accepts (empty: the gateway is open)."""
+        return self.api_keys + self.admin_keys
 
     def backlog_bound(self, priority: int) -> int:
         """The undelivered entries one model's queue at `priority` may hold."""

@@ -57,3 +57,11 @@ def gateway_wake_stream(reader_id: str) -> str:
     """A gateway result reader's own stream: an entry here ends its blocking XREAD early, so a
     newly registered request joins the next read at once."""
     return f"pf:gw:wake:{reader_id}"
+
+
+SCALING_EVENTS = "pf:scaling:events"
+"""Stream of the controller's scaling decisions (fields: model, from, to, direction, reason,
+at), capped near `SCALING_EVENTS_MAXLEN` entries; the console shows it newest first."""
+SCALING_EVENTS_MAXLEN = 1000
+DESIRED_REPLICAS = "pf:scaling:desired"
+"""Hash of model -> the replicas the controller last asked for (its latest decision)."""

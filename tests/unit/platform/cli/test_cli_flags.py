@@ -22,7 +22,8 @@ from pagefleet.workers.runtime.config import WorkerSettings
 
 @pytest.fixture(autouse=True)
 def _no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("REDIS_URL", "PAGEFLEET_REGISTRY", "PAGEFLEET_API_KEYS", "PAGEFLEET_WORKER_ID",
+    for name in ("REDIS_URL", "PAGEFLEET_REGISTRY", "PAGEFLEET_API_KEYS", "PAGEFLEET_ADMIN_KEYS",
+                 "PAGEFLEET_WORKER_ID",
                  "POD_NAMESPACE", "POD_NAME", "PAGEFLEET_DATA_DIR"):
         monkeypatch.delenv(name, raising=False)
 
@@ -65,6 +66,18 @@ def test_flags_and_environment_reach_the_settings(monkeypatch: pytest.MonkeyPatc
         redis_url="redis://flag:2/0", backend="kubernetes", interval_s=2.0,
         kubernetes=KubernetesSettings(image="img:1", identity="pod-7"),
         local=LocalSettings(worker_command=("run", "{model}", "--x")))
+
+
+def test_admin_keys_come_from_flags_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAGEFLEET_ADMIN_KEYS", " adm1, adm2 ,")
+    parser = build_parser()
+    settings = gateway_settings(parser.parse_args(["gateway", "--api-key", "u"]))
+    assert (settings.api_keys, settings.admin_keys) == (("u",), ("adm1", "adm2"))
+    assert settings.accepted_keys == ("u", "adm1", "adm2")
+    flagged = gateway_settings(parser.parse_args(["gateway", "--admin-key", "x"]))
+    assert (flagged.api_keys, flagged.admin_keys) == ((), ("x",))
+    with pytest.raises(ValueError, match="admin_keys"):
+        GatewaySettings(admin_keys=("",))
 
 
 def test_a_bad_value_is_a_usage_error() -> None:
