@@ -73,7 +73,10 @@ def test_kill_9_of_up_leaves_nothing_and_redis_keeps_its_data(tmp_path: Path) ->
     port, data_dir = free_port(), tmp_path / "data"
     up, log_path = _start_up(tmp_path, port, data_dir, "up1.log")
     children = _children(up.pid)
-    assert len(children) == 4, log_path.read_text()  # redis-server, gateway, controller, batch worker
+    if len(children) != 4:  # redis-server, gateway, controller, batch worker
+        up.send_signal(signal.SIGINT)  # stop it cleanly: a failed test leaves nothing running
+        up.wait(timeout=120)
+        raise AssertionError(f"up has {len(children)} children, not 4:\n{log_path.read_text()}")
     client = redis.Redis.from_url(_redis_url(log_path))
     client.set("pf:test:survivor", "kept")
     client.close()
