@@ -33,18 +33,13 @@ from tests.integration.runtime.processes import (
     write_registry,
 )
 from tests.support.redis_server import RestartableRedis, free_port
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.chaos
 MODEL = "rt-chaos"
 CHAT = [{"role": "user", "content": "Tell me a story."}]
 
 
-def _wait_for(condition, what: str, timeout_s: float = 120.0):
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)  # polling a condition with a deadline
-    return value
 
 
 def _client_view(events: list[ResultEvent]) -> tuple[int, FinalEvent]:
@@ -102,21 +97,21 @@ def test_redis_kill_and_restart_loses_nothing(tmp_path: Path) -> None:
             enqueue(client, env)
         for env in jobs:
             enqueue(client, env, keys.PRIORITY_JOB)
-        _wait_for(lambda: sum(client.exists(keys.result_stream(e.request_id)) for e in streams) == 2,
+        wait_for(lambda: sum(client.exists(keys.result_stream(e.request_id)) for e in streams) == 2,
                   "both streams to start")
 
         server.kill()
         log = tmp_path / "worker.log"
-        _wait_for(lambda: "redis unreachable" in log.read_text(), "the worker to notice the outage")
+        wait_for(lambda: "redis unreachable" in log.read_text(), "the worker to notice the outage")
         server.start()
         restarted = time.monotonic()
         client = redis.Redis.from_url(server.url)
         lengths = {e.request_id: client.xlen(keys.result_stream(e.request_id)) for e in streams + jobs}
-        _wait_for(lambda: any(client.xlen(keys.result_stream(rid)) > n for rid, n in lengths.items()),
+        wait_for(lambda: any(client.xlen(keys.result_stream(rid)) > n for rid, n in lengths.items()),
                   "results to flow again")
         recovery_s = time.monotonic() - restarted
         # The cancel listener subscribed again (the channel lost its subscriber with the restart).
-        _wait_for(lambda: dict(client.pubsub_numsub(keys.cancel_channel(MODEL)))
+        wait_for(lambda: dict(client.pubsub_numsub(keys.cancel_channel(MODEL)))
                   .get(keys.cancel_channel(MODEL).encode()) == 1, "the cancel listener to resubscribe")
 
         for env in streams:
@@ -125,7 +120,7 @@ def test_redis_kill_and_restart_loses_nothing(tmp_path: Path) -> None:
         for env in jobs:
             num_tokens, final = _client_view(read_until_done(client, env.request_id))
             assert num_tokens == 24
-        statuses = {j: _wait_for(lambda j=j: (s := _status(client, j)) in ("succeeded", "failed") and s,
+        statuses = {j: wait_for(lambda j=j: (s := _status(client, j)) in ("succeeded", "failed") and s,
                                  "the job to end") for j in job_ids}
         lost = sum(1 for s in statuses.values() if s != "succeeded")
         print(f"\nredis restart: results flowing again {recovery_s:.2f} s after it answered PING; "
@@ -135,7 +130,7 @@ def test_redis_kill_and_restart_loses_nothing(tmp_path: Path) -> None:
         # A cancel published after the restart, with no flag to fall back on, still stops work.
         env = envelope(MODEL, prompt="Once upon a time", max_tokens=200, ignore_eos=True)
         enqueue(client, env)
-        _wait_for(lambda: client.xlen(keys.result_stream(env.request_id)) > 0, "the first delta")
+        wait_for(lambda: client.xlen(keys.result_stream(env.request_id)) > 0, "the first delta")
         client.publish(keys.cancel_channel(MODEL), env.request_id)
         events = read_until_done(client, env.request_id)
         num_tokens, final = _client_view(events)

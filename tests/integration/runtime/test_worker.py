@@ -36,16 +36,11 @@ from tests.integration.runtime.processes import (
     envelope,
     read_until_done,
 )
+from tests.support.waiting import wait_for
 
 CHAT = [{"role": "user", "content": "Name three colours."}]
 
 
-def _wait_for(condition, what: str, timeout_s: float = 120.0):
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)  # polling a condition with a deadline
-    return value
 
 
 def _metrics(worker: WorkerProcess) -> dict[str, float]:
@@ -66,7 +61,7 @@ def test_chat_with_two_choices_streams_in_order_then_acks(worker, client: redis.
     assert all(text for text in choice_texts(events, n=2))
     assert 0 < client.ttl(keys.result_stream(env.request_id)) <= 3600
     stream = keys.request_stream(MODEL, 0)
-    _wait_for(lambda: client.xpending(stream, keys.CONSUMER_GROUP)["pending"] == 0, "the ack")
+    wait_for(lambda: client.xpending(stream, keys.CONSUMER_GROUP)["pending"] == 0, "the ack")
     assert client.xlen(stream) == 0  # acked entries are deleted; the result stream is the record
 
 
@@ -114,14 +109,14 @@ def test_request_flagged_before_the_pull_is_skipped(worker, client: redis.Redis)
 def test_cancel_mid_generation_frees_the_engine_blocks(worker, client: redis.Redis) -> None:
     env = envelope(MODEL, prompt="Once upon a time", max_tokens=100, ignore_eos=True)
     request_id = enqueue(client, env)
-    _wait_for(lambda: client.xlen(keys.result_stream(request_id)) > 0, "the first delta")
+    wait_for(lambda: client.xlen(keys.result_stream(request_id)) > 0, "the first delta")
     assert _metrics(worker)["pagefleet:kv_cache_usage_perc"] > 0
     client.set(keys.cancel_flag(request_id), 1, ex=60)
     client.publish(keys.cancel_channel(MODEL), request_id)
     events = read_until_done(client, request_id)
     final = assert_well_formed(events)
     assert final.finish_reasons == ["abort"] and final.usage.completion_tokens < 100
-    _wait_for(lambda: (m := _metrics(worker))["pagefleet:kv_cache_usage_perc"] == 0
+    wait_for(lambda: (m := _metrics(worker))["pagefleet:kv_cache_usage_perc"] == 0
               and m["pagefleet:num_requests_running"] == 0, "the blocks to be freed")
 
 
@@ -157,7 +152,7 @@ def test_higher_priority_is_pulled_first(worker, client: redis.Redis) -> None:
                 for _ in range(MAX_NUM_SEQS)]
     for env in blockers:
         enqueue(client, env)
-    _wait_for(lambda: all(client.xlen(keys.result_stream(e.request_id)) for e in blockers),
+    wait_for(lambda: all(client.xlen(keys.result_stream(e.request_id)) for e in blockers),
               "the blockers to fill every slot")
     low = [envelope(MODEL, prompt="Hi", max_tokens=2, ignore_eos=True) for _ in range(MAX_NUM_SEQS)]
     high = [envelope(MODEL, prompt="Hi", max_tokens=2, ignore_eos=True) for _ in range(MAX_NUM_SEQS)]
@@ -187,7 +182,7 @@ def test_entries_of_a_dead_consumer_resume_without_repeating_tokens(worker, clie
     assert events[: len(ghost_deltas)] == ghost_deltas
     assert choice_texts(events) == choice_texts(reference)
     assert final.usage == reference[-1].usage
-    _wait_for(lambda: "ghost" not in {c["name"].decode() for c in
+    wait_for(lambda: "ghost" not in {c["name"].decode() for c in
                                       client.xinfo_consumers(stream, keys.CONSUMER_GROUP)},
               "the dead consumer to be removed")
 
@@ -260,14 +255,14 @@ def test_job_succeeds_with_the_openai_response_and_posts_its_webhook(worker, cli
         _job(client, job_id, hook.url)
         env = envelope(MODEL, messages=CHAT, job_id=job_id, max_tokens=5)
         events = read_until_done(client, enqueue(client, env, keys.PRIORITY_JOB))
-        record = _wait_for(lambda: (r := _record(client, job_id)).status == "succeeded" and r, "success")
+        record = wait_for(lambda: (r := _record(client, job_id)).status == "succeeded" and r, "success")
         final = assert_well_formed(events)
         assert record.result["id"] == job_id and record.result["object"] == "chat.completion"
         assert record.result["choices"][0]["message"]["content"] == choice_texts(events)[0]
         assert record.result["usage"]["total_tokens"] == final.usage.total_tokens
         assert record.started_at <= record.finished_at
         assert 0 < client.ttl(keys.job_hash(job_id)) <= 600  # the gateway's retention is kept
-        [body] = _wait_for(lambda: hook.bodies, "the webhook")
+        [body] = wait_for(lambda: hook.bodies, "the webhook")
         assert (body["id"], body["status"], body["result"]) == (job_id, "succeeded", record.result)
         assert "owner" not in body and "body" not in body
         assert hook.signed == [True]
@@ -283,7 +278,7 @@ def test_cancelled_job_stays_cancelled(worker, client: redis.Redis) -> None:
     [final] = read_until_done(client, enqueue(client, env, keys.PRIORITY_JOB))
     assert final.finish_reasons == ["abort"]
     stream = keys.request_stream(MODEL, keys.PRIORITY_JOB)
-    _wait_for(lambda: client.xpending(stream, keys.CONSUMER_GROUP)["pending"] == 0, "the ack")
+    wait_for(lambda: client.xpending(stream, keys.CONSUMER_GROUP)["pending"] == 0, "the ack")
     assert _record(client, job_id).status == "cancelled"
 
 
