@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from pagefleet.platform.registry.loader import parse_registry
 from pagefleet.workers import LLM, SamplingParams
 from pagefleet.workers.models.loader import build_model, resolve_model
 from pagefleet.workers.models.phi3 import Phi3ForCausalLM
@@ -68,10 +69,13 @@ def hf_greedy(model: Any, prompt: list[int], max_tokens: int) -> list[int]:
 
 
 def test_engine_greedy_tokens_equal_transformers(family) -> None:
+    """Built as a worker builds it: from a registry entry whose `source` is the saved folder."""
     name, folder, hf = family
     want = [hf_greedy(hf, prompt, MAX_TOKENS) for prompt in PROMPTS]
     assert len({tuple(w) for w in want}) == len(want), "prompts must lead to different outputs"
-    llm = LLM(model=str(folder), max_model_len=128, num_kv_blocks=32)
+    entry = {"source": str(folder), "engine": {"max_model_len": 128, "num_kv_blocks": 32}}
+    spec = parse_registry({"models": {name: entry}}).get(name)
+    llm = LLM(model=spec.source, **spec.engine_kwargs())
     assert type(llm.engine.runner.model) is FAMILIES[name][2]
     params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=MAX_TOKENS)
     got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, params)]
@@ -94,3 +98,11 @@ def test_checkpoint_layout_is_the_familys(family) -> None:
     assert fused == name.startswith("phi")
     assert any(".q_norm." in k for k in saved) == (name == "qwen3")
     assert isinstance(build_model(resolved, load_format="dummy"), FAMILIES[name][2])
+
+
+@pytest.mark.parametrize("preset", ["qwen3-8b", "phi-3-mini", "phi-4"])
+def test_registry_accepts_family_presets_for_benchmarks(preset) -> None:
+    """A registry entry naming a family preset with dummy weights resolves to that family."""
+    spec = parse_registry({"models": {preset: {"engine": {"load_format": "dummy"}}}}).get(preset)
+    resolved = resolve_model(spec.source, spec.engine_kwargs()["load_format"])
+    assert resolved.arch.model_type == ("qwen3" if preset.startswith("qwen") else "phi3")
