@@ -1,17 +1,22 @@
-"""The handful of numbers that define a Llama-family model, read once from a Hugging Face config."""
+"""The handful of numbers that define a dense decoder, read once from a Hugging Face config.
+
+One dataclass covers the Llama family and its near relatives (Qwen3's per-head q/k norm, Phi-3's
+partial rotary): the differences are a few flags here, and the model classes read them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+_SLIDING_TYPES = ("mistral", "phi3")  # models whose configs apply `sliding_window` to every layer
 _LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
 @dataclass(frozen=True, slots=True)
 class ModelArch:
-    """Shapes and constants of a Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM2).
+    """Shapes and constants of a Llama-style decoder (Llama 2/3, Mistral, Qwen2/3, Phi-3, SmolLM2).
 
     The engine sizes its KV cache from this and the model is built from it, so it is the only
     place that knows how the various config.json spellings map to one meaning.
@@ -32,6 +37,9 @@ class ModelArch:
     attention_bias: bool = False  # Qwen2: bias on q/k/v projections
     eos_token_ids: list[int] = field(default_factory=list)
     bos_token_id: int | None = None
+    model_type: str = "llama"  # picks the model class (see loader.MODEL_CLASSES)
+    qk_norm: bool = False  # Qwen3: RMSNorm over each q and k head before RoPE
+    partial_rotary_factor: float = 1.0  # Phi-3/4: RoPE rotates only the first part of each head
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "hidden_size", "intermediate_size", "num_heads",
@@ -44,12 +52,22 @@ class ModelArch:
             )
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        if not 0 < self.partial_rotary_factor <= 1 or self.rotary_dim < 2 or self.rotary_dim % 2:
+            raise ValueError(
+                f"partial_rotary_factor {self.partial_rotary_factor} gives rotary_dim "
+                f"{self.rotary_dim}; it must be in (0, 1] and give an even rotary_dim"
+            )
         if self.rope_scaling is not None:
             if self.rope_scaling.get("rope_type") != "llama3":
                 raise ValueError(f"only llama3 rope scaling is supported, got {self.rope_scaling}")
             missing = [k for k in _LLAMA3_ROPE_KEYS if k not in self.rope_scaling]
             if missing:
                 raise ValueError(f"llama3 rope_scaling lacks {missing}: {self.rope_scaling}")
+
+    @property
+    def rotary_dim(self) -> int:
+        """Leading dimensions of each head that RoPE rotates (all of them unless partial)."""
+        return int(self.head_dim * self.partial_rotary_factor)
 
     def num_heads_per_rank(self, tp_size: int) -> int:
         """Query heads each tensor-parallel rank holds."""
@@ -82,12 +100,12 @@ class ModelArch:
             )
         num_heads = cfg.num_attention_heads
         num_kv_heads = getattr(cfg, "num_key_value_heads", None) or num_heads
-        rope_theta, rope_scaling = _rope_settings(cfg)
+        rope_theta, rope_scaling, rotary_factor = _rope_settings(cfg)
         max_positions = cfg.max_position_embeddings
         # Sliding-window attention equals full attention while sequences fit in the window, so
         # capping the length keeps Mistral-v0.1-style models exact without a windowed kernel.
         window = getattr(cfg, "sliding_window", None)
-        if window and (model_type == "mistral" or getattr(cfg, "use_sliding_window", False)):
+        if window and (model_type in _SLIDING_TYPES or getattr(cfg, "use_sliding_window", False)):
             max_positions = min(max_positions, window)
         eos = getattr(cfg, "eos_token_id", None)
         return cls(
@@ -106,17 +124,31 @@ class ModelArch:
             attention_bias=model_type == "qwen2" or bool(getattr(cfg, "attention_bias", False)),
             eos_token_ids=[] if eos is None else list(eos) if isinstance(eos, list | tuple) else [eos],
             bos_token_id=getattr(cfg, "bos_token_id", None),
+            model_type=model_type,
+            qk_norm=model_type == "qwen3",
+            partial_rotary_factor=rotary_factor,
         )
 
 
-def _rope_settings(cfg: Any) -> tuple[float, dict[str, Any] | None]:
-    """transformers v5 folds rope_theta and rope_scaling into `rope_parameters`; v4 keeps both."""
+def _rope_settings(cfg: Any) -> tuple[float, dict[str, Any] | None, float]:
+    """(theta, llama3 scaling or None, partial rotary factor).
+
+    transformers v5 folds rope_theta, rope_scaling and Phi's partial_rotary_factor into
+    `rope_parameters`; v4 keeps them as separate attributes.
+    """
     params = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
     theta = params.get("rope_theta", getattr(cfg, "rope_theta", None) or 10000.0)
+    factor = params.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", None))
+    factor = 1.0 if factor is None else float(factor)
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type == "default":
-        return float(theta), None
+        return float(theta), None, factor
+    if rope_type in ("su", "longrope"):
+        raise ValueError(
+            f"rope_type {rope_type!r} (Phi-3 128k / Phi-4 long-context scaling) is not supported; "
+            "use a checkpoint without rope_scaling (e.g. the 4k-context variant)"
+        )
     if rope_type != "llama3":
         raise ValueError(f"rope_type {rope_type!r} is not supported (only default and llama3)")
     scaling = {k: params[k] for k in _LLAMA3_ROPE_KEYS if k in params}
-    return float(theta), {"rope_type": "llama3", **scaling}
+    return float(theta), {"rope_type": "llama3", **scaling}, factor

@@ -1,5 +1,8 @@
 """The Llama family in one file: Llama 2/3, Mistral, Qwen2 (qkv bias), SmolLM2.
 
+Its layers are the shared ones: Qwen3 (qwen3.py) and Phi-3 (phi3.py) subclass them for what
+differs (a q/k norm hook, checkpoint names) and partial rotary is a number in `ModelArch`.
+
 Tokens of all sequences in a step are flattened into one `[num_tokens]` batch; attention
 finds each token's sequence and cache slots through `AttentionMetadata`, so the model itself
 never sees sequence boundaries. Weights use Hugging Face names at load time; q/k/v and
@@ -45,12 +48,12 @@ _FUSED = {
 
 
 def rope_inv_freq(arch: ModelArch) -> torch.Tensor:
-    """Per-pair rotation frequencies `[head_dim / 2]`, float32, with llama3 long-context scaling.
+    """Per-pair rotation frequencies `[rotary_dim / 2]`, float32, with llama3 long-context scaling.
 
     llama3 scaling leaves high frequencies alone, divides low ones by `factor` and blends
     linearly (in wavelength) in between.
     """
-    exponents = torch.arange(0, arch.head_dim, 2, dtype=torch.int64).float() / arch.head_dim
+    exponents = torch.arange(0, arch.rotary_dim, 2, dtype=torch.int64).float() / arch.rotary_dim
     inv_freq = 1.0 / (arch.rope_theta ** exponents)
     if arch.rope_scaling is None:
         return inv_freq
@@ -65,10 +68,16 @@ def rope_inv_freq(arch: ModelArch) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE (HF layout). x `[num_tokens, heads, head_dim]`, cos/sin `[num_tokens, head_dim]`."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)
+    """Rotate-half RoPE (HF layout). x `[num_tokens, heads, head_dim]`, cos/sin `[num_tokens, rotary_dim]`.
+
+    With partial rotary (rotary_dim < head_dim) the dimensions past rotary_dim pass unchanged.
+    """
+    rotary_dim = cos.shape[-1]
+    x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
+    half = rotary_dim // 2
+    rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
+    out = x_rot * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)
+    return out if x_pass.shape[-1] == 0 else torch.cat((out, x_pass), dim=-1)
 
 
 class RMSNorm(nn.Module):
@@ -107,6 +116,7 @@ class Attention(nn.Module):
         self.attention = attention
         self.fused = fused
         self.head_dim = arch.head_dim
+        self.rotary_dim = arch.rotary_dim
         self.num_heads = arch.num_heads_per_rank(tp.size)
         self.num_kv_heads = arch.num_kv_heads_per_rank(tp.size)
         self.scale = arch.head_dim ** -0.5
@@ -122,13 +132,20 @@ class Attention(nn.Module):
         q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)  # [T, heads, hd], a view into qkv
         k = k.view(-1, self.num_kv_heads, self.head_dim)  # [T, kv, hd]
+        q, k = self.normalize_qk(q, k)
         if self.fused:
-            rotary_embedding(rope.positions, q, k, rope.cos_sin_cache, q, k)  # in place
+            # The kernel indexes heads by stride, so a partial rotary is a slice, rotated in place.
+            q_rot, k_rot = q[..., :self.rotary_dim], k[..., :self.rotary_dim]
+            rotary_embedding(rope.positions, q_rot, k_rot, rope.cos_sin_cache, q_rot, k_rot)
         else:
             q, k = apply_rotary(q, rope.cos, rope.sin), apply_rotary(k, rope.cos, rope.sin)
         v = v.contiguous().view(-1, self.num_kv_heads, self.head_dim)  # [T, kv, hd]
         out = self.attention.forward(q, k, v, kv_cache[0], kv_cache[1], metadata, self.scale)
         return self.o_proj(out.reshape(-1, q_size))  # [T, hidden]
+
+    def normalize_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hook before RoPE for families that normalise q/k heads (Qwen3); Llama has none."""
+        return q, k
 
 
 class MLP(nn.Module):
@@ -151,11 +168,13 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    attention_cls: type[Attention] = Attention  # a family with another attention subclasses this
+
     def __init__(self, arch: ModelArch, tp: TensorParallel, attention: AttentionBackend,
                  fused: bool) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, fused)
-        self.self_attn = Attention(arch, tp, attention, fused)
+        self.self_attn = self.attention_cls(arch, tp, attention, fused)
         self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, fused)
         self.mlp = MLP(arch, tp, fused)
 
@@ -175,32 +194,32 @@ class Rope:
     whole-range table (fused kernel)."""
 
     positions: torch.Tensor  # [T]
-    cos: torch.Tensor | None = None  # [T, head_dim], model dtype
+    cos: torch.Tensor | None = None  # [T, rotary_dim], model dtype
     sin: torch.Tensor | None = None
-    cos_sin_cache: torch.Tensor | None = None  # [max_position, head_dim] float32: cos | sin
+    cos_sin_cache: torch.Tensor | None = None  # [max_position, rotary_dim] float32: cos | sin
 
 
 class LlamaModel(nn.Module):
     def __init__(self, arch: ModelArch, tp: TensorParallel, attention: AttentionBackend,
-                 fused: bool = False) -> None:
+                 fused: bool = False, layer_cls: type[DecoderLayer] = DecoderLayer) -> None:
         super().__init__()
         self.fused = fused
         self.embed_tokens = VocabParallelEmbedding(arch.vocab_size, arch.hidden_size, tp)
         self.layers = nn.ModuleList(
-            DecoderLayer(arch, tp, attention, fused) for _ in range(arch.num_layers))
+            layer_cls(arch, tp, attention, fused) for _ in range(arch.num_layers))
         self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, fused)
         inv_freq = rope_inv_freq(arch)  # float32
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         if fused:  # computed as HF does (float32 angles), once for every position
             freqs = torch.arange(arch.max_position_embeddings, dtype=torch.float32)[:, None] * inv_freq
-            table = torch.cat((freqs.cos(), freqs.sin()), dim=-1)  # [max_position, head_dim]
+            table = torch.cat((freqs.cos(), freqs.sin()), dim=-1)  # [max_position, rotary_dim]
             self.register_buffer("cos_sin_cache", table.float(), persistent=False)
 
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> Rope:
         if self.fused:
             return Rope(positions, cos_sin_cache=self.cos_sin_cache)
-        freqs = positions.float()[:, None] * self.inv_freq.float()[None, :]  # [T, head_dim / 2]
-        angles = torch.cat((freqs, freqs), dim=-1)  # [T, head_dim]
+        freqs = positions.float()[:, None] * self.inv_freq.float()[None, :]  # [T, rotary_dim / 2]
+        angles = torch.cat((freqs, freqs), dim=-1)  # [T, rotary_dim]
         return Rope(positions, angles.cos().to(dtype), angles.sin().to(dtype))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
@@ -216,11 +235,13 @@ class LlamaModel(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """`forward` returns final hidden states; `compute_logits` only for the rows that need them."""
 
+    layer_cls: type[DecoderLayer] = DecoderLayer
+
     def __init__(self, arch: ModelArch, tp: TensorParallel, attention: AttentionBackend,
                  fused_layers: bool = False) -> None:
         super().__init__()
         self.arch = arch
-        self.model = LlamaModel(arch, tp, attention, fused_layers)
+        self.model = LlamaModel(arch, tp, attention, fused_layers, self.layer_cls)
         self.lm_head = ParallelLMHead(arch.vocab_size, arch.hidden_size, tp)
         if arch.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight

@@ -11,9 +11,10 @@ model = build_model(resolved, dtype=torch.bfloat16, device=torch.device("cuda"),
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -23,12 +24,20 @@ from pagefleet.workers.attention.torch_backend import TorchAttentionBackend
 from pagefleet.workers.models.arch import ModelArch
 from pagefleet.workers.models.llama import LlamaForCausalLM
 from pagefleet.workers.models.parallel import TensorParallel
+from pagefleet.workers.models.phi3 import Phi3ForCausalLM
+from pagefleet.workers.models.qwen3 import Qwen3ForCausalLM
 from pagefleet.workers.models.sources import DEFAULT_MODEL, ResolvedModel, resolve_model
 
 DUMMY_STD = 0.02  # HF's initializer_range: activations stay O(1) through RMSNorm'd layers
 
+# config.json `model_type` -> the class that builds it (ModelArch refuses any other type first).
+MODEL_CLASSES: Mapping[str, type[LlamaForCausalLM]] = MappingProxyType({
+    "llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2": LlamaForCausalLM,
+    "qwen3": Qwen3ForCausalLM, "phi3": Phi3ForCausalLM,
+})
+
 __all__ = [
-    "DEFAULT_MODEL", "ResolvedModel", "build_model", "dummy_weights", "iter_safetensors",
+    "DEFAULT_MODEL", "MODEL_CLASSES", "ResolvedModel", "build_model", "dummy_weights", "iter_safetensors",
     "load_tokenizer", "resolve_model",
 ]
 
@@ -53,15 +62,16 @@ def build_model(
     seed: int = 0,
     fused_layers: bool = False,
 ) -> LlamaForCausalLM:
-    """Allocate the model directly on `device` in `dtype`, then stream weights into it.
+    """Allocate the model (the class `model_type` picks) on `device` in `dtype`, then load weights.
 
     `load_format="dummy"` fills seeded random weights through the same sharding path as real
     ones, so every tensor-parallel rank holds slices of one and the same full model.
     """
     device = device or torch.device("cpu")
     tp = tp or TensorParallel()
+    model_cls = model_class(resolved.arch)
     with _default_dtype(dtype), device:
-        model = LlamaForCausalLM(resolved.arch, tp, attention or TorchAttentionBackend(), fused_layers)
+        model = model_cls(resolved.arch, tp, attention or TorchAttentionBackend(), fused_layers)
     if load_format == "dummy":
         weights = dummy_weights(resolved.arch, seed, dtype, device)
     elif load_format == "auto":
@@ -73,6 +83,16 @@ def build_model(
     with torch.no_grad():
         model.load_weights(weights)
     return model.eval()
+
+
+def model_class(arch: ModelArch) -> type[LlamaForCausalLM]:
+    """The model class for `arch.model_type` (every family shares Llama's layers and interface)."""
+    try:
+        return MODEL_CLASSES[arch.model_type]
+    except KeyError:
+        raise ValueError(
+            f"model_type {arch.model_type!r} has no model class; supported: {sorted(MODEL_CLASSES)}"
+        ) from None
 
 
 def iter_safetensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
@@ -103,7 +123,10 @@ def dummy_weights(arch: ModelArch, seed: int, dtype: torch.dtype,
 
 
 def hf_weight_shapes(arch: ModelArch) -> dict[str, tuple[int, ...]]:
-    """The full (unsharded) Hugging Face checkpoint layout of a Llama-family model."""
+    """The full (unsharded) Hugging Face checkpoint layout of the family's checkpoints.
+
+    Qwen3 adds per-head `q_norm`/`k_norm`; Phi-3 stores q/k/v and gate/up fused.
+    """
     hidden, q_size = arch.hidden_size, arch.num_heads * arch.head_dim
     kv_size, inter = arch.num_kv_heads * arch.head_dim, arch.intermediate_size
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (arch.vocab_size, hidden)}
@@ -123,6 +146,15 @@ def hf_weight_shapes(arch: ModelArch) -> dict[str, tuple[int, ...]]:
         if arch.attention_bias:
             for proj, size in (("q_proj", q_size), ("k_proj", kv_size), ("v_proj", kv_size)):
                 shapes[f"{p}.self_attn.{proj}.bias"] = (size,)
+        if arch.qk_norm:
+            shapes[f"{p}.self_attn.q_norm.weight"] = (arch.head_dim,)
+            shapes[f"{p}.self_attn.k_norm.weight"] = (arch.head_dim,)
+        if arch.model_type == "phi3":
+            for part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                         "mlp.gate_proj", "mlp.up_proj"):
+                del shapes[f"{p}.{part}.weight"]
+            shapes[f"{p}.self_attn.qkv_proj.weight"] = (q_size + 2 * kv_size, hidden)
+            shapes[f"{p}.mlp.gate_up_proj.weight"] = (2 * inter, hidden)
     shapes["model.norm.weight"] = (hidden,)
     if not arch.tie_word_embeddings:
         shapes["lm_head.weight"] = (arch.vocab_size, hidden)

@@ -15,8 +15,9 @@ from tests.unit.workers.models.paged import PagedCache
 from tests.unit.workers.models.tiny import write_tiny_checkpoint
 
 # llama3-tied: vocab 101 is odd, so the vocabulary shards are padded; qwen2-bias: sharded q/k/v
-# biases and an untied head.
-VARIANTS = ("llama3-tied", "qwen2-bias")
+# biases and an untied head; qwen3: whole per-head q/k norms on every rank; phi3: fused
+# checkpoint tensors split into per-rank shards, partial rotary.
+VARIANTS = ("llama3-tied", "qwen2-bias", "qwen3", "phi3")
 PROMPTS = {0: [5, 17, 42, 8, 95, 3, 64, 2, 11], 1: [7, 7, 1, 90]}
 
 

@@ -118,3 +118,36 @@ def test_arch_rejects_bad_tensor_parallel_sizes() -> None:
     with pytest.raises(ValueError, match="multiple of num_kv_heads"):
         ModelArch(num_layers=1, hidden_size=8, intermediate_size=8, num_heads=3, num_kv_heads=2,
                   head_dim=4, vocab_size=10)
+
+
+@pytest.mark.parametrize(("name", "model_cls", "billions"), [
+    ("qwen3-8b", "Qwen3ForCausalLM", (8.1, 8.3)),
+    ("phi-3-mini", "Phi3ForCausalLM", (3.8, 3.9)),
+    ("phi-4", "Phi3ForCausalLM", (14.6, 14.8)),
+])
+def test_family_presets_build_their_class_at_real_size(name, model_cls, billions) -> None:
+    """Dummy presets of other families go through their own config class and model class."""
+    resolved = resolve_model(name, "dummy")
+    assert resolved.hf_config.model_type == resolved.arch.model_type
+    model = build_model(resolved, dtype=torch.bfloat16, device=torch.device("meta"), load_format="dummy")
+    assert type(model).__name__ == model_cls
+    total = sum(p.numel() for p in model.parameters())
+    assert billions[0] * 1e9 < total < billions[1] * 1e9
+
+
+def test_phi3_long_context_rope_is_refused_and_partial_rotary_read_in_both_spellings() -> None:
+    from transformers import Phi3Config
+
+    longrope = Phi3Config(rope_scaling={"type": "longrope", "short_factor": [1.0] * 48,
+                                        "long_factor": [1.0] * 48, "original_max_position_embeddings": 4096},
+                          max_position_embeddings=131072)
+    with pytest.raises(ValueError, match=r"'longrope'.*not supported"):
+        ModelArch.from_hf_config(longrope)
+    v5 = ModelArch.from_hf_config(tiny_config("phi3"))
+    assert (v5.head_dim, v5.rotary_dim) == (16, 8)
+    v4 = SimpleNamespace(**{**tiny_config("phi3").to_dict(), "rope_parameters": None,
+                            "rope_scaling": None, "partial_rotary_factor": 0.75})
+    assert ModelArch.from_hf_config(v4).rotary_dim == 12
+    with pytest.raises(ValueError, match="even rotary_dim"):
+        ModelArch(num_layers=1, hidden_size=8, intermediate_size=8, num_heads=1, num_kv_heads=1,
+                  head_dim=8, vocab_size=10, partial_rotary_factor=0.4)

@@ -1,4 +1,4 @@
-"""Tiny Llama-family checkpoints written to disk, so tests exercise the real loading path fast."""
+"""Tiny Llama-family (and Qwen3, Phi-3) checkpoints written to disk, so tests exercise the real loading path fast."""
 
 from __future__ import annotations
 
@@ -24,6 +24,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "qwen2-bias": {"model_type": "qwen2", "tie_word_embeddings": False, "vocab_size": 96},
     "mistral": {"model_type": "mistral", "tie_word_embeddings": False, "sliding_window": None},
+    # head_dim 24 != hidden / heads (16): Qwen3's q/k norms are per head_dim, not per hidden.
+    "qwen3": {"model_type": "qwen3", "tie_word_embeddings": True, "head_dim": 24},
+    # fused qkv_proj / gate_up_proj names and half the head rotated (Phi-4-mini style partial RoPE).
+    "phi3": {"model_type": "phi3", "tie_word_embeddings": False, "partial_rotary_factor": 0.5,
+             "pad_token_id": 0, "sliding_window": None},
 }
 
 
