@@ -8,6 +8,7 @@ the status and the shape matter more than the wording.
 from __future__ import annotations
 
 import logging
+import re
 
 import msgspec
 from litestar import Request, Response
@@ -54,6 +55,9 @@ class OpenAIError(Exception):
         self.headers = headers or {}
 
 
+_UNKNOWN_FIELD = re.compile(r"Object contains unknown field `([^`]*)`")
+
+
 def error_type(status: int) -> str:
     return _TYPES_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
@@ -97,6 +101,10 @@ def handle_http_exception(_: Request, exc: HTTPException) -> Response:
         if isinstance(first, dict):
             param = first.get("key") or None
             message = f"{exc.detail}: {first.get('message', '')}".rstrip(": ")
+            unknown = _UNKNOWN_FIELD.search(first.get("message", ""))
+            if unknown is not None:  # OpenAI's wording and the field's full path as param
+                param = unknown[1] if param in (None, "data") else f"{param}.{unknown[1]}"
+                message = f"Unrecognized request argument supplied: {param}"
     headers = dict(exc.headers or {})
     return error_response(status, ErrorBody(message=message, type=error_type(status), param=param),
                           headers)

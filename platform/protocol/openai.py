@@ -128,7 +128,9 @@ def chat_logprobs(logprobs: list[TokenLogprob]) -> ChatLogprobs:
 
 
 def completion_logprobs(logprobs: list[TokenLogprob], chars_before: int = 0) -> CompletionLogprobs:
-    """OpenAI's legacy shape; `text_offset` counts characters of the choice's token texts."""
+    """OpenAI's legacy shape; `text_offset` counts characters of the choice's token texts.
+    With `logprobs: 0` (no alternatives) each position's dict holds the sampled token, as
+    vLLM answers, rather than nothing."""
     offsets = []
     position = chars_before
     for lp in logprobs:
@@ -137,7 +139,8 @@ def completion_logprobs(logprobs: list[TokenLogprob], chars_before: int = 0) -> 
     return CompletionLogprobs(
         tokens=[lp.token for lp in logprobs],
         token_logprobs=[lp.logprob for lp in logprobs],
-        top_logprobs=[{t.token: t.logprob for t in lp.top} for lp in logprobs],
+        top_logprobs=[{t.token: t.logprob for t in lp.top} if lp.top else {lp.token: lp.logprob}
+                      for lp in logprobs],
         text_offset=offsets,
     )
 

@@ -7,9 +7,26 @@ it as `pagefleet.workers.SamplingParams`, with vLLM's names and defaults.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 _MAX_LOGPROBS = 20
+_MAX_LOGIT_BIAS = 100.0
+
+StructuredKind = Literal["json_object", "json_schema", "regex", "choice", "grammar"]
+
+
+class StructuredOutput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A grammar the output must follow, compiled by the worker (the gateway has no tokenizer).
+
+    `spec` is the JSON schema as canonical JSON text (json_schema), the regular expression
+    (regex), the JSON list of choices (choice) or the EBNF grammar (grammar); empty for
+    json_object. Text, not a dict, so it is a stable key for the worker's grammar cache.
+    """
+
+    kind: StructuredKind
+    spec: str = ""
 
 
 class SamplingParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -32,6 +49,8 @@ class SamplingParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     min_tokens: int = 0
     logprobs: int | None = None  # top-k alternatives returned with each sampled token
     skip_special_tokens: bool = True
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit, in [-100, 100]
+    structured_output: StructuredOutput | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -68,7 +87,12 @@ class SamplingParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
              "stop must be a non-empty string or a list of non-empty strings"),
             (all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
              "stop_token_ids must be non-negative integers"),
-            (self.seed is None or 0 <= self.seed < 2**63, f"seed must be in [0, 2**63), got {self.seed}"),
+            (self.seed is None or -(2**63) <= self.seed < 2**64,
+             f"seed must be a 64-bit integer, got {self.seed}"),
+            (all(isinstance(t, int) and t >= 0 for t in self.logit_bias or {}),
+             "logit_bias keys must be non-negative token ids"),
+            (all(-_MAX_LOGIT_BIAS <= v <= _MAX_LOGIT_BIAS for v in (self.logit_bias or {}).values()),
+             f"logit_bias values must be in [-{_MAX_LOGIT_BIAS:g}, {_MAX_LOGIT_BIAS:g}]"),
         ]
         for ok, message in checks:
             if not ok:

@@ -7,6 +7,7 @@ tokenizer is rejected here with OpenAI's 400, before anything is queued.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from pagefleet.platform.gateway.completions.schemas import (
@@ -17,6 +18,7 @@ from pagefleet.platform.gateway.completions.schemas import (
 from pagefleet.platform.gateway.errors import bad_request
 from pagefleet.platform.protocol import ChatMessage, RequestEnvelope, SamplingParams
 from pagefleet.platform.protocol.messages import RequestKind
+from pagefleet.platform.protocol.sampling import StructuredOutput
 
 _OPTIONAL_FLOATS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "min_p",
                     "repetition_penalty")
@@ -47,6 +49,7 @@ class PreparedRequest:
     stream: bool
     include_usage: bool
     logprobs: bool
+    return_token_ids: bool = False
 
     @property
     def request_ids(self) -> list[str]:
@@ -65,11 +68,66 @@ def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int 
     try:
         return SamplingParams(n=body.num_choices, seed=body.seed, stop=body.stop,
                               stop_token_ids=body.stop_token_ids, max_tokens=max_tokens,
-                              logprobs=logprobs, **kwargs)
+                              logprobs=logprobs, logit_bias=logit_bias(body.logit_bias),
+                              structured_output=structured_output(body), **kwargs)
     except (ValueError, TypeError) as exc:
         message = str(exc)
         first = message.split(" ", 1)[0]
         raise bad_request(message, param=first if first.isidentifier() else None) from None
+
+
+def logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
+    """OpenAI's string keys as token ids; the vocabulary bound is the worker's to check."""
+    if not bias:
+        return None
+    result = {}
+    for key, value in bias.items():
+        if not key.isdigit():
+            raise bad_request(f"logit_bias keys must be token ids, got {key!r}", param="logit_bias")
+        result[int(key)] = value
+    return result
+
+
+def structured_output(body: SamplingFields) -> StructuredOutput | None:
+    """The one grammar the output must follow: `response_format` or one `guided_*` extra."""
+    chosen: list[tuple[str, StructuredOutput]] = []
+    fmt = body.response_format
+    if fmt is not None and fmt.type == "json_object":
+        chosen.append(("response_format", StructuredOutput(kind="json_object")))
+    elif fmt is not None and fmt.type == "json_schema":
+        if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+            raise bad_request("response_format json_schema needs json_schema.schema",
+                              param="response_format")
+        chosen.append(("response_format", StructuredOutput(
+            kind="json_schema", spec=_canonical_json(fmt.json_schema.schema_))))
+    if body.guided_json is not None:
+        schema = body.guided_json
+        if isinstance(schema, str):
+            try:
+                schema = json.loads(schema)
+            except ValueError:
+                raise bad_request("guided_json must be a JSON schema", param="guided_json") from None
+        if not isinstance(schema, dict):
+            raise bad_request("guided_json must be a JSON schema object", param="guided_json")
+        chosen.append(("guided_json", StructuredOutput(kind="json_schema", spec=_canonical_json(schema))))
+    if body.guided_regex is not None:
+        chosen.append(("guided_regex", StructuredOutput(kind="regex", spec=body.guided_regex)))
+    if body.guided_choice is not None:
+        if not body.guided_choice or not all(body.guided_choice):
+            raise bad_request("guided_choice must be a non-empty list of non-empty strings",
+                              param="guided_choice")
+        chosen.append(("guided_choice", StructuredOutput(kind="choice",
+                                                         spec=json.dumps(body.guided_choice))))
+    if body.guided_grammar is not None:
+        chosen.append(("guided_grammar", StructuredOutput(kind="grammar", spec=body.guided_grammar)))
+    if len(chosen) > 1:
+        raise bad_request("only one of response_format, guided_json, guided_regex, guided_choice "
+                          "and guided_grammar may be given", param=chosen[1][0])
+    return chosen[0][1] if chosen else None
+
+
+def _canonical_json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def prompt_list(prompt: object) -> list[str | list[int]]:
@@ -103,7 +161,7 @@ def _prepared(body: SamplingFields, kind: RequestKind, envelopes: list[RequestEn
         response_id=context.response_id, model=body.model, kind=kind, envelopes=envelopes,
         n=body.num_choices, created=int(context.created_at), stream=bool(body.stream),
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
-        logprobs=logprobs,
+        logprobs=logprobs, return_token_ids=bool(body.return_token_ids),
     )
 
 

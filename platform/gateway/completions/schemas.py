@@ -1,8 +1,11 @@
 """OpenAI request bodies for /v1/completions and /v1/chat/completions.
 
 Requests accept OpenAI's fields plus vLLM's sampling extras (`top_k`, `min_p`, ...), which the
-SDK sends through `extra_body`. Unknown fields are ignored, as vLLM and OpenAI do, and every
-optional field accepts an explicit null (many clients send them) meaning its default. Ranges
+SDK sends through `extra_body`. A field this gateway does not implement is a 400 naming it, as
+OpenAI answers unrecognised arguments (ignoring it would hand the client something other than
+what it asked for without telling it); `VENDOR_EXTENSIONS` lists the accepted non-OpenAI
+fields. Every optional field accepts an explicit null (many clients send them) meaning its
+default. Ranges
 are checked by `SamplingParams` so there is one definition of what is valid. The response
 bodies are the protocol's (`pagefleet.platform.protocol.openai`), shared with the workers.
 """
@@ -20,11 +23,31 @@ Prompt = str | list[str | Int64 | list[Int64]]
 Role = Literal["system", "user", "assistant", "tool", "developer"]
 
 
-class StreamOptions(msgspec.Struct):
+# Accepted fields that OpenAI does not define (vLLM's names); README's API section lists them.
+VENDOR_EXTENSIONS = (
+    "top_k", "min_p", "repetition_penalty", "ignore_eos", "stop_token_ids", "min_tokens",
+    "skip_special_tokens", "include_stop_str_in_output", "guided_json", "guided_regex",
+    "guided_choice", "guided_grammar", "return_token_ids",
+)
+
+
+class StreamOptions(msgspec.Struct, forbid_unknown_fields=True):
     include_usage: bool = False
 
 
-class SamplingFields(msgspec.Struct, kw_only=True):
+class JsonSchemaFormat(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    schema_: dict | None = msgspec.field(default=None, name="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+class ResponseFormat(msgspec.Struct, forbid_unknown_fields=True):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class SamplingFields(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Fields both endpoints share; names follow OpenAI, then vLLM."""
 
     model: str
@@ -46,6 +69,13 @@ class SamplingFields(msgspec.Struct, kw_only=True):
     min_tokens: Int64 | None = None
     skip_special_tokens: bool | None = None
     include_stop_str_in_output: bool | None = None
+    logit_bias: dict[str, float] | None = None  # OpenAI's JSON keys are token ids as strings
+    response_format: ResponseFormat | None = None
+    guided_json: dict | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    return_token_ids: bool | None = None
 
     @property
     def num_choices(self) -> int:
@@ -60,7 +90,7 @@ class CompletionRequest(SamplingFields, kw_only=True):
     suffix: str | None = None
 
 
-class ChatMessageIn(msgspec.Struct):
+class ChatMessageIn(msgspec.Struct, forbid_unknown_fields=True):
     role: Role
     content: str | list[dict] | None = None
     name: str | None = None

@@ -1,5 +1,5 @@
-"""GET /health (liveness), GET /health/ready (readiness) and GET /metrics (Prometheus text);
-none needs an API key.
+"""GET /health (liveness), GET /health/ready (readiness), GET /version and GET /metrics
+(Prometheus text); none needs an API key.
 
 `/health` says the process serves HTTP and Redis answers. `/health/ready` is what a load
 balancer should route by: 503 while Redis is unreachable (pinged, and the result readers
@@ -8,6 +8,8 @@ replica instead of collecting 429s here.
 """
 
 from __future__ import annotations
+
+import importlib.metadata
 
 import msgspec
 from litestar import Controller, Response, get
@@ -33,6 +35,10 @@ class Readiness(msgspec.Struct):
     status: str
     in_flight: int
     max_in_flight: int
+
+
+class Version(msgspec.Struct):
+    version: str
 
 
 class SystemRoutes(Controller):
@@ -67,6 +73,11 @@ class SystemRoutes(Controller):
         return Response(Readiness(status="ready", in_flight=in_flight,
                                   max_in_flight=settings.max_in_flight))
 
+    @get("/version", opt={"public": True})
+    async def version(self) -> Version:
+        """The installed package's version, as vLLM's `/version` answers."""
+        return Version(version=_package_version())
+
     @get("/metrics", opt={"public": True}, media_type=_PROMETHEUS_TEXT)
     async def metrics(self, broker: NamedDependency[Broker], metrics: NamedDependency[GatewayMetrics], registry: NamedDependency[Registry]) -> Response:
         """Backlog gauges are read from Redis at scrape time, so they are never stale."""
@@ -76,3 +87,10 @@ class SystemRoutes(Controller):
             except (RedisError, OSError):
                 metrics.backlog.labels(model=model).set(float("nan"))
         return Response(metrics.render(), media_type=_PROMETHEUS_TEXT)
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("pagefleet")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -78,3 +78,65 @@ def test_gateway_and_its_cli_never_import_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+CHAT = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "x"}]}
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"tools": []}, "tools"),
+    ({"parallel_tool_calls": True}, "parallel_tool_calls"),
+    ({"messages": [{"role": "user", "content": "x", "tool_call_id": "c"}]}, "messages[0].tool_call_id"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {},
+                                                                "extra": 1}}},
+     "response_format.json_schema.extra"),
+    ({"stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}},
+     "stream_options.continuous_usage_stats"),
+])
+def test_unimplemented_fields_are_400_naming_the_field(client: TestClient, extra: dict, param: str) -> None:
+    """No silent ignores: a field the gateway would not honour is refused, as OpenAI refuses
+    unrecognised arguments."""
+    response = client.post("/v1/chat/completions", json={**CHAT, **extra})
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["param"] == param
+    assert error["message"] == f"Unrecognized request argument supplied: {param}"
+
+
+def test_unimplemented_completion_field_is_400(client: TestClient) -> None:
+    response = client.post("/v1/completions", json={"model": "smollm2-135m-instruct", "prompt": "x",
+                                                    "truncate_prompt_tokens": 3})
+    assert response.status_code == 400
+    assert error_of(response)["param"] == "truncate_prompt_tokens"
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"logit_bias": {"12": 101}}, None),
+    ({"logit_bias": {"a": 1}}, "logit_bias"),
+    ({"response_format": {"type": "json_schema"}}, "response_format"),
+    ({"response_format": {"type": "json_object"}, "guided_regex": "a+"}, "guided_regex"),
+    ({"guided_choice": []}, "guided_choice"),
+    ({"guided_json": "not json"}, "guided_json"),
+])
+def test_bad_structured_output_and_bias_are_400(client: TestClient, extra: dict, param: str | None) -> None:
+    response = client.post("/v1/chat/completions", json={**CHAT, **extra})
+    assert response.status_code == 400
+    error = error_of(response)
+    if param is not None:
+        assert error["param"] == param
+    else:
+        assert "logit_bias values must be in [-100, 100]" in error["message"]
+
+
+def test_retrieving_an_unknown_model_is_model_not_found(client: TestClient) -> None:
+    response = client.get("/v1/models/org/nope")
+    assert response.status_code == 404
+    error = error_of(response)
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+    assert error["message"] == "The model `org/nope` does not exist."
+
+
+def test_version_is_public(client: TestClient) -> None:
+    response = client.get("/version", headers={"Authorization": ""})
+    assert response.status_code == 200
+    assert response.json()["version"] == "0.1.0"

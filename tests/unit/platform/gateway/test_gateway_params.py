@@ -115,3 +115,18 @@ def test_explicit_nulls_mean_defaults() -> None:
     params = prepared.envelopes[0].params
     assert (prepared.n, prepared.stream, prepared.logprobs) == (1, False, False)
     assert (params.n, params.temperature, params.min_tokens, params.ignore_eos) == (1, 1.0, 0, False)
+
+
+def test_structured_output_and_bias_reach_the_sampling_params() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    params = prepare_chat(chat(response_format={"type": "json_schema",
+                                                "json_schema": {"name": "x", "schema": schema}},
+                               logit_bias={"5": -100, "7": 2.5}, seed=-3), CONTEXT).envelopes[0].params
+    assert params.structured_output.kind == "json_schema"
+    assert msgspec.json.decode(params.structured_output.spec) == schema
+    assert params.logit_bias == {5: -100.0, 7: 2.5} and params.seed == -3
+    guided = prepare_completion(completion(prompt="x", guided_choice=["yes", "no"]), CONTEXT)
+    spec = guided.envelopes[0].params.structured_output
+    assert spec.kind == "choice" and msgspec.json.decode(spec.spec) == ["yes", "no"]
+    text = prepare_chat(chat(response_format={"type": "text"}), CONTEXT).envelopes[0].params
+    assert text.structured_output is None

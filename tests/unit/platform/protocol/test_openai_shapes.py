@@ -10,6 +10,7 @@ from pagefleet.platform.protocol.openai import (
     chat_completion,
     chat_logprobs,
     completion,
+    completion_logprobs,
     token_bytes,
 )
 
@@ -36,3 +37,9 @@ def test_builders_answer_the_openai_shapes() -> None:
     text = msgspec.to_builtins(completion("r1", 7, "m", choices, usage))
     assert text["object"] == "text_completion"
     assert text["choices"][1]["logprobs"]["text_offset"] == [0]
+
+
+def test_zero_completion_logprobs_hold_the_sampled_token() -> None:
+    """`logprobs: 0` asks for no alternatives; each position still shows the sampled token."""
+    lp = TokenLogprob(token_id=1, token="a", logprob=-0.5, top=[])
+    assert completion_logprobs([lp]).top_logprobs == [{"a": -0.5}]
