@@ -133,6 +133,9 @@ class AsyncEngine:
         """Stream the request's deltas; raises ValueError (e.g. PromptTooLongError) before the
         first delta for bad input. Leaving the iteration early aborts the request."""
         prompt_ids = await self.tokenize(prompt)
+        if params.structured_output is not None:  # compiled here, so the engine thread finds it cached
+            await asyncio.get_running_loop().run_in_executor(
+                self._tokenizing, self.engine.compile_grammar, params)
         sink = _Sink(asyncio.get_running_loop())
         self._commands.put(_Add(request_id, prompt_ids, params, resume, sink))
         finished = False

@@ -38,3 +38,12 @@ class PromptTooLargeError(PromptTooLongError):
             f"has {num_prompt_chars} characters, more than the {max_prompt_chars} characters any "
             f"{max_model_len}-token prompt could hold. Please reduce the prompt.",
         )
+
+
+class InvalidParameterError(ValueError):
+    """A sampling parameter the engine cannot honour for this model (a token id outside its
+    vocabulary, a grammar that does not compile); `param` names the request field."""
+
+    def __init__(self, message: str, param: str) -> None:
+        self.param = param
+        super().__init__(message)

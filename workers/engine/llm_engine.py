@@ -25,7 +25,11 @@ from pagefleet.workers.engine.detokenizer import (
     find_stop_string,
     stop_holdback,
 )
-from pagefleet.workers.engine.errors import DuplicateRequestError, PromptTooLongError
+from pagefleet.workers.engine.errors import (
+    DuplicateRequestError,
+    InvalidParameterError,
+    PromptTooLongError,
+)
 from pagefleet.workers.engine.kv_cache_manager import KVCacheManager
 from pagefleet.workers.engine.model_runner import InFlightTokens, ModelRunner
 from pagefleet.workers.engine.outputs import EngineCounters, EngineStats, RequestDelta
@@ -37,6 +41,7 @@ from pagefleet.workers.engine.sampler import (
 )
 from pagefleet.workers.engine.scheduler import Scheduler, SchedulerConfig
 from pagefleet.workers.engine.sequence import PENDING_TOKEN, Sequence
+from pagefleet.workers.engine.structured import GrammarError, StructuredOutputs
 from pagefleet.workers.models.loader import load_tokenizer, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -106,6 +111,7 @@ class LLMEngine:
         )
         self.eos_token_ids = list(self.arch.eos_token_ids)
         self.sampler = Sampler(self.eos_token_ids, settings.device, config.seed)
+        self.structured = StructuredOutputs(self.tokenizer, self.arch.vocab_size, self.eos_token_ids)
         self.requests: dict[str, RequestState] = {}
         self.counters = EngineCounters()
         self.in_flight: LaunchedStep | None = None  # asynchronous scheduling only
@@ -153,12 +159,17 @@ class LLMEngine:
         resume = resume or {}
         if any(i < 0 or i >= params.n for i in resume):
             raise ValueError(f"resume holds a choice index outside [0, {params.n})")
+        self._check_vocabulary(params)
+        if params.structured_output is not None:
+            self.compile_grammar(params)  # fails the request before anything is queued
         choices = []
         for choice_index in range(params.n):
             done_ids = list(resume.get(choice_index, ()))
             seq = Sequence(
                 request_id, choice_index, prompt_ids, params, max_tokens, output_token_ids=done_ids
             )
+            if params.structured_output is not None:
+                seq.grammar = self.structured.start(params.structured_output, done_ids)
             detokenizer = None
             if self.tokenizer is not None:
                 detokenizer = IncrementalDetokenizer(
@@ -174,6 +185,27 @@ class LLMEngine:
         self.scheduler.add([choice.seq for choice in choices])
         self.counters.prompt_tokens += len(prompt_ids)
         return prompt_ids
+
+    def compile_grammar(self, params: SamplingParams) -> None:
+        """Compile (and cache) the request's grammar; thread-safe, so the asynchronous engine
+        calls it off the engine thread and `add_request` then finds it cached."""
+        if params.structured_output is None:
+            return
+        try:
+            self.structured.compile(params.structured_output)
+        except GrammarError as exc:
+            param = "guided_" + params.structured_output.kind if params.structured_output.kind in (
+                "regex", "choice", "grammar") else "response_format"
+            raise InvalidParameterError(str(exc), param) from exc
+
+    def _check_vocabulary(self, params: SamplingParams) -> None:
+        vocab = self.arch.vocab_size
+        for name, ids in (("stop_token_ids", params.stop_token_ids or ()),
+                          ("logit_bias", params.logit_bias or {})):
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise InvalidParameterError(
+                    f"{name} holds token ids outside the vocabulary [0, {vocab}): {bad[:5]}", name)
 
     def abort(self, request_id: str) -> list[RequestDelta]:
         state = self.requests.pop(request_id, None)
@@ -250,6 +282,8 @@ class LLMEngine:
         choice.num_ready_tokens = num_output = position + 1
         if choice.logprobs is not None and logprobs is not None:
             choice.logprobs.append(self._token_logprob(token_id, logprobs))
+        if seq.grammar is not None and (not seq.grammar.accept(token_id) or seq.grammar.terminated):
+            seq.grammar = None  # complete (or, past its end, unconstrained): masks no more rows
         can_stop = num_output >= params.min_tokens
         if can_stop and token_id in params.stop_token_ids:
             return self._finish(choice, "stop", token_id)

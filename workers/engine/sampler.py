@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from pagefleet.workers.engine.sequence import Sequence
+from pagefleet.workers.engine.structured import apply_grammar_masks
 
 _SEED_MASK = (1 << 63) - 1
 
@@ -81,10 +82,16 @@ class Sampler:
         token still in flight must settle it first: `needs_token_values`)."""
         # logits: [num_seqs, vocab] float32
         raw_logits = logits
+        if any(seq.params.logit_bias for seq in seqs):
+            logits = self._apply_logit_bias(logits.clone(), seqs)
         if any(_has_penalties(seq) for seq in seqs):
-            logits = self._apply_penalties(logits.clone(), seqs)
+            logits = self._apply_penalties(logits if logits is not raw_logits else logits.clone(), seqs)
         if any(seq.num_output_tokens < seq.params.min_tokens for seq in seqs):
             logits = self._mask_stop_tokens(logits if logits is not raw_logits else logits.clone(), seqs)
+        constrained = [row for row, seq in enumerate(seqs) if seq.grammar is not None]
+        if constrained:
+            logits = logits if logits is not raw_logits else logits.clone()
+            apply_grammar_masks(logits, constrained, [seqs[row].grammar for row in constrained])
         token_ids = self._choose(logits, seqs)
         logprobs = self._logprobs(raw_logits, token_ids, seqs)
         if self.device.type != "cuda":
@@ -123,6 +130,22 @@ class Sampler:
                 generator.manual_seed(key)
                 noise[row].exponential_(generator=generator)
         return noise.clamp_min_(1e-20)
+
+    def _apply_logit_bias(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """OpenAI's logit_bias: each listed token's logit moves by its value (+-100 in effect
+        forces or forbids it); ids were checked against the vocabulary on admission."""
+        rows: list[int] = []
+        cols: list[int] = []
+        values: list[float] = []
+        for row, seq in enumerate(seqs):
+            for token_id, value in (seq.params.logit_bias or {}).items():
+                rows.append(row)
+                cols.append(token_id)
+                values.append(value)
+        index = (torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device))
+        logits.index_put_(index, torch.tensor(values, dtype=logits.dtype, device=self.device),
+                          accumulate=True)
+        return logits
 
     def _apply_penalties(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         for row, seq in enumerate(seqs):
@@ -167,8 +190,9 @@ class Sampler:
 
 
 def needs_token_values(seq: Sequence) -> bool:
-    """Whether sampling this sequence reads the values of its earlier tokens (penalties)."""
-    return _has_penalties(seq)
+    """Whether sampling this sequence reads the values of its earlier tokens: penalties do,
+    and so does a grammar, whose matcher must have accepted every earlier token."""
+    return seq.grammar is not None or _has_penalties(seq)
 
 
 def _to_host_async(tensor: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from pagefleet.platform.protocol.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from pagefleet.workers.engine.structured import GrammarState
 
 # An output token chosen on the device whose value the host has not read yet (asynchronous
 # scheduling): it counts towards lengths and blocks, and the runner reads it on the device.
@@ -36,6 +40,7 @@ class Sequence:
     finish_reason: str | None = None
     stop_reason: str | int | None = None
     num_cached_prompt_tokens: int = 0  # prompt tokens served from the prefix cache (first admission)
+    grammar: GrammarState | None = None  # structured output: where the output is in its grammar
     seq_id: tuple[str, int] = field(init=False)  # (request_id, choice_index), read every step
 
     def __post_init__(self) -> None:

@@ -50,7 +50,8 @@ def _error_for(exc: ValueError, kind: str) -> ErrorEvent:
         return ErrorEvent(type="invalid_request_error", code="context_length_exceeded",
                           param="messages" if kind == "chat" else "prompt", message=str(exc),
                           status=400)
-    return ErrorEvent(type="invalid_request_error", message=str(exc), status=400)
+    return ErrorEvent(type="invalid_request_error", message=str(exc), status=400,
+                      param=getattr(exc, "param", None))
 
 
 def _prompt(entry: PulledEntry) -> EnginePrompt:
