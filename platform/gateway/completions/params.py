@@ -49,7 +49,6 @@ class PreparedRequest:
     stream: bool
     include_usage: bool
     logprobs: bool
-    return_token_ids: bool = False
 
     @property
     def request_ids(self) -> list[str]:
@@ -161,7 +160,7 @@ def _prepared(body: SamplingFields, kind: RequestKind, envelopes: list[RequestEn
         response_id=context.response_id, model=body.model, kind=kind, envelopes=envelopes,
         n=body.num_choices, created=int(context.created_at), stream=bool(body.stream),
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
-        logprobs=logprobs, return_token_ids=bool(body.return_token_ids),
+        logprobs=logprobs,
     )
 
 

@@ -27,7 +27,7 @@ Role = Literal["system", "user", "assistant", "tool", "developer"]
 VENDOR_EXTENSIONS = (
     "top_k", "min_p", "repetition_penalty", "ignore_eos", "stop_token_ids", "min_tokens",
     "skip_special_tokens", "include_stop_str_in_output", "guided_json", "guided_regex",
-    "guided_choice", "guided_grammar", "return_token_ids",
+    "guided_choice", "guided_grammar",
 )
 
 
@@ -75,7 +75,6 @@ class SamplingFields(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
-    return_token_ids: bool | None = None
 
     @property
     def num_choices(self) -> int:
