@@ -11,6 +11,7 @@ import time
 
 import httpx
 import openai
+import pydantic
 import pytest
 
 from tests.e2e.conftest import MAX_MODEL_LEN, MODEL, Stack
@@ -166,3 +167,59 @@ def test_job_result_equals_the_synchronous_response(stack: Stack) -> None:
     result = job["result"]
     assert [c["message"]["content"] for c in result["choices"]] == [c.message.content for c in sync.choices]
     assert result["usage"]["completion_tokens"] == sync.usage.completion_tokens
+
+
+class Person(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=8)
+    age: int = pydantic.Field(ge=0, le=99)
+    likes_tea: bool
+
+
+@pytest.mark.parametrize("prompt", ["Describe a person.", "Who wrote Hamlet?"])
+def test_structured_output_parses_into_the_pydantic_model(stack: Stack, prompt: str) -> None:
+    """`parse` sends the model's strict JSON schema as response_format; the small model,
+    constrained, answers JSON that validates (the SDK raises otherwise)."""
+    response = stack.client().chat.completions.parse(
+        model=MODEL, messages=[{"role": "user", "content": prompt}], response_format=Person,
+        max_tokens=40, temperature=0.7, seed=5)
+    choice = response.choices[0]
+    assert choice.finish_reason == "stop"
+    assert isinstance(choice.message.parsed, Person)
+
+
+def test_guided_choice_streams_one_of_the_choices(stack: Stack) -> None:
+    chunks = stack.client().completions.create(
+        model=MODEL, prompt="Is the sky blue? Answer:", max_tokens=8, stream=True,
+        extra_body={"guided_choice": ["yes", "no"]})
+    assert "".join(c.choices[0].text for c in chunks if c.choices) in ("yes", "no")
+
+
+def test_model_retrieval_and_openai_shaped_refusals(stack: Stack) -> None:
+    client = stack.client()
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("no-such-model")
+    assert missing.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as unknown:
+        client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2,
+                                       tools=[{"type": "function", "function": {"name": "f"}}])
+    assert unknown.value.param == "tools"
+    with pytest.raises(openai.BadRequestError) as oov:
+        client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2,
+                                       logit_bias={"99999999": 5})
+    assert oov.value.param == "logit_bias"
+    with pytest.raises(openai.BadRequestError) as stop_ids:
+        client.completions.create(model=MODEL, prompt="x", max_tokens=2,
+                                  extra_body={"stop_token_ids": [99999999]})
+    assert stop_ids.value.param == "stop_token_ids"
+
+
+def test_logit_bias_forces_a_token_and_zero_logprobs_show_it(stack: Stack) -> None:
+    client = stack.client()
+    forced = client.completions.create(model=MODEL, prompt="The sky is", max_tokens=3,
+                                       temperature=0, logit_bias={"504": 100}, logprobs=0)
+    choice = forced.choices[0]
+    tokens = choice.logprobs.tokens
+    assert len(tokens) == 3 and len(set(tokens)) == 1 and choice.text == tokens[0] * 3
+    assert choice.logprobs.top_logprobs == [{t: lp} for t, lp in
+                                            zip(tokens, choice.logprobs.token_logprobs, strict=True)]
