@@ -126,3 +126,16 @@ def test_any_64_bit_seed_is_accepted(engine_llm: LLM, seed: int) -> None:
     params = SamplingParams(temperature=1.0, seed=seed, max_tokens=2)
     first = engine_llm.generate("x", params)[0].outputs[0].token_ids
     assert engine_llm.generate("x", params)[0].outputs[0].token_ids == first
+
+
+def test_json_schema_outputs_validate_through_preemption() -> None:
+    """Too few KV blocks for every sequence: some are preempted and recomputed; their
+    matchers keep their place (recompute replays no tokens into the grammar)."""
+    llm = LLM(max_model_len=96, num_kv_blocks=12, block_size=8, async_scheduling=True)
+    params = _schema_output(max_tokens=40, temperature=1.0, seed=7, n=3)
+    outputs = llm.generate(PROMPTS[:2], [params, params])
+    assert llm.engine.scheduler.num_preemptions > 0
+    for output in outputs:
+        for choice in output.outputs:
+            assert choice.finish_reason == "stop", choice.text
+            _assert_valid(choice.text)
