@@ -13,6 +13,7 @@ more requests waiting here than `max_in_flight`, or a queue at its priority's bo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -182,38 +183,41 @@ class CompletionService:
         with anyio.CancelScope(shield=True):  # `gathering` covers this task too
             await self.cancel_quietly(prepared)
 
-    async def _gather(self, prepared: PreparedRequest, events: AsyncIterator[SourcedEvent]) -> Response:
-        accumulator = ResultAccumulator(prepared)
+    @contextlib.asynccontextmanager
+    async def _cancel_and_translate(self, prepared: PreparedRequest) -> AsyncIterator[None]:
+        """Waiting for results failed before anything was sent: cancel the request (so the worker
+        frees its blocks) and answer with the HTTP error the failure means (504 for a passed
+        deadline, 503 for Redis gone)."""
         try:
-            async for sourced in events:
-                event = sourced.event
-                if isinstance(event, ErrorEvent):
-                    raise event_error(event)
-                if isinstance(event, DeltaEvent):
-                    accumulator.add_delta(sourced.source, event)
-                elif isinstance(event, FinalEvent):
-                    accumulator.add_final(sourced.source, event)
+            yield
         except DeadlineExceeded:
             await self.cancel_quietly(prepared)
             raise deadline_error() from None
         except ResultsUnavailable:
             await self.cancel_quietly(prepared)
             raise queue_unavailable() from None
-        except OpenAIError:
-            await self.cancel_quietly(prepared)
-            raise
+
+    async def _gather(self, prepared: PreparedRequest, events: AsyncIterator[SourcedEvent]) -> Response:
+        accumulator = ResultAccumulator(prepared)
+        async with self._cancel_and_translate(prepared):
+            try:
+                async for sourced in events:
+                    event = sourced.event
+                    if isinstance(event, ErrorEvent):
+                        raise event_error(event)
+                    if isinstance(event, DeltaEvent):
+                        accumulator.add_delta(sourced.source, event)
+                    elif isinstance(event, FinalEvent):
+                        accumulator.add_final(sourced.source, event)
+            except OpenAIError:
+                await self.cancel_quietly(prepared)
+                raise
         return Response(accumulator.response(), status_code=200)
 
     async def _stream(self, prepared: PreparedRequest, subscription: Subscription,
                       events: AsyncIterator[SourcedEvent]) -> Stream:
-        try:
+        async with self._cancel_and_translate(prepared):
             first = await anext(events)
-        except DeadlineExceeded:
-            await self.cancel_quietly(prepared)
-            raise deadline_error() from None
-        except ResultsUnavailable:
-            await self.cancel_quietly(prepared)
-            raise queue_unavailable() from None
         if isinstance(first.event, ErrorEvent):
             await self.cancel_quietly(prepared)
             raise event_error(first.event)
