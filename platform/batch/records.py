@@ -43,7 +43,23 @@ class LineError(msgspec.Struct, kw_only=True):
     param: str | None = None
 
 
-class BatchRecord(msgspec.Struct, kw_only=True):
+class BatchTimestamps(msgspec.Struct, kw_only=True):
+    """When a batch entered each later status (unix seconds; None until it does): one list the
+    stored record and OpenAI's batch object both take, so they cannot drift apart."""
+
+    in_progress_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+
+    def timestamps(self) -> dict[str, int | None]:
+        return {name: getattr(self, name) for name in BatchTimestamps.__struct_fields__}
+
+
+class BatchRecord(BatchTimestamps, kw_only=True):
     id: str
     owner: str
     endpoint: BatchEndpoint
@@ -56,13 +72,6 @@ class BatchRecord(msgspec.Struct, kw_only=True):
     errors: list[LineError] | None = None
     output_file_id: str | None = None
     error_file_id: str | None = None
-    in_progress_at: int | None = None
-    finalizing_at: int | None = None
-    completed_at: int | None = None
-    failed_at: int | None = None
-    expired_at: int | None = None
-    cancelling_at: int | None = None
-    cancelled_at: int | None = None
     final_status: BatchStatus | None = None  # what `finalizing` / `cancelling` ends in
 
 

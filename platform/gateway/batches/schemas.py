@@ -7,7 +7,7 @@ from typing import Literal
 import msgspec
 
 from pagefleet.platform.batch import records as rec
-from pagefleet.platform.batch.records import BatchRecord, LineError
+from pagefleet.platform.batch.records import BatchRecord, BatchTimestamps, LineError
 
 
 class BatchCreate(msgspec.Struct, kw_only=True):
@@ -28,7 +28,7 @@ class BatchErrors(msgspec.Struct):
     object: Literal["list"] = "list"
 
 
-class BatchObject(msgspec.Struct, kw_only=True):
+class BatchObject(BatchTimestamps, kw_only=True):
     id: str
     endpoint: str
     input_file_id: str
@@ -40,13 +40,6 @@ class BatchObject(msgspec.Struct, kw_only=True):
     errors: BatchErrors | None = None
     output_file_id: str | None = None
     error_file_id: str | None = None
-    in_progress_at: int | None = None
-    finalizing_at: int | None = None
-    completed_at: int | None = None
-    failed_at: int | None = None
-    expired_at: int | None = None
-    cancelling_at: int | None = None
-    cancelled_at: int | None = None
     metadata: dict[str, str] | None = None
     object: Literal["batch"] = "batch"
 
@@ -62,10 +55,7 @@ class BatchObject(msgspec.Struct, kw_only=True):
             request_counts=RequestCounts(count(rec.TOTAL), count(rec.COMPLETED), count(rec.FAILED)),
             errors=BatchErrors(record.errors) if record.errors else None,
             output_file_id=record.output_file_id, error_file_id=record.error_file_id,
-            in_progress_at=record.in_progress_at, finalizing_at=record.finalizing_at,
-            completed_at=record.completed_at, failed_at=record.failed_at,
-            expired_at=record.expired_at, cancelling_at=record.cancelling_at,
-            cancelled_at=record.cancelled_at, metadata=record.metadata,
+            metadata=record.metadata, **record.timestamps(),
         )
 
 
