@@ -119,14 +119,12 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     timestamp: float
 
 
-class JobRecord(msgspec.Struct, kw_only=True):
-    """An async job as stored in `pf:job:{id}` (one encoded field `record`)."""
+class JobFields(msgspec.Struct, kw_only=True):
+    """The fields of a job its owner sees: declared once, for the stored record and the view
+    built from it, so the two cannot drift apart."""
 
     id: str
-    owner: str | None
     endpoint: JobEndpoint
-    body: dict
-    status: JobStatus = "queued"
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
@@ -134,28 +132,28 @@ class JobRecord(msgspec.Struct, kw_only=True):
     result: dict | None = None
     error: dict | None = None
 
+    def visible_fields(self) -> dict:
+        return {name: getattr(self, name) for name in JobFields.__struct_fields__}
 
-class JobView(msgspec.Struct, kw_only=True):
+
+class JobRecord(JobFields, kw_only=True):
+    """An async job as stored in `pf:job:{id}` (one encoded field `record`)."""
+
+    owner: str | None
+    body: dict
+    status: JobStatus = "queued"
+
+
+class JobView(JobFields, kw_only=True):
     """A job as its owner sees it: the `GET /v1/jobs/{id}` body and the webhook's body (the
     record without the request body and the owner)."""
 
-    id: str
-    endpoint: JobEndpoint
     status: JobStatus
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    webhook: str | None = None
-    result: dict | None = None
-    error: dict | None = None
     object: Literal["job"] = "job"
 
     @classmethod
     def of(cls, record: JobRecord) -> JobView:
-        return cls(id=record.id, endpoint=record.endpoint, status=record.status,
-                   created_at=record.created_at, started_at=record.started_at,
-                   finished_at=record.finished_at, webhook=record.webhook, result=record.result,
-                   error=record.error)
+        return cls(status=record.status, **record.visible_fields())
 
 
 _encoder = msgspec.msgpack.Encoder()
