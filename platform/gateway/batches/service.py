@@ -24,6 +24,7 @@ from pagefleet.platform.batch.settings import BatchSettings
 from pagefleet.platform.gateway.batches.schemas import BatchCreate, BatchObject
 from pagefleet.platform.gateway.errors import OpenAIError, bad_request
 from pagefleet.platform.gateway.files.service import FileService
+from pagefleet.platform.gateway.paging import page_start
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 _WINDOW = re.compile(r"^([1-9][0-9]*)([smh])$")
@@ -112,12 +113,7 @@ class BatchService:
     async def list(self, owner: str, limit: int, after: str | None) -> list[BatchObject]:
         """Newest first, `limit + 1` at most (the extra one tells `has_more`)."""
         index = rec.owner_batches(owner)
-        start = 0
-        if after is not None:
-            rank = await self.redis.zrevrank(index, after)
-            if rank is None:
-                raise batch_not_found(after)
-            start = rank + 1
+        start = await page_start(self.redis, index, after, batch_not_found)
         ids = await self.redis.zrevrange(index, start, start + limit)
         objects = []
         for batch_id in ids:

@@ -15,6 +15,7 @@ from pagefleet.platform.batch import records as rec
 from pagefleet.platform.batch.records import FileRecord
 from pagefleet.platform.batch.storage import FileStorage, FileTooLarge, read_chunks
 from pagefleet.platform.gateway.errors import OpenAIError, bad_request
+from pagefleet.platform.gateway.paging import page_start
 
 UPLOAD_PURPOSES = ("batch", "batch_output")
 
@@ -76,12 +77,7 @@ class FileService:
     async def list(self, owner: str, purpose: str | None, limit: int, after: str | None) -> list[FileRecord]:
         """Newest first; `after` is the id of the last file of the previous page."""
         index = rec.owner_files(owner)
-        start = 0
-        if after is not None:
-            rank = await self.redis.zrevrank(index, after)
-            if rank is None:
-                raise file_not_found(after)
-            start = rank + 1
+        start = await page_start(self.redis, index, after, file_not_found)
         records: list[FileRecord] = []
         while len(records) <= limit:
             ids = await self.redis.zrevrange(index, start, start + 2 * limit)
