@@ -235,12 +235,12 @@ class ModelRunner:
                           pending_rows, pending_sources)
 
     def _upload_packed(self, arrays: tuple[np.ndarray, ...], dtype: torch.dtype) -> list[torch.Tensor]:
+        if self.device.type != "cuda":  # the arrays are the inputs already: no copy
+            return [torch.from_numpy(array) for array in arrays]
         sizes = [array.size for array in arrays]
-        packed = torch.empty(sum(sizes), dtype=dtype, pin_memory=self.device.type == "cuda")
+        packed = torch.empty(sum(sizes), dtype=dtype, pin_memory=True)
         torch.cat([torch.from_numpy(array) for array in arrays], out=packed)
-        if self.device.type == "cuda":
-            packed = packed.to(self.device, non_blocking=True)
-        return list(packed.split(sizes))
+        return list(packed.to(self.device, non_blocking=True).split(sizes))
 
     def execute(self, output: SchedulerOutput, in_flight: InFlightTokens | None = None) -> torch.Tensor:
         """Logits `[num_sampling_seqs, vocab]` (float32) of the sequences that sample; with

@@ -82,15 +82,19 @@ class Sampler:
         token still in flight must settle it first: `needs_token_values`)."""
         # logits: [num_seqs, vocab] float32
         raw_logits = logits
-        if any(seq.params.logit_bias for seq in seqs):
-            logits = self._apply_logit_bias(logits.clone(), seqs)
-        if any(_has_penalties(seq) for seq in seqs):
-            logits = self._apply_penalties(logits if logits is not raw_logits else logits.clone(), seqs)
-        if any(seq.num_output_tokens < seq.params.min_tokens for seq in seqs):
-            logits = self._mask_stop_tokens(logits if logits is not raw_logits else logits.clone(), seqs)
+        has_bias = any(seq.params.logit_bias for seq in seqs)
+        has_penalties = any(_has_penalties(seq) for seq in seqs)
+        has_min_tokens = any(seq.num_output_tokens < seq.params.min_tokens for seq in seqs)
         constrained = [row for row, seq in enumerate(seqs) if seq.grammar is not None]
+        if has_bias or has_penalties or has_min_tokens or constrained:
+            logits = raw_logits.clone()  # once; every edit below is in place (logprobs read raw)
+        if has_bias:
+            self._apply_logit_bias(logits, seqs)
+        if has_penalties:
+            self._apply_penalties(logits, seqs)
+        if has_min_tokens:
+            self._mask_stop_tokens(logits, seqs)
         if constrained:
-            logits = logits if logits is not raw_logits else logits.clone()
             apply_grammar_masks(logits, constrained, [seqs[row].grammar for row in constrained])
         token_ids = self._choose(logits, seqs)
         logprobs = self._logprobs(raw_logits, token_ids, seqs)
