@@ -9,19 +9,13 @@ blocks a caller until a connection is free rather than failing with "too many co
 from __future__ import annotations
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError, TimeoutError
 
 from pagefleet.platform.gateway.settings import GatewaySettings
-
-_BACKOFF_BASE_S = 0.05
-_BACKOFF_CAP_S = 1.0
+from pagefleet.platform.protocol.resilience import reconnecting
 
 
-def _retry(settings: GatewaySettings) -> Retry:
-    return Retry(ExponentialWithJitterBackoff(cap=_BACKOFF_CAP_S, base=_BACKOFF_BASE_S),
-                 settings.redis_retries, supported_errors=(ConnectionError, TimeoutError))
+def _reconnecting(settings: GatewaySettings) -> dict:
+    return reconnecting(settings.redis_retries, settings.redis_health_check_interval_s)
 
 
 def command_client(settings: GatewaySettings) -> aioredis.Redis:
@@ -29,8 +23,7 @@ def command_client(settings: GatewaySettings) -> aioredis.Redis:
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url, max_connections=settings.redis_pool_size,
         timeout=settings.redis_pool_timeout_s, socket_timeout=settings.redis_socket_timeout_s,
-        health_check_interval=settings.redis_health_check_interval_s, retry=_retry(settings),
-        retry_on_error=[ConnectionError, TimeoutError])
+        **_reconnecting(settings))
     return aioredis.Redis(connection_pool=pool)
 
 
@@ -38,6 +31,5 @@ def reader_client(settings: GatewaySettings) -> aioredis.Redis:
     """One connection for one result reader's blocking XREADs."""
     pool = aioredis.ConnectionPool.from_url(
         settings.redis_url, max_connections=1, socket_timeout=settings.redis_socket_timeout_s,
-        health_check_interval=settings.redis_health_check_interval_s, retry=_retry(settings),
-        retry_on_error=[ConnectionError, TimeoutError])
+        **_reconnecting(settings))
     return aioredis.Redis(connection_pool=pool)

@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -51,14 +51,20 @@ class Backoff:
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
+def reconnecting(retries: int = 3, health_check_interval: float = 10.0) -> dict[str, Any]:
+    """Pool options that drop dead connections: PING after `health_check_interval` s idle, and
+    every command retried on a fresh connection (`retries` times, with jittered back-off) when
+    its pooled one turns out to be stale after a Redis restart. Every Redis client uses these."""
+    return {"health_check_interval": health_check_interval,
+            "retry": Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries,
+                           supported_errors=TRANSIENT_ERRORS),
+            "retry_on_error": list(TRANSIENT_ERRORS)}
+
+
 def connect(url: str, socket_timeout: float | None = 30.0) -> aioredis.Redis:
-    """A client whose pool drops dead connections: PING after 10 s idle, and every command
-    retried on a fresh connection (a few times, with jittered back-off) when its pooled one
-    turns out to be stale after a Redis restart."""
-    return aioredis.Redis.from_url(
-        url, socket_timeout=socket_timeout, socket_connect_timeout=5.0, health_check_interval=10,
-        retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries=3),
-        retry_on_error=list(TRANSIENT_ERRORS))
+    """A client with `reconnecting` pool options (workers, controller)."""
+    return aioredis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=5.0,
+                                   **reconnecting())
 
 
 class RedisOutages:
