@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from pagefleet.kernels.bench import measure_copy_gb_s
 from pagefleet.platform.protocol.sampling import SamplingParams
 from pagefleet.platform.protocol.workload import BenchRequest, WorkloadSpec, build_workload
 from pagefleet.workers.engine.config import EngineConfig
@@ -118,24 +119,6 @@ class StepBreakdown:
         return "\n".join(lines)
 
 
-def measure_copy_bandwidth(device: torch.device, num_bytes: int = 1 << 30) -> float:
-    """Bytes read + written per second by a device-to-device copy (0 off CUDA)."""
-    if device.type != "cuda":
-        return 0.0
-    src = torch.empty(num_bytes // 2, dtype=torch.bfloat16, device=device).uniform_()
-    dst = torch.empty_like(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    dst.copy_(src)
-    times = []
-    for _ in range(10):
-        start.record()
-        dst.copy_(src)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return 2 * num_bytes / sorted(times)[len(times) // 2]
-
-
 def _decode_weight_bytes(model: torch.nn.Module, tied: bool) -> int:
     """Bytes of the parameters a decode step reads: all of them, less an untied embedding
     table (a decode gathers a few of its rows)."""
@@ -152,7 +135,7 @@ def instrument(llm: LLM) -> StepBreakdown:
     arch = engine.arch
     element = torch.empty((), dtype=runner.dtype).element_size()
     breakdown = StepBreakdown(
-        copy_bytes_per_s=measure_copy_bandwidth(runner.device),
+        copy_bytes_per_s=measure_copy_gb_s(runner.device) * 1e9 if runner.device.type == "cuda" else 0.0,
         weight_bytes=_decode_weight_bytes(runner.model, arch.tie_word_embeddings),
         kv_bytes_per_token=2 * arch.num_layers * runner.num_kv_heads * arch.head_dim * element,
     )
