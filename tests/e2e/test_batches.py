@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import openai
 import pytest
@@ -20,38 +16,15 @@ import pytest
 from pagefleet.platform.batch.settings import BatchSettings
 from pagefleet.platform.gateway import GatewaySettings
 from tests.e2e.conftest import MODEL, Stack, _serve_gateway
+from tests.support.batch_worker import CeleryWorker
 
 KEY_A, KEY_B = "key-a", "key-b"
 BATCH_TIMEOUT_S = 240.0
 # Short steps and visibility timeout so a killed Celery worker's step is handed out quickly.
 SETTINGS = BatchSettings(max_in_flight=4, step_s=1.0, lease_s=2.0, visibility_timeout_s=4.0)
-
-
-@dataclass
-class CeleryWorker:
-    redis_url: str
-    registry: Path
-    files_dir: Path
-    log_path: Path
-    proc: subprocess.Popen | None = None
-
-    def start(self) -> CeleryWorker:
-        command = [sys.executable, "-m", "pagefleet.platform.cli", "batch-worker",
-                   "--redis-url", self.redis_url, "--registry", str(self.registry),
-                   "--files-dir", str(self.files_dir), "--concurrency", "1",
-                   "--max-in-flight", str(SETTINGS.max_in_flight), "--step", str(SETTINGS.step_s),
-                   "--lease", str(SETTINGS.lease_s),
-                   "--visibility-timeout", str(SETTINGS.visibility_timeout_s),
-                   "--log-level", "warning"]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+WORKER_FLAGS = ("--max-in-flight", str(SETTINGS.max_in_flight), "--step", str(SETTINGS.step_s),
+                "--lease", str(SETTINGS.lease_s),
+                "--visibility-timeout", str(SETTINGS.visibility_timeout_s))
 
 
 @dataclass
@@ -76,7 +49,7 @@ def batches(stack: Stack, redis_url: str, tmp_path_factory: pytest.TempPathFacto
                                                    step_s=SETTINGS.step_s, lease_s=SETTINGS.lease_s,
                                                    visibility_timeout_s=SETTINGS.visibility_timeout_s))
     server, thread, port = _serve_gateway(settings)
-    worker = CeleryWorker(redis_url, registry, files_dir, root / "celery.log").start()
+    worker = CeleryWorker(redis_url, registry, files_dir, root / "celery.log", WORKER_FLAGS).start()
     try:
         yield BatchStack(stack, f"http://127.0.0.1:{port}/v1", worker)
     finally:
@@ -104,7 +77,7 @@ def _wait(check: Callable[[], object], what: str, worker: CeleryWorker,
         if result := check():
             return result
         time.sleep(0.2)  # polling the batch's status with a deadline
-    raise TimeoutError(f"{what} not reached:\n{worker.log_path.read_text(errors='replace')[-4000:]}")
+    raise TimeoutError(f"{what} not reached:\n{worker.log()}")
 
 
 def _until_status(client: openai.OpenAI, batch_id: str, statuses: set[str], worker: CeleryWorker):
