@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -70,7 +71,9 @@ def _screenshot(driver: WebDriver, shots: Path, name: str) -> None:
 
 
 def _wait(driver: WebDriver, condition, message: str):
-    return WebDriverWait(driver, WAIT_S, poll_frequency=0.05).until(condition, message)
+    # The fleet view re-renders every 2 s: an element found a moment ago may be gone; look again.
+    return WebDriverWait(driver, WAIT_S, poll_frequency=0.05,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(condition, message)
 
 
 def _sign_in(driver: WebDriver, console: ConsoleStack, key: str) -> None:
@@ -164,13 +167,14 @@ def test_the_fleet_page_then_shows_one_ready_replica_and_the_scale_up_event(
     assert browser.find_elements(By.CSS_SELECTOR, "#queues svg.chart")
     # The playground's request left a TTFT sample; the history is the server's, so a fresh
     # page load shows it too.
-    for _ in range(2):
-        latest = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#queues .ttft-latest")
-                       and re.fullmatch(r"\d+ / \d+ ms", _text(d, "#queues .ttft-latest")),
-                       "no TTFT figures")
+    for load in ("this page", "a fresh page load"):
+        if load != "this page":
+            browser.refresh()
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#queues .ttft-latest")
+              and re.fullmatch(r"\d+ / \d+ ms", _text(d, "#queues .ttft-latest")),
+              f"no TTFT figures on {load}")
         assert browser.find_elements(By.CSS_SELECTOR, "#queues td.ttft svg.chart polyline")
-        browser.refresh()
-    assert latest
+    _wait(browser, lambda d: _text(d, f"{card} .ready-count") == "1", "the fleet did not reload")
     _screenshot(browser, shots, "fleet")
 
 

@@ -126,6 +126,8 @@ function modelCard(m) {
 }
 
 function queueTable(fleet) {
+  const head = ["model", ...fleet.models[0]?.queues.map((q) => `${q.name} backlog`) || [], "in flight",
+    "arrivals", "queue, last 15 min", "TTFT p50 / p95, last 15 min"];
   const rows = fleet.models.map((m) => {
     const added = m.queues.reduce((s, q) => s + q.entries_added, 0);
     const last = state.lastAdded[m.name];
@@ -138,17 +140,15 @@ function queueTable(fleet) {
     while (series.length && series[0].at < fleet.at - HISTORY_S) series.shift();
     const ttft = m.queues[0].ttft;  // interactive: the latency users wait on
     const latest = ttft[ttft.length - 1];
-    return el("tr", {}, el("td", {}, m.name),
-      ...m.queues.map((q) => el("td", {}, q.backlog)), el("td", {}, inFlight),
-      el("td", {}, `${rate.toFixed(2)}/s`),
-      el("td", {}, chart(series, QUEUE_LINES, fleet.at, "backlog and in flight")),
-      el("td", { class: "ttft" }, el("span", { class: "ttft-latest" },
+    const cells = [m.name, ...m.queues.map((q) => q.backlog), inFlight, `${rate.toFixed(2)}/s`,
+      chart(series, QUEUE_LINES, fleet.at, "backlog and in flight"),
+      el("span", {}, el("span", { class: "ttft-latest" },
         latest ? `${Math.round(latest.p50_ms)} / ${Math.round(latest.p95_ms)} ms` : "no requests"),
-        chart(ttft, TTFT_LINES, fleet.at, "interactive TTFT p50 and p95 in ms")));
+        chart(ttft, TTFT_LINES, fleet.at, "interactive TTFT p50 and p95 in ms"))];
+    // data-label: on a phone the table stacks, one labelled line per cell (console.css)
+    return el("tr", {}, ...cells.map((cell, i) => el("td", { "data-label": head[i], class: i === cells.length - 1 ? "ttft" : "" }, cell)));
   });
-  const head = ["model", ...fleet.models[0]?.queues.map((q) => `${q.name} backlog`) || [], "in flight",
-    "arrivals", "queue, last 15 min", "TTFT p50 / p95, last 15 min"];
-  return el("div", { class: "scroll" }, el("table", {},
+  return el("div", { class: "scroll" }, el("table", { class: "queue-table" },
     el("thead", {}, el("tr", {}, ...head.map((h) => el("th", { scope: "col" }, h)))), el("tbody", {}, ...rows)));
 }
 
