@@ -15,8 +15,11 @@ import pytest
 
 from pagefleet.platform.batch.settings import BatchSettings
 from pagefleet.platform.gateway import GatewaySettings
-from tests.e2e.conftest import MODEL, Stack, _serve_gateway
+from pagefleet.platform.protocol import keys
+from tests.e2e.conftest import MODEL, Stack, _serve_gateway, worker_logs
+from tests.integration.runtime.processes import WorkerProcess
 from tests.support.batch_worker import CeleryWorker
+from tests.support.redis_server import free_port
 
 KEY_A, KEY_B = "key-a", "key-b"
 BATCH_TIMEOUT_S = 240.0
@@ -218,3 +221,45 @@ def test_kill_9_of_the_celery_worker_mid_batch_loses_and_repeats_nothing(batches
     outputs = _jsonl(client, done.output_file_id)
     assert sorted(o["custom_id"] for o in outputs) == sorted(f"k{i}" for i in range(num_lines))
     assert done.request_counts.completed == num_lines and done.error_file_id is None
+
+
+def _holder_of_batch_work(stack: Stack) -> WorkerProcess | None:
+    """A live model worker with batch (priority 2) entries pending on it, if any."""
+    stream = keys.request_stream(MODEL, keys.PRIORITY_BATCH)
+    pending = {c["name"].decode(): c["pending"]
+               for c in stack.redis.xinfo_consumers(stream, keys.CONSUMER_GROUP)}
+    return next((w for w in stack.live_workers() if pending.get(w.worker_id, 0) > 0), None)
+
+
+def test_kill_9_of_a_model_worker_mid_batch_loses_and_repeats_nothing(batches):
+    """The victim's batch entries are claimed by the other worker, which resumes them from their
+    result streams; the runner still collects each line once. The victim is replaced afterwards
+    (the package's later tests expect two workers)."""
+    stack = batches.stack
+    assert len(stack.live_workers()) == 2, worker_logs(stack)
+    client = batches.client()
+    num_lines = 16
+    file_id = _upload(client, [_line(f"w{i}", f"Name {i} animals", max_tokens=24)
+                               for i in range(num_lines)])
+    batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    victim = _wait(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 1
+                   and _holder_of_batch_work(stack), "a worker holding batch work mid-batch",
+                   batches.worker)
+    victim.kill()
+    try:
+        done = _until_status(client, batch.id, {"completed"}, batches.worker)
+        assert victim.proc.returncode == -9
+        outputs = _jsonl(client, done.output_file_id)
+        assert sorted(o["custom_id"] for o in outputs) == sorted(f"w{i}" for i in range(num_lines))
+        assert all(o["response"]["status_code"] == 200 for o in outputs)
+        assert done.request_counts.completed == num_lines and done.error_file_id is None
+        stream = keys.request_stream(MODEL, keys.PRIORITY_BATCH)
+        consumers = {c["name"].decode() for c in stack.redis.xinfo_consumers(stream, keys.CONSUMER_GROUP)}
+        assert victim.worker_id not in consumers  # its entries were claimed, not waited out
+    finally:
+        replacement = WorkerProcess(MODEL, victim.registry, victim.redis_url,
+                                    victim.log_path.with_name("worker-replacement.log"),
+                                    metrics_port=free_port()).start()
+        stack.workers[stack.workers.index(victim)] = replacement
+        replacement.wait_ready(stack.redis)
