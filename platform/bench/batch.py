@@ -29,12 +29,15 @@ class BatchBenchSettings:
     once alone and once while the batch runs. Each phase draws its own prompts (from `seed`),
     so no phase is helped by the prefix cache of another."""
 
+    # the batch, and as many requests through /v1/completions
     num_requests: int = 64
+    input_len: int = 64  # every request's, interactive ones too
+    output_len: int = 32
+    # the interactive stream, alone and while the batch runs
     num_interactive: int = 16
     interactive_rate: float = 2.0
-    input_len: int = 64
-    output_len: int = 32
     interactive_output_len: int = 16
+
     seed: int = 0
     timeout_s: float = 1800.0
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
@@ -14,6 +15,8 @@ import openai
 import pytest
 
 from pagefleet.platform.batch.settings import BatchSettings
+from pagefleet.platform.bench.batch import BatchBenchSettings
+from pagefleet.platform.cli.bench_batch import format_report, measure
 from pagefleet.platform.gateway import GatewaySettings
 from pagefleet.platform.protocol import keys
 from tests.e2e.conftest import MODEL, Stack, _serve_gateway, worker_logs
@@ -71,6 +74,11 @@ def _line(custom_id: str, content: str, max_tokens: int = 8, model: str = MODEL,
 def _upload(client: openai.OpenAI, lines: list[str]) -> str:
     data = ("\n".join(lines) + "\n").encode()
     return client.files.create(file=("input.jsonl", io.BytesIO(data)), purpose="batch").id
+
+
+def _start_batch(client: openai.OpenAI, lines: list[str], window: str = "24h"):
+    return client.batches.create(input_file_id=_upload(client, lines),
+                                 endpoint="/v1/chat/completions", completion_window=window)
 
 
 def _wait(check: Callable[[], object], what: str, worker: CeleryWorker,
@@ -209,10 +217,8 @@ def test_expiry_keeps_partial_output(batches):
 def test_kill_9_of_the_celery_worker_mid_batch_loses_and_repeats_nothing(batches):
     client = batches.client()
     num_lines = 16
-    file_id = _upload(client, [_line(f"k{i}", f"Count from {i}", max_tokens=16)
-                               for i in range(num_lines)])
-    batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
-                                  completion_window="24h")
+    batch = _start_batch(client, [_line(f"k{i}", f"Count from {i}", max_tokens=16)
+                                  for i in range(num_lines)])
     _wait(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 2,
           "two lines completed", batches.worker)
     batches.worker.kill()
@@ -239,10 +245,8 @@ def test_kill_9_of_a_model_worker_mid_batch_loses_and_repeats_nothing(batches):
     assert len(stack.live_workers()) == 2, worker_logs(stack)
     client = batches.client()
     num_lines = 16
-    file_id = _upload(client, [_line(f"w{i}", f"Name {i} animals", max_tokens=24)
-                               for i in range(num_lines)])
-    batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
-                                  completion_window="24h")
+    batch = _start_batch(client, [_line(f"w{i}", f"Name {i} animals", max_tokens=24)
+                                  for i in range(num_lines)])
     victim = _wait(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 1
                    and _holder_of_batch_work(stack), "a worker holding batch work mid-batch",
                    batches.worker)
@@ -263,3 +267,22 @@ def test_kill_9_of_a_model_worker_mid_batch_loses_and_repeats_nothing(batches):
                                     metrics_port=free_port()).start()
         stack.workers[stack.workers.index(victim)] = replacement
         replacement.wait_ready(stack.redis)
+
+
+def test_bench_batch_measures_the_batch_and_interactive_ttft(batches):
+    """`pagefleet bench batch`'s measurement against this stack, at a tiny size."""
+    settings = BatchBenchSettings(num_requests=4, num_interactive=3, interactive_rate=20.0,
+                                  input_len=8, output_len=4, interactive_output_len=3,
+                                  timeout_s=BATCH_TIMEOUT_S)
+    files_before = {f.id for f in batches.client().files.list()}
+    report = asyncio.run(measure(batches.base_url, MODEL, settings, api_key=KEY_A))
+    assert (report.batch.status, report.batch.completed, report.batch.failed) == ("completed", 4, 0)
+    assert report.batch.output_tokens == 4 * 4 and report.batch.output_throughput > 0
+    assert (report.sync.completed, report.sync.failed) == (4, 0), report.sync.first_error
+    for summary in (report.interactive_alone, report.interactive_with_batch):
+        assert (summary.completed, summary.failed) == (3, 0), summary.first_error
+        assert 0 < summary.ttft.p50 <= summary.ttft.p95
+    assert report.batch_vs_sync > 0
+    assert {f.id for f in batches.client().files.list()} == files_before  # the bench cleans up
+    text = format_report(MODEL, settings, report)
+    assert "TTFT p95 (ms)" in text and "one batch, /v1/batches | completed | 4 / 0" in text
