@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+
+def require_positive(settings: object, names: Iterable[str]) -> None:
+    """A settings check: `ValueError` naming the first of `names` that is not positive."""
+    for name in names:
+        value = getattr(settings, name)
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value!r}")
 
 
 def default_files_dir() -> str:
@@ -40,12 +49,10 @@ class BatchSettings:
     max_listed_errors: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("max_file_bytes", "file_retention_s", "file_sweep_s", "max_in_flight", "max_backlog",
-                     "step_s", "lease_s",
-                     "visibility_timeout_s", "max_completion_window_s", "max_listed_errors"):
-            value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"{name} must be positive, got {value!r}")
+        require_positive(self, ("max_file_bytes", "file_retention_s", "file_sweep_s",
+                                "max_in_flight", "max_backlog", "step_s", "lease_s",
+                                "visibility_timeout_s", "max_completion_window_s",
+                                "max_listed_errors"))
         if self.lease_s <= self.step_s:
             raise ValueError("lease_s must exceed step_s (a step renews its lease between waits)")
         if self.visibility_timeout_s <= self.lease_s:

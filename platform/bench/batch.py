@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from pagefleet.platform.batch.settings import require_positive
 from pagefleet.platform.protocol.workload import BenchRequest
 
 POLL_S = 0.25
@@ -42,10 +43,8 @@ class BatchBenchSettings:
     timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
-        for name in ("num_requests", "num_interactive", "interactive_rate", "input_len",
-                     "output_len", "interactive_output_len", "timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        require_positive(self, ("num_requests", "num_interactive", "interactive_rate", "input_len",
+                                "output_len", "interactive_output_len", "timeout_s"))
 
 
 @dataclass(frozen=True, slots=True)
