@@ -42,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="requests for the one-at-a-time baseline")
     parser.add_argument("--hf-batch-size", type=int, default=16)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measured passes on fresh prompts of the same distribution (the lower median is reported)")
     parser.add_argument("--breakdown", action="store_true",
                         help="first an instrumented pass that splits the time by phase")
     parser.set_defaults(func=run)
@@ -76,6 +78,6 @@ def run(args: argparse.Namespace) -> int:
     run_engine_bench(EngineBenchOptions(
         engine, workload, hf_modes, hf_num_prompts=args.hf_num_prompts,
         hf_single_prompts=args.hf_single_prompts, hf_batch_size=args.hf_batch_size,
-        json_path=args.json, breakdown=args.breakdown,
+        json_path=args.json, breakdown=args.breakdown, repeat=args.repeat,
     ))
     return 0
