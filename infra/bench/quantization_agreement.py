@@ -69,7 +69,7 @@ def main() -> None:
     got = greedy(LLM(quantization=args.quantization, **common), prompts, args.max_tokens)
     prefixes = []
     for a, b in zip(want, got, strict=True):
-        same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+        same = next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a))
         prefixes.append(same / len(a))
     result = {"model": args.model, "quantization": args.quantization, "prompts": len(prompts),
               "max_tokens": args.max_tokens,
