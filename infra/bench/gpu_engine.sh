@@ -56,7 +56,9 @@ if [ "$mode" = compare ]; then  # the engine-performance levers against the old 
   exit 0
 fi
 if [ "$mode" = fp8 ]; then  # bf16 vs FP8 weights (ShareGPT-like), then 512 concurrent sequences
-  timeout 200 python3 -m pytest -q -p no:cacheprovider --noconftest tests/gpu/test_engine_cuda.py -k "fp8 or async" 2>&1 | tail -4 | tee "$out/gpu_tests.txt"
+  { timeout 200 python3 -m pytest -q -p no:cacheprovider --noconftest tests/gpu/test_engine_cuda.py -k "fp8 or async or pinned"
+    timeout 100 python3 -m pytest -q -p no:cacheprovider --confcutdir=tests/unit tests/unit/kernels/test_kernel_quant_fp8.py; } 2>&1 | grep -v Warn | tail -120 > "$out/gpu_tests.txt"
+  grep -E "passed|failed" "$out/gpu_tests.txt"
   for m in llama-3.1-8b llama-3.2-1b; do
     tag=${m//[-.]/}
     timeout 150 bash -c "$(declare -f bench); bench --model $m --load-format dummy --num-prompts 1000 --hf none --repeat 2 \

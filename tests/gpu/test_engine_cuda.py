@@ -130,3 +130,21 @@ def test_fp8_engine_with_cuda_graphs_equals_fp8_eager(tmp_path):
     torch.cuda.empty_cache()
     eager = LLM(enforce_eager=True, **kwargs)
     assert [o.outputs[0].token_ids for o in eager.generate(prompts, params)] == with_graphs
+
+
+def test_pinned_ring_uploads_and_downloads_through_reused_slots():
+    import numpy as np
+
+    from pagefleet.workers.engine.pinned import PinnedRing
+
+    device = torch.device("cuda")
+    ring = PinnedRing(slots=2)
+    for step in range(5):  # slots come round again and grow for a larger step
+        arrays = (np.arange(3 + 1000 * step, dtype=np.int64), np.full(7, step, dtype=np.int64))
+        first, second = ring.upload(arrays, torch.int64, device)
+        assert first.device.type == "cuda"
+        assert first.tolist() == arrays[0].tolist() and second.tolist() == arrays[1].tolist()
+    values = torch.arange(10, device=device) * 3
+    host = ring.to_host(values)
+    torch.cuda.synchronize()
+    assert host.tolist() == values.tolist()

@@ -15,17 +15,26 @@ from __future__ import annotations
 
 import torch
 
-FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
-_MIN_SCALE = 1e-12  # an all-zero row keeps a finite scale
+from pagefleet.kernels.quant_fp8 import (
+    FP8_DTYPE,
+    FP8_MAX,
+    per_token_quant_fp8,
+    per_token_quant_fp8_ref,
+)
+
+__all__ = ["FP8_DTYPE", "FP8_MAX", "QUANTIZATIONS", "fp8_linear", "per_row_scale", "quantize_rows"]
 QUANTIZATIONS = (None, "fp8")
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`x` `[rows, cols]` -> (fp8 values, float32 scale `[rows, 1]`) with `x ~= values * scale`."""
-    x32 = x.float()
-    scale = x32.abs().amax(dim=-1, keepdim=True).div_(FP8_MAX).clamp_(min=_MIN_SCALE)
-    return x32.div(scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
+    """`x` `[rows, cols]` -> (fp8 values, float32 scale `[rows, 1]`) with `x ~= values * scale`:
+    one Triton pass on CUDA, the torch reference (same bits) elsewhere."""
+    if x.device.type != "cuda":
+        return per_token_quant_fp8_ref(x)
+    values = torch.empty(x.shape, dtype=FP8_DTYPE, device=x.device)
+    scale = torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device)
+    per_token_quant_fp8(x.contiguous(), values, scale)
+    return values, scale
 
 
 def scaled_mm_supported(device: torch.device) -> bool:
