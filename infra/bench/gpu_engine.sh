@@ -61,15 +61,16 @@ if [ "$mode" = fp8 ]; then  # bf16 vs FP8 weights (ShareGPT-like), then 512 conc
   grep -E "passed|failed" "$out/gpu_tests.txt"
   for m in llama-3.1-8b llama-3.2-1b; do
     tag=${m//[-.]/}
+    breakdown=""; [ $m = llama-3.1-8b ] && breakdown="--breakdown"
     timeout 150 bash -c "$(declare -f bench); bench --model $m --load-format dummy --num-prompts 1000 --hf none --repeat 2 \
-      --breakdown --json $out/${tag}_sharegpt_bf16.json" 2>&1 | grep -v Warning | tee "$out/${tag}_bf16.txt"
+      $breakdown --json $out/${tag}_sharegpt_bf16.json" 2>&1 | grep -v Warning | grep -vE "^(device|system|preemptions)" | tee "$out/${tag}_bf16.txt"
     timeout 120 bash -c "$(declare -f bench); bench --model $m --load-format dummy --num-prompts 1000 --hf none --repeat 2 \
-      --quantization fp8 --json $out/${tag}_sharegpt_fp8.json" 2>&1 | grep -v Warning | tee "$out/${tag}_fp8.txt"
+      --quantization fp8 --json $out/${tag}_sharegpt_fp8.json" 2>&1 | grep -v Warning | grep -E "^pass|^pagefleet|Error" | tee "$out/${tag}_fp8.txt"
   done
-  for m in llama-3.1-8b:fp8 llama-3.2-1b:none; do  # twice the concurrent sequences
-    name=${m%%:*}; q=${m##*:}; tag=${name//[-.]/}; qflag=""; [ $q = fp8 ] && qflag="--quantization fp8"
-    timeout 120 bash -c "$(declare -f bench); bench --model $name --load-format dummy --num-prompts 1000 --hf none \
-      --max-num-seqs 512 $qflag --json $out/${tag}_sharegpt_${q}_seqs512.json" 2>&1 | grep -v Warning | tail -4 | tee "$out/${tag}_${q}_seqs512.txt"
+  for m in llama-3.2-1b llama-3.1-8b; do  # twice the concurrent sequences
+    tag=${m//[-.]/}
+    timeout 110 bash -c "$(declare -f bench); bench --model $m --load-format dummy --num-prompts 1000 --hf none --repeat 2 \
+      --max-num-seqs 512 --json $out/${tag}_sharegpt_bf16_seqs512.json" 2>&1 | grep -v Warning | grep -E "^pass|^pagefleet" | tee "$out/${tag}_bf16_seqs512.txt"
   done
   exit 0
 fi
