@@ -33,7 +33,9 @@ def _per_token_quant_fp8_kernel(
     mask = cols < COLS
     x = tl.load(x_ptr + row * stride_x_row + cols, mask=mask, other=0.0).to(tl.float32)
     scale = tl.maximum(tl.max(tl.abs(x), 0) / FP8_MAX_VALUE, MIN_SCALE_VALUE)
-    v = tl.clamp(x / scale, -FP8_MAX_VALUE, FP8_MAX_VALUE)
+    # IEEE division (plain `/` is approximate on NVIDIA GPUs): a value on a rounding tie
+    # must land exactly where torch puts it.
+    v = tl.clamp(tl.math.div_rn(x, scale), -FP8_MAX_VALUE, FP8_MAX_VALUE)
     # The grid step at |v|: 2^(exponent - mantissa bits); subnormals share the smallest.
     exponent = tl.floor(tl.log2(tl.maximum(tl.abs(v), MIN_NORMAL)))
     step = tl.exp2(exponent - MANTISSA_BITS)

@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--hf-batch-size", type=int, default=16)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--repeat", type=int, default=1,
-                        help="measured passes on fresh prompts of the same distribution (the lower median is reported)")
+                        help="measured passes of the same work with other token ids (the lower median is reported)")
     parser.add_argument("--breakdown", action="store_true",
                         help="first an instrumented pass that splits the time by phase")
     parser.set_defaults(func=run)

@@ -58,7 +58,7 @@ class EngineBenchOptions:
     hf_single_prompts: int = 4  # requests run one at a time (slow: a few are enough for a rate)
     hf_batch_size: int = 16
     json_path: Path | None = None
-    repeat: int = 1  # measured passes (fresh prompts each); the report keeps the lower median
+    repeat: int = 1  # measured passes (same lengths, fresh token ids); the report keeps the lower median
     breakdown: bool = False
 
 
@@ -252,6 +252,17 @@ def _workload_for(spec: WorkloadSpec, vocab_size: int) -> list[BenchRequest]:
     return build_workload(dataclasses.replace(spec, token_id_high=high))
 
 
+def _shifted(requests: list[BenchRequest], offset: int) -> list[BenchRequest]:
+    """The same work with every token id moved by `offset` (wrapping inside the ids the
+    workload draws from), so a repeated pass finds nothing of the last one in the prefix cache."""
+    if offset == 0:
+        return requests
+    low = min(min(r.prompt_token_ids) for r in requests)
+    span = max(max(r.prompt_token_ids) for r in requests) - low + 1
+    return [BenchRequest([low + (t - low + offset) % span for t in r.prompt_token_ids], r.output_len)
+            for r in requests]
+
+
 def run_engine_bench(options: EngineBenchOptions) -> list[Throughput]:
     llm = LLM(**dataclasses.asdict(options.engine))
     requests = _workload_for(options.workload, llm.engine.arch.vocab_size)
@@ -259,10 +270,8 @@ def run_engine_bench(options: EngineBenchOptions) -> list[Throughput]:
                                num_prompts=min(64, options.workload.num_prompts))
     warm_up(llm, _workload_for(warm, llm.engine.arch.vocab_size))
     passes = []
-    for index in range(options.repeat):  # pass i > 0: same distribution, fresh prompts
-        spec = dataclasses.replace(options.workload, seed=options.workload.seed + 2000 * index)
-        passes.append(bench_pagefleet(llm, requests if index == 0 else
-                                      _workload_for(spec, llm.engine.arch.vocab_size)))
+    for index in range(options.repeat):  # pass i > 0: the same lengths, other token ids
+        passes.append(bench_pagefleet(llm, _shifted(requests, index)))
         print(f"pass {index + 1}: {passes[-1].row()}", flush=True)
     results = [sorted(passes, key=lambda t: t.output_tokens_per_s)[(len(passes) - 1) // 2]]
     if options.breakdown:  # an instrumented second pass on fresh prompts (no prefix-cache hits)
