@@ -23,7 +23,11 @@ from pagefleet.workers.attention.base import AttentionBackend
 from pagefleet.workers.attention.torch_backend import TorchAttentionBackend
 from pagefleet.workers.models.arch import ModelArch
 from pagefleet.workers.models.llama import LlamaForCausalLM
-from pagefleet.workers.models.moe import MixtralForCausalLM, Qwen3MoeForCausalLM, expert_weight_shapes
+from pagefleet.workers.models.moe import (
+    MixtralForCausalLM,
+    Qwen3MoeForCausalLM,
+    expert_weight_shapes,
+)
 from pagefleet.workers.models.parallel import TensorParallel
 from pagefleet.workers.models.phi3 import Phi3ForCausalLM
 from pagefleet.workers.models.qwen3 import Qwen3ForCausalLM

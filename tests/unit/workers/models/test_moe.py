@@ -79,7 +79,7 @@ def test_engine_greedy_tokens_equal_transformers(family) -> None:
 
 def test_tensor_parallel_2_equals_transformers(family) -> None:
     """Each of two gloo ranks holds half of every expert's intermediate dimension."""
-    name, folder, hf = family
+    _, folder, hf = family
     want = [hf_greedy(hf, prompt, MAX_TOKENS) for prompt in PROMPTS]
     assert generate(folder, tensor_parallel_size=2) == want
 
