@@ -163,16 +163,17 @@ def _check_moe_args(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
 
 
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
-              topk_ids: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+              topk_ids: torch.Tensor, out: torch.Tensor, config: MoeBlockConfig | None = None) -> torch.Tensor:
     """`x` `[num_tokens, hidden]` -> `out` `[num_tokens, hidden]`: each token's experts' SwiGLU
-    outputs weighted by `topk_weights` `[num_tokens, top_k]` and summed."""
+    outputs weighted by `topk_weights` `[num_tokens, top_k]` and summed. `config` overrides
+    `moe_block_config` (tuning)."""
     _check_moe_args(x, w13, w2, topk_weights, topk_ids)
     check_shape("out", out, tuple(x.shape))
     num_tokens, top_k = topk_ids.shape
     num_pairs, inter = num_tokens * top_k, w13.shape[1] // 2
     if num_tokens == 0:
         return out
-    config = moe_block_config(num_pairs, w13.shape[0])
+    config = config or moe_block_config(num_pairs, w13.shape[0])
     blocks = align_to_experts(topk_ids, w13.shape[0], config.block_m)
     gate_up = x.new_empty(num_pairs, 2 * inter)  # [pairs, 2 * inter]
     _grouped_gemm(x, w13, gate_up, blocks, top_k, None, config)
