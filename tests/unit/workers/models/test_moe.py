@@ -130,3 +130,17 @@ def test_registry_accepts_the_benchmark_preset() -> None:
     spec = parse_registry({"models": {"qwen3-30b-a3b": {"engine": {"load_format": "dummy"}}}}).get("qwen3-30b-a3b")
     arch = resolve_model(spec.source, spec.engine_kwargs()["load_format"]).arch
     assert (arch.model_type, arch.moe.num_experts, arch.moe.top_k) == ("qwen3_moe", 128, 8)
+
+
+def test_breakdown_floor_counts_experts_at_their_active_share(family) -> None:
+    """`bench engine --breakdown`'s weight bytes: everything but the untied embedding, with the
+    experts scaled to top_k of num_experts (the dense-equivalent model)."""
+    from pagefleet.workers.bench.engine_bench import _decode_weight_bytes
+
+    _, folder, _ = family
+    model = build_model(resolve_model(str(folder)), load_format="dummy")
+    spec = model.arch.moe
+    sizes = {name: p.numel() * p.element_size() for name, p in model.named_parameters()}
+    experts = sum(size for name, size in sizes.items() if ".experts." in name)
+    dense = sum(sizes.values()) - experts - sizes["model.embed_tokens.weight"]
+    assert _decode_weight_bytes(model, tied=False) == dense + experts * spec.top_k // spec.num_experts
