@@ -144,3 +144,24 @@ def test_breakdown_floor_counts_experts_at_their_active_share(family) -> None:
     experts = sum(size for name, size in sizes.items() if ".experts." in name)
     dense = sum(sizes.values()) - experts - sizes["model.embed_tokens.weight"]
     assert _decode_weight_bytes(model, tied=False) == dense + experts * spec.top_k // spec.num_experts
+
+
+def test_stack_experts_waits_for_every_expert_in_any_order() -> None:
+    """Shards may split a layer's experts and interleave layers; stacking keeps gate before up."""
+    import random
+
+    from pagefleet.workers.models.moe import stack_experts
+
+    names = [(f"model.layers.{layer}.mlp.experts.{e}.{proj}.weight", torch.full((2, 3), 10.0 * e + i))
+             for layer in range(2) for e in range(3)
+             for i, proj in enumerate(("gate_proj", "up_proj", "down_proj"))]
+    random.Random(0).shuffle(names)
+    stacked = dict(stack_experts(3, [*names, ("model.norm.weight", torch.ones(3))]))
+    assert sorted(stacked) == ["model.layers.0.mlp.experts.down_proj", "model.layers.0.mlp.experts.gate_up_proj",
+                               "model.layers.1.mlp.experts.down_proj", "model.layers.1.mlp.experts.gate_up_proj",
+                               "model.norm.weight"]
+    gate_up = stacked["model.layers.1.mlp.experts.gate_up_proj"]  # [experts, 2 * rows, cols]
+    assert gate_up[:, :2, 0].tolist() == [[0, 0], [10, 10], [20, 20]]
+    assert gate_up[:, 2:, 0].tolist() == [[1, 1], [11, 11], [21, 21]]
+    with pytest.raises(ValueError, match="lacks expert tensors"):
+        list(stack_experts(3, names[:-1]))
