@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Engine checks and throughput benchmarks on a GPU machine (the lent H100), from the repo root.
 # Needs torch, triton and transformers there; carries msgspec/gguf wheels in .whl/ if missing.
-# Usage: infra/bench/gpu_engine.sh OUT_DIR [quick]
+# Usage: infra/bench/gpu_engine.sh OUT_DIR [quick|tp|profile|compare|moe|extra]
 set -uo pipefail
 out=${1:-/tmp/pf-bench}; mode=${2:-full}
 mkdir -p "$out"
@@ -53,6 +53,14 @@ if [ "$mode" = compare ]; then  # the engine-performance levers against the old 
     bench --model $m --load-format dummy --num-prompts 1000 --max-num-seqs 256 --hf none \
       --no-async-scheduling --no-fused-layers --json "$out/${tag}_sharegpt_old.json" 2>&1 | grep -v Warning | tee "$out/${tag}_old.txt"
   done
+  exit 0
+fi
+if [ "$mode" = moe ]; then  # fused-MoE kernel and Mixtral/Qwen3-MoE on the GPU, one layer's timing, Qwen3-30B-A3B
+  python3 -m pytest -q -p no:cacheprovider --confcutdir=tests/unit tests/unit/kernels/test_kernel_fused_moe.py 2>&1 | tail -3 | tee "$out/moe_tests.txt"
+  python3 -m pytest -q -p no:cacheprovider --noconftest tests/gpu/test_moe_cuda.py 2>&1 | tail -3 | tee -a "$out/moe_tests.txt"
+  python3 -m pagefleet.kernels.bench_moe --json "$out/moe_layer.json" 2>&1 | grep -v Warning | tee "$out/moe_layer.txt"
+  bench --model qwen3-30b-a3b --load-format dummy --num-prompts 1000 --max-num-seqs 256 --hf none --breakdown \
+    --json "$out/qwen3_30b_a3b.json" 2>&1 | grep -v Warning | tee "$out/qwen3_30b_a3b.txt"
   exit 0
 fi
 if [ "$mode" = fp8 ]; then  # bf16 vs FP8 weights (ShareGPT-like), then 512 concurrent sequences

@@ -122,8 +122,13 @@ class StepBreakdown:
 
 def _decode_weight_bytes(model: torch.nn.Module, tied: bool) -> int:
     """Bytes of the parameters a decode step reads: all of them, less an untied embedding
-    table (a decode gathers a few of its rows)."""
+    table (a decode gathers a few of its rows). Mixture-of-experts weights count at their
+    active share, top_k of num_experts (the dense-equivalent floor: a batch large enough to
+    touch every expert reads them all, so its true floor lies above this one)."""
     total = sum(p.numel() * p.element_size() for p in model.parameters())
+    if (moe := model.arch.moe) is not None:
+        experts = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if ".experts." in n)
+        total -= experts - experts * moe.top_k // moe.num_experts
     if not tied:
         embed = model.model.embed_tokens.weight
         total -= embed.numel() * embed.element_size()

@@ -24,6 +24,11 @@ from pagefleet.workers.attention.torch_backend import TorchAttentionBackend
 from pagefleet.workers.models.arch import ModelArch
 from pagefleet.workers.models.fp8 import QUANTIZATIONS
 from pagefleet.workers.models.llama import LlamaForCausalLM
+from pagefleet.workers.models.moe import (
+    MixtralForCausalLM,
+    Qwen3MoeForCausalLM,
+    expert_weight_shapes,
+)
 from pagefleet.workers.models.parallel import QuantizableLinear, TensorParallel
 from pagefleet.workers.models.phi3 import Phi3ForCausalLM
 from pagefleet.workers.models.qwen3 import Qwen3ForCausalLM
@@ -35,6 +40,7 @@ DUMMY_STD = 0.02  # HF's initializer_range: activations stay O(1) through RMSNor
 MODEL_CLASSES: Mapping[str, type[LlamaForCausalLM]] = MappingProxyType({
     "llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2": LlamaForCausalLM,
     "qwen3": Qwen3ForCausalLM, "phi3": Phi3ForCausalLM,
+    "mixtral": MixtralForCausalLM, "qwen3_moe": Qwen3MoeForCausalLM,
 })
 
 __all__ = [
@@ -153,7 +159,8 @@ def dummy_weights(arch: ModelArch, seed: int, dtype: torch.dtype,
 def hf_weight_shapes(arch: ModelArch) -> dict[str, tuple[int, ...]]:
     """The full (unsharded) Hugging Face checkpoint layout of the family's checkpoints.
 
-    Qwen3 adds per-head `q_norm`/`k_norm`; Phi-3 stores q/k/v and gate/up fused.
+    Qwen3 adds per-head `q_norm`/`k_norm`; Phi-3 stores q/k/v and gate/up fused; MoE families
+    store a router and one tensor per expert and projection instead of the MLP.
     """
     hidden, q_size = arch.hidden_size, arch.num_heads * arch.head_dim
     kv_size, inter = arch.num_kv_heads * arch.head_dim, arch.intermediate_size
@@ -183,6 +190,10 @@ def hf_weight_shapes(arch: ModelArch) -> dict[str, tuple[int, ...]]:
                 del shapes[f"{p}.{part}.weight"]
             shapes[f"{p}.self_attn.qkv_proj.weight"] = (q_size + 2 * kv_size, hidden)
             shapes[f"{p}.mlp.gate_up_proj.weight"] = (2 * inter, hidden)
+        if arch.moe is not None:
+            for part in ("gate_proj", "up_proj", "down_proj"):
+                del shapes[f"{p}.mlp.{part}.weight"]
+            shapes |= expert_weight_shapes(arch, p)
     shapes["model.norm.weight"] = (hidden,)
     if not arch.tie_word_embeddings:
         shapes["lm_head.weight"] = (arch.vocab_size, hidden)
