@@ -27,6 +27,7 @@ from pagefleet.platform.gateway.completions.routes import CompletionsRoutes
 from pagefleet.platform.gateway.completions.service import CompletionService
 from pagefleet.platform.gateway.console.routes import console_handlers
 from pagefleet.platform.gateway.delivery import ResultHub
+from pagefleet.platform.gateway.embeddings.routes import EmbeddingsRoutes
 from pagefleet.platform.gateway.errors import exception_handlers
 from pagefleet.platform.gateway.input_guard import check_body
 from pagefleet.platform.gateway.jobs.routes import JobsRoutes
@@ -78,7 +79,7 @@ def create_app(settings: GatewaySettings) -> Litestar:
                      "completions", "jobs", *BATCH_STATE)}
     dependencies["owner"] = Provide(provide_owner, sync_to_thread=False)
     return Litestar(
-        route_handlers=[CompletionsRoutes, CatalogRoutes, JobsRoutes, SystemRoutes,
+        route_handlers=[CompletionsRoutes, EmbeddingsRoutes, CatalogRoutes, JobsRoutes, SystemRoutes,
                         batch_router(settings), *console_handlers()],
         state=state,
         lifespan=[_redis_lifespan, batch_lifespan],

@@ -57,7 +57,10 @@ class EmbeddingEngine:
         """The input's vector, or None when `abort` stopped it first. ValueError (before any
         work is queued) for input the model refuses."""
         self.embedder.check_dimensions(dimensions)
-        token_ids = await asyncio.to_thread(self.embedder.tokenize, prompt)
+        if isinstance(prompt, str):  # a tokenizer may take a while: not on the event loop
+            token_ids = await asyncio.to_thread(self.embedder.tokenize, prompt)
+        else:
+            token_ids = self.embedder.tokenize(prompt)
         future: asyncio.Future[EmbeddingResult | None] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = _Pending(token_ids, dimensions, future)
         self._ensure_loop().set()

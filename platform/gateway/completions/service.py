@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _DONE = b"data: [DONE]\n\n"
+_PROMPT_PARAMS = {"chat": "messages", "embedding": "input"}  # the request field of the input
 
 
 def deadline_error() -> OpenAIError:
@@ -127,8 +128,7 @@ class CompletionService:
             else:
                 size, limit, unit = prompt_chars(envelope), max_chars, "characters"
             if size > limit:
-                raise prompt_too_long(max_model_len, f"{size} {unit}",
-                                      "messages" if prepared.kind == "chat" else "prompt")
+                raise prompt_too_long(max_model_len, f"{size} {unit}", _PROMPT_PARAMS.get(prepared.kind, "prompt"))
 
     async def run(self, prepared: PreparedRequest, receive: Receive) -> Response | Stream:
         """`receive` is the request's ASGI channel (body already read): it reports a disconnect."""
