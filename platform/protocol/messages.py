@@ -22,6 +22,11 @@ JobEndpoint = Literal["/v1/chat/completions", "/v1/completions"]
 FinishReason = Literal["stop", "length", "abort"]
 
 
+def input_param(kind: RequestKind) -> str:
+    """The OpenAI request field that holds a request's input, for the errors that name it."""
+    return {"chat": "messages", "embedding": "input"}.get(kind, "prompt")
+
+
 class ChatMessage(msgspec.Struct, forbid_unknown_fields=False):
     role: str
     content: str | list[dict] | None = None

@@ -37,7 +37,7 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     registry = root / "registry.yaml"
     registry.write_text(yaml.safe_dump({"models": {
         MODEL: {"source": DEFAULT_EMBEDDING_MODEL, "task": "embed",
-                "engine": {"max_model_len": MAX_MODEL_LEN, "max_num_seqs": 16}},
+                "engine": {"max_model_len": MAX_MODEL_LEN, "max_num_seqs": 16, "dtype": "float32"}},
         CHAT_MODEL: {"source": SOURCE}}}))
     client = redis.Redis.from_url(redis_url)
     worker = WorkerProcess(MODEL, registry, redis_url, root / "worker.log").start()

@@ -19,12 +19,10 @@ from pagefleet.workers.attention.metadata import AttentionMetadata
 class CacheFreeCausalAttention:
     name = "cache-free"
 
-    def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-        k_cache: torch.Tensor, v_cache: torch.Tensor,
-        metadata: AttentionMetadata, scale: float,
-    ) -> torch.Tensor:
-        """q `[T, heads, hd]`, k and v `[T, kv_heads, hd]`, sequences back to back."""
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                v_cache: torch.Tensor, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
+        """q `[T, heads, hd]`, k and v `[T, kv_heads, hd]`, sequences back to back; the
+        caches (empty tensors) are never read or written."""
         out = torch.empty_like(q)
         group = q.shape[1] // k.shape[1]
         starts = metadata.query_start_loc_cpu

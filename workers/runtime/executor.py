@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pagefleet.platform.protocol import DeltaEvent, ErrorEvent, FinalEvent, ResultEvent, Usage, keys
+from pagefleet.platform.protocol.messages import input_param
 from pagefleet.platform.protocol.resilience import RedisOutages, retry_transient
 from pagefleet.workers.engine.errors import InvalidParameterError, PromptTooLongError
 from pagefleet.workers.runtime.engine_port import EngineClient, EnginePrompt
@@ -45,13 +46,10 @@ class ActiveRequest:
     replay: list[ResultEvent] = field(default_factory=list)
 
 
-_PROMPT_PARAMS = {"chat": "messages", "embedding": "input"}  # the request field of the input
-
-
 def _error_for(exc: ValueError, kind: str) -> ErrorEvent:
     if isinstance(exc, PromptTooLongError):
         return ErrorEvent(type="invalid_request_error", code="context_length_exceeded",
-                          param=_PROMPT_PARAMS.get(kind, "prompt"), message=str(exc),
+                          param=input_param(kind), message=str(exc),
                           status=400)
     return ErrorEvent(type="invalid_request_error", message=str(exc), status=400,
                       param=getattr(exc, "param", None))

@@ -46,12 +46,12 @@ from pagefleet.platform.gateway.errors import (
 from pagefleet.platform.gateway.metrics import GatewayMetrics
 from pagefleet.platform.gateway.settings import GatewaySettings
 from pagefleet.platform.protocol import DeltaEvent, ErrorEvent, FinalEvent, RequestEnvelope, keys
+from pagefleet.platform.protocol.messages import input_param
 
 logger = logging.getLogger(__name__)
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _DONE = b"data: [DONE]\n\n"
-_PROMPT_PARAMS = {"chat": "messages", "embedding": "input"}  # the request field of the input
 
 
 def deadline_error() -> OpenAIError:
@@ -128,7 +128,7 @@ class CompletionService:
             else:
                 size, limit, unit = prompt_chars(envelope), max_chars, "characters"
             if size > limit:
-                raise prompt_too_long(max_model_len, f"{size} {unit}", _PROMPT_PARAMS.get(prepared.kind, "prompt"))
+                raise prompt_too_long(max_model_len, f"{size} {unit}", input_param(prepared.kind))
 
     async def run(self, prepared: PreparedRequest, receive: Receive) -> Response | Stream:
         """`receive` is the request's ASGI channel (body already read): it reports a disconnect."""

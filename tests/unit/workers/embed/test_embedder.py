@@ -33,7 +33,7 @@ MIN_COSINE = 0.9999
 
 @pytest.fixture(scope="module")
 def minilm() -> Embedder:
-    return Embedder.load(EngineConfig(model=DEFAULT_EMBEDDING_MODEL))
+    return Embedder.load(EngineConfig(model=DEFAULT_EMBEDDING_MODEL, device="cpu"))
 
 
 def reference_mean_pooled(texts: list[str]) -> torch.Tensor:
@@ -90,7 +90,7 @@ def test_bad_inputs_raise_precise_errors(minilm: Embedder) -> None:
 
 
 def test_max_model_len_from_the_config_caps_inputs() -> None:
-    short = Embedder.load(EngineConfig(model=DEFAULT_EMBEDDING_MODEL, max_model_len=8))
+    short = Embedder.load(EngineConfig(model=DEFAULT_EMBEDDING_MODEL, device="cpu", max_model_len=8))
     assert short.max_model_len == 8
     with pytest.raises(InputTooLongError):
         short.tokenize(TEXTS[1])
@@ -124,7 +124,7 @@ def hf_last_token(model: Any, token_ids: list[int]) -> torch.Tensor:
 
 def test_decoder_last_token_pooling_equals_transformers(qwen3: tuple[Path, Any]) -> None:
     folder, hf = qwen3
-    embedder = Embedder.load(EngineConfig(model=str(folder)))
+    embedder = Embedder.load(EngineConfig(model=str(folder), device="cpu"))
     assert embedder.pooling == "last" and not embedder.encoder and embedder.tokenizer is None
     outputs = embedder.embed(INPUTS, [None] * len(INPUTS))
     vectors = [F.normalize(hf_last_token(hf, ids), dim=-1) for ids in INPUTS]
@@ -135,7 +135,7 @@ def test_decoder_last_token_pooling_equals_transformers(qwen3: tuple[Path, Any])
 
 def test_matryoshka_cut_comes_before_normalisation(qwen3: tuple[Path, Any]) -> None:
     folder, hf = qwen3
-    embedder = Embedder.load(EngineConfig(model=str(folder)))
+    embedder = Embedder.load(EngineConfig(model=str(folder), device="cpu"))
     [output] = embedder.embed([INPUTS[2]], [32])
     want = F.normalize(hf_last_token(hf, INPUTS[2])[:32], dim=-1)
     assert output.vector.shape == (32,)
@@ -143,6 +143,6 @@ def test_matryoshka_cut_comes_before_normalisation(qwen3: tuple[Path, Any]) -> N
 
 
 def test_a_decoder_without_tokenizer_refuses_text(qwen3: tuple[Path, Any]) -> None:
-    embedder = Embedder.load(EngineConfig(model=str(qwen3[0])))
+    embedder = Embedder.load(EngineConfig(model=str(qwen3[0]), device="cpu"))
     with pytest.raises(InvalidParameterError, match="no tokenizer"):
         embedder.tokenize("hello")

@@ -29,7 +29,7 @@ class CountingEmbedder(Embedder):
 
 @pytest.fixture(scope="module")
 def embedder() -> CountingEmbedder:
-    loaded = Embedder.load(EngineConfig(model=DEFAULT_EMBEDDING_MODEL))
+    loaded = Embedder.load(EngineConfig(model=DEFAULT_EMBEDDING_MODEL, device="cpu"))
     counting = CountingEmbedder(loaded.model, encoder=True, pooling=loaded.pooling,
                                 tokenizer=loaded.tokenizer, hidden_size=loaded.hidden_size,
                                 vocab_size=loaded.vocab_size, max_model_len=loaded.max_model_len,
