@@ -25,7 +25,7 @@ from pagefleet.platform.protocol import DeltaEvent, ErrorEvent, FinalEvent, Resu
 from pagefleet.platform.protocol.messages import input_param
 from pagefleet.platform.protocol.resilience import RedisOutages, retry_transient
 from pagefleet.workers.engine.errors import InvalidParameterError, PromptTooLongError
-from pagefleet.workers.runtime.engine_port import EngineClient, EnginePrompt
+from pagefleet.workers.runtime.engine_port import EmbeddingClient, EngineClient, EnginePrompt
 from pagefleet.workers.runtime.jobs import JobUpdater
 from pagefleet.workers.runtime.metrics import RuntimeMetrics
 from pagefleet.workers.runtime.responses import openai_response
@@ -240,10 +240,9 @@ class Executor:
     async def _embed(self, request: ActiveRequest) -> FinalEvent:
         """One input's vector on the final event (an embedding has no deltas)."""
         envelope = request.entry.envelope
-        embed = getattr(self.engine, "embed", None)
-        if embed is None:
+        if not isinstance(self.engine, EmbeddingClient):
             raise InvalidParameterError("this model does not serve embeddings", "model")
-        result = await embed(envelope.request_id, envelope.prompt, envelope.dimensions)
+        result = await self.engine.embed(envelope.request_id, envelope.prompt, envelope.dimensions)
         self.metrics.e2e.observe(time.time() - envelope.created_at)
         if result is None:  # aborted
             return FinalEvent(finish_reasons=["abort"], usage=Usage(0, 0, 0))
