@@ -48,7 +48,8 @@ async def _redis_lifespan(app: Litestar) -> AsyncIterator[None]:
     hub = ResultHub.connect(lambda: reader_client(settings), client, settings.result_readers,
                             settings.result_buffer_events)
     max_model_lens = {name: spec.engine.max_model_len for name, spec in state.registry.models.items()}
-    completions = CompletionService(broker, hub, settings, max_model_lens, state.metrics)
+    embedding_models = frozenset(name for name, spec in state.registry.models.items() if spec.task == "embed")
+    completions = CompletionService(broker, hub, settings, max_model_lens, state.metrics, embedding_models)
     state.broker = broker
     state.hub = hub
     state.completions = completions

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 
 import msgspec
 import numpy as np
 import pytest
+from litestar.testing import TestClient
 
+from pagefleet.platform.gateway import GatewaySettings, create_app
 from pagefleet.platform.gateway.completions.params import RequestContext
 from pagefleet.platform.gateway.completions.results import ResultAccumulator
 from pagefleet.platform.gateway.embeddings.params import prepare_embedding
@@ -109,3 +112,32 @@ def test_a_final_without_a_vector_is_not_answered_as_an_embedding() -> None:
     accumulator.add_final(0, FinalEvent(finish_reasons=["abort"], usage=Usage(0, 0, 0)))
     with pytest.raises(RuntimeError, match="without an embedding"):
         accumulator.response()
+
+
+# ---- the app (packaged registry, Redis unreachable): refusals come before anything is queued ----
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    settings = GatewaySettings(redis_url="redis://127.0.0.1:1/0")  # nothing listens there
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize(("path", "payload", "status", "param"), [
+    ("/v1/embeddings", {"model": "smollm2-135m-instruct", "input": "x"}, 400, "model"),
+    ("/v1/embeddings", {"model": "all-minilm-l6-v2", "input": "x", "dimensions": 8}, 400, "dimensions"),
+    ("/v1/embeddings", {"model": "nope", "input": "x"}, 404, "model"),
+    ("/v1/embeddings", {"model": "all-minilm-l6-v2", "input": "x", "n": 2}, 400, "n"),
+    ("/v1/completions", {"model": "all-minilm-l6-v2", "prompt": "x"}, 400, "model"),
+    ("/v1/chat/completions", {"model": "all-minilm-l6-v2",
+                              "messages": [{"role": "user", "content": "x"}]}, 400, "model"),
+])
+def test_wrong_model_or_field_is_refused_before_queueing(client: TestClient, path, payload, status, param) -> None:
+    response = client.post(path, json=payload)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_openapi_schema_documents_embeddings(client: TestClient) -> None:
+    schema = client.get("/schema/openapi.json").json()
+    assert "/v1/embeddings" in schema["paths"]
