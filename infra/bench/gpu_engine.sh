@@ -55,6 +55,38 @@ if [ "$mode" = compare ]; then  # the engine-performance levers against the old 
   done
   exit 0
 fi
+if [ "$mode" = fp8 ]; then  # bf16 vs FP8 weights (ShareGPT-like), then 512 concurrent sequences
+  timeout 200 python3 -m pytest -q -p no:cacheprovider --noconftest tests/gpu/test_engine_cuda.py -k "fp8 or async" 2>&1 | tail -4 | tee "$out/gpu_tests.txt"
+  for m in llama-3.1-8b llama-3.2-1b; do
+    tag=${m//[-.]/}
+    timeout 150 bash -c "$(declare -f bench); bench --model $m --load-format dummy --num-prompts 1000 --hf none --repeat 2 \
+      --breakdown --json $out/${tag}_sharegpt_bf16.json" 2>&1 | grep -v Warning | tee "$out/${tag}_bf16.txt"
+    timeout 120 bash -c "$(declare -f bench); bench --model $m --load-format dummy --num-prompts 1000 --hf none --repeat 2 \
+      --quantization fp8 --json $out/${tag}_sharegpt_fp8.json" 2>&1 | grep -v Warning | tee "$out/${tag}_fp8.txt"
+  done
+  for m in llama-3.1-8b:fp8 llama-3.2-1b:none; do  # twice the concurrent sequences
+    name=${m%%:*}; q=${m##*:}; tag=${name//[-.]/}; qflag=""; [ $q = fp8 ] && qflag="--quantization fp8"
+    timeout 120 bash -c "$(declare -f bench); bench --model $name --load-format dummy --num-prompts 1000 --hf none \
+      --max-num-seqs 512 $qflag --json $out/${tag}_sharegpt_${q}_seqs512.json" 2>&1 | grep -v Warning | tail -4 | tee "$out/${tag}_${q}_seqs512.txt"
+  done
+  exit 0
+fi
+if [ "$mode" = fixed ]; then  # fixed lengths and a shared prefix, new path vs old, 1B
+  for shape in "1024 128" "128 1024"; do
+    set -- $shape
+    for path in new old; do
+      flags=""; [ $path = old ] && flags="--no-async-scheduling --no-fused-layers"
+      timeout 60 bash -c "$(declare -f bench); bench --model llama-3.2-1b --load-format dummy --num-prompts 500 --hf none \
+        --input-len $1 --output-len $2 $flags --json $out/llama321b_fixed$1x$2_$path.json" 2>&1 | grep -v Warning | tail -3 | tee "$out/llama1b_fixed$1x$2_$path.txt"
+    done
+  done
+  for path in new old; do
+    flags=""; [ $path = old ] && flags="--no-async-scheduling --no-fused-layers"
+    timeout 60 bash -c "$(declare -f bench); bench --model llama-3.2-1b --load-format dummy --num-prompts 500 --hf none \
+      --input-len 128 --output-len 128 --shared-prefix-len 1024 $flags --json $out/llama321b_prefix1k_$path.json" 2>&1 | grep -v Warning | tail -3 | tee "$out/llama1b_prefix1k_$path.txt"
+  done
+  exit 0
+fi
 if [ "$mode" = extra ]; then
   run() { name=$1; shift; bench "$@" --hf none 2>&1 | grep -v Warning | tee "$out/$name.txt"; }
   run llama8b_breakdown --model llama-3.1-8b --load-format dummy --num-prompts 1000 --breakdown

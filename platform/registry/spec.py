@@ -15,6 +15,7 @@ from typing import Any
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _LOAD_FORMATS = ("auto", "dummy")
 _ATTENTION_BACKENDS = ("torch", "triton")
+_QUANTIZATIONS = (None, "fp8")
 _TOLERATION_OPERATORS = ("Exists", "Equal")
 TASKS = ("generate", "embed")  # /v1/completions + /v1/chat/completions, or /v1/embeddings
 _TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
@@ -55,6 +56,7 @@ class EngineSettings:
     num_kv_blocks: int | None = None
     attention_backend: str | None = None
     load_format: str | None = None
+    quantization: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens",
@@ -75,6 +77,8 @@ class EngineSettings:
                  f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
         _require(self.load_format is None or self.load_format in _LOAD_FORMATS,
                  f"load_format must be one of {_LOAD_FORMATS}, got {self.load_format!r}")
+        _require(self.quantization in _QUANTIZATIONS,
+                 f"quantization must be one of {_QUANTIZATIONS}, got {self.quantization!r}")
         _require(self.attention_backend is None or self.attention_backend in _ATTENTION_BACKENDS,
                  f"attention_backend must be one of {_ATTENTION_BACKENDS}, got {self.attention_backend!r}")
 

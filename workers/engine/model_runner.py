@@ -91,7 +91,7 @@ class ModelRunner:
         self.model = build_model(
             resolved_model, dtype=self.dtype, device=self.device, load_format=config.load_format,
             attention=self.attention, tp=self.tp,
-            fused_layers=settings.fused_layers,
+            fused_layers=settings.fused_layers, quantization=config.quantization,
         )
         self.num_kv_heads = self.arch.num_kv_heads_per_rank(self.tp.size)
         self.num_blocks = self._agree_on_num_blocks(self._decide_num_blocks(settings))
