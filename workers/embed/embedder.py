@@ -70,7 +70,10 @@ class Embedder:
     @classmethod
     def load(cls, config: EngineConfig) -> Embedder:
         """Build the model `config.model` names (the packaged all-MiniLM-L6-v2, a folder or a
-        hub id) with `config`'s dtype, device, load format and `max_model_len`."""
+        hub id) with `config`'s dtype, device, load format and `max_model_len`; the KV-cache
+        and scheduling settings do not apply, and quantization is refused rather than ignored."""
+        if config.quantization is not None:
+            raise ValueError(f"quantization {config.quantization!r} is not supported for embedding models")
         folder = embedding_folder(config.model, config.load_format)
         from transformers import AutoConfig, AutoTokenizer
 

@@ -89,6 +89,11 @@ def test_bad_inputs_raise_precise_errors(minilm: Embedder) -> None:
     assert info.value.param == "dimensions"
 
 
+def test_quantization_is_refused_not_ignored() -> None:
+    with pytest.raises(ValueError, match="not supported for embedding models"):
+        Embedder.load(EngineConfig(model=DEFAULT_EMBEDDING_MODEL, device="cpu", quantization="fp8"))
+
+
 def test_max_model_len_from_the_config_caps_inputs() -> None:
     short = Embedder.load(EngineConfig(model=DEFAULT_EMBEDDING_MODEL, device="cpu", max_model_len=8))
     assert short.max_model_len == 8
