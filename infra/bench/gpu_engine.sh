@@ -88,7 +88,7 @@ if [ "$mode" = final ]; then  # GPU tests of the FP8/embedding paths; bf16 vs FP
   timeout 60 python3 -m pytest -q -rf -p no:cacheprovider --confcutdir=tests/unit \
     tests/unit/kernels/test_kernel_quant_fp8.py > "$out/gpu_kernel_tests.txt" 2>&1
   grep -hE "^FAILED|passed|failed" "$out/gpu_tests.txt" "$out/gpu_kernel_tests.txt"
-  for run in llama-3.1-8b:bf16:256 llama-3.1-8b:fp8:256 llama-3.2-1b:bf16:512 llama-3.2-1b:fp8:512; do
+  for run in ${FINAL_RUNS:-llama-3.1-8b:bf16:256 llama-3.1-8b:fp8:256 llama-3.2-1b:bf16:512 llama-3.2-1b:fp8:512}; do
     IFS=: read -r m q seqs <<< "$run"; tag=${m//[-.]/}; qflag=""; [ $q = fp8 ] && qflag="--quantization fp8"
     timeout 110 bash -c "$(declare -f bench); bench --model $m --load-format dummy --num-prompts 1000 --hf none --repeat 2 \
       --max-num-seqs $seqs $qflag --json $out/${tag}_sharegpt_${q}_seqs${seqs}.json" 2>&1 | grep -E "^pass|Error" | sed "s/^/$tag $q $seqs: /"
