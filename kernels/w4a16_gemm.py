@@ -35,6 +35,10 @@ PACK_FACTOR = 8  # int4 values per int32
 GROUP_SIZES = (32, 64, 128)
 
 
+MAX_SPLIT_K = 16
+CPU_PROGRAMS = 4  # what split-K aims for under the interpreter, so CPU tests take that path too
+
+
 @dataclass(frozen=True, slots=True)
 class W4A16BlockConfig:
     """Tile sizes: `block_k` divides the group size, so a K step needs one scale per column."""
@@ -48,32 +52,39 @@ class W4A16BlockConfig:
 
 def block_config(num_rows: int, group_size: int) -> W4A16BlockConfig:
     """Small tiles in M for decode batches (weights dominate), larger ones for prefill."""
-    block_k = min(group_size, 64)
     if num_rows <= 16:
-        return W4A16BlockConfig(block_m=16, block_n=64, block_k=block_k)
+        return W4A16BlockConfig(block_m=16, block_n=64, block_k=group_size)
     if num_rows <= 64:
-        return W4A16BlockConfig(block_m=64, block_n=64, block_k=block_k)
-    return W4A16BlockConfig(block_m=128, block_n=128, block_k=block_k, num_warps=8, num_stages=3)
+        return W4A16BlockConfig(block_m=64, block_n=64, block_k=min(group_size, 64))
+    return W4A16BlockConfig(block_m=128, block_n=128, block_k=min(group_size, 64), num_warps=8, num_stages=3)
+
+
+def split_k(num_tiles: int, num_k_blocks: int, target_programs: int) -> int:
+    """K slices per output tile, so a decode step (few tiles, long K) still fills the GPU:
+    without it an `N = 4096` projection at batch 1 runs 64 programs on 132 SMs."""
+    return max(1, min(target_programs // max(num_tiles, 1), num_k_blocks, MAX_SPLIT_K))
 
 
 @triton.jit
 def _w4a16_gemm_kernel(
-    x_ptr, qweight_ptr, scales_ptr, zeros_ptr, out_ptr, M, N, K,
-    stride_x_row, stride_w_n, stride_s_n, stride_out_row,
+    x_ptr, qweight_ptr, scales_ptr, zeros_ptr, out_ptr, M, N, K, k_per_split,
+    stride_x_row, stride_w_n, stride_s_n, stride_out_split, stride_out_row,
     GROUP_SIZE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """One `BLOCK_M x BLOCK_N` tile of `out`, walking K in `BLOCK_K` steps inside one group."""
+    """One `BLOCK_M x BLOCK_N` tile of `out` over K slice `program_id(2)` (`k_per_split`
+    inputs, a multiple of `BLOCK_K`), walking it in `BLOCK_K` steps inside one group."""
+    k_start = tl.program_id(2) * k_per_split
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < M
     col_mask = cols < N
     ks = tl.arange(0, BLOCK_K)
     shifts = (ks % 8) * 4  # [BLOCK_K]
-    x_ptrs = x_ptr + rows[:, None].to(tl.int64) * stride_x_row + ks[None, :]
-    w_ptrs = qweight_ptr + cols[None, :].to(tl.int64) * stride_w_n + (ks // 8)[:, None]
+    x_ptrs = x_ptr + rows[:, None].to(tl.int64) * stride_x_row + k_start + ks[None, :]
+    w_ptrs = qweight_ptr + cols[None, :].to(tl.int64) * stride_w_n + k_start // 8 + (ks // 8)[:, None]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_start, tl.minimum(k_start + k_per_split, K), BLOCK_K):
         group = k0 // GROUP_SIZE
         scale = tl.load(scales_ptr + cols * stride_s_n + group, mask=col_mask, other=0.0)
         zero = tl.load(zeros_ptr + cols * stride_s_n + group, mask=col_mask, other=0.0)
@@ -88,7 +99,8 @@ def _w4a16_gemm_kernel(
         acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K // 8
-    out_ptrs = out_ptr + rows[:, None].to(tl.int64) * stride_out_row + cols[None, :]
+    out_ptrs = (out_ptr + tl.program_id(2) * stride_out_split + rows[:, None].to(tl.int64) * stride_out_row
+                + cols[None, :])
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
 
 
@@ -129,15 +141,27 @@ def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     if num_rows == 0:
         return out
     config = block_config(num_rows, group_size)
-    grid = (triton.cdiv(num_rows, config.block_m), triton.cdiv(out.shape[1], config.block_n))
-    _w4a16_gemm_kernel[grid](
-        x, qweight, scales, zeros, out, num_rows, out.shape[1], in_features,
-        x.stride(0), qweight.stride(0), scales.stride(0), out.stride(0),
+    tiles = (triton.cdiv(num_rows, config.block_m), triton.cdiv(out.shape[1], config.block_n))
+    num_k_blocks = in_features // config.block_k
+    target = (2 * torch.cuda.get_device_properties(x.device).multi_processor_count
+              if x.device.type == "cuda" else CPU_PROGRAMS)
+    splits = split_k(tiles[0] * tiles[1], num_k_blocks, target)
+    k_per_split = triton.cdiv(num_k_blocks, splits) * config.block_k
+    splits = triton.cdiv(in_features, k_per_split)
+    # Split-K partial sums go to a float32 workspace and are summed by torch (deterministic,
+    # no atomics); a single slice writes `out` directly.
+    target_out = out if splits == 1 else torch.empty((splits, *out.shape), dtype=torch.float32, device=out.device)
+    _w4a16_gemm_kernel[(*tiles, splits)](
+        x, qweight, scales, zeros, target_out, num_rows, out.shape[1], in_features, k_per_split,
+        x.stride(0), qweight.stride(0), scales.stride(0), 0 if splits == 1 else target_out.stride(0),
+        out.stride(0) if splits == 1 else target_out.stride(1),
         GROUP_SIZE=group_size, UPCAST=upcast_dot_operands(x),
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
+    if splits > 1:
+        out.copy_(target_out.sum(0))
     return out
 
 

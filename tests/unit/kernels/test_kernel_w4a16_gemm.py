@@ -9,6 +9,7 @@ from pagefleet.kernels.testing import TOLERANCE, nan_like, random_tensor, relati
 from pagefleet.kernels.w4a16_gemm import (
     dequantize_int4,
     pack_int4_rows,
+    split_k,
     unpack_int4_rows,
     w4a16_gemm,
     w4a16_gemm_ref,
@@ -74,3 +75,10 @@ def test_rejects_bad_layouts(device: torch.device, generator: torch.Generator) -
         w4a16_gemm(x, qweight, scales.half(), zeros, torch.empty(2, 16, device=device))
     with pytest.raises(ValueError, match="out must be"):
         w4a16_gemm(x, qweight, scales, zeros, torch.empty(2, 16, device=device, dtype=torch.float16))
+
+
+def test_split_k_fills_the_machine_only_when_tiles_are_few() -> None:
+    assert split_k(num_tiles=64, num_k_blocks=112, target_programs=264) == 4
+    assert split_k(num_tiles=1, num_k_blocks=3, target_programs=264) == 3
+    assert split_k(num_tiles=1, num_k_blocks=224, target_programs=264) == 16
+    assert split_k(num_tiles=448, num_k_blocks=64, target_programs=264) == 1
