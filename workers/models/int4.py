@@ -38,7 +38,6 @@ from pagefleet.kernels.w4a16_gemm import (
 )
 
 INT4_METHODS = ("gptq", "awq")
-ONLINE_GROUP_SIZE = 128
 SYMMETRIC_ZERO = 8.0
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of an AWQ int32 holds output 8c + AWQ_ORDER[i]
 _AWQ_INVERSE = tuple(AWQ_ORDER.index(j) for j in range(8))  # output j sits in nibble _AWQ_INVERSE[j]
@@ -70,6 +69,8 @@ def int4_format(config: Mapping[str, Any]) -> Int4Format:
         raise ValueError(f"{method} checkpoints must have bits 4, got {bits!r}")
     group_size = config.get("group_size", config.get("q_group_size"))
     if method == "gptq":
+        if config.get("lm_head", False):
+            raise ValueError("GPTQ checkpoints with a quantised lm_head are not supported")
         if config.get("desc_act", False):
             raise ValueError("GPTQ act-order (desc_act=True) checkpoints are not supported; "
                              "use one quantised with desc_act=False")
@@ -132,13 +133,23 @@ class Int4Weight:
     zeros: torch.Tensor  # [out, groups] float32
 
 
-def quantize_int4_rtn(weight: torch.Tensor, group_size: int = ONLINE_GROUP_SIZE) -> Int4Weight:
-    """Symmetric round-to-nearest per group (no calibration): `scale = absmax / 7`, zero 8.
+def online_group_size(in_features: int) -> int:
+    """128, or the largest smaller group size that divides a narrow layer (SmolLM2's 576)."""
+    for size in sorted(GROUP_SIZES, reverse=True):
+        if in_features % size == 0:
+            return size
+    raise ValueError(f"{in_features} input features are not divisible by any int4 group size {GROUP_SIZES}")
+
+
+def quantize_int4_rtn(weight: torch.Tensor, group_size: int | None = None) -> Int4Weight:
+    """Symmetric round-to-nearest per group (no calibration): `scale = absmax / 7`, zero 8;
+    groups of 128 inputs unless the layer needs smaller ones (`online_group_size`).
 
     vLLM-style online quantisation for benchmarks on dummy or bf16 weights; real int4 models
     should use a calibrated GPTQ/AWQ checkpoint.
     """
     out_features, in_features = weight.shape
+    group_size = group_size or online_group_size(in_features)
     if in_features % group_size:
         raise ValueError(f"{in_features} input features are not divisible by group size {group_size}")
     groups = weight.float().view(out_features, in_features // group_size, group_size)

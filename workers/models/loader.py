@@ -95,6 +95,8 @@ def build_model(
             linear.prepare_fp8()
     int4 = int4_format(_quantization_config(resolved)) if stored in INT4_METHODS else None
     if int4 is not None:
+        if resolved.arch.moe is not None:
+            raise ValueError(f"{int4.method} checkpoints of MoE models are not supported yet")
         for linear in linears:
             linear.prepare_int4(int4.group_size)
     if load_format == "dummy":

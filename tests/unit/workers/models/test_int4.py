@@ -12,7 +12,12 @@ import torch
 
 from pagefleet.kernels.w4a16_gemm import dequantize_int4
 from pagefleet.workers import LLM, SamplingParams
-from pagefleet.workers.models.int4 import convert_checkpoint, int4_format, quantize_int4_rtn
+from pagefleet.workers.models.int4 import (
+    convert_checkpoint,
+    int4_format,
+    online_group_size,
+    quantize_int4_rtn,
+)
 from pagefleet.workers.models.loader import build_model, resolve_model
 from pagefleet.workers.models.parallel import (
     ColumnParallelLinear,
@@ -114,6 +119,7 @@ def test_row_parallel_slices_must_hold_whole_groups() -> None:
     ({**GPTQ, "group_size": -1}, "group_size -1"),
     ({**GPTQ, "bits": 8}, "bits 4"),
     ({**GPTQ, "checkpoint_format": "marlin"}, "checkpoint_format 'marlin'"),
+    ({**GPTQ, "lm_head": True}, "quantised lm_head"),
     ({**AWQ, "version": "gemv"}, "version 'gemv'"),
     ({**AWQ, "quant_method": "bitsandbytes"}, "must be one of"),
 ])
@@ -158,3 +164,9 @@ def test_online_int4_quantises_every_projection_and_stays_close(tmp_path: Path) 
     a, b = _logits(exact), _logits(int4)
     assert not torch.equal(a, b)
     assert torch.nn.functional.cosine_similarity(a, b, dim=-1).min() > 0.99
+
+
+def test_online_groups_are_128_unless_the_layer_is_narrower() -> None:
+    assert [online_group_size(n) for n in (4096, 14336, 576, 96)] == [128, 128, 64, 32]
+    with pytest.raises(ValueError, match="not divisible by any int4 group size"):
+        online_group_size(72)
