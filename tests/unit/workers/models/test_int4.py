@@ -63,17 +63,27 @@ def test_checkpoint_loads_the_fake_quantised_weights_exactly(checkpoints) -> Non
     assert torch.nn.functional.cosine_similarity(a, b, dim=-1).min() > 0.999
 
 
+def _greedy(folder: Path, **engine_args) -> list[list[int]]:
+    llm = LLM(model=str(folder), max_model_len=128, num_kv_blocks=32, **engine_args)
+    try:
+        params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=8)
+        return [o.outputs[0].token_ids for o in llm.generate(PROMPTS, params)]
+    finally:
+        llm.shutdown()
+
+
 def test_engine_greedy_tokens_equal_the_fake_quantised_model(checkpoints) -> None:
-    params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=8)
-    outputs = []
-    for folder in checkpoints:
-        llm = LLM(model=str(folder), max_model_len=128, num_kv_blocks=32)
-        try:
-            outputs.append([o.outputs[0].token_ids for o in llm.generate(PROMPTS, params)])
-        finally:
-            llm.shutdown()
-    assert len({tuple(tokens) for tokens in outputs[1]}) > 1, "prompts must lead to different outputs"
-    assert outputs[0] == outputs[1]
+    packed, restored = checkpoints
+    want = _greedy(restored)
+    assert len({tuple(tokens) for tokens in want}) > 1, "prompts must lead to different outputs"
+    assert _greedy(packed) == want
+
+
+def test_tensor_parallel_2_engine_equals_the_fake_quantised_model(tmp_path: Path) -> None:
+    """Two gloo ranks, each converting the whole checkpoint and keeping its slice; groups of
+    64 so each rank's half of o_proj's 128 inputs holds whole groups."""
+    packed, restored = write_int4_checkpoints(tmp_path, "qwen2-bias", "awq", symmetric=False, group_size=64)
+    assert _greedy(packed, tensor_parallel_size=2) == _greedy(restored)
 
 
 def _converted(tensors: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
