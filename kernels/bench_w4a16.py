@@ -26,14 +26,15 @@ GROUP_SIZE = 128
 
 @dataclass(frozen=True, slots=True)
 class GemmTiming:
-    """One layer at one token count: median ms per GEMM, and each format's bytes floor."""
+    """One layer at one token count: median ms per GEMM and bytes floor, by format."""
 
     layer: str
     num_tokens: int
-    bf16_ms: float
-    int4_ms: float
-    bf16_floor_ms: float
-    int4_floor_ms: float
+    ms: dict[str, float]  # "bf16" | "int4" -> median ms per GEMM
+    floor_ms: dict[str, float]
+
+    def over_floor(self, fmt: str) -> float:
+        return self.ms[fmt] / self.floor_ms[fmt]
 
 
 def _copies(weight_bytes: int) -> int:
@@ -57,8 +58,8 @@ def bench_gemm(layer: str, num_tokens: int, copy_gb_s: float, generator: torch.G
                torch.full((out_features, groups), 8.0, device=device))
               for _ in range(_copies(int4_bytes))]
     int4_ms = time_in_graph([lambda p=p: w4a16_gemm(x, *p, out) for p in packed])
-    return GemmTiming(layer, num_tokens, bf16_ms, int4_ms,
-                      bf16_floor_ms=bf16_bytes / (copy_gb_s * 1e6), int4_floor_ms=int4_bytes / (copy_gb_s * 1e6))
+    return GemmTiming(layer, num_tokens, {"bf16": bf16_ms, "int4": int4_ms},
+                      {"bf16": bf16_bytes / (copy_gb_s * 1e6), "int4": int4_bytes / (copy_gb_s * 1e6)})
 
 
 def main() -> None:
@@ -77,8 +78,9 @@ def main() -> None:
         for num_tokens in args.tokens:
             t = bench_gemm(layer, num_tokens, copy_gb_s, generator)
             rows.append(asdict(t))
-            print(f"{t.layer:>8} {t.num_tokens:>7} {t.bf16_ms:>8.3f} {t.int4_ms:>8.3f} {t.bf16_ms / t.int4_ms:>8.2f} "
-                  f"{t.bf16_ms / t.bf16_floor_ms:>13.2f} {t.int4_ms / t.int4_floor_ms:>13.2f}", flush=True)
+            print(f"{t.layer:>8} {t.num_tokens:>7} {t.ms['bf16']:>8.3f} {t.ms['int4']:>8.3f} "
+                  f"{t.ms['bf16'] / t.ms['int4']:>8.2f} {t.over_floor('bf16'):>13.2f} {t.over_floor('int4'):>13.2f}",
+                  flush=True)
             torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as f:
