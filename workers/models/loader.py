@@ -113,11 +113,9 @@ def build_model(
         weights = convert_checkpoint(weights, int4)
     with torch.no_grad():
         model.load_weights(weights)
-        for linear in linears if stored is None and quantization is not None else ():
-            if quantization == "fp8":
-                linear.to_fp8()
-            else:
-                linear.to_int4()
+        if stored is None and quantization is not None:  # a quantised checkpoint loads as stored
+            for linear in linears:
+                linear.to_fp8() if quantization == "fp8" else linear.to_int4()
     return model.eval()
 
 
