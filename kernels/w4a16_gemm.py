@@ -183,10 +183,12 @@ def pack_int4_rows(values: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize_int4(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
-    """The float32 `[N, K]` weight the internal layout stands for."""
-    values = unpack_int4_rows(qweight).float()
-    group_size = values.shape[1] // scales.shape[1]
-    return (values - zeros.repeat_interleave(group_size, 1)) * scales.repeat_interleave(group_size, 1)
+    """The float32 `[N, K]` weight the internal layout stands for (the CPU path runs this per
+    call, so it broadcasts the group's scale and zero instead of repeating them)."""
+    out_features, num_groups = scales.shape
+    shifts = torch.arange(0, 32, 4, dtype=torch.int32, device=qweight.device)
+    values = ((qweight[..., None] >> shifts) & 0xF).view(out_features, num_groups, -1).float()
+    return ((values - zeros[..., None]) * scales[..., None]).view(out_features, -1)
 
 
 def w4a16_gemm_ref(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
