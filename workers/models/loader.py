@@ -23,6 +23,7 @@ from pagefleet.workers.attention.base import AttentionBackend
 from pagefleet.workers.attention.torch_backend import TorchAttentionBackend
 from pagefleet.workers.models.arch import ModelArch
 from pagefleet.workers.models.fp8 import QUANTIZATIONS
+from pagefleet.workers.models.int4 import INT4_METHODS, convert_checkpoint, int4_format
 from pagefleet.workers.models.llama import LlamaForCausalLM
 from pagefleet.workers.models.moe import (
     MixtralForCausalLM,
@@ -76,20 +77,28 @@ def build_model(
     ones, so every tensor-parallel rank holds slices of one and the same full model.
     `quantization="fp8"` quantises the linear layers after loading (fp8.py); a checkpoint that
     is already FP8 (`quantization_config.quant_method == "fp8"`) loads its fp8 weights and
-    scales as they are, whatever `quantization` says.
+    scales as they are, whatever `quantization` says. `quantization="int4"` rounds them to
+    int4 per group of 128 (symmetric RTN, int4.py); GPTQ and AWQ checkpoints load as int4.
     """
     device = device or torch.device("cpu")
     tp = tp or TensorParallel()
     model_cls = model_class(resolved.arch)
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
-    fp8_checkpoint = load_format == "auto" and checkpoint_quantization(resolved) == "fp8"
+    stored = checkpoint_quantization(resolved) if load_format == "auto" else None
+    fp8_checkpoint = stored == "fp8"
     with _default_dtype(dtype), device:
         model = model_cls(resolved.arch, tp, attention or TorchAttentionBackend(), fused_layers)
     linears = [m for m in model.modules() if isinstance(m, QuantizableLinear)]
     if fp8_checkpoint:
         for linear in linears:
             linear.prepare_fp8()
+    int4 = int4_format(_quantization_config(resolved)) if stored in INT4_METHODS else None
+    if int4 is not None:
+        if resolved.arch.moe is not None:
+            raise ValueError(f"{int4.method} checkpoints of MoE models are not supported yet")
+        for linear in linears:
+            linear.prepare_int4(int4.group_size)
     if load_format == "dummy":
         weights = dummy_weights(resolved.arch, seed, dtype, device)
     elif load_format == "auto":
@@ -100,23 +109,32 @@ def build_model(
         raise ValueError(f"load_format must be 'auto' or 'dummy', got {load_format!r}")
     if fp8_checkpoint:  # activations are scaled per token at run time, not by the checkpoint
         weights = ((name, t) for name, t in weights if not name.endswith(".input_scale"))
+    if int4 is not None:
+        weights = convert_checkpoint(weights, int4)
     with torch.no_grad():
         model.load_weights(weights)
-        if quantization == "fp8" and not fp8_checkpoint:
+        if stored is None and quantization is not None:  # a quantised checkpoint loads as stored
             for linear in linears:
-                linear.to_fp8()
+                linear.to_fp8() if quantization == "fp8" else linear.to_int4()
     return model.eval()
 
 
 def checkpoint_quantization(resolved: ResolvedModel) -> str | None:
     """The `quant_method` of the checkpoint's `quantization_config`, if it has one."""
-    config = getattr(resolved.hf_config, "quantization_config", None)
+    config = _quantization_config(resolved)
     if config is None:
         return None
-    method = config.get("quant_method") if isinstance(config, dict) else getattr(config, "quant_method", None)
-    if method != "fp8":
-        raise ValueError(f"checkpoint quantization {method!r} is not supported (only 'fp8')")
+    method = config.get("quant_method")
+    if method not in ("fp8", *INT4_METHODS):
+        raise ValueError(f"checkpoint quantization {method!r} is not supported (only 'fp8', 'gptq', 'awq')")
     return method
+
+
+def _quantization_config(resolved: ResolvedModel) -> dict[str, Any] | None:
+    config = getattr(resolved.hf_config, "quantization_config", None)
+    if config is None or isinstance(config, dict):
+        return config
+    return config.to_dict()
 
 
 def model_class(arch: ModelArch) -> type[LlamaForCausalLM]:
