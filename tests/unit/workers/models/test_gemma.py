@@ -113,7 +113,7 @@ def test_window_and_caps_change_transformers_tokens(gemma) -> None:
 def test_prefill_logits_equal_transformers(gemma) -> None:
     """Logits of a 36-token prompt (past the window) on shuffled paged blocks: the final soft-cap
     shows here, and it bends them beyond the tolerance (uncapped logits would fail)."""
-    name, folder, hf = gemma
+    _, folder, hf = gemma
     prompt = PROMPTS[-1]
     model = build_model(resolve_model(str(folder)))
     cache = PagedCache(model.arch, num_blocks=32, block_size=4)
