@@ -99,6 +99,24 @@ def _attend_tile(
 
 
 @triton.jit
+def _attend_range(
+    q, acc, m_i, l_i, lo, hi, k_cache_ptr, v_cache_ptr, table_ptr, head_offset, q_pos,
+    seq_len, qk_scale, sliding_window, softcap, stride_cache_block, stride_cache_slot,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+):
+    """`_attend_tile` over the key tiles `lo..hi` (tile-aligned), all masked or none."""
+    for tile_start in range(lo, hi, BLOCK_N):
+        acc, m_i, l_i = _attend_tile(
+            q, acc, m_i, l_i, tile_start, k_cache_ptr, v_cache_ptr, table_ptr, head_offset,
+            q_pos, seq_len, qk_scale, sliding_window, softcap, stride_cache_block,
+            stride_cache_slot, HEAD_DIM, HEAD_DIM_PAD, BLOCK_SIZE, BLOCK_N, MASKED,
+            DOT_PRECISION, UPCAST_DOT, HAS_WINDOW, HAS_SOFTCAP)
+    return acc, m_i, l_i
+
+
+@triton.jit
 def _paged_prefill_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
     out_ptr, qk_scale, sliding_window, softcap,
@@ -147,25 +165,22 @@ def _paged_prefill_attention_kernel(
         unmasked_start = tl.cdiv(tl.maximum(last_row_key, 0), BLOCK_N) * BLOCK_N
         first_tile = first_key // BLOCK_N * BLOCK_N
         unmasked_start = tl.maximum(first_tile, tl.minimum(unmasked_start, unmasked_end))
-        for tile_start in range(first_tile, unmasked_start, BLOCK_N):
-            acc, m_i, l_i = _attend_tile(
-                q, acc, m_i, l_i, tile_start, k_cache_ptr, v_cache_ptr, table_ptr, head_offset,
-                q_pos, seq_len, qk_scale, sliding_window, softcap, stride_cache_block,
-                stride_cache_slot, HEAD_DIM, HEAD_DIM_PAD, BLOCK_SIZE, BLOCK_N, True,
-                DOT_PRECISION, UPCAST_DOT, HAS_WINDOW, HAS_SOFTCAP)
-    for tile_start in range(unmasked_start, unmasked_end, BLOCK_N):
-        acc, m_i, l_i = _attend_tile(
-            q, acc, m_i, l_i, tile_start, k_cache_ptr, v_cache_ptr, table_ptr, head_offset,
-            q_pos, seq_len, qk_scale, sliding_window, softcap, stride_cache_block,
-            stride_cache_slot, HEAD_DIM, HEAD_DIM_PAD, BLOCK_SIZE, BLOCK_N, False,
-            DOT_PRECISION, UPCAST_DOT, HAS_WINDOW, HAS_SOFTCAP)
+        acc, m_i, l_i = _attend_range(
+            q, acc, m_i, l_i, first_tile, unmasked_start, k_cache_ptr, v_cache_ptr, table_ptr,
+            head_offset, q_pos, seq_len, qk_scale, sliding_window, softcap, stride_cache_block,
+            stride_cache_slot, HEAD_DIM, HEAD_DIM_PAD, BLOCK_SIZE, BLOCK_N, True, DOT_PRECISION,
+            UPCAST_DOT, HAS_WINDOW, HAS_SOFTCAP)
+    acc, m_i, l_i = _attend_range(
+        q, acc, m_i, l_i, unmasked_start, unmasked_end, k_cache_ptr, v_cache_ptr, table_ptr,
+        head_offset, q_pos, seq_len, qk_scale, sliding_window, softcap, stride_cache_block,
+        stride_cache_slot, HEAD_DIM, HEAD_DIM_PAD, BLOCK_SIZE, BLOCK_N, False, DOT_PRECISION,
+        UPCAST_DOT, HAS_WINDOW, HAS_SOFTCAP)
     kv_end = tl.minimum(seq_len, context_len + (m_block + 1) * BLOCK_M)
-    for tile_start in range(unmasked_end, kv_end, BLOCK_N):
-        acc, m_i, l_i = _attend_tile(
-            q, acc, m_i, l_i, tile_start, k_cache_ptr, v_cache_ptr, table_ptr, head_offset,
-            q_pos, seq_len, qk_scale, sliding_window, softcap, stride_cache_block,
-            stride_cache_slot, HEAD_DIM, HEAD_DIM_PAD, BLOCK_SIZE, BLOCK_N, True,
-            DOT_PRECISION, UPCAST_DOT, HAS_WINDOW, HAS_SOFTCAP)
+    acc, m_i, l_i = _attend_range(
+        q, acc, m_i, l_i, unmasked_end, kv_end, k_cache_ptr, v_cache_ptr, table_ptr,
+        head_offset, q_pos, seq_len, qk_scale, sliding_window, softcap, stride_cache_block,
+        stride_cache_slot, HEAD_DIM, HEAD_DIM_PAD, BLOCK_SIZE, BLOCK_N, True, DOT_PRECISION,
+        UPCAST_DOT, HAS_WINDOW, HAS_SOFTCAP)
 
     result = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # only padding rows see no key
     tl.store(out_ptr + q_rows[:, None] * stride_out_token + head * stride_out_head + offs_d[None, :],

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pagefleet.workers import LLM, SamplingParams
+from tests.unit.workers.models.test_families import hf_greedy
 from tests.unit.workers.models.test_gemma import build_hf
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -18,17 +19,10 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_gemma_triton_with_cuda_graphs_equals_transformers(tmp_path, variant, window):
     reference = build_hf(variant, sliding_window=window, max_position_embeddings=1024)
     reference.save_pretrained(tmp_path)
-    reference = reference.cuda()
     llm = LLM(model=str(tmp_path), dtype="float32", device="cuda", max_model_len=512,
               attention_backend="triton", num_kv_blocks=256)
     assert llm.engine.runner.graphs is not None
     prompts = [[(13 * i + 7 * j) % 500 + 3 for j in range(3 + 37 * i)] for i in range(8)]
-    want = []
-    for prompt in prompts:
-        ids = torch.tensor([prompt], device="cuda")
-        out = reference.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                 max_new_tokens=32, min_new_tokens=32, pad_token_id=0)
-        want.append(out[0, ids.shape[1]:].tolist())
+    want = [hf_greedy(reference, prompt, 32) for prompt in prompts]  # on the CPU
     params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
-    got = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
-    assert got == want
+    assert [o.outputs[0].token_ids for o in llm.generate(prompts, params)] == want
