@@ -1,3 +1,9 @@
+#!/usr/bin/env bash
+# Gemma on the device machine, from the repo root: the windowed/soft-capped kernel tests at GPU
+# size, tests/gpu/test_gemma_cuda.py (Triton + CUDA graphs equal transformers), and
+# `bench engine` on the gemma-2-9b / gemma-3-12b dummy presets. The image lacks msgspec and
+# gguf: put their cp312 manylinux wheels in .whl/ and carry it. KERNEL_TESTS (a pytest -k
+# expression) and MODELS narrow what runs; results go to $OUT/log.txt and $OUT/<model>.json.
 set -u; o=$OUT; python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 mkdir -p /tmp/pf/pagefleet; for d in kernels workers platform; do ln -sfn "$PWD/$d" /tmp/pf/pagefleet/$d; done
 export PYTHONPATH=/tmp/pf:$PWD:/tmp/site PYTHONUNBUFFERED=1

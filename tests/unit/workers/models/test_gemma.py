@@ -19,7 +19,6 @@ from pagefleet.platform.registry.loader import parse_registry
 from pagefleet.workers import LLM, SamplingParams
 from pagefleet.workers.models.arch import FULL, SLIDING, ModelArch
 from pagefleet.workers.models.gemma import GemmaForCausalLM
-from pagefleet.workers.models.llama import LlamaForCausalLM
 from pagefleet.workers.models.loader import build_model, hf_weight_shapes, resolve_model
 from tests.unit.workers.models.paged import PagedCache
 from tests.unit.workers.models.test_families import MAX_TOKENS, PROMPTS, SHARED, hf_greedy
@@ -117,15 +116,40 @@ def test_prefill_logits_equal_transformers(gemma) -> None:
     prompt = PROMPTS[-1]
     model = build_model(resolve_model(str(folder)))
     cache = PagedCache(model.arch, num_blocks=32, block_size=4)
-    step = cache.step({0: prompt})
+    got = _logits(model, cache, {0: prompt})
     with torch.no_grad():
-        got = model.compute_logits(model(step.input_ids, step.positions, cache.kv_caches, step.metadata))
         want = hf(torch.tensor([prompt])).logits[0]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    if model.arch.final_logit_softcapping is not None:
-        uncapped = LlamaForCausalLM.compute_logits(model, model(
-            step.input_ids, step.positions, cache.kv_caches, step.metadata))
+    cap = model.arch.final_logit_softcapping
+    if cap is not None:  # undo the cap: the uncapped logits would fail the comparison
+        uncapped = cap * torch.atanh(got / cap)
         assert not torch.allclose(uncapped, want, rtol=1e-4, atol=1e-4), "the cap must show"
+
+
+def test_triton_kernels_and_fused_rope_equal_the_torch_path(gemma) -> None:
+    """The GPU path in the Triton interpreter: windowed, soft-capped kernels and the fused RoPE
+    tables (two bases for Gemma 3) give the torch path's logits, prefill then decode."""
+    from pagefleet.kernels.paged_decode_attention import DecodeConfig
+    from pagefleet.kernels.paged_prefill_attention import PrefillConfig
+    from pagefleet.workers.attention.triton_backend import TritonAttentionBackend
+
+    _, folder, _ = gemma
+    resolved = resolve_model(str(folder))
+    triton_backend = TritonAttentionBackend(DecodeConfig(block_n=16, num_splits=2),
+                                            PrefillConfig(block_m=16, block_n=16))
+    plain = build_model(resolved)
+    fused = build_model(resolved, attention=triton_backend, fused_layers=True)
+    caches = [PagedCache(resolved.arch, num_blocks=40, block_size=4, seed=3) for _ in range(2)]
+    prompts = {0: PROMPTS[-1], 1: PROMPTS[1]}
+    for steps in (prompts, {0: [5], 1: [6]}, {0: [7], 1: [8]}):
+        want, got = _logits(plain, caches[0], steps), _logits(fused, caches[1], steps)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _logits(model: Any, cache: PagedCache, steps: dict[int, list[int]]) -> torch.Tensor:
+    step = cache.step(steps)
+    with torch.no_grad():
+        return model.compute_logits(model(step.input_ids, step.positions, cache.kv_caches, step.metadata))
 
 
 def test_checkpoint_layout_and_arch(gemma) -> None:
