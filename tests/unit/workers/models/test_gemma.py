@@ -188,3 +188,19 @@ def test_registry_accepts_gemma_presets_for_benchmarks(preset) -> None:
     arch = resolve_model(spec.source, spec.engine_kwargs()["load_format"]).arch
     assert arch.model_type == ("gemma2" if preset.startswith("gemma-2") else "gemma3_text")
     assert SLIDING in arch.layer_types and FULL in arch.layer_types
+
+
+def test_tensor_parallel_2_equals_transformers(tmp_path) -> None:
+    """Gemma 3 over two gloo ranks (its q/k norms whole on each, heads split): the same tokens."""
+    hf = build_hf("gemma3")
+    hf.save_pretrained(tmp_path)
+    want = [hf_greedy(hf, prompt, MAX_TOKENS) for prompt in PROMPTS]
+    llm = LLM(model=str(tmp_path), max_model_len=128, num_kv_blocks=64, block_size=4,
+              tensor_parallel_size=2)
+    try:
+        assert llm.engine.runner.num_kv_heads == 1
+        params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=MAX_TOKENS)
+        got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, params)]
+    finally:
+        llm.shutdown()
+    assert got == want
