@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from pagefleet.platform.protocol import DeltaEvent, ErrorEvent, FinalEvent, ResultEvent, Usage, keys
 from pagefleet.platform.protocol.messages import input_param
 from pagefleet.platform.protocol.resilience import RedisOutages, retry_transient
+from pagefleet.platform.protocol.ttft import record_ttft
 from pagefleet.workers.engine.errors import InvalidParameterError, PromptTooLongError
 from pagefleet.workers.runtime.engine_port import EmbeddingClient, EngineClient, EnginePrompt
 from pagefleet.workers.runtime.jobs import JobUpdater
@@ -123,6 +124,14 @@ class Executor:
         for request_id, flagged in zip(request_ids, await self.cancel_flags(request_ids), strict=True):
             if flagged:
                 self.cancel(request_id)
+
+    async def _record_ttft(self, entry: PulledEntry, first_token_at: float) -> None:
+        """The console's TTFT history (`protocol.ttft`): best effort, never a request's failure."""
+        try:
+            await record_ttft(self.redis, entry.envelope.model, keys.stream_priority(entry.stream),
+                              first_token_at - entry.envelope.created_at, first_token_at)
+        except RedisError as exc:
+            log.debug("TTFT sample of %s not recorded: %s", entry.request_id, exc)
 
     def cancel(self, request_id: str) -> None:
         request = self.active.get(request_id)
@@ -233,6 +242,8 @@ class Executor:
                     break
         done_at = time.time()
         self.metrics.e2e.observe(done_at - envelope.created_at)
+        if first_token_at is not None and not request.claimed:
+            await self._record_ttft(request.entry, first_token_at)
         generated = transcript.num_completion_tokens - tokens_before
         if first_token_at is not None and generated > 1:
             self.metrics.tpot.observe((done_at - first_token_at) / (generated - 1))
