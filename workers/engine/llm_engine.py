@@ -98,7 +98,8 @@ class LLMEngine:
         settings = self.settings = self.runner.settings
         self.max_model_len = settings.max_model_len
         self.kv_cache = KVCacheManager(
-            settings.num_kv_blocks, settings.block_size, settings.enable_prefix_caching
+            settings.num_kv_blocks, settings.block_size, settings.enable_prefix_caching,
+            release_window=self.arch.kv_release_window,
         )
         self.scheduler = Scheduler(
             SchedulerConfig(

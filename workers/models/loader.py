@@ -21,8 +21,9 @@ import torch
 
 from pagefleet.workers.attention.base import AttentionBackend
 from pagefleet.workers.attention.torch_backend import TorchAttentionBackend
-from pagefleet.workers.models.arch import ModelArch
+from pagefleet.workers.models.arch import GEMMA_TYPES, ModelArch
 from pagefleet.workers.models.fp8 import QUANTIZATIONS
+from pagefleet.workers.models.gemma import GemmaForCausalLM
 from pagefleet.workers.models.int4 import INT4_METHODS, convert_checkpoint, int4_format
 from pagefleet.workers.models.llama import LlamaForCausalLM
 from pagefleet.workers.models.moe import (
@@ -42,6 +43,7 @@ MODEL_CLASSES: Mapping[str, type[LlamaForCausalLM]] = MappingProxyType({
     "llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2": LlamaForCausalLM,
     "qwen3": Qwen3ForCausalLM, "phi3": Phi3ForCausalLM,
     "mixtral": MixtralForCausalLM, "qwen3_moe": Qwen3MoeForCausalLM,
+    "gemma2": GemmaForCausalLM, "gemma3_text": GemmaForCausalLM,
 })
 
 __all__ = [
@@ -177,8 +179,9 @@ def dummy_weights(arch: ModelArch, seed: int, dtype: torch.dtype,
 def hf_weight_shapes(arch: ModelArch) -> dict[str, tuple[int, ...]]:
     """The full (unsharded) Hugging Face checkpoint layout of the family's checkpoints.
 
-    Qwen3 adds per-head `q_norm`/`k_norm`; Phi-3 stores q/k/v and gate/up fused; MoE families
-    store a router and one tensor per expert and projection instead of the MLP.
+    Qwen3 and Gemma 3 add per-head `q_norm`/`k_norm`; Phi-3 stores q/k/v and gate/up fused;
+    Gemma adds a norm before and after each feed-forward; MoE families store a router and one
+    tensor per expert and projection instead of the MLP.
     """
     hidden, q_size = arch.hidden_size, arch.num_heads * arch.head_dim
     kv_size, inter = arch.num_kv_heads * arch.head_dim, arch.intermediate_size
@@ -202,6 +205,9 @@ def hf_weight_shapes(arch: ModelArch) -> dict[str, tuple[int, ...]]:
         if arch.qk_norm:
             shapes[f"{p}.self_attn.q_norm.weight"] = (arch.head_dim,)
             shapes[f"{p}.self_attn.k_norm.weight"] = (arch.head_dim,)
+        if arch.model_type in GEMMA_TYPES:
+            shapes[f"{p}.pre_feedforward_layernorm.weight"] = (hidden,)
+            shapes[f"{p}.post_feedforward_layernorm.weight"] = (hidden,)
         if arch.model_type == "phi3":
             for part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                          "mlp.gate_proj", "mlp.up_proj"):
