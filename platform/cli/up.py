@@ -96,7 +96,7 @@ def start_controller(registry: str, redis_url: str) -> subprocess.Popen:
     """
     return start_child([sys.executable, "-m", "pagefleet.platform.cli", "controller",
                         "--backend", "local", "--registry", registry, "--redis-url", redis_url,
-                        "--drain-timeout", str(DRAIN_TIMEOUT_S)])
+                        "--drain-timeout", str(DRAIN_TIMEOUT_S), "--spare-workers", "1"])
 
 
 def start_batch_worker(registry: str, redis_url: str) -> subprocess.Popen:

@@ -37,13 +37,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pagefleet.platform.protocol.phases import SPARE_ENV
     from pagefleet.platform.registry import load_registry
     from pagefleet.workers.runtime import run_worker
     from pagefleet.workers.runtime.main import registry_engine_factory
+    from pagefleet.workers.runtime.phases import PhaseRecorder, spawned_at_from_env
+    from pagefleet.workers.runtime.spare import wait_for_start
 
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     spec = load_registry(args.registry_path).get_or_first(args.model)
     settings = flags.settings_from_args(
         WorkerSettings, args, model=spec.name,
         webhook_secret=os.environ.get("PAGEFLEET_WEBHOOK_SECRET") or None)
-    return run_worker(settings, registry_engine_factory(spec))
+    spawned_at = spawned_at_from_env()
+    if os.environ.get(SPARE_ENV):
+        started = wait_for_start(spec, settings.redis_url, settings.worker_id)
+        if started is None:
+            return 0
+        spawned_at = started
+    phases = PhaseRecorder(settings.model, settings.worker_id, spawned_at)
+    return run_worker(settings, registry_engine_factory(spec, phases), phases=phases)

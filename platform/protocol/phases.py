@@ -14,6 +14,12 @@ import time
 
 import msgspec
 
+SPAWNED_AT_ENV = "PAGEFLEET_SPAWNED_AT"
+"""Set by the local backend on a worker: when it spawned it (or handed a spare its start), so
+the worker's phases count from the backend's decision, not from its own interpreter start."""
+SPARE_ENV = "PAGEFLEET_SPARE"
+"""Set (to 1) by the local backend on a worker it starts as a spare (`workers.runtime.spare`)."""
+
 PHASE_ORDER = (
     "spawned",           # the backend started the process (or handed a pre-imported spare the start)
     "imports_done",      # torch, transformers and the engine are imported

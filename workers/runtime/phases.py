@@ -20,11 +20,15 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pagefleet.platform.protocol import keys
-from pagefleet.platform.protocol.phases import PHASE_EVENT_FIELD, Phase, PhaseEvent, PhaseLog
+from pagefleet.platform.protocol.phases import (
+    PHASE_EVENT_FIELD,
+    SPAWNED_AT_ENV,
+    Phase,
+    PhaseEvent,
+    PhaseLog,
+)
 
 log = logging.getLogger(__name__)
-SPAWNED_AT_ENV = "PAGEFLEET_SPAWNED_AT"
-"""Set by the local backend: when it spawned this worker (or handed a spare its start)."""
 
 
 def spawned_at_from_env(default: float | None = None) -> float:
