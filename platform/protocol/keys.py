@@ -61,7 +61,8 @@ def gateway_wake_stream(reader_id: str) -> str:
 
 SCALING_EVENTS = "pf:scaling:events"
 """Stream of the controller's scaling decisions (fields: model, from, to, direction, reason,
-at), capped near `SCALING_EVENTS_MAXLEN` entries; the console shows it newest first."""
+at, trigger (tick | wake), tick (periodic ticks so far)), capped near `SCALING_EVENTS_MAXLEN`
+entries; the console shows it newest first."""
 SCALING_EVENTS_MAXLEN = 1000
 DESIRED_REPLICAS = "pf:scaling:desired"
 """Hash of model -> the replicas the controller last asked for (its latest decision)."""
