@@ -33,7 +33,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from pagefleet.platform.cli import flags
 from pagefleet.platform.processes.children import start_child, stop_process, wait_for_any_exit
@@ -88,15 +88,18 @@ def start_gateway(host: str, port: int, registry: str, redis_url: str) -> subpro
                         "--redis-url", redis_url, "--log-level", "warning"])
 
 
-def start_controller(registry: str, redis_url: str) -> subprocess.Popen:
-    """The autoscaler with the local backend: it starts and drains `pagefleet worker` processes.
+def start_controller(registry: str, redis_url: str, spare_workers: int = 1,
+                     **popen_kwargs: Any) -> subprocess.Popen:
+    """The autoscaler with the local backend: it starts and drains `pagefleet worker` processes,
+    keeping `spare_workers` pre-imported spares per model for fast cold starts.
 
     A process rather than `run_controller` in this one, like the gateway: `up` stays a plain
     supervisor, and SIGTERM is the controller's own way to drain its workers before exiting.
     """
     return start_child([sys.executable, "-m", "pagefleet.platform.cli", "controller",
                         "--backend", "local", "--registry", registry, "--redis-url", redis_url,
-                        "--drain-timeout", str(DRAIN_TIMEOUT_S), "--spare-workers", "1"])
+                        "--drain-timeout", str(DRAIN_TIMEOUT_S), "--spare-workers", str(spare_workers)],
+                       **popen_kwargs)
 
 
 def start_batch_worker(registry: str, redis_url: str) -> subprocess.Popen:
