@@ -76,6 +76,10 @@ class LocalBackend:
         group = self._groups.get(model)
         return [] if group is None else [w.process.pid for w in group.active]
 
+    def spare_pids(self, model: str) -> list[int]:
+        group = self._groups.get(model)
+        return [] if group is None else [w.process.pid for w in group.spares]
+
     def restarts(self, model: str) -> int:
         group = self._groups.get(model)
         return 0 if group is None else group.num_restarts
