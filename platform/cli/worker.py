@@ -49,11 +49,11 @@ def run(args: argparse.Namespace) -> int:
     settings = flags.settings_from_args(
         WorkerSettings, args, model=spec.name,
         webhook_secret=os.environ.get("PAGEFLEET_WEBHOOK_SECRET") or None)
-    spawned_at = spawned_at_from_env()
+    spawned_at, tokenizer = spawned_at_from_env(), None
     if os.environ.get(SPARE_ENV):
-        started = wait_for_start(spec, settings.redis_url, settings.worker_id)
-        if started is None:
+        start = wait_for_start(spec, settings.redis_url, settings.worker_id)
+        if start is None:
             return 0
-        spawned_at = started
+        spawned_at, tokenizer = start.spawned_at, start.tokenizer
     phases = PhaseRecorder(settings.model, settings.worker_id, spawned_at)
-    return run_worker(settings, registry_engine_factory(spec, phases), phases=phases)
+    return run_worker(settings, registry_engine_factory(spec, phases, tokenizer), phases=phases)

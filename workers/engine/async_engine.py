@@ -91,8 +91,8 @@ class _Sink:
 
 
 class AsyncEngine:
-    def __init__(self, config: EngineConfig) -> None:
-        self.engine = LLMEngine(config)
+    def __init__(self, config: EngineConfig, tokenizer: Any | None = None) -> None:
+        self.engine = LLMEngine(config, tokenizer)
         self._commands: queue.SimpleQueue[_Add | _Abort | _Stop] = queue.SimpleQueue()
         self._sinks: dict[str, _Sink] = {}
         self._stats = self.engine.stats()

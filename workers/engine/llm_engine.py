@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from pagefleet.platform.protocol.messages import TokenLogprob, TopLogprob
 from pagefleet.platform.protocol.phases import PhaseLog
@@ -88,12 +89,14 @@ class RequestState:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, tokenizer: Any | None = None) -> None:
+        """`tokenizer`: one already loaded for this config (a spare worker preloads it while it
+        waits), so a cold start does not read it again."""
         self.config = config
         self.phases = PhaseLog()  # readiness phases (`protocol.phases`), for cold-start reports
         resolved = resolve_model(config.model, load_format=config.load_format)
         self.resolved = resolved
-        self.tokenizer = load_tokenizer(resolved, config.tokenizer)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(resolved, config.tokenizer)
         self.phases.mark("tokenizer_loaded")
         self.arch = resolved.arch
         self.tp_context = tensor_parallel.launch(config) if config.tensor_parallel_size > 1 else None

@@ -194,16 +194,17 @@ class Worker:
                 await queues.forget_consumer(stream, self.settings.worker_id)
 
 
-def registry_engine_factory(spec: Any, phases: PhaseRecorder | None = None) -> EngineFactory:
+def registry_engine_factory(spec: Any, phases: PhaseRecorder | None = None,
+                            tokenizer: Any | None = None) -> EngineFactory:
     """Build the AsyncEngine of a registry `ModelSpec` (called in a thread: loading blocks);
-    its readiness phases go to `phases`."""
+    its readiness phases go to `phases`; `tokenizer` is one a spare already loaded."""
     def build() -> EngineClient:
         from pagefleet.workers.engine.async_engine import AsyncEngine
         from pagefleet.workers.engine.config import EngineConfig
 
         if phases is not None:
             phases.mark("imports_done")
-        engine = AsyncEngine(EngineConfig(model=spec.source, **spec.engine_kwargs()))
+        engine = AsyncEngine(EngineConfig(model=spec.source, **spec.engine_kwargs()), tokenizer)
         if phases is not None:
             phases.extend(engine.phases.phases)
         return engine

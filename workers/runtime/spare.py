@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 import redis
@@ -32,22 +35,39 @@ from pagefleet.platform.protocol import keys
 log = logging.getLogger(__name__)
 
 
-def preload(spec: Any) -> None:
-    """Import what a worker of `spec` imports and read its config and tokenizer once."""
+def preload(spec: Any) -> Any:
+    """Import what a worker of `spec` imports, read its config and load its tokenizer (returned,
+    for the engine to use), and ask the kernel to read the weight files into the page cache."""
     from pagefleet.workers.engine.async_engine import AsyncEngine  # noqa: F401  torch, the engine
     from pagefleet.workers.models.loader import load_tokenizer
     from pagefleet.workers.models.sources import resolve_model
 
     kwargs = spec.engine_kwargs()
     resolved = resolve_model(spec.source, load_format=kwargs.get("load_format", "auto"))
-    load_tokenizer(resolved, kwargs.get("tokenizer"))
+    if resolved.path is not None and hasattr(os, "posix_fadvise"):
+        for file in Path(resolved.path).glob("*.safetensors"):
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+    return load_tokenizer(resolved, kwargs.get("tokenizer"))
 
 
-def wait_for_start(spec: Any, redis_url: str, worker_id: str, stdin: IO[str] = sys.stdin) -> float | None:
-    """Preload, announce the spare in `keys.SPARE_WORKERS` and wait; returns the spawn time of
-    the start line, or None when told to exit."""
+@dataclass(frozen=True, slots=True)
+class SpareStart:
+    """What a spare hands the worker it becomes: when it was told to start, and its tokenizer."""
+
+    spawned_at: float
+    tokenizer: Any
+
+
+def wait_for_start(spec: Any, redis_url: str, worker_id: str,
+                   stdin: IO[str] = sys.stdin) -> SpareStart | None:
+    """Preload, announce the spare in `keys.SPARE_WORKERS` and wait for the start line; None
+    when told to exit instead."""
     started = time.monotonic()
-    preload(spec)
+    tokenizer = preload(spec)
     log.info("spare worker %s of %s preloaded in %.2fs; waiting for a start", worker_id, spec.name,
              time.monotonic() - started)
     client = redis.Redis.from_url(redis_url)
@@ -60,7 +80,7 @@ def wait_for_start(spec: Any, redis_url: str, worker_id: str, stdin: IO[str] = s
     if not line.strip():
         return None
     try:
-        return float(json.loads(line)["spawned_at"])
+        return SpareStart(float(json.loads(line)["spawned_at"]), tokenizer)
     except (ValueError, KeyError, TypeError) as exc:
         raise SystemExit(f"spare worker {worker_id}: bad start line {line!r}: {exc}") from None
 
