@@ -19,6 +19,7 @@ from pagefleet.platform.protocol.phases import PHASE_ORDER, PhaseEvent
 class TimelinePoint:
     name: str
     at_s: float  # seconds after the request was sent (or the process started, in-process)
+    worker_cpu_s: float | None = None  # CPU seconds the worker had used since its spawn
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,16 +42,18 @@ def platform_timeline(sent_at: float, first_token_at: float, wake_at: float | No
     if decision_at is not None:
         points.append(TimelinePoint("controller_decision", decision_at - sent_at))
     by_name = {event.phase: event for event in phases}
-    points += [TimelinePoint(name, by_name[name].at - sent_at) for name in PHASE_ORDER if name in by_name]
+    points += [TimelinePoint(name, by_name[name].at - sent_at, by_name[name].cpu_since_spawn_s)
+               for name in PHASE_ORDER if name in by_name]
     points.append(TimelinePoint("first_token_client", first_token_at - sent_at))
     return points
 
 
 def format_cold_start(title: str, run: ColdStart) -> str:
-    lines = [f"==== {title} ====", f"{'phase':<22} {'at (s)':>8} {'step (s)':>9}"]
+    lines = [f"==== {title} ====", f"{'phase':<22} {'at (s)':>8} {'step (s)':>9} {'worker cpu (s)':>15}"]
     previous = 0.0
     for point in run.points:
-        lines.append(f"{point.name:<22} {point.at_s:8.3f} {point.at_s - previous:9.3f}")
+        cpu = "" if point.worker_cpu_s is None else f"{point.worker_cpu_s:15.3f}"
+        lines.append(f"{point.name:<22} {point.at_s:8.3f} {point.at_s - previous:9.3f} {cpu}".rstrip())
         previous = point.at_s
     lines.append(f"first token after {run.first_token_s:.3f} s"
                  + (f" (scaled by {run.trigger})" if run.trigger else ""))
@@ -65,10 +68,12 @@ def median_point_s(runs: list[ColdStart], name: str) -> float | None:
 
 def format_medians(runs: list[ColdStart]) -> str:
     names = list(dict.fromkeys(p.name for run in runs for p in run.points))
-    lines = [f"==== median of {len(runs)} runs ===="]
+    lines = [f"==== median of {len(runs)} runs ====", f"{'phase':<22} {'at (s)':>8} {'worker cpu (s)':>15}"]
     for name in names:
-        value = median_point_s(runs, name)
-        lines.append(f"{name:<22} {value:8.3f}")
+        cpus = [p.worker_cpu_s for run in runs for p in run.points
+                if p.name == name and p.worker_cpu_s is not None]
+        cpu = f"{statistics.median(cpus):15.3f}" if cpus else ""
+        lines.append(f"{name:<22} {median_point_s(runs, name):8.3f} {cpu}".rstrip())
     firsts = sorted(run.first_token_s for run in runs)
     lines.append(f"first token: median {statistics.median(firsts):.3f} s, min {firsts[0]:.3f} s, "
                  f"max {firsts[-1]:.3f} s")

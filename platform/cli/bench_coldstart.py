@@ -221,8 +221,8 @@ def _in_process_run(args: argparse.Namespace, spec: ModelSpec) -> ColdStart:
     finally:
         engine.shutdown()
     marks = sorted([*phases.phases, *engine.phases.phases], key=lambda p: p.at)
-    start = marks[0].at
-    points = [TimelinePoint(p.name, p.at - start) for p in marks]
+    start = marks[0]
+    points = [TimelinePoint(p.name, p.at - start.at, p.cpu_s - start.cpu_s) for p in marks]
     return ColdStart("in-process", points[-1].at_s, points,
                      notes={"source": config.model, "load_format": config.load_format,
                             "device": str(engine.runner.device), "dtype": str(engine.runner.dtype),

@@ -4,8 +4,10 @@
 autoscaling controller with the local backend as child processes, and prints the URL. No worker
 runs until a request arrives: the controller starts `pagefleet worker` processes as the queues
 fill and stops them after the registry's idle time, exactly as it scales Deployments on
-Kubernetes. The gateway keeps a request queued while the worker cold-starts (its request
-timeout, 600 s, is far above a CPU cold start of the default model, ~10-20 s).
+Kubernetes. The gateway wakes the controller the moment a request needs a worker, and the
+controller keeps one pre-imported spare process per model, so a CPU cold start of the default
+model takes a few seconds; the gateway keeps the request queued meanwhile (its request timeout
+is 600 s).
 
 The private Redis keeps an append-only file (fsynced every second) in a data directory that
 outlives `up` (`--data-dir`, by default under the user's state directory), so queued requests
@@ -188,7 +190,7 @@ def _banner(base_url: str, spec: ModelSpec, redis_url: str, storage: str) -> str
                        "max_tokens": 32})
     if scaling.min_replicas == 0:
         scaling_line = (f"{model} scales from zero: no worker runs yet, so the first request waits "
-                        f"for a cold start (10-20 s on a CPU); back to zero after "
+                        f"for a cold start (a few seconds on a CPU); back to zero after "
                         f"{scaling.scale_to_zero_after_s:g} s idle")
     else:
         scaling_line = f"{model} keeps {scaling.min_replicas} worker(s) warm; the first ones are loading"

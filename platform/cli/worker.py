@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 
 from pagefleet.platform.cli import flags
 from pagefleet.workers.runtime.config import WorkerSettings
@@ -49,11 +50,11 @@ def run(args: argparse.Namespace) -> int:
     settings = flags.settings_from_args(
         WorkerSettings, args, model=spec.name,
         webhook_secret=os.environ.get("PAGEFLEET_WEBHOOK_SECRET") or None)
-    spawned_at, tokenizer = spawned_at_from_env(), None
+    spawned_at, cpu_at_spawn, tokenizer = spawned_at_from_env(), 0.0, None
     if os.environ.get(SPARE_ENV):
         start = wait_for_start(spec, settings.redis_url, settings.worker_id)
         if start is None:
             return 0
-        spawned_at, tokenizer = start.spawned_at, start.tokenizer
-    phases = PhaseRecorder(settings.model, settings.worker_id, spawned_at)
+        spawned_at, cpu_at_spawn, tokenizer = start.spawned_at, time.process_time(), start.tokenizer
+    phases = PhaseRecorder(settings.model, settings.worker_id, spawned_at, cpu_at_spawn)
     return run_worker(settings, registry_engine_factory(spec, phases, tokenizer), phases=phases)

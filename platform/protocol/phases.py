@@ -36,10 +36,13 @@ PHASE_ORDER = (
 
 class Phase(msgspec.Struct, frozen=True):
     """One phase reached at wall-clock time `at` (seconds since the epoch, comparable across
-    processes on one machine)."""
+    processes on one machine), when the process had used `cpu_s` seconds of CPU (all threads):
+    on a shared machine the wall clock says what a client waits, the CPU time what the work
+    itself costs."""
 
     name: str
     at: float
+    cpu_s: float = 0.0
 
 
 class PhaseEvent(msgspec.Struct, kw_only=True, frozen=True):
@@ -50,6 +53,7 @@ class PhaseEvent(msgspec.Struct, kw_only=True, frozen=True):
     phase: str
     at: float
     since_spawn_s: float
+    cpu_since_spawn_s: float = 0.0  # CPU seconds this worker used since it was spawned
 
 
 PHASE_EVENT_FIELD = "event"  # the field of a phase stream entry holding the encoded event
@@ -68,7 +72,7 @@ class PhaseLog:
     def mark(self, name: str, at: float | None = None) -> Phase:
         if name not in PHASE_ORDER:
             raise ValueError(f"unknown phase {name!r}; expected one of {PHASE_ORDER}")
-        phase = Phase(name, time.time() if at is None else at)
+        phase = Phase(name, time.time() if at is None else at, time.process_time())
         self.phases.append(phase)
         return phase
 

@@ -42,30 +42,35 @@ def spawned_at_from_env(default: float | None = None) -> float:
 
 
 class PhaseRecorder:
-    def __init__(self, model: str, worker_id: str, spawned_at: float) -> None:
+    def __init__(self, model: str, worker_id: str, spawned_at: float, cpu_at_spawn: float = 0.0) -> None:
+        """`cpu_at_spawn`: this process's CPU time when it was spawned (0 for a fresh process; a
+        spare's CPU time when it was told to start, so its preloading is not counted)."""
         self.model = model
         self.worker_id = worker_id
         self.spawned_at = spawned_at
+        self.cpu_at_spawn = cpu_at_spawn
         self.log = PhaseLog()
         self._seen: set[str] = set()
         self._unpublished: list[PhaseEvent] = []
-        self.mark("spawned", spawned_at)
+        self.mark("spawned", spawned_at, cpu_at_spawn)
 
-    def mark(self, name: str, at: float | None = None) -> None:
+    def mark(self, name: str, at: float | None = None, cpu_s: float | None = None) -> None:
         """Record `name` if this worker has not reached it before."""
         if name in self._seen:
             return
         self._seen.add(name)
         phase = self.log.mark(name, at)
+        cpu = phase.cpu_s if cpu_s is None else cpu_s
         event = PhaseEvent(worker_id=self.worker_id, model=self.model, phase=phase.name,
-                           at=phase.at, since_spawn_s=round(phase.at - self.spawned_at, 4))
+                           at=phase.at, since_spawn_s=round(phase.at - self.spawned_at, 4),
+                           cpu_since_spawn_s=round(max(0.0, cpu - self.cpu_at_spawn), 4))
         self._unpublished.append(event)
         log.info("phase %s", json.dumps(msgspec.to_builtins(event)))
 
     def extend(self, phases: Iterable[Phase]) -> None:
         """Take over phases something else recorded (the engine's readiness phases)."""
         for phase in phases:
-            self.mark(phase.name, phase.at)
+            self.mark(phase.name, phase.at, phase.cpu_s)
 
     def reached(self, name: str) -> bool:
         return name in self._seen
