@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -90,7 +91,12 @@ def run(args: argparse.Namespace) -> int:
     spec = load_registry(registry).get_or_first(args.model)
     runs = []
     for index in range(args.runs):
-        cold = _in_process_run(args, spec) if args.in_process else _platform_run(args, spec, registry)
+        if not args.in_process:
+            cold = _platform_run(args, spec, registry)
+        elif args.runs == 1:
+            cold = _in_process_run(args, spec)
+        else:  # each run in a fresh process, or the later ones would find everything imported
+            cold = _in_process_child(args, registry)
         runs.append(cold)
         print(format_cold_start(f"{spec.name} cold start {index + 1}/{args.runs} ({cold.mode})", cold),
               flush=True)
@@ -192,6 +198,26 @@ def _wait(condition: Any, controller: subprocess.Popen, what: str, workdir: Path
             log = (workdir / "controller.log").read_text(errors="replace")
             raise SystemExit(f"gave up waiting for {what}:\n{log}")
         time.sleep(0.05)  # polling a readiness condition with a deadline
+
+
+def _in_process_child(args: argparse.Namespace, registry: str) -> ColdStart:
+    command = [sys.executable, "-m", "pagefleet.platform.cli", "bench", "coldstart", "--in-process",
+               "--registry", registry, "--runs", "1"]
+    for flag, value in (("--model", args.model), ("--source", args.source),
+                        ("--load-format", args.load_format), ("--dtype", args.dtype),
+                        ("--device", args.device), ("--max-model-len", args.max_model_len),
+                        ("--max-num-seqs", args.max_num_seqs),
+                        ("--gpu-memory-utilization", args.gpu_memory_utilization)):
+        if value is not None:
+            command += [flag, str(value)]
+    if args.enforce_eager:
+        command.append("--enforce-eager")
+    with tempfile.TemporaryDirectory(prefix="pf-bench-coldstart-") as workdir:
+        out = Path(workdir) / "run.json"
+        subprocess.run([*command, "--json", str(out)], check=True, stdout=subprocess.DEVNULL)
+        run = json.loads(out.read_text())["runs"][0]
+    return ColdStart(run["mode"], run["first_token_s"], [TimelinePoint(**p) for p in run["points"]],
+                     run["trigger"], run["notes"])
 
 
 def _in_process_run(args: argparse.Namespace, spec: ModelSpec) -> ColdStart:

@@ -96,6 +96,8 @@ class ModelRunner:
             attention=self.attention, tp=self.tp,
             fused_layers=settings.fused_layers,
         )
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the phase ends when the copies have landed
         self.phases.mark("weights_loaded")
         self.num_kv_heads = self.arch.num_kv_heads_per_rank(self.tp.size)
         self.num_blocks = self._agree_on_num_blocks(self._decide_num_blocks(settings))
