@@ -15,6 +15,7 @@ from pathlib import Path
 from pagefleet.platform.controller.backends.local import LocalBackend
 from pagefleet.platform.controller.settings import LocalSettings
 from pagefleet.platform.registry import parse_registry
+from tests.e2e.test_up_supervision import _alive
 from tests.support.waiting import wait_for
 
 STUB = str(Path(__file__).resolve().parents[2] / "support" / "spare_stub.py")
@@ -27,20 +28,18 @@ def _backend(folder: Path) -> LocalBackend:
                         "unused.yaml", "redis://127.0.0.1:1/0")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def _waiting_spare(backend: LocalBackend, folder: Path) -> int:
+    """At zero replicas the backend starts one spare; its pid once it waits for its start."""
+    backend.apply(SPEC, 0, None)
+    [spare_pid] = backend.spare_pids("m")
+    wait_for(lambda: list(folder.glob("*.spare")), "the spare to wait", 30)
+    return spare_pid
 
 
 def test_a_scale_up_starts_the_waiting_spare(tmp_path: Path) -> None:
     backend = _backend(tmp_path)
     try:
-        backend.apply(SPEC, 0, None)
-        [spare_pid] = backend.spare_pids("m")
-        wait_for(lambda: list(tmp_path.glob("*.spare")), "the spare to wait", 30)
+        spare_pid = _waiting_spare(backend, tmp_path)
         before = time.time()
         backend.apply(SPEC, 1, 0)
         assert backend.worker_pids("m") == [spare_pid]
@@ -56,11 +55,9 @@ def test_a_scale_up_starts_the_waiting_spare(tmp_path: Path) -> None:
 def test_a_dead_spare_is_replaced_by_a_plain_spawn(tmp_path: Path) -> None:
     backend = _backend(tmp_path)
     try:
-        backend.apply(SPEC, 0, None)
-        [spare_pid] = backend.spare_pids("m")
-        wait_for(lambda: list(tmp_path.glob("*.spare")), "the spare to wait", 30)
+        spare_pid = _waiting_spare(backend, tmp_path)
         os.kill(spare_pid, signal.SIGKILL)
-        wait_for(lambda: not _alive(spare_pid) or _zombie(spare_pid), "the spare to die", 30)
+        wait_for(lambda: not _alive(spare_pid), "the spare to die", 30)
         backend.apply(SPEC, 1, 0)
         [worker_pid] = backend.worker_pids("m")
         assert worker_pid != spare_pid
@@ -73,15 +70,7 @@ def test_a_dead_spare_is_replaced_by_a_plain_spawn(tmp_path: Path) -> None:
 
 def test_closing_stops_a_spare_that_was_never_used(tmp_path: Path) -> None:
     backend = _backend(tmp_path)
-    backend.apply(SPEC, 0, None)
-    [spare_pid] = backend.spare_pids("m")
-    wait_for(lambda: list(tmp_path.glob("*.spare")), "the spare to wait", 30)
+    spare_pid = _waiting_spare(backend, tmp_path)
     backend.close()
     assert not _alive(spare_pid)
 
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
-    except OSError:
-        return False
