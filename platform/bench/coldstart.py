@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 
 from pagefleet.platform.protocol.phases import PHASE_ORDER, PhaseEvent
 
+PROMPT_IDS = list(range(100, 108))  # 8 prompt tokens, valid in any vocabulary the engine runs
+OUTPUT_LEN = 8
+
 
 @dataclass(frozen=True, slots=True)
 class TimelinePoint:

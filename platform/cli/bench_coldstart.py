@@ -19,44 +19,24 @@ Only `--in-process` imports the engine (torch), inside the command.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import httpx
-import redis
-import redis.asyncio as aioredis
-
-from pagefleet.platform.bench.client import CompletionsClient
 from pagefleet.platform.bench.coldstart import (
+    OUTPUT_LEN,
+    PROMPT_IDS,
     ColdStart,
     TimelinePoint,
     format_cold_start,
     format_medians,
-    platform_timeline,
 )
 from pagefleet.platform.cli import flags
-from pagefleet.platform.processes.children import stop_process
-from pagefleet.platform.processes.ports import free_port, wait_for_port
-from pagefleet.platform.processes.redis_server import redis_server
-from pagefleet.platform.protocol import keys
-from pagefleet.platform.protocol.phases import PHASE_EVENT_FIELD, PhaseEvent, decode_phase_event
-from pagefleet.platform.protocol.workload import BenchRequest
-
-if TYPE_CHECKING:
-    from pagefleet.platform.registry import ModelSpec
-
-_PROMPT_IDS = list(range(100, 108))  # 8 prompt tokens, valid in any vocabulary the engine runs
-_OUTPUT_LEN = 8
-_SETUP_TIMEOUT_S = 600.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="pre-imported spares per model (pagefleet up keeps 1; 0: bare spawn)")
     engine = parser.add_argument_group("--in-process: one worker's readiness, no Redis")
     engine.add_argument("--in-process", action="store_true")
-    engine.add_argument("--source", default=None, help="engine model (default: the registry's)")
+    engine.add_argument("--source", default=None,
+                        help="engine model (a folder, GGUF or preset); the registry is then not read")
     engine.add_argument("--load-format", default=None, choices=["auto", "dummy"])
     engine.add_argument("--dtype", default=None)
     engine.add_argument("--device", default=None)
@@ -83,135 +64,61 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pagefleet.platform.registry import default_registry_path, load_registry
-
     if args.runs < 1:
         raise SystemExit("--runs must be at least 1")
-    registry = args.registry_path or str(default_registry_path())
-    spec = load_registry(registry).get_or_first(args.model)
+    name, engine_kwargs, registry = _target(args)
     runs = []
     for index in range(args.runs):
         if not args.in_process:
-            cold = _platform_run(args, spec, registry)
+            from pagefleet.platform.bench.coldstart_platform import platform_run
+            from pagefleet.platform.registry import load_registry
+
+            cold = platform_run(load_registry(registry).get_or_first(args.model), registry,
+                                args.redis_url, args.spare_workers)
         elif args.runs == 1:
-            cold = _in_process_run(args, spec)
+            cold = _in_process_run(args, engine_kwargs)
         else:  # each run in a fresh process, or the later ones would find everything imported
-            cold = _in_process_child(args, registry)
+            cold = _in_process_child(args)
         runs.append(cold)
-        print(format_cold_start(f"{spec.name} cold start {index + 1}/{args.runs} ({cold.mode})", cold),
+        print(format_cold_start(f"{name} cold start {index + 1}/{args.runs} ({cold.mode})", cold),
               flush=True)
     if args.runs > 1:
         print(format_medians(runs))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"model": spec.name, "runs": [asdict(r) for r in runs]}, indent=2))
+        args.json.write_text(json.dumps({"model": name, "runs": [asdict(r) for r in runs]}, indent=2))
     return 0
 
 
-def _platform_run(args: argparse.Namespace, spec: ModelSpec, registry: str) -> ColdStart:
-    from pagefleet.platform.cli.up import DRAIN_TIMEOUT_S, start_controller, start_gateway
+def _target(args: argparse.Namespace) -> tuple[str, dict[str, Any], str | None]:
+    """What to start: a registry model (its engine settings), or with `--in-process --source`
+    an engine model with the engine's defaults, no registry read (a GPU host needs no YAML)."""
+    if args.in_process and args.source:
+        return args.source, {}, None
+    from pagefleet.platform.registry import default_registry_path, load_registry
 
-    if spec.scaling.min_replicas > 0:
-        raise SystemExit(f"{spec.name} keeps {spec.scaling.min_replicas} replica(s) warm: a cold "
-                         f"start needs min_replicas 0")
-    with contextlib.ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pf-bench-coldstart-")))
-        redis_url = args.redis_url or stack.enter_context(redis_server(workdir))
-        client = redis.Redis.from_url(redis_url)
-        stack.callback(client.close)
-        port = free_port()
-        gateway = start_gateway("127.0.0.1", port, registry, redis_url)
-        stack.callback(stop_process, gateway)
-        log = stack.enter_context(open(workdir / "controller.log", "wb"))
-        controller = start_controller(registry, redis_url, spare_workers=args.spare_workers,
-                                      stdout=log, stderr=subprocess.STDOUT)
-        stack.callback(stop_process, controller, DRAIN_TIMEOUT_S + 30.0)
-        wait_for_port(port, gateway, "the gateway")
-        _wait(lambda: client.pubsub_numsub(keys.WAKE_CHANNEL)[0][1] >= 1, controller,
-              "the controller's wake listener", workdir)
-        if args.spare_workers:
-            _wait(lambda: spec.name.encode() in client.hvals(keys.SPARE_WORKERS), controller,
-                  "a preloaded spare worker", workdir)
-        if client.hlen(keys.heartbeat_hash(spec.name)):
-            raise SystemExit(f"{spec.name} already has workers; a cold start needs it at zero")
-        base_url = f"http://127.0.0.1:{port}/v1"
-        sent_at, first_token_at, wake_at, error = asyncio.run(_first_request(base_url, spec.name, redis_url))
-        if error:
-            raise SystemExit(f"the cold-start request failed: {error}\n{(workdir / 'controller.log').read_text()}")
-        phases = _worker_phases(client, spec.name, sent_at)
-        decision = _scale_up_decision(client, spec.name, sent_at)
-    points = platform_timeline(sent_at, first_token_at, wake_at,
-                               float(decision["at"]) if decision else None, phases)
-    return ColdStart("platform", first_token_at - sent_at, points,
-                     trigger=decision.get("trigger") if decision else None,
-                     notes={"spare_workers": str(args.spare_workers)})
+    registry = args.registry_path or str(default_registry_path())
+    spec = load_registry(registry).get_or_first(args.model)
+    return spec.name, {"model": spec.source, **spec.engine_kwargs()}, registry
 
 
-async def _first_request(base_url: str, model: str, redis_url: str) -> tuple[float, float, float | None, str | None]:
-    """Send the request while listening for the gateway's wake; the times are wall clock."""
-    listener = aioredis.Redis.from_url(redis_url)
-    pubsub = listener.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe(keys.WAKE_CHANNEL)
-
-    async def wake_seen() -> float:
-        while True:
-            message = await pubsub.get_message(timeout=1.0)
-            if message is not None and message["data"] in (model, model.encode()):
-                return time.time()
-
-    wake = asyncio.create_task(wake_seen())
-    try:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(_SETUP_TIMEOUT_S)) as http:
-            sent_at = time.time()
-            result = await CompletionsClient(http, base_url, model).send(BenchRequest(_PROMPT_IDS, _OUTPUT_LEN))
-        wake_at = wake.result() if wake.done() else None
-        return sent_at, sent_at + result.ttft_s, wake_at, result.error
-    finally:
-        wake.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await wake
-        await pubsub.aclose()
-        await listener.aclose()
+def _engine_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: value for name, value in (
+        ("model", args.source), ("load_format", args.load_format), ("dtype", args.dtype),
+        ("device", args.device), ("max_model_len", args.max_model_len),
+        ("max_num_seqs", args.max_num_seqs), ("gpu_memory_utilization", args.gpu_memory_utilization),
+        ("enforce_eager", True if args.enforce_eager else None)) if value is not None}
 
 
-def _worker_phases(client: redis.Redis, model: str, since: float) -> list[PhaseEvent]:
-    """The phases of the worker that served the request: the first to reach `first_token`."""
-    events = [decode_phase_event(fields[PHASE_EVENT_FIELD.encode()])
-              for _id, fields in client.xrange(keys.phase_stream(model))]
-    events = [e for e in events if e.at >= since or e.phase == "spawned"]
-    served = next((e.worker_id for e in events if e.phase == "first_token" and e.at >= since), None)
-    return [e for e in events if e.worker_id == served]
-
-
-def _scale_up_decision(client: redis.Redis, model: str, since: float) -> dict[str, Any] | None:
-    for _id, fields in client.xrange(keys.SCALING_EVENTS):
-        event = {k.decode(): v.decode() for k, v in fields.items()}
-        if event["model"] == model and event["direction"] == "up" and float(event["at"]) >= since:
-            return event
-    return None
-
-
-def _wait(condition: Any, controller: subprocess.Popen, what: str, workdir: Path) -> None:
-    deadline = time.monotonic() + _SETUP_TIMEOUT_S
-    while not condition():
-        if controller.poll() is not None or time.monotonic() > deadline:
-            log = (workdir / "controller.log").read_text(errors="replace")
-            raise SystemExit(f"gave up waiting for {what}:\n{log}")
-        time.sleep(0.05)  # polling a readiness condition with a deadline
-
-
-def _in_process_child(args: argparse.Namespace, registry: str) -> ColdStart:
-    command = [sys.executable, "-m", "pagefleet.platform.cli", "bench", "coldstart", "--in-process",
-               "--registry", registry, "--runs", "1"]
-    for flag, value in (("--model", args.model), ("--source", args.source),
-                        ("--load-format", args.load_format), ("--dtype", args.dtype),
-                        ("--device", args.device), ("--max-model-len", args.max_model_len),
-                        ("--max-num-seqs", args.max_num_seqs),
-                        ("--gpu-memory-utilization", args.gpu_memory_utilization)):
-        if value is not None:
-            command += [flag, str(value)]
-    if args.enforce_eager:
-        command.append("--enforce-eager")
+def _in_process_child(args: argparse.Namespace) -> ColdStart:
+    command = [sys.executable, "-m", "pagefleet.platform.cli.bench_coldstart", "--in-process", "--runs", "1"]
+    if args.model:
+        command += ["--model", args.model]
+    if args.registry_path:
+        command += ["--registry", args.registry_path]
+    for name, value in _engine_overrides(args).items():
+        flag = "--" + ("source" if name == "model" else name.replace("_", "-"))
+        command += [flag] if value is True else [flag, str(value)]
     with tempfile.TemporaryDirectory(prefix="pf-bench-coldstart-") as workdir:
         out = Path(workdir) / "run.json"
         subprocess.run([*command, "--json", str(out)], check=True, stdout=subprocess.DEVNULL)
@@ -220,7 +127,7 @@ def _in_process_child(args: argparse.Namespace, registry: str) -> ColdStart:
                      run["trigger"], run["notes"])
 
 
-def _in_process_run(args: argparse.Namespace, spec: ModelSpec) -> ColdStart:
+def _in_process_run(args: argparse.Namespace, engine_kwargs: dict[str, Any]) -> ColdStart:
     """Import, build and serve one request in this process, timing each phase."""
     from pagefleet.platform.protocol.phases import PhaseLog
 
@@ -231,16 +138,11 @@ def _in_process_run(args: argparse.Namespace, spec: ModelSpec) -> ColdStart:
     from pagefleet.workers.engine.llm_engine import LLMEngine
 
     phases.mark("imports_done")
-    overrides = {name: value for name, value in (
-        ("load_format", args.load_format), ("dtype", args.dtype), ("device", args.device),
-        ("max_model_len", args.max_model_len), ("max_num_seqs", args.max_num_seqs),
-        ("gpu_memory_utilization", args.gpu_memory_utilization),
-        ("enforce_eager", True if args.enforce_eager else None)) if value is not None}
-    config = EngineConfig(model=args.source or spec.source, **{**spec.engine_kwargs(), **overrides})
+    config = EngineConfig(**{**engine_kwargs, **_engine_overrides(args)})
     engine = LLMEngine(config)
     try:
-        engine.add_request(uuid.uuid4().hex, _PROMPT_IDS,
-                           SamplingParams(max_tokens=_OUTPUT_LEN, temperature=0.0, ignore_eos=True))
+        engine.add_request(uuid.uuid4().hex, PROMPT_IDS,
+                           SamplingParams(max_tokens=OUTPUT_LEN, temperature=0.0, ignore_eos=True))
         while not any(delta.token_ids for delta in engine.step()):
             pass
         phases.mark("first_token")
@@ -252,4 +154,18 @@ def _in_process_run(args: argparse.Namespace, spec: ModelSpec) -> ColdStart:
     return ColdStart("in-process", points[-1].at_s, points,
                      notes={"source": config.model, "load_format": config.load_format,
                             "device": str(engine.runner.device), "dtype": str(engine.runner.dtype),
-                            "num_kv_blocks": str(engine.runner.num_blocks)})
+                            "num_kv_blocks": str(engine.runner.num_blocks),
+                            "cuda_graphs": str(engine.runner.graphs is not None)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pagefleet.platform.cli.bench_coldstart ARGS`: this command alone, without the
+    other CLI commands' imports (a GPU host has no gateway dependencies)."""
+    parser = argparse.ArgumentParser(prog="pagefleet bench")
+    register(parser.add_subparsers())
+    args = parser.parse_args(["coldstart", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
