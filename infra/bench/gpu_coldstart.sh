@@ -3,20 +3,11 @@
 # coldstart --in-process` for Llama-3.1-8B shapes with dummy weights, each run in a fresh
 # process (imports, CUDA context, weights, memory profile, KV cache, CUDA graphs, first token),
 # with and without CUDA graphs so the capture's share is visible. No Redis, gateway or
-# controller is needed. Carries msgspec/gguf wheels in .whl/ if missing (see gpu_engine.sh).
+# controller is needed. Carries msgspec/gguf wheels in .whl/ if missing (gpu_env.sh).
 # Usage: infra/bench/gpu_coldstart.sh OUT_DIR [RUNS]
 set -uo pipefail
 out=${1:-/tmp/pf-coldstart}; runs=${2:-3}
-mkdir -p "$out"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/msgspec-*.whl .whl/gguf-*.whl
-  export PYTHONPATH=/tmp/site
-fi
-mkdir -p /tmp/pf/pagefleet
-for d in kernels workers platform; do ln -sfn "$PWD/$d" "/tmp/pf/pagefleet/$d"; done
-export PYTHONPATH=/tmp/pf:$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/device.txt"
-python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$out/device.txt"
+source "$(dirname "$0")/gpu_env.sh"
 
 coldstart() {  # pagefleet bench coldstart --in-process ARGS..., without the other CLI commands
   python3 -m pagefleet.platform.cli.bench_coldstart --in-process --runs "$runs" "$@"
