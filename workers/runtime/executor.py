@@ -90,7 +90,7 @@ class Executor:
             return
         if self.phases is not None and not self.phases.reached("first_pull"):
             self.phases.mark("first_pull")
-            await self.phases.flush(self.redis)
+            self.phases.publish_soon(self.redis)
         fresh = []
         for entry in entries:
             if entry.request_id in self.active:  # already ours (a duplicate claim): just ack
@@ -228,7 +228,7 @@ class Executor:
                     self.writer.emit(request_id, event)
                     if first_token_at is None and event.token_ids:
                         first_token_at = time.time()
-                        await self._first_token(first_token_at)
+                        self._first_token(first_token_at)
                         if not request.claimed:
                             self.metrics.ttft.observe(first_token_at - envelope.created_at)
                 if transcript.all_finished:
@@ -240,10 +240,10 @@ class Executor:
         if first_token_at is not None and generated > 1:
             self.metrics.tpot.observe((done_at - first_token_at) / (generated - 1))
 
-    async def _first_token(self, at: float) -> None:
+    def _first_token(self, at: float) -> None:
         if self.phases is not None and not self.phases.reached("first_token"):
             self.phases.mark("first_token", at)
-            await self.phases.flush(self.redis)
+            self.phases.publish_soon(self.redis)
 
     async def _finish_job(self, request: ActiveRequest, transcript: Transcript) -> None:
         envelope = request.entry.envelope

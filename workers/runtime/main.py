@@ -113,6 +113,7 @@ class Worker:
             await server.close()
             if self.engine is not None:
                 self.engine.shutdown()
+            await self.phases.published(_SHUTDOWN_REDIS_S)
             await self.redis.aclose()
         return 0
 
@@ -138,7 +139,7 @@ class Worker:
             self.state = "ready"
             await self._beat(beats)
             log.info("worker %s ready for model %s", settings.worker_id, settings.model)
-            await self.phases.flush(self.redis)
+            self.phases.publish_soon(self.redis)
             await asyncio.gather(puller.run(), recovery.run())
             self.state = "draining"
             await self._beat(beats)

@@ -4,11 +4,14 @@ The log line is for operators (`phase {"phase": "weights_loaded", ...}` in the w
 the stream (`keys.phase_stream`) is for `pagefleet bench coldstart` and the tests, which read
 the same timestamps. Each phase is marked once per worker lifetime, the first time it is
 reached. Publishing is best effort: a phase that cannot be written now is written with the
-next flush, and a cold start is never slowed or failed by its own bookkeeping.
+next flush; publishing runs in the background (`publish_soon`), so a cold start is never slowed
+or failed by its own bookkeeping.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -52,6 +55,7 @@ class PhaseRecorder:
         self.log = PhaseLog()
         self._seen: set[str] = set()
         self._unpublished: list[PhaseEvent] = []
+        self._publishing: asyncio.Task[None] | None = None
         self.mark("spawned", spawned_at, cpu_at_spawn)
 
     def mark(self, name: str, at: float | None = None, cpu_s: float | None = None) -> None:
@@ -74,6 +78,24 @@ class PhaseRecorder:
 
     def reached(self, name: str) -> bool:
         return name in self._seen
+
+    def publish_soon(self, redis: aioredis.Redis) -> None:
+        """Publish what is marked in the background, after any earlier publish (the stream keeps
+        the phases in order): serving never waits on this bookkeeping, even in a Redis outage."""
+        previous = self._publishing
+
+        async def publish() -> None:
+            if previous is not None:
+                await previous
+            await self.flush(redis)
+
+        self._publishing = asyncio.get_running_loop().create_task(publish())
+
+    async def published(self, timeout_s: float) -> None:
+        """Wait (at most `timeout_s`) for the background publishing, before Redis is closed."""
+        if self._publishing is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._publishing), timeout_s)
 
     async def flush(self, redis: aioredis.Redis) -> None:
         if not self._unpublished:
