@@ -4,16 +4,7 @@
 # Usage: infra/bench/gpu_engine.sh OUT_DIR [quick|tp|profile|compare|moe|fp8|final|int4|fixed|extra]
 set -uo pipefail
 out=${1:-/tmp/pf-bench}; mode=${2:-full}
-mkdir -p "$out"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/msgspec-*.whl .whl/gguf-*.whl
-  export PYTHONPATH=/tmp/site
-fi
-mkdir -p /tmp/pf/pagefleet
-for d in kernels workers platform; do ln -sfn "$PWD/$d" "/tmp/pf/pagefleet/$d"; done
-export PYTHONPATH=/tmp/pf:$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/device.txt"
-python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$out/device.txt"
+source "$(dirname "$0")/gpu_env.sh"
 
 bench() {  # pagefleet bench engine ARGS..., without loading the other CLI commands
   python3 infra/bench/bench_engine_main.py "$@"

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from pagefleet.platform.protocol.phases import PhaseLog
 from pagefleet.platform.protocol.sampling import SamplingParams
 from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.engine.errors import PromptTooLargeError
@@ -90,14 +91,19 @@ class _Sink:
 
 
 class AsyncEngine:
-    def __init__(self, config: EngineConfig) -> None:
-        self.engine = LLMEngine(config)
+    def __init__(self, config: EngineConfig, tokenizer: Any | None = None) -> None:
+        self.engine = LLMEngine(config, tokenizer)
         self._commands: queue.SimpleQueue[_Add | _Abort | _Stop] = queue.SimpleQueue()
         self._sinks: dict[str, _Sink] = {}
         self._stats = self.engine.stats()
         self._tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pagefleet-tokenize")
         self._thread = threading.Thread(target=self._loop, name="pagefleet-engine", daemon=True)
         self._thread.start()
+
+    @property
+    def phases(self) -> PhaseLog:
+        """The readiness phases the engine reached while it was built."""
+        return self.engine.phases
 
     @property
     def tokenizer(self):
