@@ -47,7 +47,9 @@ async def _redis_lifespan(app: Litestar) -> AsyncIterator[None]:
     hub = ResultHub.connect(lambda: reader_client(settings), client, settings.result_readers,
                             settings.result_buffer_events)
     max_model_lens = {name: spec.engine.max_model_len for name, spec in state.registry.models.items()}
-    completions = CompletionService(broker, hub, settings, max_model_lens, state.metrics)
+    tool_parsers = {name: spec.tool_parser for name, spec in state.registry.models.items()}
+    completions = CompletionService(broker, hub, settings, max_model_lens, state.metrics,
+                                    tool_parsers)
     state.broker = broker
     state.hub = hub
     state.completions = completions

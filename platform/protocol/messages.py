@@ -12,6 +12,7 @@ from typing import Literal
 import msgspec
 
 from pagefleet.platform.protocol.sampling import SamplingParams
+from pagefleet.platform.protocol.tools import ToolSpec
 
 RequestKind = Literal["completion", "chat"]
 WorkerState = Literal["starting", "ready", "draining"]
@@ -23,9 +24,22 @@ FinishReason = Literal["stop", "length", "abort"]
 
 
 class ChatMessage(msgspec.Struct, forbid_unknown_fields=False):
+    """A message as the chat template sees it; `tool_calls` (OpenAI's objects, arguments as
+    parsed JSON) on assistant messages, `tool_call_id` on tool results."""
+
     role: str
     content: str | list[dict] | None = None
     name: str | None = None
+    tool_calls: list[dict] | None = None
+    tool_call_id: str | None = None
+
+
+class ChatOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How the chat template ends the prompt: open an assistant turn (the default), or leave
+    the final (assistant) message open for the model to continue."""
+
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
 
 
 class RequestEnvelope(msgspec.Struct, kw_only=True):
@@ -45,6 +59,8 @@ class RequestEnvelope(msgspec.Struct, kw_only=True):
     deadline: float | None = None
     owner: str | None = None
     job_id: str | None = None
+    tools: ToolSpec | None = None
+    chat_options: ChatOptions | None = None
 
     def __post_init__(self) -> None:
         if self.kind == "chat" and not self.messages:

@@ -62,9 +62,37 @@ class ChatLogprobs(msgspec.Struct):
     content: list[ChatTokenLogprob] | None
 
 
-class AssistantMessage(msgspec.Struct):
-    role: Literal["assistant"] = "assistant"
-    content: str | None = None
+class FunctionCall(msgspec.Struct):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(msgspec.Struct):
+    id: str
+    function: FunctionCall
+    type: Literal["function"] = "function"
+
+
+class AssistantMessage(msgspec.Struct, omit_defaults=True):
+    """`tool_calls` is left out when there are none; `content` is null beside tool calls."""
+
+    role: Literal["assistant"]
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
+
+
+class FunctionDelta(msgspec.Struct, omit_defaults=True):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(msgspec.Struct, omit_defaults=True):
+    """A piece of a streamed tool call: the first of a call carries its id, type and name."""
+
+    index: int
+    function: FunctionDelta
+    id: str | None = None
+    type: Literal["function"] | None = None
 
 
 class ChatChoice(msgspec.Struct):
@@ -83,6 +111,7 @@ class ChatCompletion(_Response):
 class ChatDelta(msgspec.Struct, omit_defaults=True):
     role: str | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(msgspec.Struct):
@@ -106,11 +135,13 @@ CompletionChunk = Completion
 @dataclass(frozen=True, slots=True)
 class FinishedChoice:
     """One choice of a finished request: its text, its token logprobs (None when the request
-    did not ask for them) and why it stopped."""
+    did not ask for them) and why it stopped; with tool calls parsed out of the text, `text`
+    is what remains as content (None: nothing)."""
 
-    text: str
+    text: str | None
     logprobs: list[TokenLogprob] | None
     finish_reason: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 def token_bytes(token: str) -> list[int]:
@@ -148,7 +179,7 @@ def completion_logprobs(logprobs: list[TokenLogprob], chars_before: int = 0) -> 
 def chat_completion(response_id: str, created: int, model: str,
                     choices: Sequence[FinishedChoice], usage: Usage) -> ChatCompletion:
     return ChatCompletion(id=response_id, created=created, model=model, usage=usage, choices=[
-        ChatChoice(index=i, message=AssistantMessage(content=c.text),
+        ChatChoice(index=i, message=AssistantMessage("assistant", c.text, c.tool_calls),
                    logprobs=None if c.logprobs is None else chat_logprobs(c.logprobs),
                    finish_reason=c.finish_reason)
         for i, c in enumerate(choices)])

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from pagefleet.platform.protocol.tools import DEFAULT_TOOL_PARSER, TOOL_PARSERS
+
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _LOAD_FORMATS = ("auto", "dummy")
 _ATTENTION_BACKENDS = ("torch", "triton")
@@ -194,18 +196,22 @@ class ScalingPolicy:
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """One servable model: what to load, with which engine settings, where, and how it scales."""
+    """One servable model: what to load, with which engine settings, where, and how it scales.
+    `tool_parser` names the format its tool calls come in (`hermes` or `llama3_json`)."""
 
     name: str
     source: str
     engine: EngineSettings = field(default_factory=EngineSettings)
     profile: GpuProfile = field(default_factory=GpuProfile)
     scaling: ScalingPolicy = field(default_factory=ScalingPolicy)
+    tool_parser: str = DEFAULT_TOOL_PARSER
 
     def __post_init__(self) -> None:
         _require(isinstance(self.name, str) and bool(MODEL_NAME.match(self.name)),
                  f"name must be lower-case letters, digits, '-' or '.' (at most 52), got {self.name!r}")
         _require(isinstance(self.source, str) and bool(self.source), f"source must be a non-empty string, got {self.source!r}")
+        _require(self.tool_parser in TOOL_PARSERS,
+                 f"tool_parser must be one of {TOOL_PARSERS}, got {self.tool_parser!r}")
         tp = self.engine.tensor_parallel_size
         _require(tp is None or tp == self.profile.tensor_parallel_size,
                  f"engine.tensor_parallel_size ({tp}) disagrees with profile.tensor_parallel_size "

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pagefleet.platform.protocol.messages import TokenLogprob, TopLogprob
 from pagefleet.platform.protocol.sampling import SamplingParams
 from pagefleet.workers.engine import tensor_parallel
+from pagefleet.workers.engine.chat_template import ChatPrompt, render_chat
 from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.engine.detokenizer import (
     IncrementalDetokenizer,
@@ -46,7 +47,7 @@ from pagefleet.workers.models.loader import load_tokenizer, resolve_model
 
 logger = logging.getLogger(__name__)
 
-Prompt = str | list[int] | list[dict]
+Prompt = str | list[int] | list[dict] | ChatPrompt
 
 
 @dataclass(slots=True, eq=False)
@@ -133,15 +134,9 @@ class LLMEngine:
                 raise ValueError("prompt must not be empty")
             return self.tokenizer.encode(prompt)
         if isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
-            try:
-                ids = self.tokenizer.apply_chat_template(
-                    prompt, add_generation_prompt=True, tokenize=True
-                )
-            except Exception as exc:  # jinja2 errors, missing keys: the request is at fault
-                raise ValueError(f"could not apply the chat template: {exc}") from exc
-            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-                ids = ids["input_ids"]
-            return list(ids)
+            prompt = ChatPrompt(prompt)
+        if isinstance(prompt, ChatPrompt):
+            return render_chat(self.tokenizer, prompt)
         raise ValueError("prompt must be a string, a list of token ids or a list of chat messages")
 
     def add_request(

@@ -22,7 +22,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pagefleet.platform.protocol import DeltaEvent, ErrorEvent, FinalEvent, ResultEvent, keys
+from pagefleet.platform.protocol.messages import ChatOptions
 from pagefleet.platform.protocol.resilience import RedisOutages, retry_transient
+from pagefleet.workers.engine.chat_template import ChatPrompt
 from pagefleet.workers.engine.errors import PromptTooLongError
 from pagefleet.workers.runtime.engine_port import EngineClient, EnginePrompt
 from pagefleet.workers.runtime.jobs import JobUpdater
@@ -56,9 +58,15 @@ def _error_for(exc: ValueError, kind: str) -> ErrorEvent:
 
 def _prompt(entry: PulledEntry) -> EnginePrompt:
     envelope = entry.envelope
-    if envelope.kind == "chat":
-        return [msgspec.to_builtins(m) for m in envelope.messages]
-    return envelope.prompt
+    if envelope.kind != "chat":
+        return envelope.prompt
+    messages = [msgspec.to_builtins(m) for m in envelope.messages]
+    if envelope.tools is None and envelope.chat_options is None:
+        return messages
+    options = envelope.chat_options or ChatOptions()
+    return ChatPrompt(messages, tools=envelope.tools.tools if envelope.tools else None,
+                      add_generation_prompt=options.add_generation_prompt,
+                      continue_final_message=options.continue_final_message)
 
 
 class Executor:

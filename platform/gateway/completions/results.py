@@ -8,6 +8,7 @@ is dropped, so clients see each token once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 from pagefleet.platform.gateway.completions.params import PreparedRequest
 from pagefleet.platform.protocol import DeltaEvent, FinalEvent, TokenLogprob, Usage
@@ -25,6 +26,8 @@ from pagefleet.platform.protocol.openai import (
     completion,
     completion_logprobs,
 )
+from pagefleet.platform.protocol.tool_parsers import StreamPiece, ToolCallStream, finished_choice
+from pagefleet.platform.protocol.tools import call_id
 
 
 @dataclass(slots=True)
@@ -34,6 +37,7 @@ class ChoiceState:
     num_chars: int = 0  # of token texts, for completions' text_offset
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
+    tools: ToolCallStream | None = None  # chat with tools: splits text into content and calls
 
 
 class ResultAccumulator:
@@ -42,7 +46,9 @@ class ResultAccumulator:
     def __init__(self, prepared: PreparedRequest) -> None:
         self.prepared = prepared
         num_choices = prepared.n * len(prepared.envelopes)
-        self.choices = [ChoiceState() for _ in range(num_choices)]
+        self.tool_spec = prepared.envelopes[0].tools if prepared.kind == "chat" else None
+        self.choices = [ChoiceState(tools=None if self.tool_spec is None else ToolCallStream(
+                            self.tool_spec, self._call_ids(i))) for i in range(num_choices)]
         self.usage = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
 
     def choice_index(self, source: int, index: int) -> int:
@@ -89,9 +95,13 @@ class ResultAccumulator:
         p = self.prepared
         return completion(p.response_id, p.created, p.model, self._finished(), self.usage)
 
+    def _call_ids(self, index: int) -> partial[str]:
+        return partial(call_id, self.prepared.response_id, index)
+
     def _finished(self) -> list[FinishedChoice]:
-        return [FinishedChoice("".join(s.texts), s.logprobs if self.prepared.logprobs else None,
-                               s.finish_reason) for s in self.choices]
+        return [finished_choice("".join(s.texts), s.logprobs if self.prepared.logprobs else None,
+                                s.finish_reason, self.tool_spec, self._call_ids(i))
+                for i, s in enumerate(self.choices)]
 
     def response(self) -> ChatCompletion | Completion:
         return self.chat_completion() if self.prepared.kind == "chat" else self.completion()
@@ -105,26 +115,48 @@ class ResultAccumulator:
         return [self._chat_chunk(ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content="")))
                 for i in range(len(self.choices))]
 
-    def delta_chunk(self, source: int, delta: DeltaEvent) -> ChatCompletionChunk | CompletionChunk:
-        """The chunk of a delta already recorded by `add_delta`."""
+    def delta_chunks(self, source: int, delta: DeltaEvent) -> list[ChatCompletionChunk | CompletionChunk]:
+        """The chunks of a delta already recorded by `add_delta` (none while a tool call is
+        being held back)."""
         index = self.choice_index(source, delta.index)
         p = self.prepared
         if p.kind == "chat":
             logprobs = chat_logprobs(delta.logprobs or []) if p.logprobs else None
-            return self._chat_chunk(ChatChunkChoice(index=index, delta=ChatDelta(content=delta.text),
-                                                    logprobs=logprobs,
-                                                    finish_reason=delta.finish_reason))
+            tools = self.choices[index].tools
+            if tools is None:
+                return [self._chat_chunk(ChatChunkChoice(index=index, delta=ChatDelta(content=delta.text),
+                                                         logprobs=logprobs,
+                                                         finish_reason=delta.finish_reason))]
+            piece = tools.feed(delta.text)
+            reason = delta.finish_reason
+            if reason is not None:
+                rest = tools.finish()
+                piece = StreamPiece(piece.content + rest.content, piece.calls + rest.calls)
+                reason = tools.finish_reason(reason)
+            if not (piece.content or piece.calls or reason or logprobs):
+                return []
+            return [self._chat_chunk(ChatChunkChoice(index=index, delta=_piece_delta(piece),
+                                                     logprobs=logprobs, finish_reason=reason))]
         chars_before = self.choices[index].num_chars - sum(len(lp.token) for lp in delta.logprobs or [])
         logprobs = completion_logprobs(delta.logprobs or [], chars_before) if p.logprobs else None
-        return self._completion_chunk(CompletionChoice(index=index, text=delta.text, logprobs=logprobs,
-                                                       finish_reason=delta.finish_reason))
+        return [self._completion_chunk(CompletionChoice(index=index, text=delta.text, logprobs=logprobs,
+                                                        finish_reason=delta.finish_reason))]
 
-    def finish_chunk(self, index: int) -> ChatCompletionChunk | CompletionChunk:
+    def finish_chunks(self, index: int) -> list[ChatCompletionChunk | CompletionChunk]:
+        """The chunks that finish a choice: what a tool-call stream still held, then the reason."""
         reason = self.choices[index].finish_reason
-        if self.prepared.kind == "chat":
-            return self._chat_chunk(ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=reason))
-        return self._completion_chunk(CompletionChoice(index=index, text="", logprobs=None,
-                                                       finish_reason=reason))
+        if self.prepared.kind != "chat":
+            return [self._completion_chunk(CompletionChoice(index=index, text="", logprobs=None,
+                                                            finish_reason=reason))]
+        chunks: list[ChatCompletionChunk | CompletionChunk] = []
+        tools = self.choices[index].tools
+        if tools is not None:
+            piece = tools.finish()
+            if piece.content or piece.calls:
+                chunks.append(self._chat_chunk(ChatChunkChoice(index=index, delta=_piece_delta(piece))))
+            reason = tools.finish_reason(reason)
+        chunks.append(self._chat_chunk(ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=reason)))
+        return chunks
 
     def usage_chunk(self) -> ChatCompletionChunk | CompletionChunk:
         p = self.prepared
@@ -139,3 +171,7 @@ class ResultAccumulator:
         p = self.prepared
         return CompletionChunk(id=p.response_id, created=p.created, model=p.model, choices=[choice])
 
+
+
+def _piece_delta(piece: StreamPiece) -> ChatDelta:
+    return ChatDelta(content=piece.content or None, tool_calls=piece.calls or None)

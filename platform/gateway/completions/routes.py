@@ -33,7 +33,8 @@ class CompletionsRoutes(Controller):
                                        "chunks when stream is true"), **_ERRORS})
     async def chat(self, data: JSONBody[ChatCompletionRequest], completions: NamedDependency[CompletionService],
                    owner: NamedDependency[str], request: Request) -> Response | Stream:
-        prepared = prepare_chat(data, completions.context("chatcmpl", owner))
+        prepared = prepare_chat(data, completions.context("chatcmpl", owner),
+                                completions.tool_parser(data.model))
         return await completions.run(prepared, request.receive)
 
     @post("/completions", status_code=200,

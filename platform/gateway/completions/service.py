@@ -46,6 +46,7 @@ from pagefleet.platform.gateway.errors import (
 from pagefleet.platform.gateway.metrics import GatewayMetrics
 from pagefleet.platform.gateway.settings import GatewaySettings
 from pagefleet.platform.protocol import DeltaEvent, ErrorEvent, FinalEvent, RequestEnvelope, keys
+from pagefleet.platform.protocol.tools import DEFAULT_TOOL_PARSER, ToolParserName
 
 logger = logging.getLogger(__name__)
 
@@ -76,17 +77,23 @@ def sse(payload: msgspec.Struct) -> bytes:
 class CompletionService:
     """Admission (model known, prompt can fit, bounds not reached), queueing and answering.
 
-    `max_model_lens` maps each served model to its context length (None: unknown).
+    `max_model_lens` maps each served model to its context length (None: unknown) and
+    `tool_parsers` to the format of its tool calls (the registry's `tool_parser`).
     """
 
     def __init__(self, broker: Broker, hub: ResultHub, settings: GatewaySettings,
-                 max_model_lens: dict[str, int | None], metrics: GatewayMetrics) -> None:
+                 max_model_lens: dict[str, int | None], metrics: GatewayMetrics,
+                 tool_parsers: dict[str, ToolParserName] | None = None) -> None:
+        self.tool_parsers = tool_parsers or {}
         self.broker = broker
         self.hub = hub
         self.settings = settings
         self.models = frozenset(max_model_lens)
         self.max_model_lens = max_model_lens
         self.metrics = metrics
+
+    def tool_parser(self, model: str) -> ToolParserName:
+        return self.tool_parsers.get(model, DEFAULT_TOOL_PARSER)
 
     def context(self, prefix: str, owner: str, *, job_id: str | None = None,
                 deadline: bool = True) -> RequestContext:
@@ -241,10 +248,12 @@ class CompletionService:
                             first_token_seen = True
                             self.metrics.observe_ttft(
                                 prepared.model, time.time() - prepared.envelopes[0].created_at)
-                        yield sse(accumulator.delta_chunk(pending.source, event))
+                        for chunk in accumulator.delta_chunks(pending.source, event):
+                            yield sse(chunk)
                 elif isinstance(event, FinalEvent):
                     for index in accumulator.add_final(pending.source, event):
-                        yield sse(accumulator.finish_chunk(index))
+                        for chunk in accumulator.finish_chunks(index):
+                            yield sse(chunk)
                 else:
                     yield _error_chunk(event_error(event).body)
                     break

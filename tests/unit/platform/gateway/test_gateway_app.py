@@ -84,9 +84,9 @@ CHAT = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content
 
 
 @pytest.mark.parametrize(("extra", "param"), [
-    ({"tools": []}, "tools"),
-    ({"parallel_tool_calls": True}, "parallel_tool_calls"),
-    ({"messages": [{"role": "user", "content": "x", "tool_call_id": "c"}]}, "messages[0].tool_call_id"),
+    ({"functions": []}, "functions"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "extra": 1}}]}, "tools[0].function.extra"),
+    ({"messages": [{"role": "user", "content": "x", "audio": {}}]}, "messages[0].audio"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {},
                                                                 "extra": 1}}},
      "response_format.json_schema.extra"),
