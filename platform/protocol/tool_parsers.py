@@ -171,6 +171,8 @@ class ToolCallStream:
         start, keep = self._call_start()
         self.holding = start is not None
         end = start if start is not None else len(self.text) - keep
+        if self.num_sent == 0 and not self.text[:end].strip():
+            return StreamPiece()  # leading whitespace: content only if text follows
         piece = StreamPiece(content=self.text[self.num_sent:end])
         self.num_sent = max(self.num_sent, end)
         return piece
