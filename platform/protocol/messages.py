@@ -94,6 +94,7 @@ class DeltaEvent(msgspec.Struct, tag_field="event", tag="delta", kw_only=True):
     text: str
     logprobs: list[TokenLogprob] | None = None
     finish_reason: FinishReason | None = None
+    num_prompt_tokens: int | None = None  # for usage while streaming (continuous_usage_stats)
 
 
 class Usage(msgspec.Struct):

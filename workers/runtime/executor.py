@@ -226,7 +226,8 @@ class Executor:
                 transcript.num_prompt_tokens = delta.num_prompt_tokens
                 event = DeltaEvent(index=delta.index, offset=delta.offset,
                                    token_ids=list(delta.token_ids), text=delta.text,
-                                   logprobs=delta.logprobs, finish_reason=delta.finish_reason)
+                                   logprobs=delta.logprobs, finish_reason=delta.finish_reason,
+                                   num_prompt_tokens=delta.num_prompt_tokens)
                 if transcript.add(event):
                     self.writer.emit(request_id, event)
                     if first_token_at is None and event.token_ids:

@@ -57,6 +57,7 @@ class PreparedRequest:
     stream: bool
     include_usage: bool
     logprobs: bool
+    continuous_usage: bool = False
 
     @property
     def request_ids(self) -> list[str]:
@@ -170,6 +171,7 @@ def _prepared(body: SamplingFields, kind: RequestKind, envelopes: list[RequestEn
         response_id=context.response_id, model=body.model, kind=kind, envelopes=envelopes,
         n=body.num_choices, created=int(context.created_at), stream=bool(body.stream),
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        continuous_usage=bool(body.stream_options and body.stream_options.continuous_usage_stats),
         logprobs=logprobs,
     )
 

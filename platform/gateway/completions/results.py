@@ -50,6 +50,7 @@ class ResultAccumulator:
         self.choices = [ChoiceState(tools=None if self.tool_spec is None else ToolCallStream(
                             self.tool_spec, self._call_ids(i))) for i in range(num_choices)]
         self.usage = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+        self.num_prompt_tokens: dict[int, int] = {}  # per sub-request, from its deltas
 
     def choice_index(self, source: int, index: int) -> int:
         return source * self.prepared.n + index
@@ -62,6 +63,8 @@ class ResultAccumulator:
         state = self.choices[index]
         if delta.offset < state.num_tokens:
             return None
+        if delta.num_prompt_tokens is not None:
+            self.num_prompt_tokens[source] = delta.num_prompt_tokens
         state.texts.append(delta.text)
         state.num_tokens = delta.offset + len(delta.token_ids)
         state.logprobs.extend(delta.logprobs or [])
@@ -163,13 +166,23 @@ class ResultAccumulator:
         cls = ChatCompletionChunk if p.kind == "chat" else CompletionChunk
         return cls(id=p.response_id, created=p.created, model=p.model, choices=[], usage=self.usage)
 
+    def running_usage(self) -> Usage | None:
+        """Usage so far, for every chunk of a stream with `continuous_usage_stats`."""
+        if not self.prepared.continuous_usage:
+            return None
+        prompt = sum(self.num_prompt_tokens.values())
+        completion = sum(state.num_tokens for state in self.choices)
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
     def _chat_chunk(self, choice: ChatChunkChoice) -> ChatCompletionChunk:
         p = self.prepared
-        return ChatCompletionChunk(id=p.response_id, created=p.created, model=p.model, choices=[choice])
+        return ChatCompletionChunk(id=p.response_id, created=p.created, model=p.model, choices=[choice],
+                                   usage=self.running_usage())
 
     def _completion_chunk(self, choice: CompletionChoice) -> CompletionChunk:
         p = self.prepared
-        return CompletionChunk(id=p.response_id, created=p.created, model=p.model, choices=[choice])
+        return CompletionChunk(id=p.response_id, created=p.created, model=p.model, choices=[choice],
+                               usage=self.running_usage())
 
 
 

@@ -33,6 +33,7 @@ VENDOR_EXTENSIONS = (
 
 class StreamOptions(msgspec.Struct, forbid_unknown_fields=True):
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's: usage so far in every chunk
 
 
 class JsonSchemaFormat(msgspec.Struct, forbid_unknown_fields=True):

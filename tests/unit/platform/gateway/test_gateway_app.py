@@ -90,8 +90,8 @@ CHAT = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {},
                                                                 "extra": 1}}},
      "response_format.json_schema.extra"),
-    ({"stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}},
-     "stream_options.continuous_usage_stats"),
+    ({"stream": True, "stream_options": {"include_usage": True, "usage_every": 2}},
+     "stream_options.usage_every"),
 ])
 def test_unimplemented_fields_are_400_naming_the_field(client: TestClient, extra: dict, param: str) -> None:
     """No silent ignores: a field the gateway would not honour is refused, as OpenAI refuses
