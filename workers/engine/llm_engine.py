@@ -147,6 +147,9 @@ class LLMEngine:
         if request_id in self.requests:
             raise DuplicateRequestError(f"request {request_id!r} is already running")
         prompt_ids = self.tokenize(prompt)
+        if params.truncate_prompt_tokens is not None:  # -1: as much as the context holds
+            keep = params.truncate_prompt_tokens if params.truncate_prompt_tokens > 0 else self.max_model_len
+            prompt_ids = prompt_ids[-keep:]
         room = self.max_model_len - len(prompt_ids)
         max_tokens = params.max_tokens if params.max_tokens is not None else room
         if room < 1 or max_tokens > room:

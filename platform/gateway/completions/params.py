@@ -72,7 +72,8 @@ def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int 
                     if getattr(body, name) is not None}
     if body.top_k is not None:
         kwargs["top_k"] = body.top_k
-    for name in ("ignore_eos", "min_tokens", "skip_special_tokens", "include_stop_str_in_output"):
+    for name in ("ignore_eos", "min_tokens", "skip_special_tokens", "include_stop_str_in_output",
+                 "truncate_prompt_tokens"):
         if getattr(body, name) is not None:
             kwargs[name] = getattr(body, name)
     try:

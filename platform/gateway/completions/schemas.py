@@ -28,6 +28,7 @@ VENDOR_EXTENSIONS = (
     "top_k", "min_p", "repetition_penalty", "ignore_eos", "stop_token_ids", "min_tokens",
     "skip_special_tokens", "include_stop_str_in_output", "guided_json", "guided_regex",
     "guided_choice", "guided_grammar", "add_generation_prompt", "continue_final_message",
+    "truncate_prompt_tokens",
 )
 
 
@@ -76,6 +77,7 @@ class SamplingFields(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
+    truncate_prompt_tokens: Int64 | None = None
 
     @property
     def num_choices(self) -> int:
