@@ -61,6 +61,8 @@ class RequestEnvelope(msgspec.Struct, kw_only=True):
     job_id: str | None = None
     tools: ToolSpec | None = None
     chat_options: ChatOptions | None = None
+    return_token_ids: bool = False  # the worker sends the prompt's token ids back
+    echo: bool = False  # a completion's answer starts with its (text) prompt
 
     def __post_init__(self) -> None:
         if self.kind == "chat" and not self.messages:
@@ -95,6 +97,10 @@ class DeltaEvent(msgspec.Struct, tag_field="event", tag="delta", kw_only=True):
     logprobs: list[TokenLogprob] | None = None
     finish_reason: FinishReason | None = None
     num_prompt_tokens: int | None = None  # for usage while streaming (continuous_usage_stats)
+    # First delta of choice 0, when asked for: the prompt's ids (return_token_ids) and its
+    # logprobs (prompt_logprobs, echo); entry 0 only names the first token (nothing predicts it).
+    prompt_token_ids: list[int] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 class Usage(msgspec.Struct):

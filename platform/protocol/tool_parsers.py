@@ -22,6 +22,7 @@ from pagefleet.platform.protocol.openai import (
     FinishedChoice,
     FunctionCall,
     FunctionDelta,
+    PromptPart,
     ToolCall,
     ToolCallDelta,
 )
@@ -122,15 +123,14 @@ def finish_reason(reason: str | None, num_calls: int) -> str | None:
 
 
 def finished_choice(text: str, logprobs: list[TokenLogprob] | None, reason: str | None,
-                    spec: ToolSpec | None, ids: Callable[[int], str]) -> FinishedChoice:
+                    spec: ToolSpec | None, ids: Callable[[int], str],
+                    token_ids: list[int] | None = None, prompt: PromptPart | None = None) -> FinishedChoice:
     """A finished choice as answered: with `spec`, its tool calls parsed out of the text."""
-    if spec is None:
-        return FinishedChoice(text, logprobs, reason)
-    parsed = parse_output(text, spec)
-    if not parsed.calls:
-        return FinishedChoice(text, logprobs, reason)
+    parsed = parse_output(text, spec) if spec is not None else None
+    if parsed is None or not parsed.calls:
+        return FinishedChoice(text, logprobs, reason, None, token_ids, prompt)
     return FinishedChoice(parsed.content, logprobs, finish_reason(reason, len(parsed.calls)),
-                          tool_calls(parsed, ids))
+                          tool_calls(parsed, ids), token_ids, prompt)
 
 
 @dataclass(slots=True)

@@ -227,7 +227,9 @@ class Executor:
                 event = DeltaEvent(index=delta.index, offset=delta.offset,
                                    token_ids=list(delta.token_ids), text=delta.text,
                                    logprobs=delta.logprobs, finish_reason=delta.finish_reason,
-                                   num_prompt_tokens=delta.num_prompt_tokens)
+                                   num_prompt_tokens=delta.num_prompt_tokens,
+                                   prompt_logprobs=delta.prompt_logprobs,
+                                   prompt_token_ids=delta.prompt_token_ids if envelope.return_token_ids else None)
                 if transcript.add(event):
                     self.writer.emit(request_id, event)
                     if first_token_at is None and event.token_ids:

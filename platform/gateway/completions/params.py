@@ -73,7 +73,7 @@ def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int 
     if body.top_k is not None:
         kwargs["top_k"] = body.top_k
     for name in ("ignore_eos", "min_tokens", "skip_special_tokens", "include_stop_str_in_output",
-                 "truncate_prompt_tokens"):
+                 "truncate_prompt_tokens", "prompt_logprobs"):
         if getattr(body, name) is not None:
             kwargs[name] = getattr(body, name)
     try:
@@ -178,18 +178,22 @@ def _prepared(body: SamplingFields, kind: RequestKind, envelopes: list[RequestEn
 
 
 def prepare_completion(body: CompletionRequest, context: RequestContext) -> PreparedRequest:
-    if body.echo:
-        raise bad_request("echo is not supported", param="echo")
     if body.suffix:
         raise bad_request("suffix is not supported", param="suffix")
     prompts = prompt_list(body.prompt)
     _check_common(body, len(prompts), context)
+    if body.echo and not all(isinstance(p, str) for p in prompts):
+        raise bad_request("echo needs text prompts (token id prompts have no text to echo)",
+                          param="echo")
     params = sampling_params(body, body.max_tokens, body.logprobs)
+    if body.echo and body.logprobs is not None and params.prompt_logprobs is None:
+        params = msgspec.structs.replace(params, prompt_logprobs=body.logprobs)  # echo's logprobs
     envelopes = [
         RequestEnvelope(
             request_id=f"{context.response_id}-{k}", model=body.model, kind="completion",
             params=params, prompt=prompt, created_at=context.created_at,
             deadline=context.deadline, owner=context.owner, job_id=context.job_id,
+            return_token_ids=bool(body.return_token_ids), echo=bool(body.echo),
         )
         for k, prompt in enumerate(prompts)
     ]
@@ -283,5 +287,6 @@ def prepare_chat(body: ChatCompletionRequest, context: RequestContext,
         request_id=context.response_id, model=body.model, kind="chat", params=params,
         messages=messages, created_at=context.created_at, deadline=context.deadline,
         owner=context.owner, job_id=context.job_id, tools=tools, chat_options=chat_options(body),
+        return_token_ids=bool(body.return_token_ids),
     )
     return _prepared(body, "chat", [envelope], context, bool(body.logprobs))

@@ -21,10 +21,14 @@ from pagefleet.platform.protocol.openai import (
     CompletionChoice,
     CompletionChunk,
     FinishedChoice,
+    PromptPart,
     chat_completion,
     chat_logprobs,
     completion,
     completion_logprobs,
+    echoed_logprobs,
+    extensions,
+    prompt_part,
 )
 from pagefleet.platform.protocol.tool_parsers import StreamPiece, ToolCallStream, finished_choice
 from pagefleet.platform.protocol.tools import call_id
@@ -38,6 +42,7 @@ class ChoiceState:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     tools: ToolCallStream | None = None  # chat with tools: splits text into content and calls
+    token_ids: list[int] = field(default_factory=list)
 
 
 class ResultAccumulator:
@@ -51,6 +56,8 @@ class ResultAccumulator:
                             self.tool_spec, self._call_ids(i))) for i in range(num_choices)]
         self.usage = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
         self.num_prompt_tokens: dict[int, int] = {}  # per sub-request, from its deltas
+        self.prompt_token_ids: dict[int, list[int]] = {}  # per sub-request, when asked for
+        self.prompt_logprobs: dict[int, list[TokenLogprob]] = {}
 
     def choice_index(self, source: int, index: int) -> int:
         return source * self.prepared.n + index
@@ -65,7 +72,12 @@ class ResultAccumulator:
             return None
         if delta.num_prompt_tokens is not None:
             self.num_prompt_tokens[source] = delta.num_prompt_tokens
+        if delta.prompt_token_ids is not None:
+            self.prompt_token_ids[source] = delta.prompt_token_ids
+        if delta.prompt_logprobs is not None:
+            self.prompt_logprobs[source] = delta.prompt_logprobs
         state.texts.append(delta.text)
+        state.token_ids.extend(delta.token_ids)
         state.num_tokens = delta.offset + len(delta.token_ids)
         state.logprobs.extend(delta.logprobs or [])
         state.num_chars += sum(len(lp.token) for lp in delta.logprobs or [])
@@ -101,9 +113,16 @@ class ResultAccumulator:
     def _call_ids(self, index: int) -> partial[str]:
         return partial(call_id, self.prepared.response_id, index)
 
+    def _prompt_part(self, source: int) -> PromptPart | None:
+        return prompt_part(self.prepared.envelopes[source], self.prompt_token_ids.get(source),
+                           self.prompt_logprobs.get(source))
+
     def _finished(self) -> list[FinishedChoice]:
-        return [finished_choice("".join(s.texts), s.logprobs if self.prepared.logprobs else None,
-                                s.finish_reason, self.tool_spec, self._call_ids(i))
+        p = self.prepared
+        return [finished_choice("".join(s.texts), s.logprobs if p.logprobs else None,
+                                s.finish_reason, self.tool_spec, self._call_ids(i),
+                                s.token_ids if p.envelopes[0].return_token_ids else None,
+                                self._prompt_part(i // p.n))
                 for i, s in enumerate(self.choices)]
 
     def response(self) -> ChatCompletion | Completion:
@@ -140,10 +159,27 @@ class ResultAccumulator:
                 return []
             return [self._chat_chunk(ChatChunkChoice(index=index, delta=_piece_delta(piece),
                                                      logprobs=logprobs, finish_reason=reason))]
+        chunks = self._echo_chunks(source, index) if delta.offset == 0 else []
         chars_before = self.choices[index].num_chars - sum(len(lp.token) for lp in delta.logprobs or [])
         logprobs = completion_logprobs(delta.logprobs or [], chars_before) if p.logprobs else None
-        return [self._completion_chunk(CompletionChoice(index=index, text=delta.text, logprobs=logprobs,
-                                                        finish_reason=delta.finish_reason))]
+        token_ids = list(delta.token_ids) if p.envelopes[source].return_token_ids else None
+        return [*chunks, self._completion_chunk(CompletionChoice(
+            index=index, text=delta.text, logprobs=logprobs, finish_reason=delta.finish_reason,
+            token_ids=token_ids))]
+
+    def _echo_chunks(self, source: int, index: int) -> list[CompletionChunk]:
+        """A streamed choice opens with its prompt when asked (echo, prompt ids or logprobs),
+        as vLLM streams it: one chunk before the first generated text."""
+        prompt = self._prompt_part(source)
+        if prompt is None:
+            return []
+        logprobs = None
+        if prompt.echo is not None and self.prepared.logprobs and prompt.logprobs:
+            logprobs = echoed_logprobs(prompt.logprobs, [])
+        self.choices[index].num_chars += sum(len(lp.token) for lp in prompt.logprobs or []) if logprobs else 0
+        choice = CompletionChoice(index=index, text=prompt.echo or "", logprobs=logprobs,
+                                  finish_reason=None, **extensions(FinishedChoice("", None, None, prompt=prompt)))
+        return [self._completion_chunk(choice)]
 
     def finish_chunks(self, index: int) -> list[ChatCompletionChunk | CompletionChunk]:
         """The chunks that finish a choice: what a tool-call stream still held, then the reason."""

@@ -28,7 +28,7 @@ VENDOR_EXTENSIONS = (
     "top_k", "min_p", "repetition_penalty", "ignore_eos", "stop_token_ids", "min_tokens",
     "skip_special_tokens", "include_stop_str_in_output", "guided_json", "guided_regex",
     "guided_choice", "guided_grammar", "add_generation_prompt", "continue_final_message",
-    "truncate_prompt_tokens",
+    "truncate_prompt_tokens", "prompt_logprobs", "return_token_ids",
 )
 
 
@@ -78,6 +78,8 @@ class SamplingFields(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
     truncate_prompt_tokens: Int64 | None = None
+    prompt_logprobs: Int64 | None = None
+    return_token_ids: bool | None = None
 
     @property
     def num_choices(self) -> int:

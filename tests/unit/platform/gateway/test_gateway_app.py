@@ -105,9 +105,9 @@ def test_unimplemented_fields_are_400_naming_the_field(client: TestClient, extra
 
 def test_unimplemented_completion_field_is_400(client: TestClient) -> None:
     response = client.post("/v1/completions", json={"model": "smollm2-135m-instruct", "prompt": "x",
-                                                    "truncate_prompt_tokens": 3})
+                                                    "best_of": 3})
     assert response.status_code == 400
-    assert error_of(response)["param"] == "truncate_prompt_tokens"
+    assert error_of(response)["param"] == "best_of"
 
 
 @pytest.mark.parametrize(("extra", "param"), [

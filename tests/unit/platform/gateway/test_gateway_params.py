@@ -61,7 +61,9 @@ def test_vllm_extras_reach_sampling_params() -> None:
 
 
 @pytest.mark.parametrize(("body", "param"), [
-    ({"echo": True}, "echo"),
+    ({"prompt": [1, 2], "echo": True}, "echo"),
+    ({"prompt_logprobs": 21}, "prompt_logprobs"),
+    ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
     ({"n": 0}, "n"),
     ({"n": 9}, "n"),  # over max_choices
     ({"temperature": -0.5}, "temperature"),
@@ -70,7 +72,7 @@ def test_vllm_extras_reach_sampling_params() -> None:
 ])
 def test_completion_rejections_name_the_field(body: dict, param: str) -> None:
     with pytest.raises(OpenAIError) as info:
-        prepare_completion(completion(prompt="x", **body), CONTEXT)
+        prepare_completion(completion(**{"prompt": "x", **body}), CONTEXT)
     assert (info.value.status, info.value.body.param) == (400, param)
 
 
@@ -183,3 +185,11 @@ def test_tool_history_and_template_options_travel_in_the_envelope() -> None:
     assert envelope.messages[1].tool_calls == [call] and envelope.messages[2].tool_call_id == "c1"
     assert (envelope.chat_options.add_generation_prompt, envelope.chat_options.continue_final_message) == (False, True)
     assert prepare_chat(chat(), CONTEXT).envelopes[0].chat_options is None
+
+
+def test_echo_with_logprobs_asks_the_worker_for_prompt_logprobs() -> None:
+    envelope = prepare_completion(completion(prompt="x y", echo=True, logprobs=2,
+                                             return_token_ids=True), CONTEXT).envelopes[0]
+    assert (envelope.echo, envelope.return_token_ids, envelope.params.prompt_logprobs) == (True, True, 2)
+    plain = prepare_completion(completion(prompt="x", echo=True), CONTEXT).envelopes[0]
+    assert plain.params.prompt_logprobs is None
