@@ -296,3 +296,28 @@ def test_continue_final_message_continues_the_assistant_text(stack: Stack) -> No
     fresh = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6,
                                            temperature=0)
     assert continued.usage.prompt_tokens < fresh.usage.prompt_tokens  # no closed turn, no new one
+
+
+def test_echo_prompt_logprobs_and_token_ids(stack: Stack) -> None:
+    """The echoed prompt's logprobs are the `prompt_logprobs` extension's (the engine test holds
+    those to transformers), the ids are the prompt's, and the stream echoes the same text."""
+    client = stack.client()
+    prompt = "The capital of France is"
+    whole = client.completions.create(model=MODEL, prompt=prompt, max_tokens=3, temperature=0,
+                                      echo=True, logprobs=1,
+                                      extra_body={"prompt_logprobs": 1, "return_token_ids": True})
+    choice = whole.choices[0]
+    extra = choice.model_extra
+    assert choice.text.startswith(prompt)
+    assert len(extra["prompt_token_ids"]) == whole.usage.prompt_tokens
+    assert len(extra["token_ids"]) == whole.usage.completion_tokens == 3
+    lps = choice.logprobs
+    num_prompt = whole.usage.prompt_tokens
+    assert lps.token_logprobs[0] is None and len(lps.tokens) == num_prompt + 3
+    assert extra["prompt_logprobs"][0] is None
+    for position, token_id in enumerate(extra["prompt_token_ids"][1:], start=1):
+        assert extra["prompt_logprobs"][position][str(token_id)]["logprob"] == pytest.approx(
+            lps.token_logprobs[position])
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=3, temperature=0, echo=True, stream=True) if c.choices)
+    assert streamed == choice.text
