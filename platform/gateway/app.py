@@ -33,6 +33,8 @@ from pagefleet.platform.gateway.jobs.routes import JobsRoutes
 from pagefleet.platform.gateway.jobs.service import JobService
 from pagefleet.platform.gateway.metrics import GatewayMetrics, MetricsMiddleware
 from pagefleet.platform.gateway.redis_clients import command_client, reader_client
+from pagefleet.platform.gateway.responses.routes import ResponsesRoutes
+from pagefleet.platform.gateway.responses.service import ResponsesService
 from pagefleet.platform.gateway.settings import GatewaySettings
 from pagefleet.platform.gateway.system.routes import SystemRoutes
 from pagefleet.platform.registry import load_registry
@@ -53,6 +55,7 @@ async def _redis_lifespan(app: Litestar) -> AsyncIterator[None]:
     state.broker = broker
     state.hub = hub
     state.completions = completions
+    state.responses = ResponsesService(completions, client, settings.job_retention_s)
     state.jobs = JobService(broker, completions, settings.job_retention_s,
                             settings.webhook_allow_private)
     hub.start()
@@ -77,10 +80,10 @@ def create_app(settings: GatewaySettings) -> Litestar:
                    "started_at": int(time.time())})
     dependencies = {name: _from_state(name) for name in
                     ("settings", "registry", "metrics", "started_at", "broker", "hub",
-                     "completions", "jobs", *BATCH_STATE)}
+                     "completions", "jobs", "responses", *BATCH_STATE)}
     dependencies["owner"] = Provide(provide_owner, sync_to_thread=False)
     return Litestar(
-        route_handlers=[CompletionsRoutes, CatalogRoutes, JobsRoutes, SystemRoutes,
+        route_handlers=[CompletionsRoutes, ResponsesRoutes, CatalogRoutes, JobsRoutes, SystemRoutes,
                         batch_router(settings), *console_handlers()],
         state=state,
         lifespan=[_redis_lifespan, batch_lifespan],

@@ -46,11 +46,12 @@ from pagefleet.platform.gateway.errors import (
 from pagefleet.platform.gateway.metrics import GatewayMetrics
 from pagefleet.platform.gateway.settings import GatewaySettings
 from pagefleet.platform.protocol import DeltaEvent, ErrorEvent, FinalEvent, RequestEnvelope, keys
+from pagefleet.platform.protocol.openai import ChatCompletion, Completion
 from pagefleet.platform.protocol.tools import DEFAULT_TOOL_PARSER, ToolParserName
 
 logger = logging.getLogger(__name__)
 
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _DONE = b"data: [DONE]\n\n"
 
 
@@ -139,23 +140,36 @@ class CompletionService:
 
     async def run(self, prepared: PreparedRequest, receive: Receive) -> Response | Stream:
         """`receive` is the request's ASGI channel (body already read): it reports a disconnect."""
+        if not prepared.stream:
+            return Response(await self.answer(prepared, receive), status_code=200)
+        subscription, events = await self._open(prepared)
+        try:
+            return await self._stream(prepared, subscription, events)
+        except BaseException:
+            subscription.close()
+            raise
+
+    async def answer(self, prepared: PreparedRequest, receive: Receive) -> ChatCompletion | Completion:
+        """The whole answer of a request that does not stream (also what /v1/responses builds on)."""
+        subscription, events = await self._open(prepared)
+        try:
+            return await self._collect(prepared, events, receive)
+        finally:
+            subscription.close()
+
+    async def _open(self, prepared: PreparedRequest) -> tuple[Subscription, AsyncIterator[SourcedEvent]]:
+        """Subscribe to the request's results, then queue it (so no event can be missed)."""
         if self.hub.in_flight >= self.settings.max_in_flight:
             raise OpenAIError(429, "This gateway is at its limit of requests in flight; retry later.",
                               code="gateway_busy", headers=self._retry_after())
         subscription = self.hub.subscribe(prepared.request_ids)
         try:
             await self.admit(prepared, keys.PRIORITY_INTERACTIVE)
-            deadline = prepared.envelopes[0].deadline or time.time() + self.settings.request_timeout_s
-            events = subscription.events(deadline)
-            if prepared.stream:
-                return await self._stream(prepared, subscription, events)
-            return await self._collect(prepared, events, receive)
         except BaseException:
             subscription.close()
             raise
-        finally:
-            if not prepared.stream:
-                subscription.close()
+        deadline = prepared.envelopes[0].deadline or time.time() + self.settings.request_timeout_s
+        return subscription, subscription.events(deadline)
 
     async def cancel_quietly(self, prepared: PreparedRequest) -> None:
         """Cancel on the way out; with Redis gone the worker finds out from its own side."""
@@ -165,10 +179,10 @@ class CompletionService:
             logger.warning("could not cancel %s: %s", prepared.response_id, exc)
 
     async def _collect(self, prepared: PreparedRequest, events: AsyncIterator[SourcedEvent],
-                       receive: Receive) -> Response:
+                       receive: Receive) -> ChatCompletion | Completion:
         """Gather the whole answer while watching the connection; a client that leaves first
         gets its requests cancelled and a 499 that nobody reads."""
-        outcome: Response | Exception | None = None
+        outcome: ChatCompletion | Completion | Exception | None = None
         async with anyio.create_task_group() as group:
             group.start_soon(self._cancel_on_disconnect, prepared, receive, group.cancel_scope)
             try:
@@ -204,7 +218,8 @@ class CompletionService:
             await self.cancel_quietly(prepared)
             raise queue_unavailable() from None
 
-    async def _gather(self, prepared: PreparedRequest, events: AsyncIterator[SourcedEvent]) -> Response:
+    async def _gather(self, prepared: PreparedRequest,
+                      events: AsyncIterator[SourcedEvent]) -> ChatCompletion | Completion:
         accumulator = ResultAccumulator(prepared)
         async with self._cancel_and_translate(prepared):
             try:
@@ -219,7 +234,7 @@ class CompletionService:
             except OpenAIError:
                 await self.cancel_quietly(prepared)
                 raise
-        return Response(accumulator.response(), status_code=200)
+        return accumulator.response()
 
     async def _stream(self, prepared: PreparedRequest, subscription: Subscription,
                       events: AsyncIterator[SourcedEvent]) -> Stream:
@@ -229,7 +244,7 @@ class CompletionService:
             await self.cancel_quietly(prepared)
             raise event_error(first.event)
         return Stream(self._sse_body(prepared, subscription, first, events),
-                      media_type="text/event-stream", headers=_SSE_HEADERS)
+                      media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def _sse_body(self, prepared: PreparedRequest, subscription: Subscription,
                         first: SourcedEvent, events: AsyncIterator[SourcedEvent]) -> AsyncIterator[bytes]:
