@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from pagefleet.kernels.bench import measure_copy_gb_s
-from pagefleet.platform.protocol.sampling import SamplingParams
+from pagefleet.platform.protocol.sampling import SamplingParams, StructuredOutput
 from pagefleet.platform.protocol.workload import BenchRequest, WorkloadSpec, build_workload
 from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.engine.llm import LLM
@@ -59,6 +59,17 @@ class EngineBenchOptions:
     hf_batch_size: int = 16
     json_path: Path | None = None
     breakdown: bool = False
+    constrained_fractions: tuple[float, ...] = ()  # extra runs with these shares of rows constrained
+
+
+# Constrained rows follow a grammar that never completes (lower-case words), so they stay
+# constrained for their whole output and the measurement is the mask's cost, token after token.
+BENCH_GRAMMAR = StructuredOutput(kind="grammar", spec="root ::= [a-z ]*")
+
+
+def constrained_rows(num_rows: int, fraction: float) -> list[bool]:
+    """Which rows are constrained: `fraction` of them, spread evenly through the batch."""
+    return [int((i + 1) * fraction) > int(i * fraction) for i in range(num_rows)]
 
 
 def _sync(device: torch.device) -> None:
@@ -175,9 +186,14 @@ def warm_up(llm: LLM, requests: list[BenchRequest]) -> None:
                  SamplingParams(temperature=0, ignore_eos=True, max_tokens=8))
 
 
-def bench_pagefleet(llm: LLM, requests: list[BenchRequest], breakdown: bool = False) -> Throughput:
+def bench_pagefleet(llm: LLM, requests: list[BenchRequest], breakdown: bool = False,
+                    constrained: float | None = None) -> Throughput:
+    """`constrained`: the share of rows decoded under `BENCH_GRAMMAR` (None: plain run)."""
     prompts = [r.prompt_token_ids for r in requests]
-    params = [SamplingParams(temperature=0, ignore_eos=True, max_tokens=r.output_len) for r in requests]
+    rows = constrained_rows(len(requests), constrained or 0.0)
+    params = [SamplingParams(temperature=0, ignore_eos=True, max_tokens=r.output_len,
+                             structured_output=BENCH_GRAMMAR if row else None)
+              for r, row in zip(requests, rows, strict=True)]
     timers = instrument(llm) if breakdown else None
     device = llm.engine.runner.device
     _sync(device)
@@ -188,8 +204,8 @@ def bench_pagefleet(llm: LLM, requests: list[BenchRequest], breakdown: bool = Fa
     produced = sum(len(o.outputs[0].token_ids) for o in outputs)
     if timers is not None:
         print(timers.report(elapsed))
-    return Throughput("pagefleet", len(requests), elapsed,
-                      sum(len(p) for p in prompts), produced)
+    name = "pagefleet" if constrained is None else f"pagefleet ({constrained:.0%} constrained)"
+    return Throughput(name, len(requests), elapsed, sum(len(p) for p in prompts), produced)
 
 
 def load_hf_model(resolved, load_format: str, dtype: torch.dtype, device: torch.device):
@@ -259,6 +275,14 @@ def run_engine_bench(options: EngineBenchOptions) -> list[Throughput]:
     warm_up(llm, _workload_for(warm, llm.engine.arch.vocab_size))
     results = [bench_pagefleet(llm, requests)]
     print(results[0].row(), flush=True)
+    if options.constrained_fractions:  # compile the grammar outside the timing
+        llm.generate([requests[0].prompt_token_ids],
+                     SamplingParams(max_tokens=2, ignore_eos=True, structured_output=BENCH_GRAMMAR))
+    for k, fraction in enumerate(options.constrained_fractions):  # fresh prompts: no cache hits
+        fresh = dataclasses.replace(options.workload, seed=options.workload.seed + 2000 + k)
+        results.append(bench_pagefleet(llm, _workload_for(fresh, llm.engine.arch.vocab_size),
+                                       constrained=fraction))
+        print(results[-1].row(), flush=True)
     if options.breakdown:  # an instrumented second pass on fresh prompts (no prefix-cache hits)
         fresh = dataclasses.replace(options.workload, seed=options.workload.seed + 1)
         bench_pagefleet(llm, _workload_for(fresh, llm.engine.arch.vocab_size), breakdown=True)
