@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from litestar import Controller, Request, delete, get, post
 from litestar.di import NamedDependency
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
 from pagefleet.platform.gateway.completions.service import SSE_HEADERS
-from pagefleet.platform.gateway.errors import ErrorResponse
+from pagefleet.platform.gateway.errors import error_specs
 from pagefleet.platform.gateway.responses.events import sse_events
 from pagefleet.platform.gateway.responses.schemas import (
     DeletedResponse,
@@ -18,18 +17,16 @@ from pagefleet.platform.gateway.responses.schemas import (
 )
 from pagefleet.platform.gateway.responses.service import ResponsesService
 
-_NOT_FOUND = {404: ResponseSpec(ErrorResponse, description="No such response for this API key")}
+_NOT_FOUND = error_specs({404: "No such response for this API key"})
 
 
 class ResponsesRoutes(Controller):
     path = "/v1/responses"
     tags = ("openai",)
 
-    @post("/", status_code=200, responses={
-        400: ResponseSpec(ErrorResponse, description="Invalid request"),
-        404: ResponseSpec(ErrorResponse, description="Unknown model or previous response"),
-        429: ResponseSpec(ErrorResponse, description="The model's queue is full"),
-    })
+    @post("/", status_code=200, responses=error_specs({
+        400: "Invalid request", 404: "Unknown model or previous response",
+        429: "The model's queue is full"}))
     async def create(self, data: JSONBody[ResponseCreate], responses: NamedDependency[ResponsesService],
                      owner: NamedDependency[str], request: Request) -> ResponseObject | Stream:
         response = await responses.create(data, owner, request.receive)

@@ -12,15 +12,13 @@ from typing import Literal
 
 import msgspec
 
-from pagefleet.platform.gateway.completions.schemas import Int64
+from pagefleet.platform.gateway.completions.schemas import FunctionDefinition, Int64
 
 
-class FunctionTool(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
+class FunctionTool(FunctionDefinition, forbid_unknown_fields=True):
+    """A function tool as the Responses API writes it: the definition and its type, flat."""
+
     type: Literal["function"] = "function"
-    parameters: dict | None = None
-    description: str | None = None
-    strict: bool | None = None
 
 
 class FunctionChoice(msgspec.Struct, forbid_unknown_fields=True):
