@@ -105,11 +105,14 @@ def parse_required(text: str) -> ParsedOutput:
 
 
 def parse_output(text: str, spec: ToolSpec) -> ParsedOutput:
+    """Without parallel calls only the first call of an `auto` answer counts (`required`
+    is held to one by its grammar)."""
     if spec.choice == "named":
         return ParsedOutput(None, [ParsedCall(spec.name or "", text)])
     if spec.choice == "required":
         return parse_required(text)
-    return parse_hermes(text) if spec.parser == "hermes" else parse_llama3_json(text)
+    parsed = parse_hermes(text) if spec.parser == "hermes" else parse_llama3_json(text)
+    return parsed if spec.parallel else ParsedOutput(parsed.content, parsed.calls[:1])
 
 
 def tool_calls(parsed: ParsedOutput, ids: Callable[[int], str]) -> list[ToolCall] | None:

@@ -55,6 +55,13 @@ def test_llama3_json_one_or_several_calls() -> None:
     assert parse_llama3_json('{"no_name": 1}').content == '{"no_name": 1}'
 
 
+def test_without_parallel_calls_only_the_first_counts() -> None:
+    text = ('<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
+            '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>')
+    assert [c.name for c in parse_output(text, spec()).calls] == ["get_time", "get_weather"]
+    assert [c.name for c in parse_output(text, spec(parallel=False)).calls] == ["get_time"]
+
+
 def test_named_and_required_outputs() -> None:
     named = parse_output('{"city": "Rome"}', spec(choice="named", name="get_weather"))
     assert [(c.name, c.arguments) for c in named.calls] == [("get_weather", '{"city": "Rome"}')]
