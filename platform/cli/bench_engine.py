@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="postprocess each step before scheduling the next (the old path)")
     parser.add_argument("--no-fused-layers", action="store_true",
                         help="torch ops for RMSNorm, RoPE and SiLU-and-mul instead of Triton kernels")
+    parser.add_argument("--quantization", default=None, choices=["fp8"],
+                        help="fp8: linear layers in fp8 e4m3 (per-channel weights, per-token activations)")
     parser.add_argument("--hf", default="static,single",
                         help="transformers baselines to run: static,single or none")
     parser.add_argument("--hf-num-prompts", type=int, default=32)
@@ -42,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--constrained-fractions", default="",
                         help="extra runs with these shares of rows grammar-constrained, e.g. 0,0.5,1")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measured passes of the same work with other token ids (the lower median is reported)")
     parser.add_argument("--breakdown", action="store_true",
                         help="first an instrumented pass that splits the time by phase")
     parser.set_defaults(func=run)
@@ -61,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         enable_prefix_caching=not args.no_prefix_caching, enforce_eager=args.enforce_eager,
         tensor_parallel_size=args.tensor_parallel_size, attention_backend=args.attention_backend,
         seed=args.seed, async_scheduling=False if args.no_async_scheduling else None,
-        fused_layers=False if args.no_fused_layers else None,
+        fused_layers=False if args.no_fused_layers else None, quantization=args.quantization,
     )
     if (args.input_len is None) != (args.output_len is None):
         raise SystemExit("give both --input-len and --output-len, or neither (ShareGPT-like)")
@@ -76,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     run_engine_bench(EngineBenchOptions(
         engine, workload, hf_modes, hf_num_prompts=args.hf_num_prompts,
         hf_single_prompts=args.hf_single_prompts, hf_batch_size=args.hf_batch_size,
-        json_path=args.json, breakdown=args.breakdown,
+        json_path=args.json, breakdown=args.breakdown, repeat=args.repeat,
         constrained_fractions=_fractions(args.constrained_fractions),
     ))
     return 0

@@ -17,7 +17,9 @@ from pagefleet.platform.protocol.tools import DEFAULT_TOOL_PARSER, TOOL_PARSERS
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _LOAD_FORMATS = ("auto", "dummy")
 _ATTENTION_BACKENDS = ("torch", "triton")
+_QUANTIZATIONS = (None, "fp8")
 _TOLERATION_OPERATORS = ("Exists", "Equal")
+TASKS = ("generate", "embed")  # /v1/completions + /v1/chat/completions, or /v1/embeddings
 _TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 # A Kubernetes resource quantity such as 16Gi, 500m, 4 or 1.5e3 (the API server's grammar).
 _QUANTITY = re.compile(r"^[+]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[KMGTPE]i?|[mkMGTPE]|[un])?$")
@@ -56,6 +58,7 @@ class EngineSettings:
     num_kv_blocks: int | None = None
     attention_backend: str | None = None
     load_format: str | None = None
+    quantization: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens",
@@ -76,6 +79,8 @@ class EngineSettings:
                  f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
         _require(self.load_format is None or self.load_format in _LOAD_FORMATS,
                  f"load_format must be one of {_LOAD_FORMATS}, got {self.load_format!r}")
+        _require(self.quantization in _QUANTIZATIONS,
+                 f"quantization must be one of {_QUANTIZATIONS}, got {self.quantization!r}")
         _require(self.attention_backend is None or self.attention_backend in _ATTENTION_BACKENDS,
                  f"attention_backend must be one of {_ATTENTION_BACKENDS}, got {self.attention_backend!r}")
 
@@ -197,7 +202,13 @@ class ScalingPolicy:
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     """One servable model: what to load, with which engine settings, where, and how it scales.
-    `tool_parser` names the format its tool calls come in (`hermes` or `llama3_json`)."""
+
+    `task: embed` serves `/v1/embeddings` (an encoder or a decoder embedding model) instead of
+    generation; `matryoshka` says its vectors may be cut to a requested `dimensions` (models
+    trained with Matryoshka representation learning, e.g. Qwen3-Embedding), which is refused
+    for any other model because a cut vector of those is not a meaningful embedding.
+    `tool_parser` names the format its tool calls come in (`hermes` or `llama3_json`).
+    """
 
     name: str
     source: str
@@ -205,6 +216,8 @@ class ModelSpec:
     profile: GpuProfile = field(default_factory=GpuProfile)
     scaling: ScalingPolicy = field(default_factory=ScalingPolicy)
     tool_parser: str = DEFAULT_TOOL_PARSER
+    task: str = "generate"
+    matryoshka: bool = False
 
     def __post_init__(self) -> None:
         _require(isinstance(self.name, str) and bool(MODEL_NAME.match(self.name)),
@@ -212,6 +225,9 @@ class ModelSpec:
         _require(isinstance(self.source, str) and bool(self.source), f"source must be a non-empty string, got {self.source!r}")
         _require(self.tool_parser in TOOL_PARSERS,
                  f"tool_parser must be one of {TOOL_PARSERS}, got {self.tool_parser!r}")
+        _require(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
+        _require(isinstance(self.matryoshka, bool), f"matryoshka must be true or false, got {self.matryoshka!r}")
+        _require(not self.matryoshka or self.task == "embed", "matryoshka needs task: embed")
         tp = self.engine.tensor_parallel_size
         _require(tp is None or tp == self.profile.tensor_parallel_size,
                  f"engine.tensor_parallel_size ({tp}) disagrees with profile.tensor_parallel_size "

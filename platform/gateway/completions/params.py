@@ -19,6 +19,7 @@ from pagefleet.platform.gateway.completions.schemas import (
 )
 from pagefleet.platform.gateway.errors import bad_request
 from pagefleet.platform.protocol import ChatMessage, RequestEnvelope, SamplingParams
+from pagefleet.platform.protocol.embeddings import EncodingFormat
 from pagefleet.platform.protocol.messages import ChatOptions, RequestKind
 from pagefleet.platform.protocol.sampling import StructuredOutput
 from pagefleet.platform.protocol.tools import (
@@ -58,6 +59,7 @@ class PreparedRequest:
     include_usage: bool
     logprobs: bool
     continuous_usage: bool = False
+    encoding_format: EncodingFormat = "float"  # embeddings only
 
     @property
     def request_ids(self) -> list[str]:

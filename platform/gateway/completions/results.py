@@ -12,6 +12,7 @@ from functools import partial
 
 from pagefleet.platform.gateway.completions.params import PreparedRequest
 from pagefleet.platform.protocol import DeltaEvent, FinalEvent, TokenLogprob, Usage
+from pagefleet.platform.protocol.embeddings import EmbeddingList, embedding_list
 from pagefleet.platform.protocol.openai import (
     ChatChunkChoice,
     ChatCompletion,
@@ -58,6 +59,7 @@ class ResultAccumulator:
         self.num_prompt_tokens: dict[int, int] = {}  # per sub-request, from its deltas
         self.prompt_token_ids: dict[int, list[int]] = {}  # per sub-request, when asked for
         self.prompt_logprobs: dict[int, list[TokenLogprob]] = {}
+        self.embeddings: list[bytes | None] = [None] * len(prepared.envelopes)  # embedding requests
 
     def choice_index(self, source: int, index: int) -> int:
         return source * self.prepared.n + index
@@ -93,6 +95,8 @@ class ResultAccumulator:
             if state.finish_reason is None:
                 state.finish_reason = reason
                 newly_finished.append(self.choice_index(source, i))
+        if final.embedding is not None:
+            self.embeddings[source] = final.embedding
         self.usage = Usage(
             prompt_tokens=self.usage.prompt_tokens + final.usage.prompt_tokens,
             completion_tokens=self.usage.completion_tokens + final.usage.completion_tokens,
@@ -125,7 +129,16 @@ class ResultAccumulator:
                                 self._prompt_part(i // p.n))
                 for i, s in enumerate(self.choices)]
 
-    def response(self) -> ChatCompletion | Completion:
+    def embedding_list(self) -> EmbeddingList:
+        """Input k's vector at index k; a final without one (an aborted input) is a bug upstream."""
+        p = self.prepared
+        if any(vector is None for vector in self.embeddings):
+            raise RuntimeError(f"{p.response_id}: an input ended without an embedding")
+        return embedding_list(p.model, self.embeddings, self.usage.prompt_tokens, p.encoding_format)
+
+    def response(self) -> ChatCompletion | Completion | EmbeddingList:
+        if self.prepared.kind == "embedding":
+            return self.embedding_list()
         return self.chat_completion() if self.prepared.kind == "chat" else self.completion()
 
     # ---- stream chunks --------------------------------------------------------------------

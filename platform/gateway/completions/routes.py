@@ -22,6 +22,7 @@ _ERRORS = error_specs({
     429: "The model's queue is full (see Retry-After)",
     504: "Deadline exceeded",
 })
+ERROR_RESPONSES = _ERRORS  # the same statuses document /v1/embeddings
 
 
 class CompletionsRoutes(Controller):
