@@ -35,15 +35,15 @@ class ChatPrompt:
 
 def render_chat(tokenizer: Any, prompt: ChatPrompt) -> list[int]:
     knows_tools = "tools" in (tokenizer.chat_template or "")
-    if knows_tools:
-        messages, tools = [_structured_calls(m) for m in prompt.messages], prompt.tools
-    else:
-        messages, tools = _hermes_messages(prompt.messages, prompt.tools), None
     try:
+        if knows_tools:
+            messages, tools = [_structured_calls(m) for m in prompt.messages], prompt.tools
+        else:
+            messages, tools = _hermes_messages(prompt.messages, prompt.tools), None
         ids = tokenizer.apply_chat_template(
             messages, tools=tools, add_generation_prompt=prompt.add_generation_prompt,
             continue_final_message=prompt.continue_final_message, tokenize=True)
-    except Exception as exc:  # jinja2 errors, missing keys: the request is at fault
+    except Exception as exc:  # jinja2 errors, missing keys, odd shapes: the request is at fault
         raise ValueError(f"could not apply the chat template: {exc}") from exc
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):
         ids = ids["input_ids"]

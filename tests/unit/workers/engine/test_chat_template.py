@@ -63,3 +63,9 @@ def test_a_template_error_is_a_value_error(tokenizer) -> None:
     with pytest.raises(ValueError, match="chat template"):
         render_chat(tokenizer, ChatPrompt([{"role": "user", "content": "a"}],
                                           add_generation_prompt=True, continue_final_message=True))
+
+
+@pytest.mark.parametrize("messages", [[{"role": "user"}, {"content": 3}], [{"role": "assistant", "tool_calls": [{}]}]])
+def test_malformed_messages_are_value_errors(tokenizer, messages) -> None:
+    with pytest.raises(ValueError, match="chat template"):
+        render_chat(tokenizer, ChatPrompt(messages, tools=[WEATHER]))
