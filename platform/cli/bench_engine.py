@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="requests for the one-at-a-time baseline")
     parser.add_argument("--hf-batch-size", type=int, default=16)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--constrained-fractions", default="",
+                        help="extra runs with these shares of rows grammar-constrained, e.g. 0,0.5,1")
     parser.add_argument("--repeat", type=int, default=1,
                         help="measured passes of the same work with other token ids (the lower median is reported)")
     parser.add_argument("--breakdown", action="store_true",
@@ -80,5 +82,16 @@ def run(args: argparse.Namespace) -> int:
         engine, workload, hf_modes, hf_num_prompts=args.hf_num_prompts,
         hf_single_prompts=args.hf_single_prompts, hf_batch_size=args.hf_batch_size,
         json_path=args.json, breakdown=args.breakdown, repeat=args.repeat,
+        constrained_fractions=_fractions(args.constrained_fractions),
     ))
     return 0
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        fractions = tuple(float(f) for f in text.split(",") if f.strip())
+    except ValueError:
+        raise SystemExit(f"--constrained-fractions takes numbers in [0, 1], got {text!r}") from None
+    if any(not 0.0 <= f <= 1.0 for f in fractions):
+        raise SystemExit(f"--constrained-fractions takes numbers in [0, 1], got {text!r}")
+    return fractions

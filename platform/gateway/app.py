@@ -34,6 +34,8 @@ from pagefleet.platform.gateway.jobs.routes import JobsRoutes
 from pagefleet.platform.gateway.jobs.service import JobService
 from pagefleet.platform.gateway.metrics import GatewayMetrics, MetricsMiddleware
 from pagefleet.platform.gateway.redis_clients import command_client, reader_client
+from pagefleet.platform.gateway.responses.routes import ResponsesRoutes
+from pagefleet.platform.gateway.responses.service import ResponsesService
 from pagefleet.platform.gateway.settings import GatewaySettings
 from pagefleet.platform.gateway.system.routes import SystemRoutes
 from pagefleet.platform.registry import load_registry
@@ -49,10 +51,13 @@ async def _redis_lifespan(app: Litestar) -> AsyncIterator[None]:
                             settings.result_buffer_events)
     max_model_lens = {name: spec.engine.max_model_len for name, spec in state.registry.models.items()}
     embedding_models = frozenset(name for name, spec in state.registry.models.items() if spec.task == "embed")
-    completions = CompletionService(broker, hub, settings, max_model_lens, state.metrics, embedding_models)
+    tool_parsers = {name: spec.tool_parser for name, spec in state.registry.models.items()}
+    completions = CompletionService(broker, hub, settings, max_model_lens, state.metrics, embedding_models,
+                                    tool_parsers)
     state.broker = broker
     state.hub = hub
     state.completions = completions
+    state.responses = ResponsesService(completions, client, settings.job_retention_s)
     state.jobs = JobService(broker, completions, settings.job_retention_s,
                             settings.webhook_allow_private)
     hub.start()
@@ -77,10 +82,11 @@ def create_app(settings: GatewaySettings) -> Litestar:
                    "started_at": int(time.time())})
     dependencies = {name: _from_state(name) for name in
                     ("settings", "registry", "metrics", "started_at", "broker", "hub",
-                     "completions", "jobs", *BATCH_STATE)}
+                     "completions", "jobs", "responses", *BATCH_STATE)}
     dependencies["owner"] = Provide(provide_owner, sync_to_thread=False)
     return Litestar(
-        route_handlers=[CompletionsRoutes, EmbeddingsRoutes, CatalogRoutes, JobsRoutes, SystemRoutes,
+        route_handlers=[CompletionsRoutes, EmbeddingsRoutes, ResponsesRoutes, CatalogRoutes, JobsRoutes,
+                        SystemRoutes,
                         batch_router(settings), *console_handlers()],
         state=state,
         lifespan=[_redis_lifespan, batch_lifespan],

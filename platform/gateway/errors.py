@@ -13,6 +13,7 @@ import re
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,11 @@ class ErrorBody(msgspec.Struct):
 
 class ErrorResponse(msgspec.Struct):
     error: ErrorBody
+
+
+def error_specs(descriptions: dict[int, str]) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for a route's error statuses, all in OpenAI's error shape."""
+    return {status: ResponseSpec(ErrorResponse, description=text) for status, text in descriptions.items()}
 
 
 class OpenAIError(Exception):

@@ -64,6 +64,11 @@ def owner_jobs(owner: str) -> str:
     return f"pf:jobs:{owner}"
 
 
+def stored_response(response_id: str) -> str:
+    """A stored /v1/responses answer and the conversation it ends (JSON), kept with a TTL."""
+    return f"pf:resp:{response_id}"
+
+
 def gateway_wake_stream(reader_id: str) -> str:
     """A gateway result reader's own stream: an entry here ends its blocking XREAD early, so a
     newly registered request joins the next read at once."""

@@ -12,6 +12,7 @@ from typing import Literal
 import msgspec
 
 from pagefleet.platform.protocol.sampling import SamplingParams
+from pagefleet.platform.protocol.tools import ToolSpec
 
 RequestKind = Literal["completion", "chat", "embedding"]
 WorkerState = Literal["starting", "ready", "draining"]
@@ -28,9 +29,22 @@ def input_param(kind: RequestKind) -> str:
 
 
 class ChatMessage(msgspec.Struct, forbid_unknown_fields=False):
+    """A message as the chat template sees it; `tool_calls` (OpenAI's objects, arguments as
+    parsed JSON) on assistant messages, `tool_call_id` on tool results."""
+
     role: str
     content: str | list[dict] | None = None
     name: str | None = None
+    tool_calls: list[dict] | None = None
+    tool_call_id: str | None = None
+
+
+class ChatOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How the chat template ends the prompt: open an assistant turn (the default), or leave
+    the final (assistant) message open for the model to continue."""
+
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
 
 
 class RequestEnvelope(msgspec.Struct, kw_only=True):
@@ -52,6 +66,10 @@ class RequestEnvelope(msgspec.Struct, kw_only=True):
     deadline: float | None = None
     owner: str | None = None
     job_id: str | None = None
+    tools: ToolSpec | None = None
+    chat_options: ChatOptions | None = None
+    return_token_ids: bool = False  # the worker sends the prompt's token ids back
+    echo: bool = False  # a completion's answer starts with its (text) prompt
     dimensions: int | None = None
 
     def __post_init__(self) -> None:
@@ -88,6 +106,11 @@ class DeltaEvent(msgspec.Struct, tag_field="event", tag="delta", kw_only=True):
     text: str
     logprobs: list[TokenLogprob] | None = None
     finish_reason: FinishReason | None = None
+    num_prompt_tokens: int | None = None  # for usage while streaming (continuous_usage_stats)
+    # First delta of choice 0, when asked for: the prompt's ids (return_token_ids) and its
+    # logprobs (prompt_logprobs, echo); entry 0 only names the first token (nothing predicts it).
+    prompt_token_ids: list[int] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 class Usage(msgspec.Struct):

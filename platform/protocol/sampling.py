@@ -51,6 +51,8 @@ class SamplingParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     skip_special_tokens: bool = True
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit, in [-100, 100]
     structured_output: StructuredOutput | None = None
+    prompt_logprobs: int | None = None  # logprobs of the prompt's tokens, with top-k alternatives
+    truncate_prompt_tokens: int | None = None  # keep the prompt's last k tokens (-1: the context)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -89,6 +91,11 @@ class SamplingParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
              "stop_token_ids must be non-negative integers"),
             (self.seed is None or -(2**63) <= self.seed < 2**64,
              f"seed must be a 64-bit integer, got {self.seed}"),
+            (self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= _MAX_LOGPROBS,
+             f"prompt_logprobs must be in [0, {_MAX_LOGPROBS}], got {self.prompt_logprobs}"),
+            (self.truncate_prompt_tokens is None or self.truncate_prompt_tokens == -1
+             or self.truncate_prompt_tokens >= 1,
+             f"truncate_prompt_tokens must be -1 or at least 1, got {self.truncate_prompt_tokens}"),
             (all(isinstance(t, int) and t >= 0 for t in self.logit_bias or {}),
              "logit_bias keys must be non-negative token ids"),
             (all(-_MAX_LOGIT_BIAS <= v <= _MAX_LOGIT_BIAS for v in (self.logit_bias or {}).values()),

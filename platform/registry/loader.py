@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from pagefleet.platform.protocol.tools import DEFAULT_TOOL_PARSER
 from pagefleet.platform.registry.spec import (
     EngineSettings,
     GpuProfile,
@@ -19,7 +20,7 @@ from pagefleet.platform.registry.spec import (
     Toleration,
 )
 
-_MODEL_KEYS = ("source", "engine", "profile", "scaling", "task", "matryoshka")
+_MODEL_KEYS = ("source", "engine", "profile", "scaling", "task", "matryoshka", "tool_parser")
 _QUANTITY_KEYS = ("cpu", "memory", "shm")
 
 
@@ -105,7 +106,8 @@ def _parse_model(name: str, body: Any, origin: str) -> ModelSpec:
     try:
         return ModelSpec(name=name, source=str(body.get("source", name)), engine=engine,
                          profile=profile, scaling=scaling, task=body.get("task", "generate"),
-                         matryoshka=body.get("matryoshka", False))
+                         matryoshka=body.get("matryoshka", False),
+                         tool_parser=body.get("tool_parser", DEFAULT_TOOL_PARSER))
     except ValueError as exc:
         raise RegistryError(f"{where}: {exc}") from None
 

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from pagefleet.platform.protocol.tools import DEFAULT_TOOL_PARSER, TOOL_PARSERS
+
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _LOAD_FORMATS = ("auto", "dummy")
 _ATTENTION_BACKENDS = ("torch", "triton")
@@ -205,6 +207,7 @@ class ModelSpec:
     generation; `matryoshka` says its vectors may be cut to a requested `dimensions` (models
     trained with Matryoshka representation learning, e.g. Qwen3-Embedding), which is refused
     for any other model because a cut vector of those is not a meaningful embedding.
+    `tool_parser` names the format its tool calls come in (`hermes` or `llama3_json`).
     """
 
     name: str
@@ -212,6 +215,7 @@ class ModelSpec:
     engine: EngineSettings = field(default_factory=EngineSettings)
     profile: GpuProfile = field(default_factory=GpuProfile)
     scaling: ScalingPolicy = field(default_factory=ScalingPolicy)
+    tool_parser: str = DEFAULT_TOOL_PARSER
     task: str = "generate"
     matryoshka: bool = False
 
@@ -219,6 +223,8 @@ class ModelSpec:
         _require(isinstance(self.name, str) and bool(MODEL_NAME.match(self.name)),
                  f"name must be lower-case letters, digits, '-' or '.' (at most 52), got {self.name!r}")
         _require(isinstance(self.source, str) and bool(self.source), f"source must be a non-empty string, got {self.source!r}")
+        _require(self.tool_parser in TOOL_PARSERS,
+                 f"tool_parser must be one of {TOOL_PARSERS}, got {self.tool_parser!r}")
         _require(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
         _require(isinstance(self.matryoshka, bool), f"matryoshka must be true or false, got {self.matryoshka!r}")
         _require(not self.matryoshka or self.task == "embed", "matryoshka needs task: embed")

@@ -19,7 +19,7 @@ from tests.integration.runtime.processes import WorkerProcess, write_registry
 from tests.support.redis_server import free_port
 
 MODEL = "e2e-smollm2"
-MAX_MODEL_LEN = 256
+MAX_MODEL_LEN = 512  # room for a tool-calling system prompt (about 300 tokens)
 MAX_NUM_SEQS = 8
 
 

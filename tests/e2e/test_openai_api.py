@@ -7,6 +7,7 @@ response, same seed twice, job vs synchronous endpoint) or check the shape and a
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -202,8 +203,8 @@ def test_model_retrieval_and_openai_shaped_refusals(stack: Stack) -> None:
     assert missing.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError) as unknown:
         client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2,
-                                       tools=[{"type": "function", "function": {"name": "f"}}])
-    assert unknown.value.param == "tools"
+                                       functions=[{"name": "f"}])
+    assert unknown.value.param == "functions"
     with pytest.raises(openai.BadRequestError) as oov:
         client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2,
                                        logit_bias={"99999999": 5})
@@ -223,3 +224,100 @@ def test_logit_bias_forces_a_token_and_zero_logprobs_show_it(stack: Stack) -> No
     assert len(tokens) == 3 and len(set(tokens)) == 1 and choice.text == tokens[0] * 3
     assert choice.logprobs.top_logprobs == [{t: lp} for t, lp in
                                             zip(tokens, choice.logprobs.token_logprobs, strict=True)]
+
+
+WEATHER_TOOLS = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "The weather in a city now",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "maxLength": 20},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"], "additionalProperties": False}}},
+    {"type": "function", "function": {
+        "name": "get_time", "description": "The local time in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+                       "required": ["city"], "additionalProperties": False}}},
+]
+WEATHER_CHAT = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def _arguments_valid(name: str, arguments: str) -> dict:
+    args = json.loads(arguments)
+    schema = next(t["function"]["parameters"] for t in WEATHER_TOOLS if t["function"]["name"] == name)
+    assert set(args) == set(schema["required"]) and all(isinstance(args[k], str) for k in args)
+    assert "unit" not in args or args["unit"] in ("celsius", "fahrenheit")
+    return args
+
+
+def test_named_tool_choice_returns_valid_arguments(stack: Stack) -> None:
+    """The small model, constrained to the function's parameter schema, calls it validly."""
+    response = stack.client().chat.completions.create(
+        model=MODEL, messages=WEATHER_CHAT, tools=WEATHER_TOOLS, max_tokens=60, temperature=0,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    choice = response.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    [call] = choice.message.tool_calls
+    assert call.function.name == "get_weather"
+    _arguments_valid("get_weather", call.function.arguments)
+
+
+def test_required_tool_choice_returns_valid_calls_and_streams_the_same(stack: Stack) -> None:
+    client = stack.client()
+    body = {"model": MODEL, "messages": WEATHER_CHAT, "tools": WEATHER_TOOLS, "max_tokens": 80,
+            "temperature": 0, "tool_choice": "required", "parallel_tool_calls": False}
+    whole = client.chat.completions.create(**body).choices[0]
+    assert whole.finish_reason == "tool_calls"
+    [call] = whole.message.tool_calls
+    _arguments_valid(call.function.name, call.function.arguments)
+    with client.chat.completions.stream(**body) as stream:
+        streamed = stream.get_final_completion().choices[0]
+    [again] = streamed.message.tool_calls
+    assert (again.function.name, again.function.arguments) == (call.function.name, call.function.arguments)
+
+
+def test_a_tool_result_conversation_continues(stack: Stack) -> None:
+    messages = [*WEATHER_CHAT,
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {
+                        "name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "21 degrees and sunny"}]
+    response = stack.client().chat.completions.create(
+        model=MODEL, messages=messages, tools=WEATHER_TOOLS, tool_choice="none", max_tokens=20,
+        temperature=0)
+    assert response.choices[0].message.content and response.usage.prompt_tokens > 30
+
+
+def test_continue_final_message_continues_the_assistant_text(stack: Stack) -> None:
+    client = stack.client()
+    messages = [{"role": "user", "content": "Count to five."}, {"role": "assistant", "content": "1, 2,"}]
+    continued = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=6, temperature=0,
+        extra_body={"continue_final_message": True, "add_generation_prompt": False})
+    fresh = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6,
+                                           temperature=0)
+    assert continued.usage.prompt_tokens < fresh.usage.prompt_tokens  # no closed turn, no new one
+
+
+def test_echo_prompt_logprobs_and_token_ids(stack: Stack) -> None:
+    """The echoed prompt's logprobs are the `prompt_logprobs` extension's (the engine test holds
+    those to transformers), the ids are the prompt's, and the stream echoes the same text."""
+    client = stack.client()
+    prompt = "The capital of France is"
+    whole = client.completions.create(model=MODEL, prompt=prompt, max_tokens=3, temperature=0,
+                                      echo=True, logprobs=1,
+                                      extra_body={"prompt_logprobs": 1, "return_token_ids": True})
+    choice = whole.choices[0]
+    extra = choice.model_extra
+    assert choice.text.startswith(prompt)
+    assert len(extra["prompt_token_ids"]) == whole.usage.prompt_tokens
+    assert len(extra["token_ids"]) == whole.usage.completion_tokens == 3
+    lps = choice.logprobs
+    num_prompt = whole.usage.prompt_tokens
+    assert lps.token_logprobs[0] is None and len(lps.tokens) == num_prompt + 3
+    assert extra["prompt_logprobs"][0] is None
+    for position, token_id in enumerate(extra["prompt_token_ids"][1:], start=1):
+        assert extra["prompt_logprobs"][position][str(token_id)]["logprob"] == pytest.approx(
+            lps.token_logprobs[position])
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=3, temperature=0, echo=True, stream=True) if c.choices)
+    assert streamed == choice.text

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from pagefleet.platform.protocol import SamplingParams, TokenLogprob, TopLogprob
+from pagefleet.workers.engine.chat_template import ChatPrompt
 from pagefleet.workers.engine.errors import PromptTooLongError
 from pagefleet.workers.engine.outputs import EngineStats, RequestDelta
 from pagefleet.workers.runtime.config import WorkerSettings
@@ -34,6 +35,8 @@ HOLD = "[hold]"
 
 
 def prompt_words(prompt: EnginePrompt) -> list[str]:
+    if isinstance(prompt, ChatPrompt):
+        prompt = prompt.messages
     if isinstance(prompt, str):
         return prompt.split() or ["empty"]
     if prompt and isinstance(prompt[0], dict):

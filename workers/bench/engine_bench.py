@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from pagefleet.kernels.bench import measure_copy_gb_s
-from pagefleet.platform.protocol.sampling import SamplingParams
+from pagefleet.platform.protocol.sampling import SamplingParams, StructuredOutput
 from pagefleet.platform.protocol.workload import BenchRequest, WorkloadSpec, build_workload
 from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.engine.llm import LLM
@@ -60,6 +60,17 @@ class EngineBenchOptions:
     json_path: Path | None = None
     repeat: int = 1  # measured passes (same lengths, fresh token ids); the report keeps the lower median
     breakdown: bool = False
+    constrained_fractions: tuple[float, ...] = ()  # extra runs with these shares of rows constrained
+
+
+# Constrained rows follow a grammar that never completes (lower-case words), so they stay
+# constrained for their whole output and the measurement is the mask's cost, token after token.
+BENCH_GRAMMAR = StructuredOutput(kind="grammar", spec="root ::= [a-z ]*")
+
+
+def constrained_rows(num_rows: int, fraction: float) -> list[bool]:
+    """Which rows are constrained: `fraction` of them, spread evenly through the batch."""
+    return [int((i + 1) * fraction) > int(i * fraction) for i in range(num_rows)]
 
 
 def _sync(device: torch.device) -> None:
@@ -181,9 +192,14 @@ def warm_up(llm: LLM, requests: list[BenchRequest]) -> None:
                  SamplingParams(temperature=0, ignore_eos=True, max_tokens=8))
 
 
-def bench_pagefleet(llm: LLM, requests: list[BenchRequest], breakdown: bool = False) -> Throughput:
+def bench_pagefleet(llm: LLM, requests: list[BenchRequest], breakdown: bool = False,
+                    constrained: float | None = None) -> Throughput:
+    """`constrained`: the share of rows decoded under `BENCH_GRAMMAR` (None: plain run)."""
     prompts = [r.prompt_token_ids for r in requests]
-    params = [SamplingParams(temperature=0, ignore_eos=True, max_tokens=r.output_len) for r in requests]
+    rows = constrained_rows(len(requests), constrained or 0.0)
+    params = [SamplingParams(temperature=0, ignore_eos=True, max_tokens=r.output_len,
+                             structured_output=BENCH_GRAMMAR if row else None)
+              for r, row in zip(requests, rows, strict=True)]
     timers = instrument(llm) if breakdown else None
     device = llm.engine.runner.device
     _sync(device)
@@ -194,8 +210,8 @@ def bench_pagefleet(llm: LLM, requests: list[BenchRequest], breakdown: bool = Fa
     produced = sum(len(o.outputs[0].token_ids) for o in outputs)
     if timers is not None:
         print(timers.report(elapsed))
-    return Throughput("pagefleet", len(requests), elapsed,
-                      sum(len(p) for p in prompts), produced)
+    name = "pagefleet" if constrained is None else f"pagefleet ({constrained:.0%} constrained)"
+    return Throughput(name, len(requests), elapsed, sum(len(p) for p in prompts), produced)
 
 
 def load_hf_model(resolved, load_format: str, dtype: torch.dtype, device: torch.device):
@@ -279,6 +295,14 @@ def run_engine_bench(options: EngineBenchOptions) -> list[Throughput]:
         passes.append(bench_pagefleet(llm, _shifted(requests, index)))
         print(f"pass {index + 1}: {passes[-1].row()}", flush=True)
     results = [sorted(passes, key=lambda t: t.output_tokens_per_s)[(len(passes) - 1) // 2]]
+    if options.constrained_fractions:  # compile the grammar outside the timing
+        llm.generate([requests[0].prompt_token_ids],
+                     SamplingParams(max_tokens=2, ignore_eos=True, structured_output=BENCH_GRAMMAR))
+    for k, fraction in enumerate(options.constrained_fractions):  # fresh prompts: no cache hits
+        fresh = dataclasses.replace(options.workload, seed=options.workload.seed + 2000 + k)
+        results.append(bench_pagefleet(llm, _workload_for(fresh, llm.engine.arch.vocab_size),
+                                       constrained=fraction))
+        print(results[-1].row(), flush=True)
     if options.breakdown:  # an instrumented second pass on fresh prompts (no prefix-cache hits)
         fresh = dataclasses.replace(options.workload, seed=options.workload.seed + 1)
         bench_pagefleet(llm, _workload_for(fresh, llm.engine.arch.vocab_size), breakdown=True)

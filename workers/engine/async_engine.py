@@ -24,6 +24,7 @@ from typing import Any
 
 from pagefleet.platform.protocol.phases import PhaseLog
 from pagefleet.platform.protocol.sampling import SamplingParams
+from pagefleet.workers.engine.chat_template import ChatPrompt
 from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.engine.errors import PromptTooLargeError
 from pagefleet.workers.engine.llm_engine import LLMEngine, Prompt
@@ -46,7 +47,7 @@ def prompt_chars(prompt: Prompt) -> int:
     if isinstance(prompt, str):
         return len(prompt)
     total = 0
-    pending: list[Any] = [prompt]
+    pending: list[Any] = [prompt.messages if isinstance(prompt, ChatPrompt) else prompt]
     while pending:  # iterative: message content may nest (parts lists), never recurse on input
         item = pending.pop()
         if isinstance(item, str):

@@ -92,4 +92,6 @@ def _merge(output: RequestOutput, delta: RequestDelta) -> None:
         choice.finish_reason = delta.finish_reason
         choice.stop_reason = delta.stop_reason
     output.num_cached_tokens = delta.num_cached_tokens
+    if delta.prompt_logprobs is not None:
+        output.prompt_logprobs = [None, *delta.prompt_logprobs[1:]]
     output.finished = output.finished or delta.finished

@@ -21,6 +21,7 @@ from pagefleet.platform.protocol.messages import TokenLogprob, TopLogprob
 from pagefleet.platform.protocol.phases import PhaseLog
 from pagefleet.platform.protocol.sampling import SamplingParams
 from pagefleet.workers.engine import tensor_parallel
+from pagefleet.workers.engine.chat_template import ChatPrompt, render_chat
 from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.engine.detokenizer import (
     IncrementalDetokenizer,
@@ -35,6 +36,7 @@ from pagefleet.workers.engine.errors import (
 from pagefleet.workers.engine.kv_cache_manager import KVCacheManager
 from pagefleet.workers.engine.model_runner import InFlightTokens, ModelRunner
 from pagefleet.workers.engine.outputs import EngineCounters, EngineStats, RequestDelta
+from pagefleet.workers.engine.prompt_logprobs import prompt_logprobs
 from pagefleet.workers.engine.sampler import (
     DeviceSample,
     SampledLogprobs,
@@ -48,7 +50,7 @@ from pagefleet.workers.models.loader import load_tokenizer, resolve_model
 
 logger = logging.getLogger(__name__)
 
-Prompt = str | list[int] | list[dict]
+Prompt = str | list[int] | list[dict] | ChatPrompt
 
 
 @dataclass(slots=True, eq=False)
@@ -66,6 +68,13 @@ class ChoiceStream:
     num_emitted_logprobs: int = 0
     final_emitted: bool = False
     holdback: int = 0  # characters held back while streaming: a stop string may be starting
+    prompt: PromptReport | None = None  # sent with the choice's first delta, then cleared
+
+
+@dataclass(frozen=True, slots=True)
+class PromptReport:
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,15 +150,9 @@ class LLMEngine:
                 raise ValueError("prompt must not be empty")
             return self.tokenizer.encode(prompt)
         if isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
-            try:
-                ids = self.tokenizer.apply_chat_template(
-                    prompt, add_generation_prompt=True, tokenize=True
-                )
-            except Exception as exc:  # jinja2 errors, missing keys: the request is at fault
-                raise ValueError(f"could not apply the chat template: {exc}") from exc
-            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-                ids = ids["input_ids"]
-            return list(ids)
+            prompt = ChatPrompt(prompt)
+        if isinstance(prompt, ChatPrompt):
+            return render_chat(self.tokenizer, prompt)
         raise ValueError("prompt must be a string, a list of token ids or a list of chat messages")
 
     def add_request(
@@ -160,6 +163,9 @@ class LLMEngine:
         if request_id in self.requests:
             raise DuplicateRequestError(f"request {request_id!r} is already running")
         prompt_ids = self.tokenize(prompt)
+        if params.truncate_prompt_tokens is not None:  # -1: as much as the context holds
+            keep = params.truncate_prompt_tokens if params.truncate_prompt_tokens > 0 else self.max_model_len
+            prompt_ids = prompt_ids[-keep:]
         room = self.max_model_len - len(prompt_ids)
         max_tokens = params.max_tokens if params.max_tokens is not None else room
         if room < 1 or max_tokens > room:
@@ -189,6 +195,8 @@ class LLMEngine:
                             logprobs=[] if params.logprobs is not None else None,
                             holdback=stop_holdback(params.stop))
             )
+        if not resume.get(0):  # a resumed choice 0 already reported its prompt
+            choices[0].prompt = PromptReport(prompt_ids, self._prompt_logprobs(prompt_ids, params))
         self.requests[request_id] = RequestState(request_id, choices, params.n)
         self.scheduler.add([choice.seq for choice in choices])
         self.counters.prompt_tokens += len(prompt_ids)
@@ -205,6 +213,15 @@ class LLMEngine:
             param = "guided_" + params.structured_output.kind if params.structured_output.kind in (
                 "regex", "choice", "grammar") else "response_format"
             raise InvalidParameterError(str(exc), param) from exc
+
+    def _prompt_logprobs(self, prompt_ids: list[int], params: SamplingParams) -> list[TokenLogprob] | None:
+        if params.prompt_logprobs is None:
+            return None
+        if self.tp_context is not None:
+            raise InvalidParameterError("prompt_logprobs is not supported with tensor parallelism",
+                                        "prompt_logprobs")
+        return prompt_logprobs(self.runner.forward_prompt(prompt_ids), self.runner.model.compute_logits,
+                               prompt_ids, params.prompt_logprobs, self._token_text)
 
     def _check_vocabulary(self, params: SamplingParams) -> None:
         vocab = self.arch.vocab_size
@@ -353,15 +370,19 @@ class LLMEngine:
             num_cached_tokens=seq.num_cached_prompt_tokens,
             stop_reason=seq.stop_reason if final else None,
         )
+        if choice.prompt is not None:
+            delta.prompt_token_ids, delta.prompt_logprobs = choice.prompt.token_ids, choice.prompt.logprobs
+            choice.prompt = None
         choice.num_emitted_tokens = choice.num_ready_tokens
         choice.num_emitted_chars = text_end
         choice.final_emitted = final
         return delta
 
-    def _token_logprob(self, token_id: int, logprobs: SampledLogprobs) -> TokenLogprob:
-        def text(tid: int) -> str:
-            return self.tokenizer.decode([tid]) if self.tokenizer is not None else ""
+    def _token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id]) if self.tokenizer is not None else ""
 
+    def _token_logprob(self, token_id: int, logprobs: SampledLogprobs) -> TokenLogprob:
+        text = self._token_text
         top = [TopLogprob(t, text(t), lp) for t, lp in
                zip(logprobs.top_token_ids, logprobs.top_logprobs, strict=True)]
         return TokenLogprob(token_id, text(token_id), logprobs.logprob, top)

@@ -270,6 +270,17 @@ class ModelRunner:
         hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, md)
         return self.model.compute_logits(hidden[inputs.sample_indices])
 
+    @torch.inference_mode()
+    def forward_prompt(self, prompt_ids: list[int]) -> torch.Tensor:
+        """Hidden states `[num_tokens, hidden_size]` of one prompt run alone on a scratch KV
+        cache (prompt_logprobs.py says why); single rank only."""
+        num_tokens = len(prompt_ids)
+        cache = self._allocate_kv_cache(cdiv(num_tokens, self.block_size))
+        ids = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
+        positions = torch.arange(num_tokens, device=self.device)
+        metadata = _single_sequence_metadata(num_tokens, self.block_size, self.device)
+        return self.model(ids, positions, cache, metadata)
+
 
 def _single_sequence_metadata(num_tokens: int, block_size: int, device: torch.device) -> AttentionMetadata:
     num_blocks = cdiv(num_tokens, block_size)

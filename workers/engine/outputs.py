@@ -23,6 +23,10 @@ class RequestDelta:
     num_cached_tokens: int = 0
     stop_reason: str | int | None = None
     finished: bool = False
+    # On the first delta of choice 0 only: the prompt's ids, and its logprobs if asked for
+    # (entry 0 only names the first token: nothing predicts it).
+    prompt_token_ids: list[int] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(slots=True)
@@ -43,6 +47,7 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool = False
     num_cached_tokens: int = 0
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # vLLM's: None for the first token
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,13 +11,15 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pagefleet.platform.protocol.sampling import SamplingParams
+from pagefleet.workers.engine.chat_template import ChatPrompt
 from pagefleet.workers.engine.outputs import EngineStats, RequestDelta
 
 if TYPE_CHECKING:
     from pagefleet.workers.embed.engine import EmbeddingResult
 
-# Text, token ids, or chat messages as dicts (role, content, name).
-EnginePrompt = str | list[int] | list[dict[str, Any]]
+# Text, token ids, or chat messages as dicts (role, content, name), plain or with tools and
+# template options (ChatPrompt).
+EnginePrompt = str | list[int] | list[dict[str, Any]] | ChatPrompt
 
 
 class EngineClient(Protocol):

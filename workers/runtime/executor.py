@@ -22,9 +22,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pagefleet.platform.protocol import DeltaEvent, ErrorEvent, FinalEvent, ResultEvent, Usage, keys
-from pagefleet.platform.protocol.messages import input_param
+from pagefleet.platform.protocol.messages import ChatOptions, input_param
 from pagefleet.platform.protocol.resilience import RedisOutages, retry_transient
 from pagefleet.platform.protocol.ttft import record_ttft
+from pagefleet.workers.engine.chat_template import ChatPrompt
 from pagefleet.workers.engine.errors import InvalidParameterError, PromptTooLongError
 from pagefleet.workers.runtime.engine_port import EmbeddingClient, EngineClient, EnginePrompt
 from pagefleet.workers.runtime.jobs import JobUpdater
@@ -59,9 +60,15 @@ def _error_for(exc: ValueError, kind: str) -> ErrorEvent:
 
 def _prompt(entry: PulledEntry) -> EnginePrompt:
     envelope = entry.envelope
-    if envelope.kind == "chat":
-        return [msgspec.to_builtins(m) for m in envelope.messages]
-    return envelope.prompt
+    if envelope.kind != "chat":
+        return envelope.prompt
+    messages = [msgspec.to_builtins(m) for m in envelope.messages]
+    if envelope.tools is None and envelope.chat_options is None:
+        return messages
+    options = envelope.chat_options or ChatOptions()
+    return ChatPrompt(messages, tools=envelope.tools.tools if envelope.tools else None,
+                      add_generation_prompt=options.add_generation_prompt,
+                      continue_final_message=options.continue_final_message)
 
 
 class Executor:
@@ -235,7 +242,10 @@ class Executor:
                 transcript.num_prompt_tokens = delta.num_prompt_tokens
                 event = DeltaEvent(index=delta.index, offset=delta.offset,
                                    token_ids=list(delta.token_ids), text=delta.text,
-                                   logprobs=delta.logprobs, finish_reason=delta.finish_reason)
+                                   logprobs=delta.logprobs, finish_reason=delta.finish_reason,
+                                   num_prompt_tokens=delta.num_prompt_tokens,
+                                   prompt_logprobs=delta.prompt_logprobs,
+                                   prompt_token_ids=delta.prompt_token_ids if envelope.return_token_ids else None)
                 if transcript.add(event):
                     self.writer.emit(request_id, event)
                     if first_token_at is None and event.token_ids:

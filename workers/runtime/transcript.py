@@ -37,6 +37,8 @@ class Transcript:
         self.choices = [Choice() for _ in range(n)]
         self.terminal: FinalEvent | ErrorEvent | None = None
         self.num_prompt_tokens = 0
+        self.prompt_token_ids: list[int] | None = None  # when the request asked for them
+        self.prompt_logprobs: list[TokenLogprob] | None = None
 
     def add(self, event: ResultEvent) -> bool:
         """Record `event`; False if it repeats tokens already recorded (and is ignored)."""
@@ -55,6 +57,10 @@ class Transcript:
         if event.logprobs is not None:
             choice.logprobs = (choice.logprobs or []) + event.logprobs
         choice.finish_reason = event.finish_reason
+        if event.prompt_token_ids is not None:
+            self.prompt_token_ids = event.prompt_token_ids
+        if event.prompt_logprobs is not None:
+            self.prompt_logprobs = event.prompt_logprobs
         return True
 
     @property

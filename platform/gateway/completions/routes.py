@@ -11,17 +11,17 @@ from litestar.response import Stream
 from pagefleet.platform.gateway.completions.params import prepare_chat, prepare_completion
 from pagefleet.platform.gateway.completions.schemas import ChatCompletionRequest, CompletionRequest
 from pagefleet.platform.gateway.completions.service import CompletionService
-from pagefleet.platform.gateway.errors import ErrorResponse
+from pagefleet.platform.gateway.errors import error_specs
 from pagefleet.platform.protocol.openai import ChatCompletion, Completion
 
-_ERRORS = {status: ResponseSpec(ErrorResponse, description=description) for status, description in {
+_ERRORS = error_specs({
     400: "Malformed JSON, schema violation, bad parameter or context length exceeded",
     401: "Missing or invalid API key",
     404: "Unknown model",
     413: "Request body too large",
     429: "The model's queue is full (see Retry-After)",
     504: "Deadline exceeded",
-}.items()}
+})
 ERROR_RESPONSES = _ERRORS  # the same statuses document /v1/embeddings
 
 
@@ -34,7 +34,8 @@ class CompletionsRoutes(Controller):
                                        "chunks when stream is true"), **_ERRORS})
     async def chat(self, data: JSONBody[ChatCompletionRequest], completions: NamedDependency[CompletionService],
                    owner: NamedDependency[str], request: Request) -> Response | Stream:
-        prepared = prepare_chat(data, completions.context("chatcmpl", owner))
+        prepared = prepare_chat(data, completions.context("chatcmpl", owner),
+                                completions.tool_parser(data.model))
         return await completions.run(prepared, request.receive)
 
     @post("/completions", status_code=200,

@@ -27,12 +27,14 @@ Role = Literal["system", "user", "assistant", "tool", "developer"]
 VENDOR_EXTENSIONS = (
     "top_k", "min_p", "repetition_penalty", "ignore_eos", "stop_token_ids", "min_tokens",
     "skip_special_tokens", "include_stop_str_in_output", "guided_json", "guided_regex",
-    "guided_choice", "guided_grammar",
+    "guided_choice", "guided_grammar", "add_generation_prompt", "continue_final_message",
+    "truncate_prompt_tokens", "prompt_logprobs", "return_token_ids",
 )
 
 
 class StreamOptions(msgspec.Struct, forbid_unknown_fields=True):
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's: usage so far in every chunk
 
 
 class JsonSchemaFormat(msgspec.Struct, forbid_unknown_fields=True):
@@ -75,6 +77,9 @@ class SamplingFields(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
+    truncate_prompt_tokens: Int64 | None = None
+    prompt_logprobs: Int64 | None = None
+    return_token_ids: bool | None = None
 
     @property
     def num_choices(self) -> int:
@@ -89,10 +94,44 @@ class CompletionRequest(SamplingFields, kw_only=True):
     suffix: str | None = None
 
 
+class FunctionCallIn(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    arguments: str
+
+
+class ToolCallIn(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    function: FunctionCallIn
+    type: Literal["function"] = "function"
+
+
 class ChatMessageIn(msgspec.Struct, forbid_unknown_fields=True):
     role: Role
     content: str | list[dict] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None  # assistant messages
+    tool_call_id: str | None = None  # tool messages
+
+
+class FunctionDefinition(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: str | None = None
+    parameters: dict | None = None
+    strict: bool | None = None
+
+
+class ToolIn(msgspec.Struct, forbid_unknown_fields=True):
+    function: FunctionDefinition
+    type: Literal["function"] = "function"
+
+
+class NamedFunction(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+
+
+class NamedToolChoice(msgspec.Struct, forbid_unknown_fields=True):
+    function: NamedFunction
+    type: Literal["function"] = "function"
 
 
 class ChatCompletionRequest(SamplingFields, kw_only=True):
@@ -101,3 +140,8 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     max_completion_tokens: Int64 | None = None
     logprobs: bool | None = None
     top_logprobs: Int64 | None = None
+    tools: list[ToolIn] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    add_generation_prompt: bool | None = None
+    continue_final_message: bool | None = None

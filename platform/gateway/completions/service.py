@@ -48,10 +48,12 @@ from pagefleet.platform.gateway.metrics import GatewayMetrics
 from pagefleet.platform.gateway.settings import GatewaySettings
 from pagefleet.platform.protocol import DeltaEvent, ErrorEvent, FinalEvent, RequestEnvelope, keys
 from pagefleet.platform.protocol.messages import input_param
+from pagefleet.platform.protocol.openai import ChatCompletion, Completion
+from pagefleet.platform.protocol.tools import DEFAULT_TOOL_PARSER, ToolParserName
 
 logger = logging.getLogger(__name__)
 
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _DONE = b"data: [DONE]\n\n"
 
 
@@ -80,19 +82,25 @@ class CompletionService:
 
     `max_model_lens` maps each served model to its context length (None: unknown);
     `embedding_models` (registry `task: embed`) take only embedding requests, refused here
-    rather than after a worker's cold start.
+    rather than after a worker's cold start; `tool_parsers` maps models to the format of their
+    tool calls (the registry's `tool_parser`).
     """
 
     def __init__(self, broker: Broker, hub: ResultHub, settings: GatewaySettings,
                  max_model_lens: dict[str, int | None], metrics: GatewayMetrics,
-                 embedding_models: frozenset[str] = frozenset()) -> None:
+                 embedding_models: frozenset[str] = frozenset(),
+                 tool_parsers: dict[str, ToolParserName] | None = None) -> None:
         self.embedding_models = embedding_models
+        self.tool_parsers = tool_parsers or {}
         self.broker = broker
         self.hub = hub
         self.settings = settings
         self.models = frozenset(max_model_lens)
         self.max_model_lens = max_model_lens
         self.metrics = metrics
+
+    def tool_parser(self, model: str) -> ToolParserName:
+        return self.tool_parsers.get(model, DEFAULT_TOOL_PARSER)
 
     def context(self, prefix: str, owner: str, *, job_id: str | None = None,
                 deadline: bool = True) -> RequestContext:
@@ -141,23 +149,36 @@ class CompletionService:
 
     async def run(self, prepared: PreparedRequest, receive: Receive) -> Response | Stream:
         """`receive` is the request's ASGI channel (body already read): it reports a disconnect."""
+        if not prepared.stream:
+            return Response(await self.answer(prepared, receive), status_code=200)
+        subscription, events = await self._open(prepared)
+        try:
+            return await self._stream(prepared, subscription, events)
+        except BaseException:
+            subscription.close()
+            raise
+
+    async def answer(self, prepared: PreparedRequest, receive: Receive) -> ChatCompletion | Completion:
+        """The whole answer of a request that does not stream (also what /v1/responses builds on)."""
+        subscription, events = await self._open(prepared)
+        try:
+            return await self._collect(prepared, events, receive)
+        finally:
+            subscription.close()
+
+    async def _open(self, prepared: PreparedRequest) -> tuple[Subscription, AsyncIterator[SourcedEvent]]:
+        """Subscribe to the request's results, then queue it (so no event can be missed)."""
         if self.hub.in_flight >= self.settings.max_in_flight:
             raise OpenAIError(429, "This gateway is at its limit of requests in flight; retry later.",
                               code="gateway_busy", headers=self._retry_after())
         subscription = self.hub.subscribe(prepared.request_ids)
         try:
             await self.admit(prepared, keys.PRIORITY_INTERACTIVE)
-            deadline = prepared.envelopes[0].deadline or time.time() + self.settings.request_timeout_s
-            events = subscription.events(deadline)
-            if prepared.stream:
-                return await self._stream(prepared, subscription, events)
-            return await self._collect(prepared, events, receive)
         except BaseException:
             subscription.close()
             raise
-        finally:
-            if not prepared.stream:
-                subscription.close()
+        deadline = prepared.envelopes[0].deadline or time.time() + self.settings.request_timeout_s
+        return subscription, subscription.events(deadline)
 
     async def cancel_quietly(self, prepared: PreparedRequest) -> None:
         """Cancel on the way out; with Redis gone the worker finds out from its own side."""
@@ -167,10 +188,10 @@ class CompletionService:
             logger.warning("could not cancel %s: %s", prepared.response_id, exc)
 
     async def _collect(self, prepared: PreparedRequest, events: AsyncIterator[SourcedEvent],
-                       receive: Receive) -> Response:
+                       receive: Receive) -> ChatCompletion | Completion:
         """Gather the whole answer while watching the connection; a client that leaves first
         gets its requests cancelled and a 499 that nobody reads."""
-        outcome: Response | Exception | None = None
+        outcome: ChatCompletion | Completion | Exception | None = None
         async with anyio.create_task_group() as group:
             group.start_soon(self._cancel_on_disconnect, prepared, receive, group.cancel_scope)
             try:
@@ -206,7 +227,8 @@ class CompletionService:
             await self.cancel_quietly(prepared)
             raise queue_unavailable() from None
 
-    async def _gather(self, prepared: PreparedRequest, events: AsyncIterator[SourcedEvent]) -> Response:
+    async def _gather(self, prepared: PreparedRequest,
+                      events: AsyncIterator[SourcedEvent]) -> ChatCompletion | Completion:
         accumulator = ResultAccumulator(prepared)
         async with self._cancel_and_translate(prepared):
             try:
@@ -221,7 +243,7 @@ class CompletionService:
             except OpenAIError:
                 await self.cancel_quietly(prepared)
                 raise
-        return Response(accumulator.response(), status_code=200)
+        return accumulator.response()
 
     async def _stream(self, prepared: PreparedRequest, subscription: Subscription,
                       events: AsyncIterator[SourcedEvent]) -> Stream:
@@ -231,7 +253,7 @@ class CompletionService:
             await self.cancel_quietly(prepared)
             raise event_error(first.event)
         return Stream(self._sse_body(prepared, subscription, first, events),
-                      media_type="text/event-stream", headers=_SSE_HEADERS)
+                      media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def _sse_body(self, prepared: PreparedRequest, subscription: Subscription,
                         first: SourcedEvent, events: AsyncIterator[SourcedEvent]) -> AsyncIterator[bytes]:
@@ -250,10 +272,12 @@ class CompletionService:
                             first_token_seen = True
                             self.metrics.observe_ttft(
                                 prepared.model, time.time() - prepared.envelopes[0].created_at)
-                        yield sse(accumulator.delta_chunk(pending.source, event))
+                        for chunk in accumulator.delta_chunks(pending.source, event):
+                            yield sse(chunk)
                 elif isinstance(event, FinalEvent):
                     for index in accumulator.add_final(pending.source, event):
-                        yield sse(accumulator.finish_chunk(index))
+                        for chunk in accumulator.finish_chunks(index):
+                            yield sse(chunk)
                 else:
                     yield _error_chunk(event_error(event).body)
                     break

@@ -70,7 +70,8 @@ class JobService:
         if body.stream:
             raise bad_request("jobs cannot stream; poll GET /v1/jobs/{id}", param="body.stream")
         context = self.completions.context("job", owner, job_id=job_id, deadline=False)
-        prepared = prepare_chat(body, context) if is_chat else prepare_completion(body, context)
+        prepared = (prepare_chat(body, context, self.completions.tool_parser(body.model)) if is_chat
+                    else prepare_completion(body, context))
         if len(prepared.envelopes) != 1:
             raise bad_request("a job takes one prompt; submit one job per prompt", param="body.prompt")
         return prepared

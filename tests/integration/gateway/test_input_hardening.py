@@ -133,6 +133,9 @@ def test_json_with_charset_is_accepted(gateway: LiveGateway) -> None:
 
 @pytest.mark.parametrize("role", ["system", "user", "assistant", "tool", "developer"])
 def test_every_openai_role_is_accepted(gateway: LiveGateway, role: str) -> None:
-    messages = [{"role": role, "content": "one two"}, {"role": "user", "content": "three"}]
+    first = {"role": role, "content": "one two"}
+    if role == "tool":  # OpenAI requires the id of the call a tool message answers
+        first["tool_call_id"] = "call_1"
+    messages = [first, {"role": "user", "content": "three"}]
     completion = gateway.client().chat.completions.create(model=MODEL, messages=messages, max_tokens=1)
     assert completion.choices[0].message.content == " one"

@@ -84,14 +84,14 @@ CHAT = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content
 
 
 @pytest.mark.parametrize(("extra", "param"), [
-    ({"tools": []}, "tools"),
-    ({"parallel_tool_calls": True}, "parallel_tool_calls"),
-    ({"messages": [{"role": "user", "content": "x", "tool_call_id": "c"}]}, "messages[0].tool_call_id"),
+    ({"functions": []}, "functions"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "extra": 1}}]}, "tools[0].function.extra"),
+    ({"messages": [{"role": "user", "content": "x", "audio": {}}]}, "messages[0].audio"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {},
                                                                 "extra": 1}}},
      "response_format.json_schema.extra"),
-    ({"stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}},
-     "stream_options.continuous_usage_stats"),
+    ({"stream": True, "stream_options": {"include_usage": True, "usage_every": 2}},
+     "stream_options.usage_every"),
 ])
 def test_unimplemented_fields_are_400_naming_the_field(client: TestClient, extra: dict, param: str) -> None:
     """No silent ignores: a field the gateway would not honour is refused, as OpenAI refuses
@@ -105,9 +105,9 @@ def test_unimplemented_fields_are_400_naming_the_field(client: TestClient, extra
 
 def test_unimplemented_completion_field_is_400(client: TestClient) -> None:
     response = client.post("/v1/completions", json={"model": "smollm2-135m-instruct", "prompt": "x",
-                                                    "truncate_prompt_tokens": 3})
+                                                    "best_of": 3})
     assert response.status_code == 400
-    assert error_of(response)["param"] == "truncate_prompt_tokens"
+    assert error_of(response)["param"] == "best_of"
 
 
 @pytest.mark.parametrize(("extra", "param"), [

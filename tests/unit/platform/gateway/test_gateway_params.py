@@ -61,7 +61,9 @@ def test_vllm_extras_reach_sampling_params() -> None:
 
 
 @pytest.mark.parametrize(("body", "param"), [
-    ({"echo": True}, "echo"),
+    ({"prompt": [1, 2], "echo": True}, "echo"),
+    ({"prompt_logprobs": 21}, "prompt_logprobs"),
+    ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
     ({"n": 0}, "n"),
     ({"n": 9}, "n"),  # over max_choices
     ({"temperature": -0.5}, "temperature"),
@@ -70,7 +72,7 @@ def test_vllm_extras_reach_sampling_params() -> None:
 ])
 def test_completion_rejections_name_the_field(body: dict, param: str) -> None:
     with pytest.raises(OpenAIError) as info:
-        prepare_completion(completion(prompt="x", **body), CONTEXT)
+        prepare_completion(completion(**{"prompt": "x", **body}), CONTEXT)
     assert (info.value.status, info.value.body.param) == (400, param)
 
 
@@ -130,3 +132,64 @@ def test_structured_output_and_bias_reach_the_sampling_params() -> None:
     assert spec.kind == "choice" and msgspec.json.decode(spec.spec) == ["yes", "no"]
     text = prepare_chat(chat(response_format={"type": "text"}), CONTEXT).envelopes[0].params
     assert text.structured_output is None
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}}}},
+         {"type": "function", "function": {"name": "get_time"}}]
+
+
+def test_tools_become_a_tool_spec_with_the_registry_parser() -> None:
+    envelope = prepare_chat(chat(tools=TOOLS), CONTEXT, "llama3_json").envelopes[0]
+    assert (envelope.tools.choice, envelope.tools.parser, envelope.tools.parallel) == ("auto", "llama3_json", True)
+    assert envelope.params.structured_output is None
+    assert prepare_chat(chat(tools=TOOLS, tool_choice="none"), CONTEXT).envelopes[0].tools is None
+
+
+def test_named_and_required_choices_force_a_grammar() -> None:
+    named = prepare_chat(chat(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_time"}}),
+                         CONTEXT).envelopes[0]
+    assert (named.tools.choice, named.tools.name) == ("named", "get_time")
+    assert named.params.structured_output.spec == '{"type":"object"}'
+    required = prepare_chat(chat(tools=TOOLS, tool_choice="required", parallel_tool_calls=False),
+                            CONTEXT).envelopes[0]
+    assert '"maxItems":1' in required.params.structured_output.spec
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"tools": []}, "tools"),
+    ({"tool_choice": "auto"}, "tool_choice"),
+    ({"parallel_tool_calls": True}, "parallel_tool_calls"),
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+    ({"tools": TOOLS + TOOLS[:1]}, "tools"),
+    ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "messages"),
+    ({"messages": [{"role": "user", "content": "x", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}, "messages"),
+    ({"continue_final_message": True}, "continue_final_message"),
+    ({"messages": [{"role": "assistant", "content": "x"}], "continue_final_message": True,
+      "add_generation_prompt": True}, "continue_final_message"),
+])
+def test_bad_tool_and_template_fields_are_400(body: dict, param: str) -> None:
+    with pytest.raises(OpenAIError) as info:
+        prepare_chat(chat(**body), CONTEXT)
+    assert (info.value.status, info.value.body.param) == (400, param)
+
+
+def test_tool_history_and_template_options_travel_in_the_envelope() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+    envelope = prepare_chat(chat(tools=TOOLS, messages=[
+        {"role": "user", "content": "time?"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "content": "noon", "tool_call_id": "c1"}, {"role": "assistant", "content": "It is"}],
+        continue_final_message=True), CONTEXT).envelopes[0]
+    assert envelope.messages[1].tool_calls == [call] and envelope.messages[2].tool_call_id == "c1"
+    assert (envelope.chat_options.add_generation_prompt, envelope.chat_options.continue_final_message) == (False, True)
+    assert prepare_chat(chat(), CONTEXT).envelopes[0].chat_options is None
+
+
+def test_echo_with_logprobs_asks_the_worker_for_prompt_logprobs() -> None:
+    envelope = prepare_completion(completion(prompt="x y", echo=True, logprobs=2,
+                                             return_token_ids=True), CONTEXT).envelopes[0]
+    assert (envelope.echo, envelope.return_token_ids, envelope.params.prompt_logprobs) == (True, True, 2)
+    plain = prepare_completion(completion(prompt="x", echo=True), CONTEXT).envelopes[0]
+    assert plain.params.prompt_logprobs is None

@@ -62,7 +62,7 @@ def test_final_finishes_choices_no_delta_finished() -> None:
     acc = ResultAccumulator(prepared(kind="chat", n=2, num_prompts=1))
     acc.add_delta(0, delta(0, 0, "a", finish="length"))
     assert acc.add_final(0, final(["length", "abort"], 1, 1)) == [1]
-    chunk = msgspec.to_builtins(acc.finish_chunk(1))
+    chunk = msgspec.to_builtins(acc.finish_chunks(1)[-1])
     assert chunk["choices"] == [{"index": 1, "delta": {}, "logprobs": None, "finish_reason": "abort"}]
 
 
@@ -72,7 +72,7 @@ def test_chat_stream_chunks_have_openai_shapes() -> None:
     assert [c["choices"][0]["delta"] for c in first] == [{"role": "assistant", "content": ""}] * 2
     event = delta(1, 0, "hi")
     acc.add_delta(0, event)
-    chunk = msgspec.to_builtins(acc.delta_chunk(0, event))
+    chunk = msgspec.to_builtins(acc.delta_chunks(0, event)[0])
     assert chunk["object"] == "chat.completion.chunk"
     assert chunk["choices"][0]["index"] == 1 and chunk["choices"][0]["delta"] == {"content": "hi"}
     acc.add_final(0, final(["length", "length"], 1, 1))
@@ -87,7 +87,7 @@ def test_completion_logprobs_offsets_continue_across_chunks() -> None:
     first, second = delta(0, 0, "ab", logprobs=lp), delta(0, 1, "cde", logprobs=lp2)
     acc.add_delta(0, first)
     acc.add_delta(0, second)
-    assert acc.delta_chunk(0, second).choices[0].logprobs.text_offset == [2]
+    assert acc.delta_chunks(0, second)[0].choices[0].logprobs.text_offset == [2]
     whole = acc.completion().choices[0].logprobs
     assert whole.tokens == ["ab", "cde"] and whole.text_offset == [0, 2]
     assert whole.top_logprobs == [{"ab": -0.1}, {"cde": -0.2}]

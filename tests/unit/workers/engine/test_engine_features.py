@@ -103,3 +103,17 @@ def test_bad_input_raises_precise_errors(llm):
     with pytest.raises(ValueError, match="2 sampling params for 1 prompts"):
         llm.generate([PROMPT], [SamplingParams(), SamplingParams()])
     assert not llm.engine.has_unfinished()
+
+
+def test_truncate_prompt_tokens_keeps_the_last_tokens(llm):
+    prompt = "The quick brown fox jumps over the lazy dog and keeps running"
+    ids = llm.get_tokenizer().encode(prompt)
+    params = SamplingParams(temperature=0, max_tokens=5)
+    [truncated] = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=5, truncate_prompt_tokens=4))
+    [tail] = llm.generate([ids[-4:]], params)
+    assert truncated.prompt_token_ids == ids[-4:]
+    assert truncated.outputs[0].token_ids == tail.outputs[0].token_ids
+    [whole] = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=5, truncate_prompt_tokens=-1))
+    assert whole.prompt_token_ids == ids
+    with pytest.raises(ValueError, match="truncate_prompt_tokens"):
+        SamplingParams(truncate_prompt_tokens=0)

@@ -71,3 +71,26 @@ def test_prefix_cache_hits_keep_tokens_identical(hf_reference):
     assert {p: o.outputs[0].token_ids for p, o in zip(prompts[1:], rest, strict=True)} == {
         p: want[p] for p in prompts[1:]
     }
+
+
+def test_prompt_logprobs_equal_transformers_log_softmax(hf_reference):
+    """Each prompt token's logprob (and the top alternatives) is transformers' log-softmax at
+    the position before it, also when the prompt's prefix is already cached."""
+    import torch
+
+    prompt = PROMPTS[5]
+    ids = hf_reference.tokenizer.encode(prompt)
+    with torch.inference_mode():
+        reference = hf_reference.model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    llm = LLM(max_model_len=512)
+    params = SamplingParams(temperature=0, max_tokens=2, prompt_logprobs=3)
+    for _ in range(2):  # the second time the prefix cache holds the prompt
+        [out] = llm.generate(prompt, params)
+        assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == len(ids)
+        for position, entry in enumerate(out.prompt_logprobs[1:], start=1):
+            row = reference[position - 1]
+            assert entry.token_id == ids[position]
+            assert entry.logprob == pytest.approx(row[ids[position]].item(), abs=2e-3)
+            top = row.topk(3)
+            assert [t.token_id for t in entry.top] == top.indices.tolist()
+            assert [t.logprob for t in entry.top] == pytest.approx(top.values.tolist(), abs=2e-3)
