@@ -1,0 +1,61 @@
+"""Standby (`LLMEngine.sleep` / `wake`): after a round trip the engine answers exactly as a
+fresh one does. CPU, torch backend: the weights really leave their tensors (each parameter
+is an empty placeholder while asleep) and come back from the host buffer, and the KV cache
+is reallocated, so a wrong offset, a lost buffer or a stale prefix-cache entry changes the
+tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+from pagefleet.workers import LLM, SamplingParams
+from pagefleet.workers.engine.errors import EngineAsleepError, EngineBusyError
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Write a short poem about the sea:"]
+GREEDY = SamplingParams(temperature=0, max_tokens=12)
+
+
+def _tokens(llm: LLM) -> list[list[int]]:
+    return [out.outputs[0].token_ids for out in llm.generate(PROMPTS, GREEDY)]
+
+
+@pytest.fixture(scope="module")
+def fresh_tokens() -> list[list[int]]:
+    return _tokens(LLM(max_model_len=256, block_size=4))
+
+
+def test_wake_answers_like_a_fresh_engine(fresh_tokens) -> None:
+    llm = LLM(max_model_len=256, block_size=4)
+    engine = llm.engine
+    assert _tokens(llm) == fresh_tokens  # fills the prefix cache, which sleep must forget
+    for _ in range(2):  # the second sleep reuses the host copy made by the first
+        engine.sleep()
+        assert engine.is_sleeping and engine.stats().is_sleeping
+        assert all(p.numel() == 0 for p in engine.runner.model.parameters())
+        assert engine.runner.kv_caches == []
+        assert not engine.kv_cache.pool.cached
+        engine.wake()
+        assert not engine.is_sleeping
+        outputs = llm.generate(PROMPTS, GREEDY)
+        assert [out.outputs[0].token_ids for out in outputs] == fresh_tokens
+        assert all(out.num_cached_tokens == 0 for out in outputs)  # nothing stale was served
+
+
+def test_sleep_is_refused_while_requests_run_and_requests_while_asleep() -> None:
+    llm = LLM(max_model_len=256)
+    engine = llm.engine
+    engine.add_request("a", PROMPTS[0], GREEDY)
+    engine.step()
+    with pytest.raises(EngineBusyError, match="1 request"):
+        engine.sleep()
+    assert not engine.is_sleeping
+    engine.abort("a")
+    engine.sleep()
+    engine.sleep()  # idempotent
+    with pytest.raises(EngineAsleepError, match="wake"):
+        engine.add_request("b", PROMPTS[0], GREEDY)
+    engine.wake()
+    engine.wake()  # idempotent
+    engine.add_request("b", PROMPTS[0], GREEDY)
+    while engine.has_unfinished():
+        engine.step()
