@@ -33,7 +33,7 @@ from pagefleet.workers.engine.errors import (
     PromptTooLongError,
 )
 from pagefleet.workers.engine.kv_cache_manager import KVCacheManager
-from pagefleet.workers.engine.model_runner import InFlightTokens, ModelRunner
+from pagefleet.workers.engine.model_runner import InFlightTokens, ModelRunner, WakeTimes
 from pagefleet.workers.engine.outputs import EngineCounters, EngineStats, RequestDelta
 from pagefleet.workers.engine.preemption import estimate_cost
 from pagefleet.workers.engine.sampler import (
@@ -254,9 +254,14 @@ class LLMEngine:
         self.kv_cache.reset_prefix_cache()  # the cached blocks' contents go with the cache
         self.runner.sleep()
 
-    def wake(self) -> None:
-        """Back from standby: weights on the device, an empty KV cache, graphs captured."""
-        self.runner.wake()
+    def wake(self) -> WakeTimes:
+        """Back from standby: weights on the device, an empty KV cache, graphs captured;
+        returns how long each took (logged too: it is a cold-start phase)."""
+        times = self.runner.wake()
+        if times.total_s:
+            logger.info("woke in %.3f s (weights %.3f s, KV cache %.3f s, graphs %.3f s)",
+                        times.total_s, times.weights_s, times.kv_cache_s, times.graphs_s)
+        return times
 
     def shutdown(self) -> None:
         """Stop the tensor-parallel worker processes, if any (idempotent)."""

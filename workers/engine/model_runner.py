@@ -7,6 +7,7 @@ It owns the model and the KV cache tensors (one K and one V tensor per layer, sh
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +52,19 @@ class HostStep:
     # `input_ids`, and where the previous step's device-side choices hold them.
     pending_rows: np.ndarray  # [num_pending] int64
     pending_sources: np.ndarray  # [num_pending] int64
+
+
+@dataclass(frozen=True, slots=True)
+class WakeTimes:
+    """Seconds a wake spent on each phase (zero when the runner was awake already)."""
+
+    weights_s: float = 0.0  # host to device
+    kv_cache_s: float = 0.0  # allocate and zero
+    graphs_s: float = 0.0  # capture the decode graphs again
+
+    @property
+    def total_s(self) -> float:
+        return self.weights_s + self.kv_cache_s + self.graphs_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,16 +172,22 @@ class ModelRunner:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def wake(self) -> None:
+    def wake(self) -> WakeTimes:
         """Weights back, a fresh (zeroed) KV cache of the same size, graphs captured again
         (the weights and the cache have new addresses, which captured graphs bake in)."""
         if not self.is_sleeping:
-            return
+            return WakeTimes()
         assert self.host_weights is not None  # sleep() made it
-        self.host_weights.restore_device()
+        start = time.perf_counter()
+        self.host_weights.restore_device()  # synchronises
+        weights_done = time.perf_counter()
         self.kv_caches = self._allocate_kv_cache(self.num_blocks + 1)
-        self.graphs = self._capture_graphs()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        kv_done = time.perf_counter()
+        self.graphs = self._capture_graphs()  # synchronises
         self.is_sleeping = False
+        return WakeTimes(weights_done - start, kv_done - weights_done, time.perf_counter() - kv_done)
 
     def _decide_num_blocks(self, settings: ResolvedEngineConfig) -> int:
         if self.config.num_kv_blocks is not None:
