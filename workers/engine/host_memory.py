@@ -16,6 +16,7 @@ by a `BlockPool` of their own, filled and drained by block id.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -28,9 +29,20 @@ _ALIGN = 256  # bytes: every tensor in a flat buffer starts aligned for any dtyp
 KVCaches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-def host_empty(num_bytes: int, device: torch.device) -> torch.Tensor:
-    """A flat uint8 host buffer, pinned when it is to feed a CUDA device."""
-    return torch.empty(num_bytes, dtype=torch.uint8, pin_memory=device.type == "cuda")
+def host_empty(owner: object, num_bytes: int, device: torch.device) -> torch.Tensor:
+    """A flat uint8 host buffer, pinned while `owner` lives when it is to feed a CUDA device.
+
+    Pinned by registering ordinary memory (`cudaHostRegister`) rather than through
+    `pin_memory=True`: PyTorch's pinned allocator rounds every size up to a power of two,
+    which would pin 32 GiB for the 16 GiB of an 8B model's weights."""
+    buffer = torch.empty(num_bytes, dtype=torch.uint8)
+    if device.type == "cuda" and num_bytes > 0:
+        cudart = torch.cuda.cudart()
+        error = cudart.cudaHostRegister(buffer.data_ptr(), num_bytes, 0)
+        if int(error) != 0:
+            raise RuntimeError(f"could not pin {num_bytes} bytes of host memory: {error}")
+        weakref.finalize(owner, cudart.cudaHostUnregister, buffer.data_ptr())
+    return buffer
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +69,7 @@ class HostWeights:
             self.slots.append(_Slot(tensor, tensor.shape, offset, num_bytes))
             offset += cdiv(num_bytes, _ALIGN) * _ALIGN
         self.num_bytes = offset
-        self.flat = host_empty(offset, device)
+        self.flat = host_empty(self, offset, device)
         for slot in self.slots:
             _view(self.flat, slot).copy_(slot.tensor.data, non_blocking=True)
         if device.type == "cuda":
@@ -98,7 +110,7 @@ class HostKVCache:
         self.device = device
         self.num_blocks = num_blocks
         block_bytes = k[0].numel() * k.element_size()
-        self.flat = host_empty(2 * len(device_caches) * num_blocks * block_bytes, device)
+        self.flat = host_empty(self, 2 * len(device_caches) * num_blocks * block_bytes, device)
         per_layer = self.flat.view(k.dtype).view(len(device_caches), 2, num_blocks, *k.shape[1:])
         self.caches: KVCaches = [(layer[0], layer[1]) for layer in per_layer]
 

@@ -195,7 +195,8 @@ def registry_engine_factory(spec: Any) -> EngineFactory:
         from pagefleet.workers.engine.async_engine import AsyncEngine
         from pagefleet.workers.engine.config import EngineConfig
 
-        return AsyncEngine(EngineConfig(model=spec.source, **spec.engine_kwargs()))
+        return AsyncEngine(EngineConfig(model=spec.source, **spec.engine_kwargs()),
+                           standby_after_s=spec.scaling.standby_after_s)
     return build
 
 

@@ -6,10 +6,14 @@ tokens."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from pagefleet.workers import LLM, SamplingParams
+from pagefleet.workers import LLM, EngineConfig, SamplingParams
+from pagefleet.workers.engine.async_engine import AsyncEngine
 from pagefleet.workers.engine.errors import EngineAsleepError, EngineBusyError
+from tests.support.waiting import wait_for
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Write a short poem about the sea:"]
 GREEDY = SamplingParams(temperature=0, max_tokens=12)
@@ -59,3 +63,24 @@ def test_sleep_is_refused_while_requests_run_and_requests_while_asleep() -> None
     engine.add_request("b", PROMPTS[0], GREEDY)
     while engine.has_unfinished():
         engine.step()
+
+
+def test_an_idle_async_engine_sleeps_and_the_next_request_wakes_it(fresh_tokens) -> None:
+    engine = AsyncEngine(EngineConfig(max_model_len=256, block_size=4), standby_after_s=0.0)
+    try:
+        wait_for(lambda: engine.stats().is_sleeping, "the idle engine to go to standby")
+
+        async def generate(request_id: str) -> list[int]:
+            return [t async for d in engine.add_request(request_id, PROMPTS[0], GREEDY)
+                    for t in d.token_ids]
+
+        assert asyncio.run(generate("after-standby")) == fresh_tokens[0]
+        wait_for(lambda: engine.stats().is_sleeping, "the engine to go back to standby")
+        assert asyncio.run(generate("again")) == fresh_tokens[0]
+    finally:
+        engine.shutdown()
+
+
+def test_standby_after_s_is_validated() -> None:
+    with pytest.raises(ValueError, match="standby_after_s"):
+        AsyncEngine(EngineConfig(), standby_after_s=-1)
