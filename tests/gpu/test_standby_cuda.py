@@ -1,5 +1,6 @@
-"""Standby and KV swapping on the GPU (Triton backend, CUDA graphs, bf16, pinned host
-memory). float32, so tokens do not depend on how steps are batched. Skipped without CUDA; run on the lent H200 with `pytest tests/gpu`."""
+"""Standby and KV swapping on the GPU (Triton backend, CUDA graphs, pinned host memory), in
+float32 so that tokens do not depend on how steps are batched. Skipped without CUDA; run on
+the lent H200 with `pytest tests/gpu`."""
 
 from __future__ import annotations
 
