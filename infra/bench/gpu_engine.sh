@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Engine checks and throughput benchmarks on a GPU machine (the lent H100), from the repo root.
 # Needs torch, triton and transformers there; carries msgspec/gguf wheels in .whl/ if missing.
-# Usage: infra/bench/gpu_engine.sh OUT_DIR [quick]
+# Usage: infra/bench/gpu_engine.sh OUT_DIR [quick|tp|profile|compare|standby|extra]
 set -uo pipefail
 out=${1:-/tmp/pf-bench}; mode=${2:-full}
 mkdir -p "$out"
@@ -52,6 +52,16 @@ if [ "$mode" = compare ]; then  # the engine-performance levers against the old 
       --json "$out/${tag}_sharegpt_new.json" 2>&1 | grep -v Warning | tee "$out/${tag}_new.txt"
     bench --model $m --load-format dummy --num-prompts 1000 --max-num-seqs 256 --hf none \
       --no-async-scheduling --no-fused-layers --json "$out/${tag}_sharegpt_old.json" 2>&1 | grep -v Warning | tee "$out/${tag}_old.txt"
+  done
+  exit 0
+fi
+if [ "$mode" = standby ]; then  # issue 15: 8B sleep/wake phases, then swap vs recompute under KV pressure
+  python3 -m pytest -q -p no:cacheprovider --noconftest tests/gpu/test_standby_cuda.py 2>&1 | tail -4 | tee "$out/standby_tests.txt"
+  b8() { bench --model llama-3.1-8b --load-format dummy --hf none "$@" 2>&1 | grep -v Warning; }
+  b8 --standby-cycles 3 --json "$out/llama8b_standby.json" | tee "$out/llama8b_standby.txt"
+  for m in swap recompute; do  # 64 x (1024 + 256) tokens in 2048 blocks of 16
+    b8 --num-prompts 64 --input-len 1024 --output-len 256 --max-num-seqs 64 --num-kv-blocks 2048 \
+      --swap-space 16 --preemption-mode $m --json "$out/llama8b_pressure_$m.json" | tail -4 | tee "$out/llama8b_pressure_$m.txt"
   done
   exit 0
 fi
