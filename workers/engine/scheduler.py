@@ -164,7 +164,9 @@ class Scheduler:
     def finish(self, seq: Sequence, reason: str) -> None:
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
-        self.running.remove(seq)
+        # A sequence preempted while its last token was in flight (asynchronous scheduling)
+        # finishes from the queue, its blocks on the host or already freed.
+        (self.running if seq in self.running else self.waiting).remove(seq)
         self.kv_cache.free(seq.seq_id)
 
     def abort(self, request_id: str) -> list[Sequence]:

@@ -79,7 +79,9 @@ def test_the_cost_model_follows_model_size_and_device() -> None:
     assert forced.prefers_swap(num_tokens=1024, num_blocks=64)
 
 
-def test_scheduler_swaps_the_victim_out_and_back_in() -> None:
+def _schedule_until_new_is_swapped_out():
+    """Two 8-token prompts fill a 4-block cache; when `old` needs a third block the newest
+    sequence, `new`, is swapped out (the cost model on the CPU always prefers swapping)."""
     kv = KVCacheManager(num_blocks=4, block_size=4, enable_prefix_caching=True, num_host_blocks=4)
     cost = estimate_cost(torch.device("cpu"), num_params=10**9, bytes_per_block=1024)
     scheduler = Scheduler(SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64, block_size=4),
@@ -89,22 +91,35 @@ def test_scheduler_swaps_the_victim_out_and_back_in() -> None:
     new = Sequence("new", 0, list(range(11, 19)), params, 8)  # no prefix shared with old
     scheduler.add([old])
     scheduler.add([new])
-    first = scheduler.schedule()  # both prompts: 2 blocks each, the cache is full
+    first = scheduler.schedule()
     assert [item.seq for item in first.scheduled] == [old, new] and kv.pool.num_free_blocks == 0
     scheduler.update(first)
     for seq in (old, new):
         seq.output_token_ids.append(9)
-    second = scheduler.schedule()  # old grows into a third block: new is swapped out
+    second = scheduler.schedule()
     assert [item.seq for item in second.scheduled] == [old]
     assert [c.host_block_id for c in second.swap_out] == [0, 1] and not second.swap_in
     assert new.num_computed_tokens == 8 and kv.is_swapped(new.seq_id)
     assert scheduler.waiting[0] is new
     scheduler.update(second)
+    return scheduler, kv, old, new
+
+
+def test_scheduler_swaps_the_victim_out_and_back_in() -> None:
+    scheduler, kv, old, new = _schedule_until_new_is_swapped_out()
     scheduler.finish(old, "stop")
     third = scheduler.schedule()  # room again: new comes back with its 8 tokens, decodes 1
     assert [(item.seq, item.num_new_tokens) for item in third.scheduled] == [(new, 1)]
     assert [c.host_block_id for c in third.swap_in] == [0, 1]
     assert not kv.is_swapped(new.seq_id) and kv.host_pool.num_free_blocks == 4
+
+
+def test_a_swapped_out_sequence_can_finish_from_the_queue() -> None:
+    # Asynchronous scheduling: its last token was in flight when it was preempted.
+    scheduler, kv, _, new = _schedule_until_new_is_swapped_out()
+    scheduler.finish(new, "length")
+    assert not scheduler.waiting and not kv.is_swapped(new.seq_id)
+    assert kv.host_pool.num_free_blocks == 4
 
 
 def test_swap_settings_are_validated() -> None:
