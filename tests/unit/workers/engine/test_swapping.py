@@ -58,15 +58,6 @@ def test_swapping_gives_the_unpressured_tokens(unpressured, async_scheduling) ->
     assert swapped == unpressured
 
 
-def test_a_full_swap_space_falls_back_to_recompute(unpressured) -> None:
-    # Room for two host blocks: some preemptions swap, the others must recompute.
-    tokens, llm = _run(**PRESSURE, swap_space=0.0004, preemption_mode="swap")
-    stats = llm.engine.stats()
-    assert llm.engine.kv_cache.host_pool.num_blocks == 2
-    assert 0 < stats.num_swapped_out_total < stats.num_preemptions_total
-    assert tokens == unpressured
-
-
 def test_the_cost_model_follows_model_size_and_device() -> None:
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     llama_8b = estimate_cost(cuda, num_params=8_030_000_000, bytes_per_block=16 * 131072)
@@ -79,10 +70,11 @@ def test_the_cost_model_follows_model_size_and_device() -> None:
     assert forced.prefers_swap(num_tokens=1024, num_blocks=64)
 
 
-def _schedule_until_new_is_swapped_out():
+def _preempt_new(num_host_blocks: int = 4):
     """Two 8-token prompts fill a 4-block cache; when `old` needs a third block the newest
-    sequence, `new`, is swapped out (the cost model on the CPU always prefers swapping)."""
-    kv = KVCacheManager(num_blocks=4, block_size=4, enable_prefix_caching=True, num_host_blocks=4)
+    sequence, `new`, is preempted (the cost model on the CPU always prefers swapping)."""
+    kv = KVCacheManager(num_blocks=4, block_size=4, enable_prefix_caching=True,
+                        num_host_blocks=num_host_blocks)
     cost = estimate_cost(torch.device("cpu"), num_params=10**9, bytes_per_block=1024)
     scheduler = Scheduler(SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64, block_size=4),
                           kv, cost)
@@ -97,16 +89,16 @@ def _schedule_until_new_is_swapped_out():
     for seq in (old, new):
         seq.output_token_ids.append(9)
     second = scheduler.schedule()
-    assert [item.seq for item in second.scheduled] == [old]
-    assert [c.host_block_id for c in second.swap_out] == [0, 1] and not second.swap_in
-    assert new.num_computed_tokens == 8 and kv.is_swapped(new.seq_id)
-    assert scheduler.waiting[0] is new
+    assert [item.seq for item in second.scheduled] == [old] and scheduler.waiting[0] is new
     scheduler.update(second)
-    return scheduler, kv, old, new
+    return scheduler, second, old, new
 
 
 def test_scheduler_swaps_the_victim_out_and_back_in() -> None:
-    scheduler, kv, old, new = _schedule_until_new_is_swapped_out()
+    scheduler, second, old, new = _preempt_new()
+    kv = scheduler.kv_cache
+    assert [c.host_block_id for c in second.swap_out] == [0, 1] and not second.swap_in
+    assert new.num_computed_tokens == 8 and kv.is_swapped(new.seq_id)
     scheduler.finish(old, "stop")
     third = scheduler.schedule()  # room again: new comes back with its 8 tokens, decodes 1
     assert [(item.seq, item.num_new_tokens) for item in third.scheduled] == [(new, 1)]
@@ -114,9 +106,17 @@ def test_scheduler_swaps_the_victim_out_and_back_in() -> None:
     assert not kv.is_swapped(new.seq_id) and kv.host_pool.num_free_blocks == 4
 
 
+def test_a_full_swap_space_falls_back_to_recompute() -> None:
+    scheduler, second, _, new = _preempt_new(num_host_blocks=1)  # new holds 2 blocks
+    assert not second.swap_out and not scheduler.kv_cache.is_swapped(new.seq_id)
+    assert new.num_computed_tokens == 0 and scheduler.num_preemptions == 1
+    assert scheduler.num_swapped_out == 0
+
+
 def test_a_swapped_out_sequence_can_finish_from_the_queue() -> None:
     # Asynchronous scheduling: its last token was in flight when it was preempted.
-    scheduler, kv, _, new = _schedule_until_new_is_swapped_out()
+    scheduler, _, _, new = _preempt_new()
+    kv = scheduler.kv_cache
     scheduler.finish(new, "length")
     assert not scheduler.waiting and not kv.is_swapped(new.seq_id)
     assert kv.host_pool.num_free_blocks == 4
