@@ -138,3 +138,10 @@ def test_standby_and_swap_space_are_read() -> None:
     assert ScalingPolicy().standby_after_s is None  # idle means zero unless asked
     spec = parse_registry(_with(("engine", "swap_space"), 4)).get("tiny")
     assert spec.engine_kwargs()["swap_space"] == 4
+
+
+def test_standby_example_shares_one_gpu() -> None:
+    registry = load_registry(EXAMPLE.with_name("registry-standby.yaml"))
+    specs = list(registry.models.values())
+    assert len(specs) == 2 and all(spec.scaling.standby_after_s for spec in specs)
+    assert sum(spec.engine.gpu_memory_utilization for spec in specs) <= 1.0
