@@ -49,12 +49,23 @@ def host_empty(owner: object, num_bytes: int, device: torch.device) -> torch.Ten
 class _Slot:
     tensor: torch.Tensor  # the parameter or buffer whose `.data` moves
     shape: torch.Size  # kept: the tensor itself is an empty placeholder while asleep
+    stride: tuple[int, ...]  # kept too: a transposed weight (column-major for a GEMM) stays so
     offset: int  # bytes into the flat buffer
     num_bytes: int
 
 
 def _view(flat: torch.Tensor, slot: _Slot) -> torch.Tensor:
-    return flat[slot.offset : slot.offset + slot.num_bytes].view(slot.tensor.dtype).view(slot.shape)
+    elements = flat[slot.offset : slot.offset + slot.num_bytes].view(slot.tensor.dtype)
+    return elements.as_strided(slot.shape, slot.stride)
+
+
+def _dense_stride(tensor: torch.Tensor) -> tuple[int, ...]:
+    """The tensor's own strides when its elements fill their span exactly once (contiguous
+    or permuted), else contiguous ones (the values are what matters then)."""
+    span = 1 + sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride(), strict=True))
+    if tensor.numel() > 0 and span == tensor.numel() and all(s > 0 for s in tensor.stride()):
+        return tensor.stride()
+    return torch.empty(tensor.shape, device="meta").stride()
 
 
 class HostWeights:
@@ -66,7 +77,7 @@ class HostWeights:
         offset = 0
         for tensor in _tensors(model):
             num_bytes = tensor.numel() * tensor.element_size()
-            self.slots.append(_Slot(tensor, tensor.shape, offset, num_bytes))
+            self.slots.append(_Slot(tensor, tensor.shape, _dense_stride(tensor), offset, num_bytes))
             offset += cdiv(num_bytes, _ALIGN) * _ALIGN
         self.num_bytes = offset
         self.flat = host_empty(self, offset, device)

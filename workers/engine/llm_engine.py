@@ -251,6 +251,9 @@ class LLMEngine:
         if self.tp_context is not None:
             raise RuntimeError("sleep needs tensor_parallel_size 1: the other ranks do not "
                                "sleep yet")
+        if self.in_flight is not None:  # a wasted token of a finished sequence: drop it
+            self._settle(self.in_flight)
+            self.in_flight = None
         self.kv_cache.reset_prefix_cache()  # the cached blocks' contents go with the cache
         self.runner.sleep()
 
