@@ -58,7 +58,9 @@ def choose_num_splits(
     return 1 << (splits.bit_length() - 1)  # a power of two: few compiled variants
 
 
-@triton.jit
+# Block-table width and split count change from step to step: one compiled kernel serves
+# them all (by default Triton would compile a variant per divisibility class).
+@triton.jit(do_not_specialize=["num_splits", "stride_table_seq"])
 def _paged_decode_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
     out_ptr, partial_out_ptr, partial_lse_ptr,

@@ -78,7 +78,9 @@ def _attend_tile(
     return acc, m_new, l_i
 
 
-@triton.jit
+# The block-table width changes from step to step: one compiled kernel serves every width
+# (by default Triton would compile a variant per divisibility class of the stride).
+@triton.jit(do_not_specialize=["stride_table_seq"])
 def _paged_prefill_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
     out_ptr, qk_scale,

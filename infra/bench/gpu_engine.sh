@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Engine checks and throughput benchmarks on a GPU machine (the lent H100), from the repo root.
 # Needs torch, triton and transformers there; carries msgspec/gguf wheels in .whl/ if missing.
-# Usage: infra/bench/gpu_engine.sh OUT_DIR [quick|tp|profile|compare|standby|extra]
+# Usage: infra/bench/gpu_engine.sh OUT_DIR [quick|tp|profile|compare|moe|fp8|final|fixed|standby|extra]
 set -uo pipefail
 out=${1:-/tmp/pf-bench}; mode=${2:-full}
 mkdir -p "$out"
@@ -54,6 +54,62 @@ if [ "$mode" = compare ]; then  # the engine-performance levers against the old 
       --no-async-scheduling --no-fused-layers --json "$out/${tag}_sharegpt_old.json" 2>&1 | grep -v Warning | tee "$out/${tag}_old.txt"
   done
   exit 0
+fi
+if [ "$mode" = moe ]; then  # fused-MoE kernel and Mixtral/Qwen3-MoE on the GPU, one layer's timing, Qwen3-30B-A3B
+  python3 -m pytest -q -p no:cacheprovider --confcutdir=tests/unit tests/unit/kernels/test_kernel_fused_moe.py 2>&1 | tail -3 | tee "$out/moe_tests.txt"
+  python3 -m pytest -q -p no:cacheprovider --noconftest tests/gpu/test_moe_cuda.py 2>&1 | tail -3 | tee -a "$out/moe_tests.txt"
+  python3 -m pagefleet.kernels.bench_moe --json "$out/moe_layer.json" 2>&1 | grep -v Warning | tee "$out/moe_layer.txt"
+  bench --model qwen3-30b-a3b --load-format dummy --num-prompts 1000 --max-num-seqs 256 --hf none --breakdown \
+    --json "$out/qwen3_30b_a3b.json" 2>&1 | grep -v Warning | tee "$out/qwen3_30b_a3b.txt"
+  exit 0
+fi
+if [ "$mode" = fp8 ]; then  # bf16 vs FP8 weights (ShareGPT-like), then 512 concurrent sequences
+  { timeout 200 python3 -m pytest -q -p no:cacheprovider --noconftest tests/gpu/test_engine_cuda.py -k "fp8 or async or pinned"
+    timeout 100 python3 -m pytest -q -p no:cacheprovider --confcutdir=tests/unit tests/unit/kernels/test_kernel_quant_fp8.py; } 2>&1 | grep -v Warn | tail -120 > "$out/gpu_tests.txt"
+  grep -E "passed|failed" "$out/gpu_tests.txt"
+  for m in llama-3.1-8b llama-3.2-1b; do
+    tag=${m//[-.]/}
+    breakdown=""; [ $m = llama-3.1-8b ] && breakdown="--breakdown"
+    timeout 150 bash -c "$(declare -f bench); bench --model $m --load-format dummy --num-prompts 1000 --hf none --repeat 2 \
+      $breakdown --json $out/${tag}_sharegpt_bf16.json" 2>&1 | grep -v Warning | grep -vE "^(device|system|preemptions)" | tee "$out/${tag}_bf16.txt"
+    timeout 120 bash -c "$(declare -f bench); bench --model $m --load-format dummy --num-prompts 1000 --hf none --repeat 2 \
+      --quantization fp8 --json $out/${tag}_sharegpt_fp8.json" 2>&1 | grep -v Warning | grep -E "^pass|^pagefleet|Error" | tee "$out/${tag}_fp8.txt"
+  done
+  for m in llama-3.2-1b llama-3.1-8b; do  # twice the concurrent sequences
+    tag=${m//[-.]/}
+    timeout 110 bash -c "$(declare -f bench); bench --model $m --load-format dummy --num-prompts 1000 --hf none --repeat 2 \
+      --max-num-seqs 512 --json $out/${tag}_sharegpt_bf16_seqs512.json" 2>&1 | grep -v Warning | grep -E "^pass|^pagefleet" | tee "$out/${tag}_bf16_seqs512.txt"
+  done
+  exit 0
+fi
+if [ "$mode" = final ]; then  # GPU tests of the FP8/embedding paths; bf16 vs FP8, same work twice
+  timeout 150 python3 -m pytest -q -rf -p no:cacheprovider --noconftest tests/gpu/test_engine_cuda.py \
+    tests/gpu/test_embeddings_cuda.py -k "fp8 or async or pinned or equals_transformers" > "$out/gpu_tests.txt" 2>&1
+  timeout 60 python3 -m pytest -q -rf -p no:cacheprovider --confcutdir=tests/unit \
+    tests/unit/kernels/test_kernel_quant_fp8.py > "$out/gpu_kernel_tests.txt" 2>&1
+  grep -hE "^FAILED|passed|failed" "$out/gpu_tests.txt" "$out/gpu_kernel_tests.txt"
+  for run in ${FINAL_RUNS:-llama-3.1-8b:bf16:256 llama-3.1-8b:fp8:256 llama-3.2-1b:bf16:512 llama-3.2-1b:fp8:512}; do
+    IFS=: read -r m q seqs <<< "$run"; tag=${m//[-.]/}; qflag=""; [ $q = fp8 ] && qflag="--quantization fp8"
+    timeout 110 bash -c "$(declare -f bench); bench --model $m --load-format dummy --num-prompts 1000 --hf none --repeat 2 \
+      --max-num-seqs $seqs $qflag --json $out/${tag}_sharegpt_${q}_seqs${seqs}.json" 2>&1 | grep -E "^pass|Error" | sed "s/^/$tag $q $seqs: /"
+  done
+  exit 0
+fi
+if [ "$mode" = fixed ]; then  # fixed lengths and a shared prefix, new path vs old, 1B
+  for shape in "1024 128" "128 1024"; do
+    set -- $shape
+    for path in new old; do
+      flags=""; [ $path = old ] && flags="--no-async-scheduling --no-fused-layers"
+      timeout 60 bash -c "$(declare -f bench); bench --model llama-3.2-1b --load-format dummy --num-prompts 500 --hf none \
+        --input-len $1 --output-len $2 $flags --json $out/llama321b_fixed$1x$2_$path.json" 2>&1 | grep -v Warning | tail -3 | tee "$out/llama1b_fixed$1x$2_$path.txt"
+    done
+  done
+  for path in new old; do
+    flags=""; [ $path = old ] && flags="--no-async-scheduling --no-fused-layers"
+    timeout 60 bash -c "$(declare -f bench); bench --model llama-3.2-1b --load-format dummy --num-prompts 500 --hf none \
+      --input-len 128 --output-len 128 --shared-prefix-len 1024 $flags --json $out/llama321b_prefix1k_$path.json" 2>&1 | grep -v Warning | tail -3 | tee "$out/llama1b_prefix1k_$path.txt"
+    done
+    exit 0
 fi
 if [ "$mode" = standby ]; then  # issue 15: 8B sleep/wake phases, then swap vs recompute under KV pressure
   python3 -m pytest -q -p no:cacheprovider --noconftest tests/gpu/test_standby_cuda.py 2>&1 | tail -4 | tee "$out/standby_tests.txt"

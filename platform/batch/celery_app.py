@@ -1,6 +1,7 @@
 """The Celery app of the batch side: Redis (the gateway's) as broker; what both sides share.
 
-The gateway only sends `step` tasks (`send_step`); `tasks.py` registers and runs them.
+The gateway only sends `step` tasks (`send_step`); `tasks.py` registers and runs them, and the
+file-retention sweep (`send_expire_files`), which the batch workers keep going themselves.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from celery import Celery
 from pagefleet.platform.batch.settings import BatchSettings
 
 STEP_TASK = "pagefleet.batch.step"
+EXPIRE_FILES_TASK = "pagefleet.batch.expire_files"
 QUEUE = "pagefleet-batch"
 
 
@@ -31,3 +33,7 @@ def create_celery(redis_url: str, settings: BatchSettings) -> Celery:
 
 def send_step(app: Celery, batch_id: str, countdown: float | None = None) -> None:
     app.send_task(STEP_TASK, args=[batch_id], queue=QUEUE, countdown=countdown)
+
+
+def send_expire_files(app: Celery, countdown: float | None = None) -> None:
+    app.send_task(EXPIRE_FILES_TASK, queue=QUEUE, countdown=countdown)

@@ -32,6 +32,7 @@ class FileRecord(msgspec.Struct, kw_only=True):
     created_at: int
     filename: str
     purpose: FilePurpose
+    expires_at: int | None = None  # None: kept until deleted (a file stored before retention)
 
 
 class LineError(msgspec.Struct, kw_only=True):
@@ -108,6 +109,29 @@ def batch_key(batch_id: str) -> str:
 def owner_batches(owner: str) -> str:
     """Sorted set (score: created_at) of an API key's batch ids."""
     return f"pf:batches:{owner}"
+
+
+FILES_EXPIRY = "pf:files-expiry"
+"""Sorted set (score: expires_at) of every file id: what the retention sweep reads."""
+
+FILES_SWEEP_LOCK = "pf:files-expiry:lock"
+"""Held for one sweep period by the sweep that runs in it, so the chain stays single."""
+
+
+def index_file(pipe, record: FileRecord) -> None:
+    """Queue the writes that make a stored file visible: its record, its owner's index and the
+    retention index. One place, so an uploaded file and a batch's output file cannot differ."""
+    pipe.set(file_key(record.id), encode(record))
+    pipe.zadd(owner_files(record.owner), {record.id: record.created_at})
+    if record.expires_at is not None:
+        pipe.zadd(FILES_EXPIRY, {record.id: record.expires_at})
+
+
+def unindex_file(pipe, record: FileRecord) -> None:
+    """The inverse of `index_file` (the bytes are the storage's to delete)."""
+    pipe.delete(file_key(record.id))
+    pipe.zrem(owner_files(record.owner), record.id)
+    pipe.zrem(FILES_EXPIRY, record.id)
 
 
 ACTIVE_BATCHES = "pf:batches-active"

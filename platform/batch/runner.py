@@ -11,6 +11,7 @@ steps of one batch from interleaving; a step that finds the lease taken does not
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -403,7 +404,8 @@ class BatchRunner:
             if size:
                 files.append(FileRecord(id=file_id, owner=owner, bytes=size, created_at=now,
                                         filename=f"{record.id}_{kind}.jsonl",
-                                        purpose="batch_output"))
+                                        purpose="batch_output",
+                                        expires_at=now + math.ceil(self.settings.file_retention_s)))
             else:
                 self.storage.delete(file_id)
         ids = {f.id for f in files}
@@ -421,8 +423,7 @@ class BatchRunner:
 
         def publish(pipe, r: BatchRecord) -> None:
             for file in files:
-                pipe.set(rec.file_key(file.id), rec.encode(file))
-                pipe.zadd(rec.owner_files(owner), {file.id: file.created_at})
+                rec.index_file(pipe, file)
             pipe.delete(rec.batch_output(r.id), rec.batch_errors(r.id),
                         rec.batch_in_flight(r.id), rec.batch_duplicates(r.id))
             pipe.srem(rec.ACTIVE_BATCHES, r.id)

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+
+def require_positive(settings: object, names: Iterable[str]) -> None:
+    """A settings check: `ValueError` naming the first of `names` that is not positive."""
+    for name in names:
+        value = getattr(settings, name)
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value!r}")
 
 
 def default_files_dir() -> str:
@@ -21,11 +30,16 @@ class BatchSettings:
     Celery task runs at most `step_s` and then re-queues itself, so `visibility_timeout_s`
     (after which Redis hands an unacknowledged task to another worker) must exceed it; the
     per-batch lease (`lease_s`) keeps two steps of one batch from running at once.
+    Every file (uploads and batch outputs) is deleted, content and record, `file_retention_s`
+    after it was made, by a sweep the batch workers run every `file_sweep_s`; a sweep period
+    longer than `visibility_timeout_s` still works (a redelivered sweep finds the period taken)
+    but holds a Celery message longer than needed.
     """
 
     files_dir: str = ""  # "" means default_files_dir()
     max_file_bytes: int = 200 * 1024 * 1024
     file_retention_s: float = 30 * 86_400.0
+    file_sweep_s: float = 30.0
     max_in_flight: int = 64
     max_backlog: int = 65_536
     step_s: float = 5.0
@@ -35,12 +49,10 @@ class BatchSettings:
     max_listed_errors: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("max_file_bytes", "file_retention_s", "max_in_flight", "max_backlog",
-                     "step_s", "lease_s",
-                     "visibility_timeout_s", "max_completion_window_s", "max_listed_errors"):
-            value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"{name} must be positive, got {value!r}")
+        require_positive(self, ("max_file_bytes", "file_retention_s", "file_sweep_s",
+                                "max_in_flight", "max_backlog", "step_s", "lease_s",
+                                "visibility_timeout_s", "max_completion_window_s",
+                                "max_listed_errors"))
         if self.lease_s <= self.step_s:
             raise ValueError("lease_s must exceed step_s (a step renews its lease between waits)")
         if self.visibility_timeout_s <= self.lease_s:

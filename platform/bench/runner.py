@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from pagefleet.platform.protocol.stats import percentile
 from pagefleet.platform.protocol.workload import BenchRequest
 
 
@@ -121,17 +122,15 @@ class Percentiles:
     mean: float
     p50: float
     p90: float
+    p95: float
     p99: float
 
     @classmethod
     def of(cls, values_s: list[float]) -> Percentiles:
         if not values_s:
-            return cls(math.nan, math.nan, math.nan, math.nan)
+            return cls(math.nan, math.nan, math.nan, math.nan, math.nan)
         ms = sorted(v * 1000 for v in values_s)
-
-        def pick(q: float) -> float:
-            return ms[min(len(ms) - 1, max(0, math.ceil(q * len(ms)) - 1))]
-        return cls(statistics.fmean(ms), pick(0.5), pick(0.9), pick(0.99))
+        return cls(statistics.fmean(ms), *(percentile(ms, q) for q in (0.5, 0.9, 0.95, 0.99)))
 
 
 @dataclass(frozen=True, slots=True)

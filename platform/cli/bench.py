@@ -1,4 +1,4 @@
-"""`pagefleet bench {engine,serve,kernels}`: benchmarks that print comparisons measured in one run."""
+"""`pagefleet bench {engine,serve,kernels,batch}`: benchmarks that print comparisons measured in one run."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ BENCH_COMMANDS = (
     "pagefleet.platform.cli.bench_engine",
     "pagefleet.platform.cli.bench_serve",
     "pagefleet.platform.cli.bench_kernels",
+    "pagefleet.platform.cli.bench_batch",
 )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="benchmarks (engine, serve, kernels)")
+    parser = subparsers.add_parser("bench", help="benchmarks (engine, serve, kernels, batch)")
     register_commands(parser.add_subparsers(dest="bench_command", required=True), BENCH_COMMANDS)

@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="postprocess each step before scheduling the next (the old path)")
     parser.add_argument("--no-fused-layers", action="store_true",
                         help="torch ops for RMSNorm, RoPE and SiLU-and-mul instead of Triton kernels")
+    parser.add_argument("--quantization", default=None, choices=["fp8"],
+                        help="fp8: linear layers in fp8 e4m3 (per-channel weights, per-token activations)")
     parser.add_argument("--hf", default="static,single",
                         help="transformers baselines to run: static,single or none")
     parser.add_argument("--hf-num-prompts", type=int, default=32)
@@ -43,6 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="requests for the one-at-a-time baseline")
     parser.add_argument("--hf-batch-size", type=int, default=16)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measured passes of the same work with other token ids (the lower median is reported)")
     parser.add_argument("--breakdown", action="store_true",
                         help="first an instrumented pass that splits the time by phase")
     add_flags(parser, EngineConfig, ["swap_space", "preemption_mode"], help={
@@ -67,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         enable_prefix_caching=not args.no_prefix_caching, enforce_eager=args.enforce_eager,
         tensor_parallel_size=args.tensor_parallel_size, attention_backend=args.attention_backend,
         seed=args.seed, async_scheduling=False if args.no_async_scheduling else None,
-        fused_layers=False if args.no_fused_layers else None,
+        fused_layers=False if args.no_fused_layers else None, quantization=args.quantization,
         swap_space=args.swap_space, preemption_mode=args.preemption_mode,
     )
     if args.standby_cycles > 0:
@@ -88,6 +92,6 @@ def run(args: argparse.Namespace) -> int:
     run_engine_bench(EngineBenchOptions(
         engine, workload, hf_modes, hf_num_prompts=args.hf_num_prompts,
         hf_single_prompts=args.hf_single_prompts, hf_batch_size=args.hf_batch_size,
-        json_path=args.json, breakdown=args.breakdown,
+        json_path=args.json, breakdown=args.breakdown, repeat=args.repeat,
     ))
     return 0

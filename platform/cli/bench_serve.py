@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
@@ -106,31 +107,41 @@ async def _http_run(base_url: str, model: str, api_key: str | None, requests: li
 
 def _run_overhead(args: argparse.Namespace, requests: list[BenchRequest],
                   load: LoadSpec) -> dict[str, BenchSummary]:
-    from pagefleet.platform.cli.up import start_gateway
     from pagefleet.platform.registry import default_registry_path
 
     registry = args.registry_path or str(default_registry_path())
     spec = _registry_spec(registry, args.model)
-    with contextlib.ExitStack() as stack:
-        if args.redis_url:
-            redis_url = args.redis_url
-        else:
-            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="pf-bench-redis-"))
-            redis_url = stack.enter_context(redis_server(workdir))
-        port = free_port()
-        gateway = start_gateway("127.0.0.1", port, registry, redis_url)
-        stack.callback(stop_process, gateway)
-        worker = start_warm_worker(spec.name, registry, redis_url)
-        stack.callback(stop_process, worker, 60.0)
-        wait_for_port(port, gateway, "the gateway")
-        _wait_for_ready_worker(redis_url, spec.name)
-        base_url = f"http://127.0.0.1:{port}/v1"
+    with warm_stack(registry, spec.name, args.redis_url) as base_url:
         platform = asyncio.run(_http_run(base_url, spec.name, None, requests, load, warmup=True))
     print(format_summary(f"{spec.name} through gateway + Redis + worker", platform), flush=True)
     direct = asyncio.run(_engine_run(spec, requests, load))
     print(format_summary(f"{spec.name} in-process AsyncEngine", direct))
     print("\n" + overhead_table(platform, direct))
     return {"platform": platform, "engine": direct}
+
+
+@contextlib.contextmanager
+def warm_stack(registry: str, model: str, redis_url: str | None,
+               batch_worker: bool = False) -> Iterator[str]:
+    """A private redis-server (unless `redis_url`), the gateway and one always-warm worker of
+    `model` (and with `batch_worker` the Celery worker of /v1/batches), all stopped on exit;
+    yields the gateway's base URL once the worker is ready."""
+    from pagefleet.platform.cli.up import start_batch_worker, start_gateway
+
+    with contextlib.ExitStack() as stack:
+        if not redis_url:
+            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="pf-bench-redis-"))
+            redis_url = stack.enter_context(redis_server(workdir))
+        port = free_port()
+        gateway = start_gateway("127.0.0.1", port, registry, redis_url)
+        stack.callback(stop_process, gateway)
+        worker = start_warm_worker(model, registry, redis_url)
+        stack.callback(stop_process, worker, 60.0)
+        if batch_worker:
+            stack.callback(stop_process, start_batch_worker(registry, redis_url))
+        wait_for_port(port, gateway, "the gateway")
+        _wait_for_ready_worker(redis_url, model)
+        yield f"http://127.0.0.1:{port}/v1"
 
 
 def start_warm_worker(model: str, registry: str, redis_url: str) -> subprocess.Popen:

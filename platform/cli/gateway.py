@@ -27,10 +27,12 @@ _HELP = {
     "job_retention_s": "seconds job records are kept",
     "webhook_allow_private": "accept job webhooks to private and loopback addresses",
     "files_dir": "where /v1/files keeps files (default ~/.pagefleet/files); the batch workers' too",
+    "file_retention_s": "seconds after which a file is deleted (its expires_at); the batch "
+                        "workers, which delete it, need the same value",
 }
 # Only these BatchSettings fields are flags here: the namespace is shared with GatewaySettings,
 # and both classes have a `max_in_flight` (the batch one is the batch workers' to set).
-_BATCH_FLAGS = ("files_dir",)
+_BATCH_FLAGS = ("files_dir", "file_retention_s")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

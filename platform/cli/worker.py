@@ -21,6 +21,8 @@ _HELP = {
     "retention_s": "seconds result streams are kept",
     "dead_after_s": "seconds without heartbeat after which a worker's entries are claimed",
     "webhook_allow_private": "deliver webhooks to private and loopback addresses too",
+    "batch_share": "fraction of max_num_seqs that batch (priority 2) work may hold; the rest "
+                   "stays free for interactive requests and jobs",
 }
 
 
@@ -29,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=None, help="registry model name (default: the first one)")
     flags.add_registry_flag(parser)
     flags.add_flags(parser, WorkerSettings, ("redis_url", "worker_id", "metrics_port", "metrics_host",
-                                             "retention_s", "dead_after_s", "webhook_allow_private"),
+                                             "retention_s", "dead_after_s", "webhook_allow_private",
+                                             "batch_share"),
                     help=_HELP, env={"worker_id": "PAGEFLEET_WORKER_ID",
                                      "webhook_allow_private": "PAGEFLEET_WEBHOOK_ALLOW_PRIVATE"})
     parser.add_argument("--log-level", default="INFO")

@@ -27,6 +27,7 @@ from pagefleet.platform.gateway.completions.routes import CompletionsRoutes
 from pagefleet.platform.gateway.completions.service import CompletionService
 from pagefleet.platform.gateway.console.routes import console_handlers
 from pagefleet.platform.gateway.delivery import ResultHub
+from pagefleet.platform.gateway.embeddings.routes import EmbeddingsRoutes
 from pagefleet.platform.gateway.errors import exception_handlers
 from pagefleet.platform.gateway.input_guard import check_body
 from pagefleet.platform.gateway.jobs.routes import JobsRoutes
@@ -47,7 +48,8 @@ async def _redis_lifespan(app: Litestar) -> AsyncIterator[None]:
     hub = ResultHub.connect(lambda: reader_client(settings), client, settings.result_readers,
                             settings.result_buffer_events)
     max_model_lens = {name: spec.engine.max_model_len for name, spec in state.registry.models.items()}
-    completions = CompletionService(broker, hub, settings, max_model_lens, state.metrics)
+    embedding_models = frozenset(name for name, spec in state.registry.models.items() if spec.task == "embed")
+    completions = CompletionService(broker, hub, settings, max_model_lens, state.metrics, embedding_models)
     state.broker = broker
     state.hub = hub
     state.completions = completions
@@ -78,7 +80,7 @@ def create_app(settings: GatewaySettings) -> Litestar:
                      "completions", "jobs", *BATCH_STATE)}
     dependencies["owner"] = Provide(provide_owner, sync_to_thread=False)
     return Litestar(
-        route_handlers=[CompletionsRoutes, CatalogRoutes, JobsRoutes, SystemRoutes,
+        route_handlers=[CompletionsRoutes, EmbeddingsRoutes, CatalogRoutes, JobsRoutes, SystemRoutes,
                         batch_router(settings), *console_handlers()],
         state=state,
         lifespan=[_redis_lifespan, batch_lifespan],

@@ -51,6 +51,7 @@ Backlogs are read at most every `backlog_max_age_s` per queue (see `Broker.backl
     cancel_retention_s: float = 3_600.0
     max_body_bytes: int = 4 * 1024 * 1024
     max_choices: int = 64  # n times the number of prompts in one request
+    max_embedding_inputs: int = 512  # inputs of one /v1/embeddings request (each is a queue entry)
     max_json_depth: int = 32
     max_chars_per_token: int = 32
     heartbeat_timeout_s: float = 5.0
@@ -83,6 +84,7 @@ Backlogs are read at most every `backlog_max_age_s` per queue (see `Broker.backl
             "cancel_retention_s": self.cancel_retention_s,
             "max_body_bytes": self.max_body_bytes,
             "max_choices": self.max_choices,
+            "max_embedding_inputs": self.max_embedding_inputs,
             "max_json_depth": self.max_json_depth,
             "max_chars_per_token": self.max_chars_per_token,
             "heartbeat_timeout_s": self.heartbeat_timeout_s,

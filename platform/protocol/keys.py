@@ -43,6 +43,17 @@ def cancel_channel(model: str) -> str:
     return f"pf:cancel:{model}"
 
 
+def stream_priority(stream: str) -> int:
+    """The priority of a `request_stream` name (its last field)."""
+    return int(stream.rsplit(":", 1)[1])
+
+
+def ttft_samples(model: str, priority: int, bucket: int) -> str:
+    """List of recent TTFT samples (seconds) of one model and priority in one time bucket
+    (`protocol.ttft`)."""
+    return f"pf:ttft:{model}:{priority}:{bucket}"
+
+
 def job_hash(job_id: str) -> str:
     """Hash holding one async job's record."""
     return f"pf:job:{job_id}"

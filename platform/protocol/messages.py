@@ -13,13 +13,18 @@ import msgspec
 
 from pagefleet.platform.protocol.sampling import SamplingParams
 
-RequestKind = Literal["completion", "chat"]
+RequestKind = Literal["completion", "chat", "embedding"]
 WorkerState = Literal["starting", "ready", "draining"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE_JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running")  # may still change
 TERMINAL_JOB_STATUSES: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")  # never change
 JobEndpoint = Literal["/v1/chat/completions", "/v1/completions"]
 FinishReason = Literal["stop", "length", "abort"]
+
+
+def input_param(kind: RequestKind) -> str:
+    """The OpenAI request field that holds a request's input, for the errors that name it."""
+    return {"chat": "messages", "embedding": "input"}.get(kind, "prompt")
 
 
 class ChatMessage(msgspec.Struct, forbid_unknown_fields=False):
@@ -31,7 +36,9 @@ class ChatMessage(msgspec.Struct, forbid_unknown_fields=False):
 class RequestEnvelope(msgspec.Struct, kw_only=True):
     """One request on `pf:q:{model}:{priority}`.
 
-    Exactly one of `prompt` (text or token ids) and `messages` is set, matching `kind`.
+    Exactly one of `prompt` (text or token ids) and `messages` is set, matching `kind`; an
+    `embedding` request has a prompt (its `params` are unused) and may ask for a Matryoshka
+    truncation to `dimensions`.
     `deadline` is a Unix time after which the worker answers with a timeout error instead.
     """
 
@@ -45,12 +52,15 @@ class RequestEnvelope(msgspec.Struct, kw_only=True):
     deadline: float | None = None
     owner: str | None = None
     job_id: str | None = None
+    dimensions: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind == "chat" and not self.messages:
             raise ValueError("a chat request needs a non-empty messages list")
-        if self.kind == "completion" and (self.prompt is None or self.messages is not None):
-            raise ValueError("a completion request needs a prompt and no messages")
+        if self.kind != "chat" and (self.prompt is None or self.messages is not None):
+            raise ValueError(f"a {self.kind} request needs a prompt and no messages")
+        if self.dimensions is not None and (self.kind != "embedding" or self.dimensions < 1):
+            raise ValueError("dimensions must be a positive size, on an embedding request only")
 
 
 class TopLogprob(msgspec.Struct, array_like=True):
@@ -87,10 +97,15 @@ class Usage(msgspec.Struct):
 
 
 class FinalEvent(msgspec.Struct, tag_field="event", tag="final", kw_only=True):
-    """The request is done; `finish_reasons[i]` belongs to choice i."""
+    """The request is done; `finish_reasons[i]` belongs to choice i.
+
+    An embedding request has no deltas: its vector rides on the final event, packed as
+    little-endian float32 (`protocol.embeddings.pack_vector`), so a claim after the final
+    finds the answer in the result stream like any other."""
 
     finish_reasons: list[FinishReason]
     usage: Usage
+    embedding: bytes | None = None
 
 
 class ErrorEvent(msgspec.Struct, tag_field="event", tag="error", kw_only=True):

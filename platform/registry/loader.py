@@ -19,7 +19,7 @@ from pagefleet.platform.registry.spec import (
     Toleration,
 )
 
-_MODEL_KEYS = ("source", "engine", "profile", "scaling")
+_MODEL_KEYS = ("source", "engine", "profile", "scaling", "task", "matryoshka")
 _QUANTITY_KEYS = ("cpu", "memory", "shm")
 
 
@@ -104,7 +104,8 @@ def _parse_model(name: str, body: Any, origin: str) -> ModelSpec:
     scaling = _build(ScalingPolicy, body.get("scaling"), f"{where}: scaling")
     try:
         return ModelSpec(name=name, source=str(body.get("source", name)), engine=engine,
-                         profile=profile, scaling=scaling)
+                         profile=profile, scaling=scaling, task=body.get("task", "generate"),
+                         matryoshka=body.get("matryoshka", False))
     except ValueError as exc:
         raise RegistryError(f"{where}: {exc}") from None
 

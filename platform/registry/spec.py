@@ -15,7 +15,9 @@ from typing import Any
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _LOAD_FORMATS = ("auto", "dummy")
 _ATTENTION_BACKENDS = ("torch", "triton")
+_QUANTIZATIONS = (None, "fp8")
 _TOLERATION_OPERATORS = ("Exists", "Equal")
+TASKS = ("generate", "embed")  # /v1/completions + /v1/chat/completions, or /v1/embeddings
 _TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 # A Kubernetes resource quantity such as 16Gi, 500m, 4 or 1.5e3 (the API server's grammar).
 _QUANTITY = re.compile(r"^[+]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[KMGTPE]i?|[mkMGTPE]|[un])?$")
@@ -54,6 +56,7 @@ class EngineSettings:
     num_kv_blocks: int | None = None
     attention_backend: str | None = None
     load_format: str | None = None
+    quantization: str | None = None
     swap_space: float | None = None
 
     def __post_init__(self) -> None:
@@ -77,6 +80,8 @@ class EngineSettings:
                  f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
         _require(self.load_format is None or self.load_format in _LOAD_FORMATS,
                  f"load_format must be one of {_LOAD_FORMATS}, got {self.load_format!r}")
+        _require(self.quantization in _QUANTIZATIONS,
+                 f"quantization must be one of {_QUANTIZATIONS}, got {self.quantization!r}")
         _require(self.attention_backend is None or self.attention_backend in _ATTENTION_BACKENDS,
                  f"attention_backend must be one of {_ATTENTION_BACKENDS}, got {self.attention_backend!r}")
 
@@ -207,18 +212,29 @@ class ScalingPolicy:
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """One servable model: what to load, with which engine settings, where, and how it scales."""
+    """One servable model: what to load, with which engine settings, where, and how it scales.
+
+    `task: embed` serves `/v1/embeddings` (an encoder or a decoder embedding model) instead of
+    generation; `matryoshka` says its vectors may be cut to a requested `dimensions` (models
+    trained with Matryoshka representation learning, e.g. Qwen3-Embedding), which is refused
+    for any other model because a cut vector of those is not a meaningful embedding.
+    """
 
     name: str
     source: str
     engine: EngineSettings = field(default_factory=EngineSettings)
     profile: GpuProfile = field(default_factory=GpuProfile)
     scaling: ScalingPolicy = field(default_factory=ScalingPolicy)
+    task: str = "generate"
+    matryoshka: bool = False
 
     def __post_init__(self) -> None:
         _require(isinstance(self.name, str) and bool(MODEL_NAME.match(self.name)),
                  f"name must be lower-case letters, digits, '-' or '.' (at most 52), got {self.name!r}")
         _require(isinstance(self.source, str) and bool(self.source), f"source must be a non-empty string, got {self.source!r}")
+        _require(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
+        _require(isinstance(self.matryoshka, bool), f"matryoshka must be true or false, got {self.matryoshka!r}")
+        _require(not self.matryoshka or self.task == "embed", "matryoshka needs task: embed")
         tp = self.engine.tensor_parallel_size
         _require(tp is None or tp == self.profile.tensor_parallel_size,
                  f"engine.tensor_parallel_size ({tp}) disagrees with profile.tensor_parallel_size "

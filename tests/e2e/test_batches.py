@@ -4,54 +4,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import openai
 import pytest
 
 from pagefleet.platform.batch.settings import BatchSettings
+from pagefleet.platform.bench.batch import BatchBenchSettings
+from pagefleet.platform.cli.bench_batch import format_report, measure
 from pagefleet.platform.gateway import GatewaySettings
-from tests.e2e.conftest import MODEL, Stack, _serve_gateway
+from pagefleet.platform.protocol import keys
+from tests.e2e.conftest import MODEL, Stack, _serve_gateway, worker_logs
+from tests.integration.runtime.processes import WorkerProcess
+from tests.support.batch_worker import CeleryWorker
+from tests.support.redis_server import free_port
 
 KEY_A, KEY_B = "key-a", "key-b"
 BATCH_TIMEOUT_S = 240.0
 # Short steps and visibility timeout so a killed Celery worker's step is handed out quickly.
 SETTINGS = BatchSettings(max_in_flight=4, step_s=1.0, lease_s=2.0, visibility_timeout_s=4.0)
-
-
-@dataclass
-class CeleryWorker:
-    redis_url: str
-    registry: Path
-    files_dir: Path
-    log_path: Path
-    proc: subprocess.Popen | None = None
-
-    def start(self) -> CeleryWorker:
-        command = [sys.executable, "-m", "pagefleet.platform.cli", "batch-worker",
-                   "--redis-url", self.redis_url, "--registry", str(self.registry),
-                   "--files-dir", str(self.files_dir), "--concurrency", "1",
-                   "--max-in-flight", str(SETTINGS.max_in_flight), "--step", str(SETTINGS.step_s),
-                   "--lease", str(SETTINGS.lease_s),
-                   "--visibility-timeout", str(SETTINGS.visibility_timeout_s),
-                   "--log-level", "warning"]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+WORKER_FLAGS = ("--max-in-flight", str(SETTINGS.max_in_flight), "--step", str(SETTINGS.step_s),
+                "--lease", str(SETTINGS.lease_s),
+                "--visibility-timeout", str(SETTINGS.visibility_timeout_s))
 
 
 @dataclass
@@ -76,7 +55,7 @@ def batches(stack: Stack, redis_url: str, tmp_path_factory: pytest.TempPathFacto
                                                    step_s=SETTINGS.step_s, lease_s=SETTINGS.lease_s,
                                                    visibility_timeout_s=SETTINGS.visibility_timeout_s))
     server, thread, port = _serve_gateway(settings)
-    worker = CeleryWorker(redis_url, registry, files_dir, root / "celery.log").start()
+    worker = CeleryWorker(redis_url, registry, files_dir, root / "celery.log", WORKER_FLAGS).start()
     try:
         yield BatchStack(stack, f"http://127.0.0.1:{port}/v1", worker)
     finally:
@@ -97,6 +76,11 @@ def _upload(client: openai.OpenAI, lines: list[str]) -> str:
     return client.files.create(file=("input.jsonl", io.BytesIO(data)), purpose="batch").id
 
 
+def _start_batch(client: openai.OpenAI, lines: list[str], window: str = "24h"):
+    return client.batches.create(input_file_id=_upload(client, lines),
+                                 endpoint="/v1/chat/completions", completion_window=window)
+
+
 def _wait(check: Callable[[], object], what: str, worker: CeleryWorker,
           timeout_s: float = BATCH_TIMEOUT_S) -> object:
     deadline = time.monotonic() + timeout_s
@@ -104,7 +88,7 @@ def _wait(check: Callable[[], object], what: str, worker: CeleryWorker,
         if result := check():
             return result
         time.sleep(0.2)  # polling the batch's status with a deadline
-    raise TimeoutError(f"{what} not reached:\n{worker.log_path.read_text(errors='replace')[-4000:]}")
+    raise TimeoutError(f"{what} not reached:\n{worker.log()}")
 
 
 def _until_status(client: openai.OpenAI, batch_id: str, statuses: set[str], worker: CeleryWorker):
@@ -233,10 +217,8 @@ def test_expiry_keeps_partial_output(batches):
 def test_kill_9_of_the_celery_worker_mid_batch_loses_and_repeats_nothing(batches):
     client = batches.client()
     num_lines = 16
-    file_id = _upload(client, [_line(f"k{i}", f"Count from {i}", max_tokens=16)
-                               for i in range(num_lines)])
-    batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
-                                  completion_window="24h")
+    batch = _start_batch(client, [_line(f"k{i}", f"Count from {i}", max_tokens=16)
+                                  for i in range(num_lines)])
     _wait(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 2,
           "two lines completed", batches.worker)
     batches.worker.kill()
@@ -245,3 +227,62 @@ def test_kill_9_of_the_celery_worker_mid_batch_loses_and_repeats_nothing(batches
     outputs = _jsonl(client, done.output_file_id)
     assert sorted(o["custom_id"] for o in outputs) == sorted(f"k{i}" for i in range(num_lines))
     assert done.request_counts.completed == num_lines and done.error_file_id is None
+
+
+def _holder_of_batch_work(stack: Stack) -> WorkerProcess | None:
+    """A live model worker with batch (priority 2) entries pending on it, if any."""
+    stream = keys.request_stream(MODEL, keys.PRIORITY_BATCH)
+    pending = {c["name"].decode(): c["pending"]
+               for c in stack.redis.xinfo_consumers(stream, keys.CONSUMER_GROUP)}
+    return next((w for w in stack.live_workers() if pending.get(w.worker_id, 0) > 0), None)
+
+
+def test_kill_9_of_a_model_worker_mid_batch_loses_and_repeats_nothing(batches):
+    """The victim's batch entries are claimed by the other worker, which resumes them from their
+    result streams; the runner still collects each line once. The victim is replaced afterwards
+    (the package's later tests expect two workers)."""
+    stack = batches.stack
+    assert len(stack.live_workers()) == 2, worker_logs(stack)
+    client = batches.client()
+    num_lines = 16
+    batch = _start_batch(client, [_line(f"w{i}", f"Name {i} animals", max_tokens=24)
+                                  for i in range(num_lines)])
+    victim = _wait(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 1
+                   and _holder_of_batch_work(stack), "a worker holding batch work mid-batch",
+                   batches.worker)
+    victim.kill()
+    try:
+        done = _until_status(client, batch.id, {"completed"}, batches.worker)
+        assert victim.proc.returncode == -9
+        outputs = _jsonl(client, done.output_file_id)
+        assert sorted(o["custom_id"] for o in outputs) == sorted(f"w{i}" for i in range(num_lines))
+        assert all(o["response"]["status_code"] == 200 for o in outputs)
+        assert done.request_counts.completed == num_lines and done.error_file_id is None
+        stream = keys.request_stream(MODEL, keys.PRIORITY_BATCH)
+        consumers = {c["name"].decode() for c in stack.redis.xinfo_consumers(stream, keys.CONSUMER_GROUP)}
+        assert victim.worker_id not in consumers  # its entries were claimed, not waited out
+    finally:
+        replacement = WorkerProcess(MODEL, victim.registry, victim.redis_url,
+                                    victim.log_path.with_name("worker-replacement.log"),
+                                    metrics_port=free_port()).start()
+        stack.workers[stack.workers.index(victim)] = replacement
+        replacement.wait_ready(stack.redis)
+
+
+def test_bench_batch_measures_the_batch_and_interactive_ttft(batches):
+    """`pagefleet bench batch`'s measurement against this stack, at a tiny size."""
+    settings = BatchBenchSettings(num_requests=4, num_interactive=3, interactive_rate=20.0,
+                                  input_len=8, output_len=4, interactive_output_len=3,
+                                  timeout_s=BATCH_TIMEOUT_S)
+    files_before = {f.id for f in batches.client().files.list()}
+    report = asyncio.run(measure(batches.base_url, MODEL, settings, api_key=KEY_A))
+    assert (report.batch.status, report.batch.completed, report.batch.failed) == ("completed", 4, 0)
+    assert report.batch.output_tokens == 4 * 4 and report.batch.output_throughput > 0
+    assert (report.sync.completed, report.sync.failed) == (4, 0), report.sync.first_error
+    for summary in (report.interactive_alone, report.interactive_with_batch):
+        assert (summary.completed, summary.failed) == (3, 0), summary.first_error
+        assert 0 < summary.ttft.p50 <= summary.ttft.p95
+    assert report.batch_vs_sync > 0
+    assert {f.id for f in batches.client().files.list()} == files_before  # the bench cleans up
+    text = format_report(MODEL, settings, report)
+    assert "TTFT p95 (ms)" in text and "one batch, /v1/batches | completed | 4 / 0" in text

@@ -9,6 +9,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _LOAD_FORMATS = ("auto", "dummy")
 _BACKENDS = (None, "torch", "triton")
+_QUANTIZATIONS = (None, "fp8")  # = workers.models.fp8.QUANTIZATIONS (this module stays torch-free)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,9 @@ class EngineConfig:
     elsewhere; `fused_layers` (the Triton residual+RMSNorm, RoPE and SiLU-and-mul kernels)
     to on with the Triton backend; `async_scheduling` (vLLM's name: the host schedules and
     uploads step N+1 while the device runs step N) to on on CUDA with one rank.
+    `quantization="fp8"` stores the linear layers' weights in fp8 e4m3 (vLLM's online FP8:
+    per-channel weight scales, per-token dynamic activation scales); an FP8 checkpoint loads
+    as FP8 whatever this says.
 
     `swap_space` (vLLM's name): GiB of host memory (pinned on CUDA) that a preempted
     sequence's KV blocks may move to instead of being recomputed; 0 turns swapping off.
@@ -52,6 +56,7 @@ class EngineConfig:
     attention_backend: str | None = None
     fused_layers: bool | None = None
     async_scheduling: bool | None = None
+    quantization: str | None = None
     swap_space: float = 0.0
     preemption_mode: Literal["swap", "recompute"] | None = None
 
@@ -80,6 +85,8 @@ class EngineConfig:
             )
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError(f"num_kv_blocks must be at least 1, got {self.num_kv_blocks}")
+        if self.quantization not in _QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {_QUANTIZATIONS}, got {self.quantization!r}")
         if self.async_scheduling and self.tensor_parallel_size > 1:
             raise ValueError("async_scheduling needs tensor_parallel_size 1: only rank 0 "
                              "samples, so the other ranks could not read the chosen tokens")

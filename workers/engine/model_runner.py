@@ -19,6 +19,7 @@ from pagefleet.workers.attention import AttentionMetadata, get_attention_backend
 from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.engine.cuda_graphs import DecodeGraphs
 from pagefleet.workers.engine.host_memory import HostKVCache, HostWeights
+from pagefleet.workers.engine.pinned import PinnedRing
 from pagefleet.workers.engine.resolved_config import (
     ResolvedEngineConfig,
     resolve,
@@ -106,7 +107,7 @@ class ModelRunner:
         self.model = build_model(
             resolved_model, dtype=self.dtype, device=self.device, load_format=config.load_format,
             attention=self.attention, tp=self.tp,
-            fused_layers=settings.fused_layers,
+            fused_layers=settings.fused_layers, quantization=config.quantization,
         )
         self.num_kv_heads = self.arch.num_kv_heads_per_rank(self.tp.size)
         self.num_blocks = self._agree_on_num_blocks(self._decide_num_blocks(settings))
@@ -114,6 +115,7 @@ class ModelRunner:
         # One block more than the scheduler may hand out: the scratch "null block" that
         # padded rows of a CUDA-graph batch write to.
         self.kv_caches = self._allocate_kv_cache(self.num_blocks + 1)
+        self._staging = PinnedRing(slots=4)  # two uploads a step; used on CUDA only
         self.graphs = self._capture_graphs()
         self.host_weights: HostWeights | None = None  # made by the first sleep, then kept
         self.host_kv: HostKVCache | None = None  # the swap space, see allocate_swap_space
@@ -314,10 +316,7 @@ class ModelRunner:
     def _upload_packed(self, arrays: tuple[np.ndarray, ...], dtype: torch.dtype) -> list[torch.Tensor]:
         if self.device.type != "cuda":  # the arrays are the inputs already: no copy
             return [torch.from_numpy(array) for array in arrays]
-        sizes = [array.size for array in arrays]
-        packed = torch.empty(sum(sizes), dtype=dtype, pin_memory=True)
-        torch.cat([torch.from_numpy(array) for array in arrays], out=packed)
-        return list(packed.to(self.device, non_blocking=True).split(sizes))
+        return self._staging.upload(arrays, dtype, self.device)
 
     def execute(self, output: SchedulerOutput, in_flight: InFlightTokens | None = None) -> torch.Tensor:
         """Logits `[num_sampling_seqs, vocab]` (float32) of the sequences that sample; with

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pagefleet.workers.engine.pinned import PinnedRing
 from pagefleet.workers.engine.sequence import Sequence
 from pagefleet.workers.engine.structured import apply_grammar_masks
 
@@ -72,6 +73,8 @@ class Sampler:
         self.device = device
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
+        # Up to 4 copies a step, read back one step later (two steps overlap at most).
+        self._host_copies = PinnedRing(slots=16)
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
         return self.sample(logits, seqs).to_host()
@@ -100,11 +103,12 @@ class Sampler:
         logprobs = self._logprobs(raw_logits, token_ids, seqs)
         if self.device.type != "cuda":
             return DeviceSample(token_ids, token_ids, logprobs, None)
-        host_ids = _to_host_async(token_ids)
+        to_host = self._host_copies.to_host
+        host_ids = to_host(token_ids)
         if logprobs is not None:
             logprobs = _LogprobTensors(
-                logprobs.rows, logprobs.num_top, _to_host_async(logprobs.sampled),
-                _to_host_async(logprobs.top_values), _to_host_async(logprobs.top_ids),
+                logprobs.rows, logprobs.num_top, to_host(logprobs.sampled),
+                to_host(logprobs.top_values), to_host(logprobs.top_ids),
             )
         ready = torch.cuda.Event()
         ready.record()
@@ -197,11 +201,6 @@ def needs_token_values(seq: Sequence) -> bool:
     """Whether sampling this sequence reads the values of its earlier tokens: penalties do,
     and so does a grammar, whose matcher must have accepted every earlier token."""
     return seq.grammar is not None or _has_penalties(seq)
-
-
-def _to_host_async(tensor: torch.Tensor) -> torch.Tensor:
-    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-    return host.copy_(tensor, non_blocking=True)
 
 
 def _has_penalties(seq: Sequence) -> bool:

@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
-_SLIDING_TYPES = ("mistral", "phi3")  # models whose configs apply `sliding_window` to every layer
+from pagefleet.workers.models.moe_spec import MOE_MODEL_TYPES, MoeSpec
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", *MOE_MODEL_TYPES)
+_SLIDING_TYPES = ("mistral", "phi3", "mixtral")  # models whose configs apply `sliding_window` to every layer
 _LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
@@ -40,6 +42,7 @@ class ModelArch:
     model_type: str = "llama"  # picks the model class (see loader.MODEL_CLASSES)
     qk_norm: bool = False  # Qwen3: RMSNorm over each q and k head before RoPE
     partial_rotary_factor: float = 1.0  # Phi-3/4: RoPE rotates only the first part of each head
+    moe: MoeSpec | None = None  # Mixtral, Qwen3-MoE: sparse expert MLPs (see moe.py)
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "hidden_size", "intermediate_size", "num_heads",
@@ -125,8 +128,9 @@ class ModelArch:
             eos_token_ids=[] if eos is None else list(eos) if isinstance(eos, list | tuple) else [eos],
             bos_token_id=getattr(cfg, "bos_token_id", None),
             model_type=model_type,
-            qk_norm=model_type == "qwen3",
+            qk_norm=model_type in ("qwen3", "qwen3_moe"),
             partial_rotary_factor=rotary_factor,
+            moe=MoeSpec.from_hf_config(cfg) if model_type in MOE_MODEL_TYPES else None,
         )
 
 

@@ -169,6 +169,7 @@ class MLP(nn.Module):
 
 class DecoderLayer(nn.Module):
     attention_cls: type[Attention] = Attention  # a family with another attention subclasses this
+    mlp_cls: type[nn.Module] = MLP  # ... or another MLP (moe.py: sparse experts)
 
     def __init__(self, arch: ModelArch, tp: TensorParallel, attention: AttentionBackend,
                  fused: bool) -> None:
@@ -176,7 +177,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, fused)
         self.self_attn = self.attention_cls(arch, tp, attention, fused)
         self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, fused)
-        self.mlp = MLP(arch, tp, fused)
+        self.mlp = self.mlp_cls(arch, tp, fused)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None, rope: Rope,
                 kv_cache: KVCache, metadata: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,8 +22,14 @@ import torch
 from pagefleet.workers.attention.base import AttentionBackend
 from pagefleet.workers.attention.torch_backend import TorchAttentionBackend
 from pagefleet.workers.models.arch import ModelArch
+from pagefleet.workers.models.fp8 import QUANTIZATIONS
 from pagefleet.workers.models.llama import LlamaForCausalLM
-from pagefleet.workers.models.parallel import TensorParallel
+from pagefleet.workers.models.moe import (
+    MixtralForCausalLM,
+    Qwen3MoeForCausalLM,
+    expert_weight_shapes,
+)
+from pagefleet.workers.models.parallel import QuantizableLinear, TensorParallel
 from pagefleet.workers.models.phi3 import Phi3ForCausalLM
 from pagefleet.workers.models.qwen3 import Qwen3ForCausalLM
 from pagefleet.workers.models.sources import DEFAULT_MODEL, ResolvedModel, resolve_model
@@ -34,6 +40,7 @@ DUMMY_STD = 0.02  # HF's initializer_range: activations stay O(1) through RMSNor
 MODEL_CLASSES: Mapping[str, type[LlamaForCausalLM]] = MappingProxyType({
     "llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2": LlamaForCausalLM,
     "qwen3": Qwen3ForCausalLM, "phi3": Phi3ForCausalLM,
+    "mixtral": MixtralForCausalLM, "qwen3_moe": Qwen3MoeForCausalLM,
 })
 
 __all__ = [
@@ -61,17 +68,28 @@ def build_model(
     tp: TensorParallel | None = None,
     seed: int = 0,
     fused_layers: bool = False,
+    quantization: str | None = None,
 ) -> LlamaForCausalLM:
     """Allocate the model (the class `model_type` picks) on `device` in `dtype`, then load weights.
 
     `load_format="dummy"` fills seeded random weights through the same sharding path as real
     ones, so every tensor-parallel rank holds slices of one and the same full model.
+    `quantization="fp8"` quantises the linear layers after loading (fp8.py); a checkpoint that
+    is already FP8 (`quantization_config.quant_method == "fp8"`) loads its fp8 weights and
+    scales as they are, whatever `quantization` says.
     """
     device = device or torch.device("cpu")
     tp = tp or TensorParallel()
     model_cls = model_class(resolved.arch)
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    fp8_checkpoint = load_format == "auto" and checkpoint_quantization(resolved) == "fp8"
     with _default_dtype(dtype), device:
         model = model_cls(resolved.arch, tp, attention or TorchAttentionBackend(), fused_layers)
+    linears = [m for m in model.modules() if isinstance(m, QuantizableLinear)]
+    if fp8_checkpoint:
+        for linear in linears:
+            linear.prepare_fp8()
     if load_format == "dummy":
         weights = dummy_weights(resolved.arch, seed, dtype, device)
     elif load_format == "auto":
@@ -80,9 +98,25 @@ def build_model(
         weights = iter_safetensors(resolved.path)
     else:
         raise ValueError(f"load_format must be 'auto' or 'dummy', got {load_format!r}")
+    if fp8_checkpoint:  # activations are scaled per token at run time, not by the checkpoint
+        weights = ((name, t) for name, t in weights if not name.endswith(".input_scale"))
     with torch.no_grad():
         model.load_weights(weights)
+        if quantization == "fp8" and not fp8_checkpoint:
+            for linear in linears:
+                linear.to_fp8()
     return model.eval()
+
+
+def checkpoint_quantization(resolved: ResolvedModel) -> str | None:
+    """The `quant_method` of the checkpoint's `quantization_config`, if it has one."""
+    config = getattr(resolved.hf_config, "quantization_config", None)
+    if config is None:
+        return None
+    method = config.get("quant_method") if isinstance(config, dict) else getattr(config, "quant_method", None)
+    if method != "fp8":
+        raise ValueError(f"checkpoint quantization {method!r} is not supported (only 'fp8')")
+    return method
 
 
 def model_class(arch: ModelArch) -> type[LlamaForCausalLM]:
@@ -125,7 +159,8 @@ def dummy_weights(arch: ModelArch, seed: int, dtype: torch.dtype,
 def hf_weight_shapes(arch: ModelArch) -> dict[str, tuple[int, ...]]:
     """The full (unsharded) Hugging Face checkpoint layout of the family's checkpoints.
 
-    Qwen3 adds per-head `q_norm`/`k_norm`; Phi-3 stores q/k/v and gate/up fused.
+    Qwen3 adds per-head `q_norm`/`k_norm`; Phi-3 stores q/k/v and gate/up fused; MoE families
+    store a router and one tensor per expert and projection instead of the MLP.
     """
     hidden, q_size = arch.hidden_size, arch.num_heads * arch.head_dim
     kv_size, inter = arch.num_kv_heads * arch.head_dim, arch.intermediate_size
@@ -155,6 +190,10 @@ def hf_weight_shapes(arch: ModelArch) -> dict[str, tuple[int, ...]]:
                 del shapes[f"{p}.{part}.weight"]
             shapes[f"{p}.self_attn.qkv_proj.weight"] = (q_size + 2 * kv_size, hidden)
             shapes[f"{p}.mlp.gate_up_proj.weight"] = (2 * inter, hidden)
+        if arch.moe is not None:
+            for part in ("gate_proj", "up_proj", "down_proj"):
+                del shapes[f"{p}.mlp.{part}.weight"]
+            shapes |= expert_weight_shapes(arch, p)
     shapes["model.norm.weight"] = (hidden,)
     if not arch.tie_word_embeddings:
         shapes["lm_head.weight"] = (arch.vocab_size, hidden)

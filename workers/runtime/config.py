@@ -24,6 +24,11 @@ class WorkerSettings:
     older than `dead_after_s` is dead and its pending entries are claimed; `claim_min_idle_ms`
     makes concurrent claimers race safely (an XCLAIM resets the entry's idle time).
 
+    Batch work (priority 2) may hold at most `batch_share` of the engine's sequences (at least
+    one): the engine never preempts a running request for a more urgent one, so an engine full
+    of batch requests would make interactive requests and jobs wait for whole batch requests
+    to finish; the share keeps slots for them at once.
+
     Webhooks are retried with jittered exponential back-off from `webhook_backoff_s` up to
     `webhook_backoff_cap_s` between attempts, for `webhook_window_s` after the job finished;
     they are signed when `webhook_secret` is set, and refused for private, loopback and other
@@ -40,6 +45,7 @@ class WorkerSettings:
     claim_interval_s: float = 1.0
     claim_min_idle_ms: int = 1000
     kv_high_water: float = 0.9
+    batch_share: float = 0.75
     idle_block_ms: int = 1000
     retention_s: int = 3600  # of result streams; jobs keep their result in the job record
     webhook_timeout_s: float = 10.0
@@ -66,6 +72,8 @@ class WorkerSettings:
             raise ValueError(
                 f"dead_after_s ({self.dead_after_s}) must be at least twice the heartbeat interval"
             )
+        if not 0.0 < self.batch_share <= 1.0:
+            raise ValueError(f"batch_share must be in (0, 1], got {self.batch_share}")
         if not 0.0 < self.kv_high_water <= 1.0:
             raise ValueError(f"kv_high_water must be in (0, 1], got {self.kv_high_water}")
         if not 0 < self.webhook_backoff_s <= self.webhook_backoff_cap_s:

@@ -8,10 +8,13 @@ be tested without a model and the engine without Redis.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pagefleet.platform.protocol.sampling import SamplingParams
 from pagefleet.workers.engine.outputs import EngineStats, RequestDelta
+
+if TYPE_CHECKING:
+    from pagefleet.workers.embed.engine import EmbeddingResult
 
 # Text, token ids, or chat messages as dicts (role, content, name).
 EnginePrompt = str | list[int] | list[dict[str, Any]]
@@ -37,6 +40,17 @@ class EngineClient(Protocol):
 
     def shutdown(self) -> None:
         """Free the engine's resources; called once, after the last request."""
+        ...
+
+
+@runtime_checkable
+class EmbeddingClient(EngineClient, Protocol):
+    """The engine of a `task: embed` model (`EmbeddingEngine`): one more call, no deltas."""
+
+    async def embed(self, request_id: str, prompt: str | list[int],
+                    dimensions: int | None = None) -> EmbeddingResult | None:
+        """The input's unit vector (cut to `dimensions` first), or None if aborted; raises
+        ValueError for input the model refuses."""
         ...
 
 

@@ -21,10 +21,12 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from pagefleet.platform.protocol import DeltaEvent, ErrorEvent, FinalEvent, ResultEvent, keys
+from pagefleet.platform.protocol import DeltaEvent, ErrorEvent, FinalEvent, ResultEvent, Usage, keys
+from pagefleet.platform.protocol.messages import input_param
 from pagefleet.platform.protocol.resilience import RedisOutages, retry_transient
-from pagefleet.workers.engine.errors import PromptTooLongError
-from pagefleet.workers.runtime.engine_port import EngineClient, EnginePrompt
+from pagefleet.platform.protocol.ttft import record_ttft
+from pagefleet.workers.engine.errors import InvalidParameterError, PromptTooLongError
+from pagefleet.workers.runtime.engine_port import EmbeddingClient, EngineClient, EnginePrompt
 from pagefleet.workers.runtime.jobs import JobUpdater
 from pagefleet.workers.runtime.metrics import RuntimeMetrics
 from pagefleet.workers.runtime.responses import openai_response
@@ -48,7 +50,7 @@ class ActiveRequest:
 def _error_for(exc: ValueError, kind: str) -> ErrorEvent:
     if isinstance(exc, PromptTooLongError):
         return ErrorEvent(type="invalid_request_error", code="context_length_exceeded",
-                          param="messages" if kind == "chat" else "prompt", message=str(exc),
+                          param=input_param(kind), message=str(exc),
                           status=400)
     return ErrorEvent(type="invalid_request_error", message=str(exc), status=400,
                       param=getattr(exc, "param", None))
@@ -123,6 +125,14 @@ class Executor:
             if flagged:
                 self.cancel(request_id)
 
+    async def _record_ttft(self, entry: PulledEntry, first_token_at: float) -> None:
+        """The console's TTFT history (`protocol.ttft`): best effort, never a request's failure."""
+        try:
+            await record_ttft(self.redis, entry.envelope.model, keys.stream_priority(entry.stream),
+                              first_token_at - entry.envelope.created_at, first_token_at)
+        except RedisError as exc:
+            log.debug("TTFT sample of %s not recorded: %s", entry.request_id, exc)
+
     def cancel(self, request_id: str) -> None:
         request = self.active.get(request_id)
         if request is None:
@@ -195,6 +205,8 @@ class Executor:
         remaining = None if envelope.deadline is None else envelope.deadline - time.time()
         try:
             async with asyncio.timeout(remaining):
+                if envelope.kind == "embedding":
+                    return await self._embed(request)
                 await self._generate(request, transcript)
         except TimeoutError:
             self.engine.abort(envelope.request_id)
@@ -230,9 +242,24 @@ class Executor:
                     break
         done_at = time.time()
         self.metrics.e2e.observe(done_at - envelope.created_at)
+        if first_token_at is not None and not request.claimed:
+            await self._record_ttft(request.entry, first_token_at)
         generated = transcript.num_completion_tokens - tokens_before
         if first_token_at is not None and generated > 1:
             self.metrics.tpot.observe((done_at - first_token_at) / (generated - 1))
+
+    async def _embed(self, request: ActiveRequest) -> FinalEvent:
+        """One input's vector on the final event (an embedding has no deltas)."""
+        envelope = request.entry.envelope
+        if not isinstance(self.engine, EmbeddingClient):
+            raise InvalidParameterError("this model does not serve embeddings", "model")
+        result = await self.engine.embed(envelope.request_id, envelope.prompt, envelope.dimensions)
+        self.metrics.e2e.observe(time.time() - envelope.created_at)
+        if result is None:  # aborted
+            return FinalEvent(finish_reasons=["abort"], usage=Usage(0, 0, 0))
+        tokens = result.num_prompt_tokens
+        return FinalEvent(finish_reasons=["stop"], usage=Usage(tokens, 0, tokens),
+                          embedding=result.embedding)
 
     async def _finish_job(self, request: ActiveRequest, transcript: Transcript) -> None:
         envelope = request.entry.envelope

@@ -190,13 +190,18 @@ class Worker:
 
 
 def registry_engine_factory(spec: Any) -> EngineFactory:
-    """Build the AsyncEngine of a registry `ModelSpec` (called in a thread: loading blocks)."""
+    """Build the engine of a registry `ModelSpec` (called in a thread: loading blocks): the
+    generation `AsyncEngine`, or for `task: embed` the cache-free `EmbeddingEngine`."""
     def build() -> EngineClient:
         from pagefleet.workers.engine.async_engine import AsyncEngine
         from pagefleet.workers.engine.config import EngineConfig
 
-        return AsyncEngine(EngineConfig(model=spec.source, **spec.engine_kwargs()),
-                           standby_after_s=spec.scaling.standby_after_s)
+        config = EngineConfig(model=spec.source, **spec.engine_kwargs())
+        if spec.task == "embed":
+            from pagefleet.workers.embed import EmbeddingEngine
+
+            return EmbeddingEngine.from_config(config)
+        return AsyncEngine(config, standby_after_s=spec.scaling.standby_after_s)
     return build
 
 

@@ -2,8 +2,9 @@
 
 Free slots are `max_num_seqs` minus the sequences running or waiting (the larger of the
 engine's count and the runtime's own, which also covers entries pulled but not yet handed to
-the engine), and zero while the KV cache is above the high-water mark. Everything else stays
-in Redis, visible to other workers and to the controller's backlog signal.
+the engine), and zero while the KV cache is above the high-water mark; batch entries fill at
+most `batch_share` of `max_num_seqs`, so urgent work finds a slot at once. Everything else
+stays in Redis, visible to other workers and to the controller's backlog signal.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from pagefleet.platform.protocol import keys
 from pagefleet.platform.protocol.resilience import TRANSIENT_ERRORS, Backoff, RedisOutages
 from pagefleet.workers.runtime.config import WorkerSettings
 from pagefleet.workers.runtime.engine_port import EngineClient
@@ -23,6 +25,7 @@ from pagefleet.workers.runtime.streams import RequestQueues
 log = logging.getLogger(__name__)
 _RETRY_S = 1.0
 _FULL_RECHECK_S = 0.25  # KV usage can drop without a request ending (preemption, frees)
+_URGENT = (keys.PRIORITY_INTERACTIVE, keys.PRIORITY_JOB)
 
 
 async def wait_first(awaitable: Any, stop: asyncio.Event, timeout: float | None = None) -> None:
@@ -37,6 +40,25 @@ async def wait_first(awaitable: Any, stop: asyncio.Event, timeout: float | None 
         await asyncio.gather(work, stopper, return_exceptions=True)
     if work.done() and not work.cancelled() and work.exception() is not None:
         raise work.exception()
+
+
+async def first_of(*awaitables: Any) -> None:
+    """Wait until one of `awaitables` is done; cancel the others."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def batch_room(engine: EngineClient, executor: Executor, settings: WorkerSettings) -> int:
+    """Batch sequences this worker may still start (`WorkerSettings.batch_share`)."""
+    cap = max(1, int(settings.batch_share * engine.stats().max_num_seqs))
+    in_use = sum(r.n for r in executor.active.values()
+                 if keys.stream_priority(r.entry.stream) == keys.PRIORITY_BATCH)
+    return max(0, cap - in_use)
 
 
 def free_slots(engine: EngineClient, executor: Executor, settings: WorkerSettings) -> int:
@@ -89,8 +111,16 @@ class Puller:
         if free <= 0:
             await wait_first(self.executor.changed.wait(), self.stop, _FULL_RECHECK_S)
             return
-        entries = await self.queues.read_available(free)
+        room = batch_room(self.engine, self.executor, self.settings)
+        entries = await self.queues.read_available(free, max_batch=room)
         if entries:
             await self.executor.start(entries)
+            return
+        if room <= 0:
+            # Batch entries may be waiting that this worker may not take yet: wake for more
+            # urgent arrivals or when a request ends, not for those entries (that would spin).
+            await wait_first(first_of(self.executor.changed.wait(),
+                                      self.queues.wait_for_new(self.settings.idle_block_ms, _URGENT)),
+                             self.stop)
             return
         await wait_first(self.queues.wait_for_new(self.settings.idle_block_ms), self.stop)

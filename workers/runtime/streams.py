@@ -67,13 +67,17 @@ class RequestQueues:
                 if "BUSYGROUP" not in str(exc):
                     raise
 
-    async def read_available(self, max_entries: int) -> list[PulledEntry]:
-        """Up to `max_entries` undelivered entries, higher priorities first, without blocking."""
+    async def read_available(self, max_entries: int, max_batch: int | None = None) -> list[PulledEntry]:
+        """Up to `max_entries` undelivered entries, higher priorities first, without blocking;
+        of them at most `max_batch` batch (priority 2) entries."""
         pulled: list[PulledEntry] = []
-        for stream in self.streams:
-            if len(pulled) >= max_entries:
+        for priority, stream in zip(keys.PRIORITIES, self.streams, strict=True):
+            count = max_entries - len(pulled)
+            if priority == keys.PRIORITY_BATCH and max_batch is not None:
+                count = min(count, max_batch)
+            if count <= 0:
                 break
-            reply = await self._xreadgroup(stream, max_entries - len(pulled))
+            reply = await self._xreadgroup(stream, count)
             for _name, entries in reply or []:
                 pulled.extend(parse_entry(stream, entry_id, fields) for entry_id, fields in entries)
         return pulled
@@ -88,14 +92,16 @@ class RequestQueues:
             await self.ensure_groups()  # the stream was deleted (e.g. FLUSHDB); start over
             return []
 
-    async def wait_for_new(self, timeout_ms: int) -> None:
-        """Return when an entry may have arrived after the group's last delivery, or on timeout."""
+    async def wait_for_new(self, timeout_ms: int, priorities: tuple[int, ...] = keys.PRIORITIES) -> None:
+        """Return when an entry may have arrived after the group's last delivery on one of the
+        `priorities`' streams, or on timeout."""
+        streams = [self.streams[p] for p in priorities]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for stream in self.streams:
+            for stream in streams:
                 pipe.xinfo_groups(stream)
             replies = await pipe.execute(raise_on_error=False)
         last_ids: dict[str, str] = {}
-        for stream, groups in zip(self.streams, replies, strict=True):
+        for stream, groups in zip(streams, replies, strict=True):
             if isinstance(groups, Exception):
                 await self.ensure_groups()
                 return

@@ -27,7 +27,7 @@ async def batch_lifespan(app: Litestar) -> AsyncIterator[None]:
     settings: GatewaySettings = state.settings
     redis = state.broker.redis
     files = FileService(redis, LocalFileStorage(settings.batch.files_path),
-                        settings.batch.max_file_bytes)
+                        settings.batch.max_file_bytes, settings.batch.file_retention_s)
     celery = create_celery(settings.redis_url, settings.batch)
     state.files = files
     state.batches = BatchService(redis, files, celery, settings.batch)

@@ -17,6 +17,7 @@ from pagefleet.platform.gateway.completions.schemas import (
 )
 from pagefleet.platform.gateway.errors import bad_request
 from pagefleet.platform.protocol import ChatMessage, RequestEnvelope, SamplingParams
+from pagefleet.platform.protocol.embeddings import EncodingFormat
 from pagefleet.platform.protocol.messages import RequestKind
 from pagefleet.platform.protocol.sampling import StructuredOutput
 
@@ -49,6 +50,7 @@ class PreparedRequest:
     stream: bool
     include_usage: bool
     logprobs: bool
+    encoding_format: EncodingFormat = "float"  # embeddings only
 
     @property
     def request_ids(self) -> list[str]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from pagefleet.platform.gateway.completions.params import PreparedRequest
 from pagefleet.platform.protocol import DeltaEvent, FinalEvent, TokenLogprob, Usage
+from pagefleet.platform.protocol.embeddings import EmbeddingList, embedding_list
 from pagefleet.platform.protocol.openai import (
     ChatChunkChoice,
     ChatCompletion,
@@ -44,6 +45,7 @@ class ResultAccumulator:
         num_choices = prepared.n * len(prepared.envelopes)
         self.choices = [ChoiceState() for _ in range(num_choices)]
         self.usage = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+        self.embeddings: list[bytes | None] = [None] * len(prepared.envelopes)  # embedding requests
 
     def choice_index(self, source: int, index: int) -> int:
         return source * self.prepared.n + index
@@ -72,6 +74,8 @@ class ResultAccumulator:
             if state.finish_reason is None:
                 state.finish_reason = reason
                 newly_finished.append(self.choice_index(source, i))
+        if final.embedding is not None:
+            self.embeddings[source] = final.embedding
         self.usage = Usage(
             prompt_tokens=self.usage.prompt_tokens + final.usage.prompt_tokens,
             completion_tokens=self.usage.completion_tokens + final.usage.completion_tokens,
@@ -93,7 +97,16 @@ class ResultAccumulator:
         return [FinishedChoice("".join(s.texts), s.logprobs if self.prepared.logprobs else None,
                                s.finish_reason) for s in self.choices]
 
-    def response(self) -> ChatCompletion | Completion:
+    def embedding_list(self) -> EmbeddingList:
+        """Input k's vector at index k; a final without one (an aborted input) is a bug upstream."""
+        p = self.prepared
+        if any(vector is None for vector in self.embeddings):
+            raise RuntimeError(f"{p.response_id}: an input ended without an embedding")
+        return embedding_list(p.model, self.embeddings, self.usage.prompt_tokens, p.encoding_format)
+
+    def response(self) -> ChatCompletion | Completion | EmbeddingList:
+        if self.prepared.kind == "embedding":
+            return self.embedding_list()
         return self.chat_completion() if self.prepared.kind == "chat" else self.completion()
 
     # ---- stream chunks --------------------------------------------------------------------

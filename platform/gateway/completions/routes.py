@@ -22,6 +22,7 @@ _ERRORS = {status: ResponseSpec(ErrorResponse, description=description) for stat
     429: "The model's queue is full (see Retry-After)",
     504: "Deadline exceeded",
 }.items()}
+ERROR_RESPONSES = _ERRORS  # the same statuses document /v1/embeddings
 
 
 class CompletionsRoutes(Controller):

@@ -39,6 +39,7 @@ from pagefleet.platform.gateway.delivery import (
 from pagefleet.platform.gateway.errors import (
     ErrorBody,
     OpenAIError,
+    bad_request,
     model_not_found,
     prompt_too_long,
     queue_unavailable,
@@ -46,6 +47,7 @@ from pagefleet.platform.gateway.errors import (
 from pagefleet.platform.gateway.metrics import GatewayMetrics
 from pagefleet.platform.gateway.settings import GatewaySettings
 from pagefleet.platform.protocol import DeltaEvent, ErrorEvent, FinalEvent, RequestEnvelope, keys
+from pagefleet.platform.protocol.messages import input_param
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +78,15 @@ def sse(payload: msgspec.Struct) -> bytes:
 class CompletionService:
     """Admission (model known, prompt can fit, bounds not reached), queueing and answering.
 
-    `max_model_lens` maps each served model to its context length (None: unknown).
+    `max_model_lens` maps each served model to its context length (None: unknown);
+    `embedding_models` (registry `task: embed`) take only embedding requests, refused here
+    rather than after a worker's cold start.
     """
 
     def __init__(self, broker: Broker, hub: ResultHub, settings: GatewaySettings,
-                 max_model_lens: dict[str, int | None], metrics: GatewayMetrics) -> None:
+                 max_model_lens: dict[str, int | None], metrics: GatewayMetrics,
+                 embedding_models: frozenset[str] = frozenset()) -> None:
+        self.embedding_models = embedding_models
         self.broker = broker
         self.hub = hub
         self.settings = settings
@@ -102,6 +108,9 @@ class CompletionService:
         429 (the queue at this priority is at its bound)."""
         if prepared.model not in self.models:
             raise model_not_found(prepared.model)
+        if prepared.kind != "embedding" and prepared.model in self.embedding_models:
+            raise bad_request(f"The model `{prepared.model}` serves embeddings only; use /v1/embeddings.",
+                              param="model", code="model_not_generative")
         self._check_prompt_size(prepared)
         backlog = await self.broker.backlog(prepared.model, priority)
         if backlog + len(prepared.envelopes) > self.settings.backlog_bound(priority):
@@ -127,8 +136,7 @@ class CompletionService:
             else:
                 size, limit, unit = prompt_chars(envelope), max_chars, "characters"
             if size > limit:
-                raise prompt_too_long(max_model_len, f"{size} {unit}",
-                                      "messages" if prepared.kind == "chat" else "prompt")
+                raise prompt_too_long(max_model_len, f"{size} {unit}", input_param(prepared.kind))
 
     async def run(self, prepared: PreparedRequest, receive: Receive) -> Response | Stream:
         """`receive` is the request's ASGI channel (body already read): it reports a disconnect."""

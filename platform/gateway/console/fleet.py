@@ -3,7 +3,8 @@ controller's scaling decisions.
 
 The same sources the controller scales by: heartbeats through `fresh_heartbeats` (so a worker
 the controller counts dead is not shown alive), queues through `protocol.backlog.read_queue`,
-and the controller's own record of its decisions (`controller.decisions`).
+and the controller's own record of its decisions (`controller.decisions`); TTFT history is the
+workers' (`protocol.ttft`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import redis.asyncio as aioredis
 
 from pagefleet.platform.protocol import Heartbeat, fresh_heartbeats, keys
 from pagefleet.platform.protocol.backlog import read_queue
+from pagefleet.platform.protocol.ttft import TtftBucket, read_ttft
 from pagefleet.platform.registry import ModelSpec, Registry
 
 PRIORITY_NAMES = {keys.PRIORITY_INTERACTIVE: "interactive", keys.PRIORITY_JOB: "jobs",
@@ -35,6 +37,7 @@ class QueueView(msgspec.Struct, kw_only=True):
     backlog: int
     in_flight: int
     entries_added: int
+    ttft: list[TtftBucket]  # p50/p95 per bucket over the last 15 minutes, oldest first
 
 
 class ModelView(msgspec.Struct, kw_only=True):
@@ -85,7 +88,8 @@ async def read_fleet(client: aioredis.Redis, registry: Registry, now: float,
             reading = await read_queue(client, keys.request_stream(name, priority))
             queues.append(QueueView(priority=priority, name=PRIORITY_NAMES[priority],
                                     backlog=reading.backlog, in_flight=reading.pending,
-                                    entries_added=reading.entries_added))
+                                    entries_added=reading.entries_added,
+                                    ttft=await read_ttft(client, name, priority, now)))
         models.append(_model_view(registry.get(name), desired.get(name), beats, queues, now))
     return Fleet(at=now, models=models)
 

@@ -23,7 +23,8 @@ class FileObject(msgspec.Struct, kw_only=True):
     @classmethod
     def of(cls, record: FileRecord) -> FileObject:
         return cls(id=record.id, bytes=record.bytes, created_at=record.created_at,
-                   filename=record.filename, purpose=record.purpose)
+                   filename=record.filename, purpose=record.purpose,
+                   expires_at=record.expires_at)
 
 
 class FileList(msgspec.Struct, kw_only=True):

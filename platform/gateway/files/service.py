@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,10 +26,12 @@ def file_not_found(file_id: str) -> OpenAIError:
 
 
 class FileService:
-    def __init__(self, redis: aioredis.Redis, storage: FileStorage, max_file_bytes: int) -> None:
+    def __init__(self, redis: aioredis.Redis, storage: FileStorage, max_file_bytes: int,
+                 retention_s: float) -> None:
         self.redis = redis
         self.storage = storage
         self.max_file_bytes = max_file_bytes
+        self.retention_s = retention_s
 
     async def create(self, owner: str, filename: str, purpose: str, content: BinaryIO) -> FileRecord:
         if purpose not in UPLOAD_PURPOSES:
@@ -41,11 +44,12 @@ class FileService:
         except FileTooLarge as exc:
             raise OpenAIError(413, f"The file is too large: the limit is {exc.limit} bytes.",
                               param="file", code="file_too_large") from None
-        record = FileRecord(id=file_id, owner=owner, bytes=size, created_at=int(time.time()),
-                            filename=filename or "upload.jsonl", purpose=purpose)  # type: ignore[arg-type]
+        now = int(time.time())
+        record = FileRecord(id=file_id, owner=owner, bytes=size, created_at=now,
+                            filename=filename or "upload.jsonl", purpose=purpose,  # type: ignore[arg-type]
+                            expires_at=now + math.ceil(self.retention_s))
         pipe = self.redis.pipeline(transaction=True)
-        pipe.set(rec.file_key(file_id), rec.encode(record))
-        pipe.zadd(rec.owner_files(owner), {file_id: record.created_at})
+        rec.index_file(pipe, record)
         await pipe.execute()
         return record
 
@@ -67,10 +71,9 @@ class FileService:
         return _closing_chunks(stream)
 
     async def delete(self, file_id: str, owner: str) -> None:
-        await self.get(file_id, owner)
+        record = await self.get(file_id, owner)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(rec.file_key(file_id))
-        pipe.zrem(rec.owner_files(owner), file_id)
+        rec.unindex_file(pipe, record)
         await pipe.execute()
         await anyio.to_thread.run_sync(self.storage.delete, file_id)
 

@@ -11,6 +11,7 @@ The tests of this module run in order and share one browser (a Chromium start is
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -19,8 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -67,7 +71,9 @@ def _screenshot(driver: WebDriver, shots: Path, name: str) -> None:
 
 
 def _wait(driver: WebDriver, condition, message: str):
-    return WebDriverWait(driver, WAIT_S, poll_frequency=0.05).until(condition, message)
+    # The fleet view re-renders every 2 s: an element found a moment ago may be gone; look again.
+    return WebDriverWait(driver, WAIT_S, poll_frequency=0.05,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(condition, message)
 
 
 def _sign_in(driver: WebDriver, console: ConsoleStack, key: str) -> None:
@@ -124,6 +130,28 @@ def test_a_playground_message_starts_a_worker_and_streams_a_reply(
     _screenshot(browser, shots, "playground")
 
 
+def test_copy_buttons_work_without_the_async_clipboard(browser: WebDriver) -> None:
+    """Plain http on another host is not a secure context: no `navigator.clipboard`. The page
+    must copy anyway (a selected textarea and `execCommand('copy')`); what that copies is
+    recorded at the moment of the copy."""
+    browser.execute_script("""
+        Object.defineProperty(navigator, 'clipboard', {value: undefined, configurable: true});
+        window.copied = [];
+        const original = document.execCommand.bind(document);
+        document.execCommand = (command) => {
+          const a = document.activeElement;
+          window.copied.push(a.value.substring(a.selectionStart, a.selectionEnd));
+          return original(command);
+        };""")
+    for target in ("curl-snippet", "python-snippet"):
+        button = browser.find_element(By.CSS_SELECTOR, f".copy[data-target='{target}']")
+        button.click()
+        _wait(browser, lambda d, b=button: b.text == "Copied", f"{target} was not copied")
+        snippet = browser.execute_script("return document.getElementById(arguments[0]).textContent", target)
+        assert snippet and browser.execute_script("return window.copied.pop()") == snippet
+    assert not browser.find_elements(By.CSS_SELECTOR, "textarea.copy-buffer")  # cleaned up
+
+
 def test_the_fleet_page_then_shows_one_ready_replica_and_the_scale_up_event(
         browser: WebDriver, console: ConsoleStack, shots: Path) -> None:
     browser.find_element(By.ID, "tab-fleet").click()
@@ -137,6 +165,16 @@ def test_the_fleet_page_then_shows_one_ready_replica_and_the_scale_up_event(
     assert _text(browser, f"{event} .reason")  # the policy's reason, verbatim
     assert browser.find_element(By.CSS_SELECTOR, f"{event} a").get_attribute("href").endswith(f"#model-{MODEL}")
     assert browser.find_elements(By.CSS_SELECTOR, "#queues svg.chart")
+    # The playground's request left a TTFT sample; the history is the server's, so a fresh
+    # page load shows it too.
+    for load in ("this page", "a fresh page load"):
+        if load != "this page":
+            browser.refresh()
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#queues .ttft-latest")
+              and re.fullmatch(r"\d+ / \d+ ms", _text(d, "#queues .ttft-latest")),
+              f"no TTFT figures on {load}")
+        assert browser.find_elements(By.CSS_SELECTOR, "#queues td.ttft svg.chart polyline")
+    _wait(browser, lambda d: _text(d, f"{card} .ready-count") == "1", "the fleet did not reload")
     _screenshot(browser, shots, "fleet")
 
 
@@ -160,3 +198,65 @@ def test_a_normal_key_sees_its_jobs_but_not_the_fleet(
     _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, row)
           and _text(d, f"{row} .status") == "succeeded", "the job did not show as succeeded")
     _screenshot(browser, shots, "jobs")
+
+
+PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}
+
+
+def _overflow(driver: WebDriver) -> list[str]:
+    """What sticks out to the right of a phone's viewport: the page itself, or a visible
+    control (a table may scroll inside its own box; the page may not)."""
+    return driver.execute_script("""
+        const width = document.documentElement.clientWidth, out = [];
+        if (document.documentElement.scrollWidth > width) out.push(`page ${document.documentElement.scrollWidth} > ${width}`);
+        for (const c of document.querySelectorAll('button, input, select, textarea, a')) {
+          const r = c.getBoundingClientRect();
+          if (r.width && c.offsetParent && !c.closest('.scroll') && (r.left < 0 || r.right > width + 0.5))
+            out.push(`${c.id || c.textContent.trim() || c.tagName} ${r.left}-${r.right}`);
+        }
+        return out;""")
+
+
+def _unlabelled(driver: WebDriver) -> list[str]:
+    return driver.execute_script("""
+        return [...document.querySelectorAll('input, select, textarea')]
+          .filter((c) => c.type !== 'hidden' && !c.classList.contains('copy-buffer'))
+          .filter((c) => !(c.labels && c.labels.length) && !c.getAttribute('aria-label'))
+          .map((c) => c.id || c.outerHTML);""")
+
+
+def test_every_view_fits_a_phone_and_works_from_the_keyboard(
+        browser: WebDriver, console: ConsoleStack, shots: Path) -> None:
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", PHONE)
+    try:
+        _sign_in(browser, console, ADMIN_KEY)
+        assert browser.execute_script("return window.innerWidth") == PHONE["width"]
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#queues .ttft-latest"), "no fleet")
+        assert _overflow(browser) == []
+        _screenshot(browser, shots, "phone-fleet")
+        # Keyboard only: Tab to the playground tab, Enter opens it, and on into its controls.
+        browser.find_element(By.TAG_NAME, "body").click()
+        active = None
+        for _ in range(10):
+            ActionChains(browser).send_keys(Keys.TAB).perform()
+            active = browser.switch_to.active_element
+            if active.get_attribute("id") == "tab-playground":
+                break
+        assert active is not None and active.get_attribute("id") == "tab-playground"
+        ActionChains(browser).send_keys(Keys.ENTER).perform()
+        _wait(browser, ec.visibility_of_element_located((By.ID, "playground-view")), "no playground")
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f"#model-select option[value='{MODEL}']"),
+              "the model list did not load")
+        assert _overflow(browser) == [] and _unlabelled(browser) == []
+        reached = set()
+        for _ in range(12):
+            ActionChains(browser).send_keys(Keys.TAB).perform()
+            reached.add(browser.switch_to.active_element.get_attribute("id"))
+        assert {"model-select", "temperature", "max-tokens", "top-p", "prompt", "send"} <= reached
+        _screenshot(browser, shots, "phone-playground")
+        browser.find_element(By.ID, "tab-jobs").click()
+        _wait(browser, ec.visibility_of_element_located((By.ID, "jobs-view")), "no jobs view")
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#jobs p, #jobs table"), "jobs not loaded")
+        assert _overflow(browser) == []
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})

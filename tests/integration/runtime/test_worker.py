@@ -27,6 +27,7 @@ from pagefleet.platform.protocol import (
     keys,
 )
 from pagefleet.platform.protocol.webhooks import webhook_signature
+from pagefleet.workers.runtime.config import WorkerSettings
 from tests.integration.runtime.conftest import MAX_NUM_SEQS, MODEL, WEBHOOK_SECRET
 from tests.integration.runtime.processes import (
     WorkerProcess,
@@ -293,3 +294,30 @@ def test_health_and_metrics_endpoints(worker, client: redis.Redis) -> None:
         assert f"pagefleet:{name}" in metrics, name
     assert metrics["pagefleet:generation_tokens_total"] > 0
     assert metrics["pagefleet:e2e_request_latency_seconds_count"] > 0
+
+
+def test_batch_work_leaves_slots_for_interactive_requests(worker, client: redis.Redis) -> None:
+    """Batch entries fill at most `batch_share` (0.75) of the 4 slots, so an interactive
+    request arriving while the batch queue is full starts at once instead of waiting for a
+    batch request to finish (the engine does not preempt)."""
+    batch_cap = int(WorkerSettings(model=MODEL).batch_share * MAX_NUM_SEQS)
+    assert 0 < batch_cap < MAX_NUM_SEQS
+    stream = keys.request_stream(MODEL, keys.PRIORITY_BATCH)
+    batch = [envelope(MODEL, prompt=f"Story {i}:", max_tokens=24, ignore_eos=True) for i in range(8)]
+    for env in batch:
+        enqueue(client, env, keys.PRIORITY_BATCH)
+    wait_for(lambda: sum(client.xlen(keys.result_stream(e.request_id)) > 0 for e in batch) >= batch_cap,
+             "the batch to start")
+    urgent = envelope(MODEL, prompt="Hi", max_tokens=2, ignore_eos=True)
+    enqueue(client, urgent)
+    samples = []
+    while not _is_done(client, urgent.request_id):
+        samples.append(client.xinfo_groups(stream)[0]["pending"])
+        time.sleep(0.01)  # sampling interval of the observation loop
+    assert_well_formed(read_until_done(client, urgent.request_id))
+    first_batch_done = min((_event_ms(client, e.request_id, last=True) for e in batch
+                            if _is_done(client, e.request_id)), default=None)
+    assert first_batch_done is None or _event_ms(client, urgent.request_id, last=True) <= first_batch_done
+    assert max(samples) <= batch_cap
+    for env in batch:
+        assert_well_formed(read_until_done(client, env.request_id))

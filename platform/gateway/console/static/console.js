@@ -126,6 +126,8 @@ function modelCard(m) {
 }
 
 function queueTable(fleet) {
+  const head = ["model", ...fleet.models[0]?.queues.map((q) => `${q.name} backlog`) || [], "in flight",
+    "arrivals", "queue, last 15 min", "TTFT p50 / p95, last 15 min"];
   const rows = fleet.models.map((m) => {
     const added = m.queues.reduce((s, q) => s + q.entries_added, 0);
     const last = state.lastAdded[m.name];
@@ -136,29 +138,36 @@ function queueTable(fleet) {
     const series = (state.history[m.name] ||= []);
     series.push({ at: fleet.at, backlog, inFlight });
     while (series.length && series[0].at < fleet.at - HISTORY_S) series.shift();
-    return el("tr", {}, el("td", {}, m.name),
-      ...m.queues.map((q) => el("td", {}, q.backlog)), el("td", {}, inFlight),
-      el("td", {}, `${rate.toFixed(2)}/s`), el("td", {}, chart(series)));
+    const ttft = m.queues[0].ttft;  // interactive: the latency users wait on
+    const latest = ttft[ttft.length - 1];
+    const cells = [m.name, ...m.queues.map((q) => q.backlog), inFlight, `${rate.toFixed(2)}/s`,
+      chart(series, QUEUE_LINES, fleet.at, "backlog and in flight"),
+      el("span", {}, el("span", { class: "ttft-latest" },
+        latest ? `${Math.round(latest.p50_ms)} / ${Math.round(latest.p95_ms)} ms` : "no requests"),
+        chart(ttft, TTFT_LINES, fleet.at, "interactive TTFT p50 and p95 in ms"))];
+    // data-label: on a phone the table stacks, one labelled line per cell (console.css)
+    return el("tr", {}, ...cells.map((cell, i) => el("td", { "data-label": head[i], class: i === cells.length - 1 ? "ttft" : "" }, cell)));
   });
-  const head = ["model", ...fleet.models[0]?.queues.map((q) => `${q.name} backlog`) || [], "in flight", "arrivals", "last 15 min"];
-  return el("div", { class: "scroll" }, el("table", {},
+  return el("div", { class: "scroll" }, el("table", { class: "queue-table" },
     el("thead", {}, el("tr", {}, ...head.map((h) => el("th", { scope: "col" }, h)))), el("tbody", {}, ...rows)));
 }
 
-function chart(series) {
-  // Inline SVG: backlog (solid) and in flight (dashed) over the samples of the last 15 min.
+const QUEUE_LINES = [["backlog", "", "#1f6feb"], ["inFlight", "4 3", "#b35900"]];
+const TTFT_LINES = [["p50_ms", "", "#1a7f37"], ["p95_ms", "4 3", "#8250df"]];
+
+function chart(series, lines, now, what) {
+  // Inline SVG over the last 15 min: one polyline per [field, dash, colour] of `lines`.
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("class", "chart");
   svg.setAttribute("viewBox", "0 0 300 60");
   svg.setAttribute("preserveAspectRatio", "none");
   svg.setAttribute("role", "img");
-  const now = series.length ? series[series.length - 1].at : 0;
-  const top = Math.max(1, ...series.map((p) => Math.max(p.backlog, p.inFlight)));
-  svg.setAttribute("aria-label", `backlog and in flight, last 15 minutes, peak ${top}`);
-  for (const [field, dash, colour] of [["backlog", "", "#1f6feb"], ["inFlight", "4 3", "#b35900"]]) {
+  const top = Math.max(1, ...series.map((p) => Math.max(...lines.map(([field]) => p[field]))));
+  svg.setAttribute("aria-label", `${what}, last 15 minutes, peak ${Math.round(top)}`);
+  for (const [field, dash, colour] of lines) {
     const y = (p) => (58 - p[field] / top * 54).toFixed(1);
-    const points = series.map((p) => `${(300 - (now - p.at) / HISTORY_S * 300).toFixed(1)},${y(p)}`);
+    const points = series.map((p) => `${Math.max(0, 300 - (now - p.at) / HISTORY_S * 300).toFixed(1)},${y(p)}`);
     if (series.length === 1) points.unshift(`0,${y(series[0])}`);  // one sample: a flat line
     const line = document.createElementNS(ns, "polyline");
     line.setAttribute("points", points.join(" "));
@@ -285,6 +294,35 @@ async function sendChat(event) {
   }
 }
 
+async function copyText(text) {
+  // navigator.clipboard exists only in a secure context (https or localhost); a console served
+  // over plain http on another host copies through a selected, off-screen textarea instead.
+  if (navigator.clipboard && window.isSecureContext) {
+    try { await navigator.clipboard.writeText(text); return true; } catch (e) { /* fall back */ }
+  }
+  const buffer = el("textarea", { class: "copy-buffer", readonly: "", tabindex: "-1", "aria-hidden": "true" });
+  buffer.value = text;
+  document.body.append(buffer);
+  buffer.select();
+  let copied = false;
+  try { copied = document.execCommand("copy"); } catch (e) { copied = false; }
+  buffer.remove();
+  return copied;
+}
+
+async function copySnippet(button) {
+  const label = button.dataset.label || (button.dataset.label = button.textContent);
+  const snippet = $(button.dataset.target);
+  if (await copyText(snippet.textContent)) {
+    button.textContent = "Copied";
+  } else {  // no clipboard at all: select the snippet so Ctrl+C / long-press copies it
+    window.getSelection().selectAllChildren(snippet);
+    button.textContent = "Selected: press Ctrl+C";
+  }
+  $("copy-status").textContent = button.textContent;
+  setTimeout(() => { button.textContent = label; }, 2000);
+}
+
 // ---- jobs ---------------------------------------------------------------------------------
 
 async function refreshJobs() {
@@ -325,10 +363,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("chat-form").addEventListener("input", updateSnippets);
   $("stop").addEventListener("click", () => state.abort && state.abort.abort());
   for (const button of document.querySelectorAll(".copy")) {
-    button.addEventListener("click", async () => {
-      await navigator.clipboard.writeText($(button.dataset.target).textContent);
-      button.textContent = "Copied";
-    });
+    button.addEventListener("click", () => copySnippet(button));
   }
   for (const tab of document.querySelectorAll(".tab")) tab.hidden = true;
   start();
