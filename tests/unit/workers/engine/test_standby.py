@@ -84,3 +84,12 @@ def test_an_idle_async_engine_sleeps_and_the_next_request_wakes_it(fresh_tokens)
 def test_standby_after_s_is_validated() -> None:
     with pytest.raises(ValueError, match="standby_after_s"):
         AsyncEngine(EngineConfig(), standby_after_s=-1)
+
+
+def test_fp8_weights_survive_a_sleep() -> None:
+    # FP8 linear layers: one-byte weights and their float scales packed side by side.
+    llm = LLM(max_model_len=128, quantization="fp8")
+    before = _tokens(llm)
+    llm.engine.sleep()
+    llm.engine.wake()
+    assert _tokens(llm) == before
