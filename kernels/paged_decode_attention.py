@@ -5,6 +5,10 @@ walking its share of the sequence's block table with an online softmax. Long con
 small batches leave most SMs idle with one program per (sequence, KV head), so the sequence
 is cut into `num_splits` parts whose partial results a second kernel merges by their
 log-sum-exp. The result is exact for any `num_splits`; the count only decides speed.
+
+With a sliding window the walk starts at the window's first key, so keys (and blocks) before
+it are never read and the split count follows the window, not the sequence length. Gemma 2's
+soft-capping bends the scores (`cap * tanh(s / cap)`) before the softmax.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ import torch
 import triton
 import triton.language as tl
 
+from pagefleet.kernels.attention_mask import check_window_and_cap, first_visible_key, soft_cap
 from pagefleet.kernels.checks import (
     check_float,
     check_last_dim_contiguous,
     check_shape,
     upcast_dot_operands,
 )
+from pagefleet.kernels.soft_cap import soft_cap_tile
 
 LOG2E = 1.4426950408889634
 
@@ -64,7 +70,7 @@ def choose_num_splits(
 def _paged_decode_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
     out_ptr, partial_out_ptr, partial_lse_ptr,
-    qk_scale, num_splits,
+    qk_scale, num_splits, sliding_window, softcap,
     stride_q_token, stride_q_head,
     stride_cache_block, stride_cache_slot, stride_cache_head,
     stride_table_seq,
@@ -74,13 +80,17 @@ def _paged_decode_attention_kernel(
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
     DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
-    tokens_per_split = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
-    start = split * tokens_per_split
+    first_key = 0
+    if HAS_WINDOW:  # the one query (position seq_len - 1) sees the last `sliding_window` keys
+        first_key = tl.maximum(seq_len - sliding_window, 0)
+    tokens_per_split = tl.cdiv(tl.cdiv(seq_len - first_key, num_splits), BLOCK_N) * BLOCK_N
+    start = first_key + split * tokens_per_split
     end = tl.minimum(start + tokens_per_split, seq_len)
 
     offs_g = tl.arange(0, GROUP_PAD)
@@ -111,6 +121,8 @@ def _paged_decode_attention_kernel(
         if UPCAST_DOT:
             k = k.to(tl.float32)
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [G, N]
+        if HAS_SOFTCAP:
+            scores = soft_cap_tile(scores, softcap)
         scores = tl.where(n_mask[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         alpha = tl.math.exp2(m_i - m_new)
@@ -180,20 +192,25 @@ def paged_decode_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float, out: torch.Tensor,
     max_seq_len: int, config: DecodeConfig | None = None,
+    sliding_window: int | None = None, softcap: float | None = None,
 ) -> torch.Tensor:
     """Attention of one query token per sequence, `q` `[num_seqs, num_heads, head_dim]`.
 
     `max_seq_len` is a host-side bound (no device sync) used only to choose the split count;
-    the kernels read the true lengths from `seq_lens`. Writes `out` and returns it.
+    the kernels read the true lengths from `seq_lens`. `sliding_window`: the query sees only
+    the last that many keys (None: all); `softcap`: scores become `cap * tanh(s / cap)`.
+    Writes `out` and returns it.
     """
     config = config or DecodeConfig()
     num_seqs, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     _check_args(q, k_cache, v_cache, block_tables, seq_lens, out, num_kv_heads, head_dim)
+    check_window_and_cap(sliding_window, softcap)
     if num_seqs == 0:
         return out
     queries_per_kv = num_heads // num_kv_heads
-    num_splits = choose_num_splits(num_seqs, num_kv_heads, max_seq_len, _num_sms(q.device), config)
+    num_keys = max_seq_len if sliding_window is None else min(max_seq_len, sliding_window)
+    num_splits = choose_num_splits(num_seqs, num_kv_heads, num_keys, _num_sms(q.device), config)
     split = num_splits > 1
     partial_out = partial_lse = out  # unused placeholders when not split
     if split:
@@ -204,7 +221,7 @@ def paged_decode_attention(
     head_dim_pad = triton.next_power_of_2(head_dim)
     _paged_decode_attention_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens, out, partial_out, partial_lse,
-        scale * LOG2E, num_splits,
+        scale * LOG2E, num_splits, sliding_window or 0, (softcap or 1.0) * LOG2E,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
@@ -215,6 +232,7 @@ def paged_decode_attention(
         BLOCK_N=config.block_n, SPLIT=split,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         UPCAST_DOT=upcast_dot_operands(q),
+        HAS_WINDOW=sliding_window is not None, HAS_SOFTCAP=softcap is not None,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if split:
@@ -258,8 +276,10 @@ def _check_args(
 def paged_decode_attention_ref(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+    sliding_window: int | None = None, softcap: float | None = None,
 ) -> torch.Tensor:
-    """Plain torch, in float32: gather each sequence's keys and values, softmax, weight."""
+    """Plain torch, in float32: gather each sequence's keys and values (from the window's
+    first, when windowed), softmax, weight."""
     num_heads = q.shape[1]
     num_kv_heads = k_cache.shape[2]
     block_size = k_cache.shape[1]
@@ -267,10 +287,11 @@ def paged_decode_attention_ref(
     for s, seq_len in enumerate(seq_lens.tolist()):
         num_blocks = triton.cdiv(seq_len, block_size)
         blocks = block_tables[s, :num_blocks].long()
-        keys = k_cache[blocks].flatten(0, 1)[:seq_len].float()  # [seq_len, kv_heads, dim]
-        values = v_cache[blocks].flatten(0, 1)[:seq_len].float()
+        first = first_visible_key(seq_len, 1, sliding_window)
+        keys = k_cache[blocks].flatten(0, 1)[first:seq_len].float()  # [keys, kv_heads, dim]
+        values = v_cache[blocks].flatten(0, 1)[first:seq_len].float()
         keys = keys.repeat_interleave(num_heads // num_kv_heads, dim=1)
         values = values.repeat_interleave(num_heads // num_kv_heads, dim=1)
-        scores = torch.einsum("hd,thd->ht", q[s].float(), keys) * scale
+        scores = soft_cap(torch.einsum("hd,thd->ht", q[s].float(), keys) * scale, softcap)
         out[s] = torch.einsum("ht,thd->hd", scores.softmax(-1), values).to(q.dtype)
     return out

@@ -5,6 +5,10 @@ end of its `seq_len` tokens, all already in the paged cache. Query row `i` sits 
 `seq_len - query_len + i` and sees keys `0..` that position. Decode rows are query_len 1, so
 one launch serves a mixed batch. Grid: (query tiles of BLOCK_M rows, query heads, sequences);
 key tiles before the first row's position need no causal mask and run unmasked.
+
+With a sliding window a row sees only its last `sliding_window` keys: the walk starts at the
+first key the tile's first row sees (earlier blocks are never read), and tiles that some rows
+see and others do not run masked. Gemma 2's soft-capping bends scores before the softmax.
 """
 
 from __future__ import annotations
@@ -15,12 +19,19 @@ import torch
 import triton
 import triton.language as tl
 
+from pagefleet.kernels.attention_mask import (
+    check_window_and_cap,
+    first_visible_key,
+    soft_cap,
+    visible_keys,
+)
 from pagefleet.kernels.checks import (
     check_float,
     check_last_dim_contiguous,
     check_shape,
     upcast_dot_operands,
 )
+from pagefleet.kernels.soft_cap import soft_cap_tile
 
 LOG2E = 1.4426950408889634
 
@@ -43,10 +54,10 @@ class PrefillConfig:
 @triton.jit
 def _attend_tile(
     q, acc, m_i, l_i, tile_start, k_cache_ptr, v_cache_ptr, table_ptr, head_offset, q_pos,
-    seq_len, qk_scale, stride_cache_block, stride_cache_slot,
+    seq_len, qk_scale, sliding_window, softcap, stride_cache_block, stride_cache_slot,
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    UPCAST_DOT: tl.constexpr,
+    UPCAST_DOT: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
 ):
     """One online-softmax step over keys `tile_start..+BLOCK_N` gathered from the block table."""
     offs_d = tl.arange(0, HEAD_DIM_PAD)
@@ -54,6 +65,8 @@ def _attend_tile(
     d_mask = offs_d < HEAD_DIM
     if MASKED:
         n_mask = tokens < seq_len
+        if HAS_WINDOW:  # keys before the first row's window are dead: never load them
+            n_mask = n_mask & (tokens > tl.min(q_pos, 0) - sliding_window)
     else:
         n_mask = tokens >= 0
     blocks = tl.load(table_ptr + tokens // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
@@ -67,15 +80,40 @@ def _attend_tile(
         k = k.to(tl.float32)
         v = v.to(tl.float32)
     scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [M, N]
+    if HAS_SOFTCAP:
+        scores = soft_cap_tile(scores, softcap)
     if MASKED:
         visible = (tokens[None, :] <= q_pos[:, None]) & n_mask[None, :]
+        if HAS_WINDOW:
+            visible = visible & (tokens[None, :] > q_pos[:, None] - sliding_window)
         scores = tl.where(visible, scores, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(scores, 1))
-    alpha = tl.math.exp2(m_i - m_new)
-    p = tl.math.exp2(scores - m_new[:, None])
+    m_shift = m_new
+    if HAS_WINDOW:  # a row may see none of a tile's keys yet: shift by 0, not by -inf
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_shift)
+    p = tl.math.exp2(scores - m_shift[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return acc, m_new, l_i
+
+
+@triton.jit
+def _attend_range(
+    q, acc, m_i, l_i, lo, hi, k_cache_ptr, v_cache_ptr, table_ptr, head_offset, q_pos,
+    seq_len, qk_scale, sliding_window, softcap, stride_cache_block, stride_cache_slot,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+):
+    """`_attend_tile` over the key tiles `lo..hi` (tile-aligned), all masked or none."""
+    for tile_start in range(lo, hi, BLOCK_N):
+        acc, m_i, l_i = _attend_tile(
+            q, acc, m_i, l_i, tile_start, k_cache_ptr, v_cache_ptr, table_ptr, head_offset,
+            q_pos, seq_len, qk_scale, sliding_window, softcap, stride_cache_block,
+            stride_cache_slot, HEAD_DIM, HEAD_DIM_PAD, BLOCK_SIZE, BLOCK_N, MASKED,
+            DOT_PRECISION, UPCAST_DOT, HAS_WINDOW, HAS_SOFTCAP)
+    return acc, m_i, l_i
 
 
 # The block-table width changes from step to step: one compiled kernel serves every width
@@ -83,13 +121,14 @@ def _attend_tile(
 @triton.jit(do_not_specialize=["stride_table_seq"])
 def _paged_prefill_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
-    out_ptr, qk_scale,
+    out_ptr, qk_scale, sliding_window, softcap,
     stride_q_token, stride_q_head,
     stride_cache_block, stride_cache_slot, stride_cache_head,
     stride_table_seq, stride_out_token, stride_out_head,
     QUERIES_PER_KV: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
 ):
     m_block = tl.program_id(0)
     head = tl.program_id(1)
@@ -119,19 +158,33 @@ def _paged_prefill_attention_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
     # Keys before the tile's first query position are visible to every row: no mask.
     unmasked_end = (context_len + m_block * BLOCK_M) // BLOCK_N * BLOCK_N
-    for tile_start in range(0, unmasked_end, BLOCK_N):
-        acc, m_i, l_i = _attend_tile(
-            q, acc, m_i, l_i, tile_start, k_cache_ptr, v_cache_ptr, table_ptr, head_offset,
-            q_pos, seq_len, qk_scale, stride_cache_block, stride_cache_slot,
-            HEAD_DIM, HEAD_DIM_PAD, BLOCK_SIZE, BLOCK_N, False, DOT_PRECISION, UPCAST_DOT)
+    unmasked_start = 0
+    if HAS_WINDOW:
+        # Keys before the first row's window are never read; keys inside every row's window
+        # (from the last row's first key on) need no mask; those between run masked.
+        first_key = tl.maximum(context_len + m_block * BLOCK_M - sliding_window + 1, 0)
+        last_row_key = context_len + tl.minimum((m_block + 1) * BLOCK_M, query_len) - sliding_window
+        unmasked_start = tl.cdiv(tl.maximum(last_row_key, 0), BLOCK_N) * BLOCK_N
+        first_tile = first_key // BLOCK_N * BLOCK_N
+        unmasked_start = tl.maximum(first_tile, tl.minimum(unmasked_start, unmasked_end))
+        acc, m_i, l_i = _attend_range(
+            q, acc, m_i, l_i, first_tile, unmasked_start, k_cache_ptr, v_cache_ptr, table_ptr,
+            head_offset, q_pos, seq_len, qk_scale, sliding_window, softcap, stride_cache_block,
+            stride_cache_slot, HEAD_DIM, HEAD_DIM_PAD, BLOCK_SIZE, BLOCK_N, True, DOT_PRECISION,
+            UPCAST_DOT, HAS_WINDOW, HAS_SOFTCAP)
+    acc, m_i, l_i = _attend_range(
+        q, acc, m_i, l_i, unmasked_start, unmasked_end, k_cache_ptr, v_cache_ptr, table_ptr,
+        head_offset, q_pos, seq_len, qk_scale, sliding_window, softcap, stride_cache_block,
+        stride_cache_slot, HEAD_DIM, HEAD_DIM_PAD, BLOCK_SIZE, BLOCK_N, False, DOT_PRECISION,
+        UPCAST_DOT, HAS_WINDOW, HAS_SOFTCAP)
     kv_end = tl.minimum(seq_len, context_len + (m_block + 1) * BLOCK_M)
-    for tile_start in range(unmasked_end, kv_end, BLOCK_N):
-        acc, m_i, l_i = _attend_tile(
-            q, acc, m_i, l_i, tile_start, k_cache_ptr, v_cache_ptr, table_ptr, head_offset,
-            q_pos, seq_len, qk_scale, stride_cache_block, stride_cache_slot,
-            HEAD_DIM, HEAD_DIM_PAD, BLOCK_SIZE, BLOCK_N, True, DOT_PRECISION, UPCAST_DOT)
+    acc, m_i, l_i = _attend_range(
+        q, acc, m_i, l_i, unmasked_end, kv_end, k_cache_ptr, v_cache_ptr, table_ptr,
+        head_offset, q_pos, seq_len, qk_scale, sliding_window, softcap, stride_cache_block,
+        stride_cache_slot, HEAD_DIM, HEAD_DIM_PAD, BLOCK_SIZE, BLOCK_N, True, DOT_PRECISION,
+        UPCAST_DOT, HAS_WINDOW, HAS_SOFTCAP)
 
-    result = acc / l_i[:, None]  # every real row sees at least key 0
+    result = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # only padding rows see no key
     tl.store(out_ptr + q_rows[:, None] * stride_out_token + head * stride_out_head + offs_d[None, :],
              result.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
 
@@ -140,10 +193,12 @@ def paged_prefill_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     block_tables: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
     scale: float, out: torch.Tensor, max_query_len: int, config: PrefillConfig | None = None,
+    sliding_window: int | None = None, softcap: float | None = None,
 ) -> torch.Tensor:
     """Causal attention of `q` `[num_tokens, num_heads, head_dim]` over the paged cache.
 
-    `max_query_len` is a host-side bound (no device sync) that sizes the grid. Writes `out`.
+    `max_query_len` is a host-side bound (no device sync) that sizes the grid. A row sees only
+    its last `sliding_window` keys (None: all of them); `softcap` caps the scores. Writes `out`.
     """
     config = config or PrefillConfig()
     num_tokens, num_heads, head_dim = q.shape
@@ -169,11 +224,13 @@ def paged_prefill_attention(
                          ("query_start_loc", query_start_loc)):
         if tensor.dtype != torch.int32:
             raise ValueError(f"{name} must be int32, got {tensor.dtype}")
+    check_window_and_cap(sliding_window, softcap)
     if num_tokens == 0 or num_seqs == 0 or max_query_len == 0:
         return out
     grid = (triton.cdiv(max_query_len, config.block_m), num_heads, num_seqs)
     _paged_prefill_attention_kernel[grid](
         q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, out, scale * LOG2E,
+        sliding_window or 0, (softcap or 1.0) * LOG2E,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
@@ -182,6 +239,7 @@ def paged_prefill_attention(
         BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         UPCAST_DOT=upcast_dot_operands(q),
+        HAS_WINDOW=sliding_window is not None, HAS_SOFTCAP=softcap is not None,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out
@@ -190,9 +248,10 @@ def paged_prefill_attention(
 def paged_prefill_attention_ref(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     block_tables: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
-    scale: float,
+    scale: float, sliding_window: int | None = None, softcap: float | None = None,
 ) -> torch.Tensor:
-    """Plain torch, in float32: per sequence, gather its keys and run masked softmax attention."""
+    """Plain torch, in float32: per sequence, gather the keys its queries can see (from the
+    first row's window on) and run masked softmax attention."""
     num_heads = q.shape[1]
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     out = torch.empty_like(q)
@@ -201,13 +260,15 @@ def paged_prefill_attention_ref(
         q_start, q_end = starts[s], starts[s + 1]
         if q_end == q_start:
             continue
+        first = first_visible_key(seq_len, q_end - q_start, sliding_window)
         blocks = block_tables[s, : triton.cdiv(seq_len, block_size)].long()
         group = num_heads // num_kv_heads
-        keys = k_cache[blocks].flatten(0, 1)[:seq_len].float().repeat_interleave(group, dim=1)
-        values = v_cache[blocks].flatten(0, 1)[:seq_len].float().repeat_interleave(group, dim=1)
-        scores = torch.einsum("qhd,khd->hqk", q[q_start:q_end].float(), keys) * scale
+        keys = k_cache[blocks].flatten(0, 1)[first:seq_len].float().repeat_interleave(group, dim=1)
+        values = v_cache[blocks].flatten(0, 1)[first:seq_len].float().repeat_interleave(group, dim=1)
+        scores = soft_cap(torch.einsum("qhd,khd->hqk", q[q_start:q_end].float(), keys) * scale, softcap)
         q_pos = torch.arange(seq_len - (q_end - q_start), seq_len, device=q.device)
-        visible = torch.arange(seq_len, device=q.device)[None, :] <= q_pos[:, None]
-        scores = scores.masked_fill(~visible, float("-inf"))
+        k_pos = torch.arange(first, seq_len, device=q.device)
+        scores = scores.masked_fill(~visible_keys(q_pos[:, None], k_pos[None, :], sliding_window),
+                                    float("-inf"))
         out[q_start:q_end] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), values).to(q.dtype)
     return out

@@ -13,6 +13,8 @@ from itertools import accumulate, pairwise
 
 import torch
 
+from pagefleet.kernels.attention_mask import first_visible_key
+
 
 @dataclass(frozen=True, slots=True)
 class PagedBatch:
@@ -89,13 +91,16 @@ def nan_like(tensor: torch.Tensor) -> torch.Tensor:
     return torch.full_like(tensor, float("nan"))
 
 
-def poison_unused_slots(cache: torch.Tensor, batch: PagedBatch) -> None:
+def poison_unused_slots(cache: torch.Tensor, batch: PagedBatch, sliding_window: int | None = None) -> None:
     """Fill every cache slot outside the batch's sequences with NaN, so a kernel that reads
-    past a sequence's end (or through the block table's padding) returns NaN."""
+    past a sequence's end (or through the block table's padding) returns NaN. With a window,
+    the keys before any query's window are poisoned too: a windowed kernel never reads them."""
     num_blocks, block_size = cache.shape[:2]
     keep = torch.zeros(num_blocks * block_size, dtype=torch.bool, device=cache.device)
+    starts = batch.query_start_loc_cpu
     for s, seq_len in enumerate(batch.seq_lens_cpu):
-        pos = torch.arange(seq_len, device=cache.device)
+        first = first_visible_key(seq_len, starts[s + 1] - starts[s], sliding_window)
+        pos = torch.arange(first, seq_len, device=cache.device)
         blocks = batch.block_tables[s, pos // block_size].long()
         keep[blocks * block_size + pos % block_size] = True
     cache.view(num_blocks * block_size, -1)[~keep] = float("nan")

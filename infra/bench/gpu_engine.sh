@@ -1,19 +1,10 @@
 #!/usr/bin/env bash
 # Engine checks and throughput benchmarks on a GPU machine (the lent H100), from the repo root.
 # Needs torch, triton and transformers there; carries msgspec/gguf wheels in .whl/ if missing.
-# Usage: infra/bench/gpu_engine.sh OUT_DIR [quick|tp|profile|compare|moe|fp8|final|fixed|standby|extra]
+# Usage: infra/bench/gpu_engine.sh OUT_DIR [quick|tp|profile|compare|moe|fp8|final|int4|fixed|standby|extra]
 set -uo pipefail
 out=${1:-/tmp/pf-bench}; mode=${2:-full}
-mkdir -p "$out"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/msgspec-*.whl .whl/gguf-*.whl
-  export PYTHONPATH=/tmp/site
-fi
-mkdir -p /tmp/pf/pagefleet
-for d in kernels workers platform; do ln -sfn "$PWD/$d" "/tmp/pf/pagefleet/$d"; done
-export PYTHONPATH=/tmp/pf:$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/device.txt"
-python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$out/device.txt"
+source "$(dirname "$0")/gpu_env.sh"
 
 bench() {  # pagefleet bench engine ARGS..., without loading the other CLI commands
   python3 infra/bench/bench_engine_main.py "$@"
@@ -84,14 +75,26 @@ if [ "$mode" = fp8 ]; then  # bf16 vs FP8 weights (ShareGPT-like), then 512 conc
 fi
 if [ "$mode" = final ]; then  # GPU tests of the FP8/embedding paths; bf16 vs FP8, same work twice
   timeout 150 python3 -m pytest -q -rf -p no:cacheprovider --noconftest tests/gpu/test_engine_cuda.py \
-    tests/gpu/test_embeddings_cuda.py -k "fp8 or async or pinned or equals_transformers" > "$out/gpu_tests.txt" 2>&1
-  timeout 60 python3 -m pytest -q -rf -p no:cacheprovider --confcutdir=tests/unit \
-    tests/unit/kernels/test_kernel_quant_fp8.py > "$out/gpu_kernel_tests.txt" 2>&1
+    tests/gpu/test_embeddings_cuda.py -k "fp8 or int4 or async or pinned or equals_transformers" > "$out/gpu_tests.txt" 2>&1
+  timeout 90 python3 -m pytest -q -rf -p no:cacheprovider --confcutdir=tests/unit \
+    tests/unit/kernels/test_kernel_quant_fp8.py tests/unit/kernels/test_kernel_w4a16_gemm.py > "$out/gpu_kernel_tests.txt" 2>&1
   grep -hE "^FAILED|passed|failed" "$out/gpu_tests.txt" "$out/gpu_kernel_tests.txt"
   for run in ${FINAL_RUNS:-llama-3.1-8b:bf16:256 llama-3.1-8b:fp8:256 llama-3.2-1b:bf16:512 llama-3.2-1b:fp8:512}; do
-    IFS=: read -r m q seqs <<< "$run"; tag=${m//[-.]/}; qflag=""; [ $q = fp8 ] && qflag="--quantization fp8"
+    IFS=: read -r m q seqs <<< "$run"; tag=${m//[-.]/}; qflag=""; [ $q != bf16 ] && qflag="--quantization $q"
     timeout 110 bash -c "$(declare -f bench); bench --model $m --load-format dummy --num-prompts 1000 --hf none --repeat 2 \
       --max-num-seqs $seqs $qflag --json $out/${tag}_sharegpt_${q}_seqs${seqs}.json" 2>&1 | grep -E "^pass|Error" | sed "s/^/$tag $q $seqs: /"
+  done
+  exit 0
+fi
+if [ "$mode" = int4 ]; then  # int4 (w4a16) GPU tests, the GEMM beside bf16, then 8B bf16 vs fp8 vs int4
+  { timeout 150 python3 -m pytest -q -rf -p no:cacheprovider --noconftest tests/gpu/test_engine_cuda.py -k "quantized"
+    timeout 90 python3 -m pytest -q -rf -p no:cacheprovider --confcutdir=tests/unit tests/unit/kernels/test_kernel_w4a16_gemm.py; } > "$out/gpu_tests.txt" 2>&1
+  grep -E "^FAILED|passed|failed" "$out/gpu_tests.txt"
+  timeout 120 python3 -m pagefleet.kernels.bench_w4a16 --json "$out/w4a16_gemm.json" 2>&1 | grep -v Warning | tee "$out/w4a16_gemm.txt"
+  for q in ${INT4_RUNS:-bf16 fp8 int4}; do
+    qflag=""; [ $q != bf16 ] && qflag="--quantization $q"
+    timeout 110 bash -c "$(declare -f bench); bench --model llama-3.1-8b --load-format dummy --num-prompts 1000 --hf none --repeat 2 \
+      --max-num-seqs 256 $qflag --json $out/llama318b_sharegpt_${q}_seqs256.json" 2>&1 | grep -E "^pass|Error" | sed "s/^/8b $q: /"
   done
   exit 0
 fi

@@ -19,6 +19,7 @@ _HELP = {
     "registry_path": "registry YAML (default: the packaged one with the embedded model)",
     "interval_s": "seconds between ticks",
     "worker_command": "worker command line with {model} {registry} {redis_url} {worker_id}",
+    "spare_workers": "pre-imported processes per model that wait to become workers (fast cold starts)",
 }
 
 
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--render", action="store_true",
                         help="print the worker Deployments of the registry as YAML and exit")
     flags.add_flags(parser.add_argument_group("local backend"), LocalSettings,
-                    ("worker_command", "drain_timeout_s"), help=_HELP,
+                    ("worker_command", "drain_timeout_s", "spare_workers"), help=_HELP,
                     parse={"worker_command": shlex.split})
     flags.add_flags(parser.add_argument_group("kubernetes backend"), KubernetesSettings,
                     ("namespace", "image", "registry_configmap", "lease_name", "identity"),

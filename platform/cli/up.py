@@ -4,8 +4,10 @@
 autoscaling controller with the local backend as child processes, and prints the URL. No worker
 runs until a request arrives: the controller starts `pagefleet worker` processes as the queues
 fill and stops them after the registry's idle time, exactly as it scales Deployments on
-Kubernetes. The gateway keeps a request queued while the worker cold-starts (its request
-timeout, 600 s, is far above a CPU cold start of the default model, ~10-20 s).
+Kubernetes. The gateway wakes the controller the moment a request needs a worker, and the
+controller keeps one pre-imported spare process per model, so a CPU cold start of the default
+model takes a few seconds; the gateway keeps the request queued meanwhile (its request timeout
+is 600 s).
 
 The private Redis keeps an append-only file (fsynced every second) in a data directory that
 outlives `up` (`--data-dir`, by default under the user's state directory), so queued requests
@@ -33,7 +35,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from pagefleet.platform.cli import flags
 from pagefleet.platform.processes.children import start_child, stop_process, wait_for_any_exit
@@ -88,15 +90,18 @@ def start_gateway(host: str, port: int, registry: str, redis_url: str) -> subpro
                         "--redis-url", redis_url, "--log-level", "warning"])
 
 
-def start_controller(registry: str, redis_url: str) -> subprocess.Popen:
-    """The autoscaler with the local backend: it starts and drains `pagefleet worker` processes.
+def start_controller(registry: str, redis_url: str, spare_workers: int = 1,
+                     **popen_kwargs: Any) -> subprocess.Popen:
+    """The autoscaler with the local backend: it starts and drains `pagefleet worker` processes,
+    keeping `spare_workers` pre-imported spares per model for fast cold starts.
 
     A process rather than `run_controller` in this one, like the gateway: `up` stays a plain
     supervisor, and SIGTERM is the controller's own way to drain its workers before exiting.
     """
     return start_child([sys.executable, "-m", "pagefleet.platform.cli", "controller",
                         "--backend", "local", "--registry", registry, "--redis-url", redis_url,
-                        "--drain-timeout", str(DRAIN_TIMEOUT_S)])
+                        "--drain-timeout", str(DRAIN_TIMEOUT_S), "--spare-workers", str(spare_workers)],
+                       **popen_kwargs)
 
 
 def start_batch_worker(registry: str, redis_url: str) -> subprocess.Popen:
@@ -185,7 +190,7 @@ def _banner(base_url: str, spec: ModelSpec, redis_url: str, storage: str) -> str
                        "max_tokens": 32})
     if scaling.min_replicas == 0:
         scaling_line = (f"{model} scales from zero: no worker runs yet, so the first request waits "
-                        f"for a cold start (10-20 s on a CPU); back to zero after "
+                        f"for a cold start (a few seconds on a CPU); back to zero after "
                         f"{scaling.scale_to_zero_after_s:g} s idle")
     else:
         scaling_line = f"{model} keeps {scaling.min_replicas} worker(s) warm; the first ones are loading"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 
 from pagefleet.platform.cli import flags
 from pagefleet.workers.runtime.config import WorkerSettings
@@ -40,13 +41,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pagefleet.platform.protocol.phases import SPARE_ENV
     from pagefleet.platform.registry import load_registry
     from pagefleet.workers.runtime import run_worker
     from pagefleet.workers.runtime.main import registry_engine_factory
+    from pagefleet.workers.runtime.phases import PhaseRecorder, spawned_at_from_env
+    from pagefleet.workers.runtime.spare import wait_for_start
 
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     spec = load_registry(args.registry_path).get_or_first(args.model)
     settings = flags.settings_from_args(
         WorkerSettings, args, model=spec.name,
         webhook_secret=os.environ.get("PAGEFLEET_WEBHOOK_SECRET") or None)
-    return run_worker(settings, registry_engine_factory(spec))
+    spawned_at, cpu_at_spawn, tokenizer = spawned_at_from_env(), 0.0, None
+    if os.environ.get(SPARE_ENV):
+        start = wait_for_start(spec, settings.redis_url, settings.worker_id)
+        if start is None:
+            return 0
+        spawned_at, cpu_at_spawn, tokenizer = start.spawned_at, time.process_time(), start.tokenizer
+    phases = PhaseRecorder(settings.model, settings.worker_id, spawned_at, cpu_at_spawn)
+    return run_worker(settings, registry_engine_factory(spec, phases, tokenizer), phases=phases)

@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 
 
 async def publish_decision(client: aioredis.Redis, model: str, current: int | None,
-                           decision: Decision, now: float) -> None:
-    """Record `decision` for `model` (replicas were `current`; None: unknown to the backend)."""
+                           decision: Decision, now: float, trigger: str = "tick",
+                           tick: int = 0) -> None:
+    """Record `decision` for `model` (replicas were `current`; None: unknown to the backend),
+    made by a periodic tick or a wake (`trigger`) after `tick` periodic ticks."""
     try:
         async with client.pipeline(transaction=False) as pipe:
             pipe.hset(keys.DESIRED_REPLICAS, model, decision.desired_replicas)
@@ -30,6 +32,7 @@ async def publish_decision(client: aioredis.Redis, model: str, current: int | No
                 pipe.xadd(keys.SCALING_EVENTS, {
                     "model": model, "from": current or 0, "to": decision.desired_replicas,
                     "direction": decision.direction, "reason": decision.reason, "at": f"{now:.3f}",
+                    "trigger": trigger, "tick": tick,
                 }, maxlen=keys.SCALING_EVENTS_MAXLEN, approximate=True)
             await pipe.execute()
     except (RedisError, OSError) as exc:

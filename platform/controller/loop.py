@@ -12,6 +12,11 @@ A temporary backend failure is logged and retried next tick. A permanent one (ko
 distinction: a 403 or 422 fails the same way every time) is reported once (an error line, the
 `controller_permanent_failures` metric, `Backend.report_failure`) and the same write is not
 sent again until the model's spec or desired replicas change or `permanent_retry_s` passes.
+
+Besides the tick, a wake from the gateway (`controller.wake`) reconciles one model at once, so
+a model at zero starts a worker milliseconds after the request that needs it is queued. Ticks
+and wakes take one lock, so a model's reconciles never overlap; each published decision says
+which one made it (`trigger`) and how many ticks had run (`tick`).
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ from pagefleet.platform.controller.decisions import publish_decision
 from pagefleet.platform.controller.metrics import ControllerMetrics
 from pagefleet.platform.controller.policy import Decision, PolicyState, Signals, decide
 from pagefleet.platform.controller.signals import SignalsUnavailable, read_signals
-from pagefleet.platform.protocol.resilience import RedisOutages
+from pagefleet.platform.controller.wake import listen_for_wakes
+from pagefleet.platform.protocol.resilience import RedisOutages, supervise
 from pagefleet.platform.registry import ModelSpec, Registry, RegistryError, load_registry
 
 log = logging.getLogger(__name__)
@@ -86,6 +92,8 @@ class Controller:
         self._pruned_for: frozenset[str] | None = None
         self.is_leader = elector is None
         self.outages = RedisOutages(log, self.metrics.redis_outages.inc)
+        self.num_ticks = 0
+        self._lock = asyncio.Lock()  # one reconcile at a time: ticks and wakes share the states
 
     async def tick(self) -> dict[str, Decision]:
         """One reconcile pass over every model; returns the decisions made (none if not leader)."""
@@ -99,20 +107,40 @@ class Controller:
         self.metrics.is_leader.set(1 if self.is_leader else 0)
         if not self.is_leader:
             return {}
-        self._maybe_reload_registry()
-        await self._prune()
-        decisions = {}
-        for spec in self.registry.models.values():
-            try:
-                decisions[spec.name] = await self._reconcile(spec.name)
-            except BackendError as exc:
-                log.warning("model %s: %s; retrying next tick", spec.name, exc)
-            except PermanentBackendError as exc:
-                await self._report_permanent(spec, exc, None)
-        return decisions
+        async with self._lock:
+            self.num_ticks += 1
+            self._maybe_reload_registry()
+            await self._prune()
+            decisions = {}
+            for spec in self.registry.models.values():
+                decision = await self._reconcile_guarded(spec, "tick")
+                if decision is not None:
+                    decisions[spec.name] = decision
+            return decisions
+
+    async def wake(self, model: str) -> Decision | None:
+        """Reconcile `model` now (the gateway queued work it cannot serve yet); None when this
+        controller is not the leader or does not know the model."""
+        if not self.is_leader or model not in self.registry.models:
+            return None
+        async with self._lock:
+            return await self._reconcile_guarded(self.registry.get(model), "wake")
+
+    async def _reconcile_guarded(self, spec: ModelSpec, trigger: str) -> Decision | None:
+        try:
+            return await self._reconcile(spec.name, trigger)
+        except BackendError as exc:
+            log.warning("model %s: %s; retrying next tick", spec.name, exc)
+        except PermanentBackendError as exc:
+            await self._report_permanent(spec, exc, None)
+        return None
 
     async def run(self, stop: asyncio.Event, interval_s: float = 1.0) -> None:
-        """Tick every `interval_s` until `stop` is set; then release leadership."""
+        """Tick every `interval_s` and reconcile woken models at once until `stop` is set; then
+        release leadership."""
+        wakes = asyncio.create_task(supervise(
+            lambda: listen_for_wakes(self._redis, self.wake, stop), self.outages,
+            "the wake listener", stop))
         try:
             while not stop.is_set():
                 started = time.monotonic()
@@ -123,6 +151,9 @@ class Controller:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), max(0.0, interval_s - (time.monotonic() - started)))
         finally:
+            wakes.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await wakes
             if self._elector is not None and self.is_leader:
                 await asyncio.to_thread(self._elector.release)
 
@@ -130,7 +161,7 @@ class Controller:
         """Close the Redis connection; the backend is closed by whoever built it."""
         await self._redis.aclose()
 
-    async def _reconcile(self, model: str) -> Decision:
+    async def _reconcile(self, model: str, trigger: str = "tick") -> Decision:
         spec = self.registry.get(model)
         now = self._clock()
         signals: Signals | None
@@ -144,8 +175,8 @@ class Controller:
         decision = decide(spec.scaling, current or 0, signals, self._states.get(model, PolicyState()), now)
         self._states[model] = decision.state
         level = logging.INFO if decision.direction != "hold" else logging.DEBUG
-        log.log(level, "model %s: %s -> %d replicas (%s)", model, current, decision.desired_replicas,
-                decision.reason)
+        log.log(level, "model %s: %s -> %d replicas (%s; %s)", model, current,
+                decision.desired_replicas, decision.reason, trigger)
         if self._holding_back(spec, decision.desired_replicas, now):
             log.debug("model %s: not repeating a write that failed permanently", model)
         else:
@@ -156,7 +187,7 @@ class Controller:
             else:
                 self._failures.pop(model, None)
         self.metrics.observe(model, signals, decision)
-        await publish_decision(self._redis, model, current, decision, now)
+        await publish_decision(self._redis, model, current, decision, now, trigger, self.num_ticks)
         return decision
 
     def _holding_back(self, spec: ModelSpec, desired_replicas: int, now: float) -> bool:

@@ -51,15 +51,24 @@ class KubernetesSettings:
 
 @dataclass(frozen=True, slots=True)
 class LocalSettings:
-    """How the local backend starts worker processes on this machine."""
+    """How the local backend starts worker processes on this machine.
+
+    `spare_workers` pre-imported processes per model wait to become workers
+    (`workers.runtime.spare`; the worker command must be `pagefleet worker`'s), so a scale-up
+    skips the imports: the CPU cold start drops from ~8 s to ~2 s, for a few hundred MB of
+    memory per model at zero. `pagefleet up` keeps one.
+    """
 
     worker_command: tuple[str, ...] = DEFAULT_WORKER_COMMAND
     drain_timeout_s: float = 30.0
     max_restart_backoff_s: float = 30.0
+    spare_workers: int = 0
 
     def __post_init__(self) -> None:
         if not self.worker_command:
             raise ValueError("worker_command must not be empty")
+        if not 0 <= self.spare_workers <= 8:
+            raise ValueError(f"spare_workers must be in [0, 8], got {self.spare_workers}")
         if self.drain_timeout_s <= 0 or self.max_restart_backoff_s <= 0:
             raise ValueError("drain_timeout_s and max_restart_backoff_s must be positive")
 

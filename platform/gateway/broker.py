@@ -8,20 +8,29 @@ The admission check reads a queue's backlog at most every `backlog_max_age_s` pe
 priority), one read shared by all requests arriving meanwhile, plus what this gateway queued
 since: under a burst of thousands of requests the pool carries the enqueues, not a backlog
 read per request, and the bound stays as exact as a read taken a few milliseconds earlier.
+
+An enqueue to a model that needs workers now (work was already waiting, or no worker is ready)
+is announced on `keys.WAKE_CHANNEL`, so the controller scales it at once instead of at its next
+tick; at most one announcement per model every `WAKE_MIN_INTERVAL_S` (the controller reads the
+whole queue when it wakes, so one wake covers every request queued before it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from pagefleet.platform.protocol import RequestEnvelope, encode, fresh_heartbeats, keys
 from pagefleet.platform.protocol.backlog import queue_backlog
+
+log = logging.getLogger(__name__)
+WAKE_MIN_INTERVAL_S = 0.1
 
 
 @dataclass(slots=True)
@@ -41,6 +50,8 @@ class Broker:
         self._backlog_max_age_s = backlog_max_age_s
         self._backlogs: dict[tuple[str, int], _BacklogReading] = {}
         self._backlog_reads: dict[tuple[str, int], asyncio.Future[int]] = {}
+        self._ready: dict[str, tuple[int, float]] = {}  # model -> (ready workers, monotonic read time)
+        self._woken_at: dict[str, float] = {}
 
     async def enqueue(self, envelopes: Sequence[RequestEnvelope], priority: int) -> None:
         """Queue the envelopes on their model's stream, creating the consumer group if needed."""
@@ -57,6 +68,30 @@ class Broker:
             reading = self._backlogs.get((envelope.model, priority))
             if reading is not None:
                 reading.queued_since += 1
+
+    async def wake_if_needed(self, model: str, backlog_before: int, heartbeat_max_age_s: float) -> bool:
+        """Announce `model` on the wake channel if work was waiting before this enqueue
+        (saturated) or it has no ready worker (at zero or still starting); True if announced."""
+        now = time.monotonic()
+        if now - self._woken_at.get(model, -WAKE_MIN_INTERVAL_S) < WAKE_MIN_INTERVAL_S:
+            return False
+        if backlog_before == 0 and await self._ready_workers_cached(model, heartbeat_max_age_s) > 0:
+            return False
+        self._woken_at[model] = now
+        try:
+            await self.redis.publish(keys.WAKE_CHANNEL, model)
+        except (RedisError, OSError) as exc:  # queued already: the controller's tick finds it
+            log.debug("wake of %s not sent: %s", model, exc)
+            return False
+        return True
+
+    async def _ready_workers_cached(self, model: str, max_age_s: float) -> int:
+        cached = self._ready.get(model)
+        if cached is not None and time.monotonic() - cached[1] <= self._backlog_max_age_s:
+            return cached[0]
+        ready = await self.ready_workers(model, max_age_s)
+        self._ready[model] = (ready, time.monotonic())
+        return ready
 
     async def cancel(self, model: str, request_ids: Sequence[str]) -> None:
         """Flag the requests (a worker that pulls one later skips it) and tell the workers."""

@@ -72,7 +72,21 @@ def gateway_wake_stream(reader_id: str) -> str:
 
 SCALING_EVENTS = "pf:scaling:events"
 """Stream of the controller's scaling decisions (fields: model, from, to, direction, reason,
-at), capped near `SCALING_EVENTS_MAXLEN` entries; the console shows it newest first."""
+at, trigger (tick | wake), tick (periodic ticks so far)), capped near `SCALING_EVENTS_MAXLEN`
+entries; the console shows it newest first."""
 SCALING_EVENTS_MAXLEN = 1000
 DESIRED_REPLICAS = "pf:scaling:desired"
 """Hash of model -> the replicas the controller last asked for (its latest decision)."""
+
+
+def phase_stream(model: str) -> str:
+    """Cold-start phases of a model's workers (`protocol.phases.PhaseEvent`), capped."""
+    return f"pf:phases:{model}"
+
+
+PHASE_STREAM_MAXLEN = 1000
+WAKE_CHANNEL = "pf:wake"
+"""Pub/sub channel on which the gateway names a model that needs workers now (at zero or
+saturated); the controller reconciles that model at once instead of at its next tick."""
+SPARE_WORKERS = "pf:spares"
+"""Hash of worker id -> model for pre-imported spare workers waiting to be started (local backend)."""

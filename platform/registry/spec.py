@@ -15,7 +15,7 @@ from typing import Any
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _LOAD_FORMATS = ("auto", "dummy")
 _ATTENTION_BACKENDS = ("torch", "triton")
-_QUANTIZATIONS = (None, "fp8")
+_QUANTIZATIONS = (None, "fp8", "int4")
 _TOLERATION_OPERATORS = ("Exists", "Equal")
 TASKS = ("generate", "embed")  # /v1/completions + /v1/chat/completions, or /v1/embeddings
 _TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")

@@ -3,6 +3,7 @@ cold-starts one, the idle time takes it away again, and SIGINT takes everything 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ import redis
 import yaml
 
 from pagefleet.platform.protocol import keys
+from pagefleet.platform.protocol.phases import PHASE_EVENT_FIELD, decode_phase_event, in_order
 from tests.integration.runtime.processes import SOURCE
 from tests.support.redis_server import free_port
 
@@ -77,6 +79,7 @@ def test_up_scales_from_zero_serves_the_openai_client_and_back_to_zero(tmp_path:
         assert response.usage.completion_tokens > 0
         started = re.findall(r"started worker \S+ of up-smollm2 \(pid (\d+)\)", log_path.read_text())
         assert len(started) == 1, log_path.read_text()  # the request cold-started exactly one worker
+        _assert_phases_in_order(client, log_path)
 
         # After IDLE_S without work the controller drains the worker: it deletes its heartbeat
         # on the way out and the controller reaps the process.
@@ -96,3 +99,19 @@ def test_up_scales_from_zero_serves_the_openai_client_and_back_to_zero(tmp_path:
     assert "draining worker" in output  # scale-down drains, it does not kill
     assert "did not drain in time" not in output and "Traceback" not in output, output
     assert not _port_open(port) and not _port_open(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+
+
+_CPU_PHASES = ["spawned", "imports_done", "tokenizer_loaded", "weights_loaded", "kv_allocated",
+               "engine_ready", "first_pull", "first_token"]
+
+
+def _assert_phases_in_order(client: redis.Redis, log_path: Path) -> None:
+    """The cold-started worker published every CPU phase once, in order and in time order, and
+    logged the same phases (one structured line each) in the same order."""
+    events = [decode_phase_event(fields[PHASE_EVENT_FIELD.encode()])
+              for _id, fields in client.xrange(keys.phase_stream(MODEL))]
+    assert [e.phase for e in events] == _CPU_PHASES, events
+    assert [e.at for e in events] == sorted(e.at for e in events)
+    logged = re.findall(r'phase (\{"worker_id".*\})', log_path.read_text())
+    assert [json.loads(line)["phase"] for line in logged] == _CPU_PHASES
+    assert in_order([json.loads(line)["phase"] for line in logged])

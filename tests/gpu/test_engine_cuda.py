@@ -108,9 +108,11 @@ def test_fp8_scaled_mm_equals_the_float_reference_of_the_same_operands():
     torch.testing.assert_close(got, want.to(torch.bfloat16).float(), rtol=1e-2, atol=1e-2)
 
 
-def test_fp8_engine_with_cuda_graphs_equals_fp8_eager(tmp_path):
-    """FP8 linear layers inside captured decode graphs pick the tokens the eager path picks,
-    up to late near-tie flips (a small transformers-built Llama, bf16 activations)."""
+@pytest.mark.parametrize(("quantization", "weight_dtype"), [("fp8", torch.float8_e4m3fn), ("int4", torch.int32)])
+def test_quantized_engine_with_cuda_graphs_equals_eager(tmp_path, quantization, weight_dtype):
+    """FP8 (and int4: the w4a16 Triton GEMM) linear layers inside captured decode graphs pick
+    the tokens the eager path picks, up to late near-tie flips (a small transformers-built
+    Llama, bf16 activations)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -119,12 +121,12 @@ def test_fp8_engine_with_cuda_graphs_equals_fp8_eager(tmp_path):
                          max_position_embeddings=1024, initializer_range=0.15)
     LlamaForCausalLM(config).save_pretrained(tmp_path)
     kwargs = dict(model=str(tmp_path), dtype="bfloat16", device="cuda", max_model_len=512,
-                  max_num_seqs=24, quantization="fp8")
+                  max_num_seqs=24, quantization=quantization)
     prompts = [[(13 * i + 7 * j) % 2000 + 5 for j in range(3 + 11 * i)] for i in range(8)]
     params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=24)
     graphed = LLM(**kwargs)
     linear = graphed.engine.runner.model.model.layers[0].mlp.down_proj
-    assert graphed.engine.runner.graphs is not None and linear.weight.dtype == torch.float8_e4m3fn
+    assert graphed.engine.runner.graphs is not None and linear.weight.dtype == weight_dtype
     with_graphs = [o.outputs[0].token_ids for o in graphed.generate(prompts, params)]
     del graphed
     torch.cuda.empty_cache()

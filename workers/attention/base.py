@@ -15,6 +15,10 @@ class AttentionBackend(Protocol):
     Shapes: q `[num_tokens, num_heads, head_dim]`, k and v `[num_tokens, num_kv_heads, head_dim]`,
     k_cache and v_cache `[num_blocks, block_size, num_kv_heads, head_dim]`; returns
     `[num_tokens, num_heads, head_dim]`. GQA: query head h reads KV head h // (num_heads // num_kv_heads).
+
+    `sliding_window`: a query at position p sees keys `p - sliding_window + 1 .. p` only (None:
+    all of `0..p`); keys before that are never read, so their blocks may have been freed.
+    `softcap`: scores (after `scale`) become `softcap * tanh(scores / softcap)` (Gemma 2).
     """
 
     name: str
@@ -28,4 +32,6 @@ class AttentionBackend(Protocol):
         v_cache: torch.Tensor,
         metadata: AttentionMetadata,
         scale: float,
+        sliding_window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor: ...

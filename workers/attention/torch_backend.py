@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from pagefleet.kernels.attention_mask import soft_cap, visible_keys
 from pagefleet.workers.arithmetic import cdiv
 from pagefleet.workers.attention.metadata import AttentionMetadata
 
@@ -30,8 +30,10 @@ def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> t
 def paged_attention_ref(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     metadata: AttentionMetadata, scale: float,
+    sliding_window: int | None = None, softcap: float | None = None,
 ) -> torch.Tensor:
-    """Causal attention of every query token over its sequence's cached K/V."""
+    """Causal (optionally windowed, soft-capped) attention of every query token over its
+    sequence's cached K/V, one sequence at a time."""
     num_heads = q.shape[1]
     out = torch.empty_like(q)
     starts = metadata.query_start_loc_cpu
@@ -48,8 +50,9 @@ def paged_attention_ref(
         queries = q[q_start:q_end].transpose(0, 1).float()  # [heads, query_len, dim]
         q_pos = torch.arange(seq_len - query_len, seq_len, device=q.device)
         k_pos = torch.arange(seq_len, device=q.device)
-        mask = k_pos[None, :] <= q_pos[:, None]  # [query_len, seq_len]
-        attn = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=scale)
+        mask = visible_keys(q_pos[:, None], k_pos[None, :], sliding_window)  # [query_len, seq_len]
+        scores = soft_cap(queries @ keys.transpose(1, 2) * scale, softcap)
+        attn = scores.masked_fill(~mask, float("-inf")).softmax(-1) @ values
         out[q_start:q_end] = attn.transpose(0, 1).to(q.dtype)
     return out
 
@@ -57,6 +60,7 @@ def paged_attention_ref(
 def paged_attention_batched(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     metadata: AttentionMetadata, scale: float,
+    sliding_window: int | None = None, softcap: float | None = None,
 ) -> torch.Tensor:
     """The same attention as `paged_attention_ref`, with the batch padded into a few large
     tensor ops instead of a Python loop per sequence: what makes the torch backend usable
@@ -81,8 +85,9 @@ def paged_attention_batched(
     queries = queries.view(num_seqs, max_q, num_kv_heads, group, head_dim)
     q_pos = (seq_lens - query_lens)[:, None] + torch.arange(max_q, device=device)[None, :]
     k_pos = torch.arange(max_s, device=device)
-    visible = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < seq_lens[:, None, None])
-    scores = torch.einsum("bqkgd,bskd->bkgqs", queries, keys) * scale
+    visible = visible_keys(q_pos[:, :, None], k_pos[None, None, :], sliding_window)
+    visible &= k_pos[None, None, :] < seq_lens[:, None, None]
+    scores = soft_cap(torch.einsum("bqkgd,bskd->bkgqs", queries, keys) * scale, softcap)
     scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
     out = torch.einsum("bkgqs,bskd->bqkgd", scores.softmax(dim=-1), values)
     return out.reshape(num_seqs, max_q, num_heads, head_dim)[seq_of_token, row_of_token].to(q.dtype)
@@ -98,6 +103,7 @@ class TorchAttentionBackend:
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         k_cache: torch.Tensor, v_cache: torch.Tensor,
         metadata: AttentionMetadata, scale: float,
+        sliding_window: int | None = None, softcap: float | None = None,
     ) -> torch.Tensor:
         write_kv_cache_ref(k, v, k_cache, v_cache, metadata.slot_mapping)
-        return paged_attention_batched(q, k_cache, v_cache, metadata, scale)
+        return paged_attention_batched(q, k_cache, v_cache, metadata, scale, sliding_window, softcap)

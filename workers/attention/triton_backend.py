@@ -31,6 +31,7 @@ class TritonAttentionBackend:
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         k_cache: torch.Tensor, v_cache: torch.Tensor,
         metadata: AttentionMetadata, scale: float,
+        sliding_window: int | None = None, softcap: float | None = None,
     ) -> torch.Tensor:
         reshape_and_cache(k, v, k_cache, v_cache, metadata.slot_mapping)
         out = torch.empty_like(q)  # [num_tokens, num_heads, head_dim]
@@ -38,9 +39,10 @@ class TritonAttentionBackend:
             return paged_decode_attention(
                 q, k_cache, v_cache, metadata.block_tables, metadata.seq_lens, scale, out,
                 max_seq_len=metadata.max_seq_len, config=self.decode_config,
+                sliding_window=sliding_window, softcap=softcap,
             )
         return paged_prefill_attention(
             q, k_cache, v_cache, metadata.block_tables, metadata.seq_lens,
             metadata.query_start_loc, scale, out, max_query_len=metadata.max_query_len,
-            config=self.prefill_config,
+            config=self.prefill_config, sliding_window=sliding_window, softcap=softcap,
         )

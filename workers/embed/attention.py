@@ -13,6 +13,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
+from pagefleet.kernels.attention_mask import soft_cap, visible_keys
 from pagefleet.workers.attention.metadata import AttentionMetadata
 
 
@@ -20,9 +21,11 @@ class CacheFreeCausalAttention:
     name = "cache-free"
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                v_cache: torch.Tensor, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
+                v_cache: torch.Tensor, metadata: AttentionMetadata, scale: float,
+                sliding_window: int | None = None, softcap: float | None = None) -> torch.Tensor:
         """q `[T, heads, hd]`, k and v `[T, kv_heads, hd]`, sequences back to back; the
-        caches (empty tensors) are never read or written."""
+        caches (empty tensors) are never read or written. A window or soft-cap (Gemma
+        layers) takes the explicit-scores path, which SDPA has no option for."""
         out = torch.empty_like(q)
         group = q.shape[1] // k.shape[1]
         starts = metadata.query_start_loc_cpu
@@ -30,7 +33,13 @@ class CacheFreeCausalAttention:
             queries = q[start:end].transpose(0, 1)  # [heads, len, hd]
             keys = k[start:end].repeat_interleave(group, dim=1).transpose(0, 1)
             values = v[start:end].repeat_interleave(group, dim=1).transpose(0, 1)
-            attended = F.scaled_dot_product_attention(queries, keys, values, is_causal=True, scale=scale)
+            if sliding_window is None and softcap is None:
+                attended = F.scaled_dot_product_attention(queries, keys, values, is_causal=True, scale=scale)
+            else:
+                pos = torch.arange(end - start, device=q.device)
+                scores = soft_cap(queries @ keys.transpose(1, 2) * scale, softcap)
+                visible = visible_keys(pos[:, None], pos[None, :], sliding_window)
+                attended = scores.masked_fill(~visible, float("-inf")).softmax(-1) @ values
             out[start:end] = attended.transpose(0, 1)
         return out
 

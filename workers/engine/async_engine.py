@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from pagefleet.platform.protocol.phases import PhaseLog
 from pagefleet.platform.protocol.sampling import SamplingParams
 from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.engine.errors import PromptTooLargeError
@@ -94,17 +95,23 @@ class AsyncEngine:
     device memory is freed, the process and its host copy of the weights stay), and the next
     request wakes it first. None: never sleep (idle means the controller's scale to zero)."""
 
-    def __init__(self, config: EngineConfig, standby_after_s: float | None = None) -> None:
+    def __init__(self, config: EngineConfig, tokenizer: Any | None = None,
+                 standby_after_s: float | None = None) -> None:
         if standby_after_s is not None and standby_after_s < 0:
             raise ValueError(f"standby_after_s must be at least 0, got {standby_after_s}")
         self.standby_after_s = standby_after_s
-        self.engine = LLMEngine(config)
+        self.engine = LLMEngine(config, tokenizer)
         self._commands: queue.SimpleQueue[_Add | _Abort | _Stop] = queue.SimpleQueue()
         self._sinks: dict[str, _Sink] = {}
         self._stats = self.engine.stats()
         self._tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pagefleet-tokenize")
         self._thread = threading.Thread(target=self._loop, name="pagefleet-engine", daemon=True)
         self._thread.start()
+
+    @property
+    def phases(self) -> PhaseLog:
+        """The readiness phases the engine reached while it was built."""
+        return self.engine.phases
 
     @property
     def tokenizer(self):

@@ -9,7 +9,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _LOAD_FORMATS = ("auto", "dummy")
 _BACKENDS = (None, "torch", "triton")
-_QUANTIZATIONS = (None, "fp8")  # = workers.models.fp8.QUANTIZATIONS (this module stays torch-free)
+_QUANTIZATIONS = (None, "fp8", "int4")  # = workers.models.fp8.QUANTIZATIONS (this module stays torch-free)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +28,9 @@ class EngineConfig:
     to on with the Triton backend; `async_scheduling` (vLLM's name: the host schedules and
     uploads step N+1 while the device runs step N) to on on CUDA with one rank.
     `quantization="fp8"` stores the linear layers' weights in fp8 e4m3 (vLLM's online FP8:
-    per-channel weight scales, per-token dynamic activation scales); an FP8 checkpoint loads
-    as FP8 whatever this says.
+    per-channel weight scales, per-token dynamic activation scales); `"int4"` rounds them to
+    int4 per group of 128 (symmetric RTN, for benchmarks). FP8, GPTQ and AWQ checkpoints load
+    as stored whatever this says.
 
     `swap_space` (vLLM's name): GiB of host memory (pinned on CUDA) that a preempted
     sequence's KV blocks may move to instead of being recomputed; 0 turns swapping off.

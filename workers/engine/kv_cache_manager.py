@@ -3,12 +3,19 @@
 Full blocks are identified by a chained hash of (parent block hash, the block's token ids),
 so two sequences with the same first k blocks of tokens share those k blocks. The hash map
 stores the tokens too, and a hit is only taken if they match.
+
+Sliding-window models: when every layer is windowed (`release_window`), a block whose tokens
+have all fallen out of the window of the sequence's next query is dead, for this step and all
+later ones, and goes back to the pool at once (still findable by its prefix hash until it is
+reused). One block table serves every layer, so a model with any full-attention layer reads
+every block and releases none: freeing per layer group would need one table per group.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pagefleet.kernels.attention_mask import first_visible_key
 from pagefleet.workers.arithmetic import cdiv
 from pagefleet.workers.engine.block_pool import Block, BlockPool
 from pagefleet.workers.engine.sequence import PENDING_TOKEN, Sequence
@@ -40,11 +47,14 @@ NO_HIT = PrefixHit()
 class BlockTable:
     """One sequence's blocks, in order. `block_ids` repeats `blocks` as plain ids because the
     runner reads them every step and rebuilding them would cost O(blocks); `block_hashes`
-    holds the chained hashes of the leading full blocks already offered to the prefix cache."""
+    holds the chained hashes of the leading full blocks already offered to the prefix cache.
+    The first `num_released` blocks went back to the pool (out of the window): their ids stay
+    in place, so positions still index the table, and windowed attention never reads them."""
 
     blocks: list[Block] = field(default_factory=list)
     block_ids: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)
+    num_released: int = 0
 
     def extend(self, blocks: list[Block]) -> None:
         self.blocks.extend(blocks)
@@ -64,12 +74,15 @@ class KVCacheManager:
     move to (`swap_out`) and come back from (`swap_in`); the runner copies the data."""
 
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool,
-                 num_host_blocks: int = 0) -> None:
+                 release_window: int | None = None, num_host_blocks: int = 0) -> None:
+        if release_window is not None and release_window < 1:
+            raise ValueError(f"release_window must be at least 1 (or None), got {release_window}")
         self.pool = BlockPool(num_blocks)
         self.host_pool = BlockPool(num_host_blocks) if num_host_blocks > 0 else None
         self.host_tables: dict[SeqId, list[Block]] = {}
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
+        self.release_window = release_window  # ModelArch.kv_release_window
         self.block_tables: dict[SeqId, BlockTable] = {}
         self.num_prefix_queried_tokens = 0
         self.num_prefix_hit_tokens = 0
@@ -118,6 +131,8 @@ class KVCacheManager:
     def allocate(self, seq: Sequence, num_new_tokens: int, hit: PrefixHit = NO_HIT) -> bool:
         """Give `seq` room for `num_new_tokens` more computed tokens (after `hit`), or do
         nothing and return False. Blocks that these tokens fill are cached for others."""
+        if self.release_window is not None:
+            self._release_dead_blocks(seq, num_new_tokens)
         if not hit.blocks and self._fits(seq, num_new_tokens):
             return True  # the common decode step: room in the last block, nothing to cache
         if self._num_blocks_needed(seq, num_new_tokens, hit) > self.pool.num_free_blocks:
@@ -138,12 +153,15 @@ class KVCacheManager:
     def fork(self, parent: Sequence, child: Sequence) -> int:
         """Share the parent's full prompt blocks with a sibling choice; returns the number of
         tokens the child need not compute. The tail (under one block) is recomputed, so no
-        block is ever written by two sequences."""
+        block is ever written by two sequences. A parent that has released its first blocks
+        shares nothing: the child's window may still need them."""
         num_shared_blocks = min(
             (parent.num_prompt_tokens - 1) // self.block_size,
             parent.num_computed_tokens // self.block_size,
         )
         parent_table = self.block_tables.get(parent.seq_id, BlockTable())
+        if parent_table.num_released:
+            return 0
         shared = parent_table.blocks[:num_shared_blocks]
         self.pool.touch(shared)
         table = BlockTable(block_hashes=parent_table.block_hashes[:num_shared_blocks])
@@ -154,7 +172,7 @@ class KVCacheManager:
     def free(self, seq_id: SeqId) -> None:
         table = self.block_tables.pop(seq_id, None)
         if table is not None:
-            self.pool.free(reversed(table.blocks))
+            self.pool.free(reversed(table.blocks[table.num_released:]))
         host_blocks = self.host_tables.pop(seq_id, None)
         if host_blocks is not None and self.host_pool is not None:
             self.host_pool.free(host_blocks)
@@ -169,7 +187,10 @@ class KVCacheManager:
         return seq_id in self.host_tables
 
     def can_swap_out(self, seq: Sequence) -> bool:
-        return (self.host_pool is not None and seq.seq_id in self.block_tables
+        """A sequence that already gave back blocks outside its sliding window is recomputed
+        instead: its table no longer holds every block that swap-in would restore."""
+        table = self.block_tables.get(seq.seq_id)
+        return (self.host_pool is not None and table is not None and table.num_released == 0
                 and self._num_computed_blocks(seq) <= self.host_pool.num_free_blocks)
 
     def swap_out(self, seq: Sequence) -> list[BlockCopy]:
@@ -204,6 +225,22 @@ class KVCacheManager:
 
     def _num_computed_blocks(self, seq: Sequence) -> int:
         return cdiv(seq.num_computed_tokens, self.block_size)
+
+
+    def _release_dead_blocks(self, seq: Sequence, num_new_tokens: int) -> None:
+        """Give back the blocks before the window of this step's first query. With prefix
+        caching only hashed blocks go (an unhashed one would be hashed later, after reuse)."""
+        table = self.block_tables.get(seq.seq_id)
+        if table is None:
+            return
+        num_tokens = seq.num_computed_tokens + num_new_tokens
+        first_live = first_visible_key(num_tokens, num_new_tokens, self.release_window)
+        num_dead = first_live // self.block_size
+        if self.enable_prefix_caching:
+            num_dead = min(num_dead, len(table.block_hashes))
+        if num_dead > table.num_released:
+            self.pool.free(reversed(table.blocks[table.num_released:num_dead]))
+            table.num_released = num_dead
 
     def _fits(self, seq: Sequence, num_new_tokens: int) -> bool:
         table = self.block_tables.get(seq.seq_id)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from pagefleet.platform.protocol.messages import TokenLogprob, TopLogprob
+from pagefleet.platform.protocol.phases import PhaseLog
 from pagefleet.platform.protocol.sampling import SamplingParams
 from pagefleet.workers.engine import tensor_parallel
 from pagefleet.workers.engine.config import EngineConfig
@@ -90,19 +92,24 @@ class RequestState:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, tokenizer: Any | None = None) -> None:
+        """`tokenizer`: one already loaded for this config (a spare worker preloads it while it
+        waits), so a cold start does not read it again."""
         self.config = config
+        self.phases = PhaseLog()  # readiness phases (`protocol.phases`), for cold-start reports
         resolved = resolve_model(config.model, load_format=config.load_format)
         self.resolved = resolved
-        self.tokenizer = load_tokenizer(resolved, config.tokenizer)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(resolved, config.tokenizer)
+        self.phases.mark("tokenizer_loaded")
         self.arch = resolved.arch
         self.tp_context = tensor_parallel.launch(config) if config.tensor_parallel_size > 1 else None
-        self.runner = ModelRunner(config, resolved, tp_context=self.tp_context)
+        self.runner = ModelRunner(config, resolved, tp_context=self.tp_context, phases=self.phases)
         settings = self.settings = self.runner.settings
         self.max_model_len = settings.max_model_len
         num_host_blocks = self.runner.allocate_swap_space(int(config.swap_space * 2**30))
         self.kv_cache = KVCacheManager(
             settings.num_kv_blocks, settings.block_size, settings.enable_prefix_caching,
+            release_window=self.arch.kv_release_window,
             num_host_blocks=num_host_blocks,
         )
         preemption_cost = None
@@ -125,6 +132,7 @@ class LLMEngine:
         self.requests: dict[str, RequestState] = {}
         self.counters = EngineCounters()
         self.in_flight: LaunchedStep | None = None  # asynchronous scheduling only
+        self.phases.mark("engine_ready")
 
     # ---- requests -------------------------------------------------------------------------
 

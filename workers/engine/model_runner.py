@@ -14,11 +14,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pagefleet.platform.protocol.phases import PhaseLog
 from pagefleet.workers.arithmetic import cdiv
 from pagefleet.workers.attention import AttentionMetadata, get_attention_backend
 from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.engine.cuda_graphs import DecodeGraphs
 from pagefleet.workers.engine.host_memory import HostKVCache, HostWeights
+from pagefleet.workers.engine.lazy_zeros import zeros
 from pagefleet.workers.engine.pinned import PinnedRing
 from pagefleet.workers.engine.resolved_config import (
     ResolvedEngineConfig,
@@ -92,9 +94,10 @@ class ModelRunner:
 
     def __init__(
         self, config: EngineConfig, resolved_model: ResolvedModel,
-        tp_context: TensorParallelContext | None = None,
+        tp_context: TensorParallelContext | None = None, phases: PhaseLog | None = None,
     ) -> None:
         self.config = config
+        self.phases = phases if phases is not None else PhaseLog()
         self.tp_context = tp_context
         self.tp = tp_context.tp if tp_context is not None else TensorParallel(rank=0, size=1)
         self.arch: ModelArch = resolved_model.arch
@@ -109,17 +112,23 @@ class ModelRunner:
             attention=self.attention, tp=self.tp,
             fused_layers=settings.fused_layers, quantization=config.quantization,
         )
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the phase ends when the copies have landed
+        self.phases.mark("weights_loaded")
         self.num_kv_heads = self.arch.num_kv_heads_per_rank(self.tp.size)
         self.num_blocks = self._agree_on_num_blocks(self._decide_num_blocks(settings))
         self.settings = settings.with_kv_cache(self.num_blocks)
         # One block more than the scheduler may hand out: the scratch "null block" that
         # padded rows of a CUDA-graph batch write to.
         self.kv_caches = self._allocate_kv_cache(self.num_blocks + 1)
+        self.phases.mark("kv_allocated")
         self._staging = PinnedRing(slots=4)  # two uploads a step; used on CUDA only
         self.graphs = self._capture_graphs()
         self.host_weights: HostWeights | None = None  # made by the first sleep, then kept
         self.host_kv: HostKVCache | None = None  # the swap space, see allocate_swap_space
         self.is_sleeping = False
+        if self.graphs is not None:
+            self.phases.mark("graphs_captured")
 
     def _capture_graphs(self) -> DecodeGraphs | None:
         if not self.settings.use_cuda_graphs:
@@ -234,13 +243,13 @@ class ModelRunner:
         used_by_others = total - free - torch.cuda.memory_allocated(self.device)
         budget = int(total * self.config.gpu_memory_utilization) - used_by_others - (peak - dummy_bytes)
         logger.info("KV cache budget %.2f GiB (peak step %.2f GiB)", budget / 2**30, peak / 2**30)
+        self.phases.mark("memory_profiled")
         return budget
 
     def _allocate_kv_cache(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         shape = (num_blocks, self.block_size, self.num_kv_heads, self.arch.head_dim)
         return [
-            (torch.zeros(shape, dtype=self.dtype, device=self.device),
-             torch.zeros(shape, dtype=self.dtype, device=self.device))
+            (zeros(shape, self.dtype, self.device), zeros(shape, self.dtype, self.device))
             for _ in range(self.arch.num_layers)
         ]
 

@@ -1,7 +1,8 @@
 """The handful of numbers that define a dense decoder, read once from a Hugging Face config.
 
 One dataclass covers the Llama family and its near relatives (Qwen3's per-head q/k norm, Phi-3's
-partial rotary): the differences are a few flags here, and the model classes read them.
+partial rotary, Gemma 2/3's windowed layers and soft-capping): the differences are a few flags
+here, and the model classes read them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from typing import Any
 
 from pagefleet.workers.models.moe_spec import MOE_MODEL_TYPES, MoeSpec
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", *MOE_MODEL_TYPES)
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text",
+                         *MOE_MODEL_TYPES)
+GEMMA_TYPES = ("gemma2", "gemma3_text")
+SLIDING, FULL = "sliding_attention", "full_attention"  # HF's `layer_types` values
 _SLIDING_TYPES = ("mistral", "phi3", "mixtral")  # models whose configs apply `sliding_window` to every layer
 _LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
@@ -33,7 +37,7 @@ class ModelArch:
     vocab_size: int
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
-    rope_scaling: dict[str, Any] | None = None  # llama3 scaling only (see _LLAMA3_ROPE_KEYS)
+    rope_scaling: dict[str, Any] | None = None  # llama3 (see _LLAMA3_ROPE_KEYS) or linear scaling
     max_position_embeddings: int = 2048
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # Qwen2: bias on q/k/v projections
@@ -43,6 +47,13 @@ class ModelArch:
     qk_norm: bool = False  # Qwen3: RMSNorm over each q and k head before RoPE
     partial_rotary_factor: float = 1.0  # Phi-3/4: RoPE rotates only the first part of each head
     moe: MoeSpec | None = None  # Mixtral, Qwen3-MoE: sparse expert MLPs (see moe.py)
+    # Gemma 2/3: a sliding layer's query sees the last `sliding_window` keys, itself included.
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] = ()  # SLIDING or FULL per layer; empty: every layer is FULL
+    attn_logit_softcapping: float | None = None  # scores -> cap * tanh(scores / cap)
+    final_logit_softcapping: float | None = None  # the same on the output logits
+    query_pre_attn_scalar: float | None = None  # scores scale by its -1/2 power, not head_dim's
+    rope_local_theta: float | None = None  # Gemma 3: RoPE base of the sliding layers
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "hidden_size", "intermediate_size", "num_heads",
@@ -60,12 +71,49 @@ class ModelArch:
                 f"partial_rotary_factor {self.partial_rotary_factor} gives rotary_dim "
                 f"{self.rotary_dim}; it must be in (0, 1] and give an even rotary_dim"
             )
+        self._check_layer_types()
         if self.rope_scaling is not None:
+            if self.rope_scaling.get("rope_type") == "linear":
+                if float(self.rope_scaling.get("factor", 0)) <= 0:
+                    raise ValueError(f"linear rope scaling needs a positive factor: {self.rope_scaling}")
+                return
             if self.rope_scaling.get("rope_type") != "llama3":
-                raise ValueError(f"only llama3 rope scaling is supported, got {self.rope_scaling}")
+                raise ValueError(f"only llama3 and linear rope scaling are supported, got {self.rope_scaling}")
             missing = [k for k in _LLAMA3_ROPE_KEYS if k not in self.rope_scaling]
             if missing:
                 raise ValueError(f"llama3 rope_scaling lacks {missing}: {self.rope_scaling}")
+
+    def _check_layer_types(self) -> None:
+        if not self.layer_types:
+            return
+        if len(self.layer_types) != self.num_layers:
+            raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers")
+        unknown = set(self.layer_types) - {SLIDING, FULL}
+        if unknown:
+            raise ValueError(f"unknown layer types {sorted(unknown)}; expected {SLIDING!r} or {FULL!r}")
+        if SLIDING in self.layer_types and (self.sliding_window is None or self.sliding_window < 1):
+            raise ValueError(f"sliding layers need a sliding_window of at least 1, got {self.sliding_window}")
+
+    def layer_window(self, layer: int) -> int | None:
+        """The window of layer `layer`, or None where it attends to the whole sequence."""
+        if self.layer_types and self.layer_types[layer] == SLIDING:
+            return self.sliding_window
+        return None
+
+    @property
+    def kv_release_window(self) -> int | None:
+        """The window after which a sequence's KV blocks are dead in every layer, or None.
+
+        Only a model whose layers are all windowed ever stops reading a block: one full layer
+        reads the whole sequence, and the cache is one block table shared by all layers.
+        """
+        if self.layer_types and all(kind == SLIDING for kind in self.layer_types):
+            return self.sliding_window
+        return None
+
+    @property
+    def attention_scale(self) -> float:
+        return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
 
     @property
     def rotary_dim(self) -> int:
@@ -103,7 +151,8 @@ class ModelArch:
             )
         num_heads = cfg.num_attention_heads
         num_kv_heads = getattr(cfg, "num_key_value_heads", None) or num_heads
-        rope_theta, rope_scaling, rotary_factor = _rope_settings(cfg)
+        gemma = _gemma_fields(cfg) if model_type in GEMMA_TYPES else {}
+        rope_theta, rope_scaling, rotary_factor = _rope_settings(cfg, gemma.pop("rope_parameters", None))
         max_positions = cfg.max_position_embeddings
         # Sliding-window attention equals full attention while sequences fit in the window, so
         # capping the length keeps Mistral-v0.1-style models exact without a windowed kernel.
@@ -128,19 +177,53 @@ class ModelArch:
             eos_token_ids=[] if eos is None else list(eos) if isinstance(eos, list | tuple) else [eos],
             bos_token_id=getattr(cfg, "bos_token_id", None),
             model_type=model_type,
-            qk_norm=model_type in ("qwen3", "qwen3_moe"),
+            qk_norm=model_type in ("qwen3", "qwen3_moe", "gemma3_text"),
             partial_rotary_factor=rotary_factor,
             moe=MoeSpec.from_hf_config(cfg) if model_type in MOE_MODEL_TYPES else None,
+            **gemma,
         )
 
 
-def _rope_settings(cfg: Any) -> tuple[float, dict[str, Any] | None, float]:
-    """(theta, llama3 scaling or None, partial rotary factor).
+def _gemma_fields(cfg: Any) -> dict[str, Any]:
+    """Gemma 2/3's extra constants (and the rope parameters of its global layers).
+
+    Gemma 3 keeps one rope dict per layer type (v5) or `rope_local_base_freq` beside the global
+    `rope_theta`/`rope_scaling` (v4); Gemma 2 has one rope for every layer.
+    """
+    activation = getattr(cfg, "hidden_activation", None) or getattr(cfg, "hidden_act", None)
+    if activation != "gelu_pytorch_tanh":
+        raise ValueError(f"Gemma's MLP is GeGLU with gelu_pytorch_tanh, got {activation!r}")
+    if getattr(cfg, "use_bidirectional_attention", False):
+        raise ValueError("use_bidirectional_attention (embedding Gemma) is not supported")
+    params = getattr(cfg, "rope_parameters", None) or {}
+    local = getattr(cfg, "rope_local_base_freq", None)
+    if FULL in params:
+        local = params.get(SLIDING, {}).get("rope_theta", local)
+        params = params[FULL]
+    elif local is not None:
+        params = None  # v4 Gemma 3: the usual attributes describe the global layers
+    layer_types = tuple(cfg.layer_types or ())
+    return {
+        "rope_parameters": params,
+        "sliding_window": cfg.sliding_window if SLIDING in layer_types else None,
+        "layer_types": layer_types,
+        "attn_logit_softcapping": getattr(cfg, "attn_logit_softcapping", None),
+        "final_logit_softcapping": getattr(cfg, "final_logit_softcapping", None),
+        "query_pre_attn_scalar": float(cfg.query_pre_attn_scalar),
+        "rope_local_theta": None if local is None else float(local),
+    }
+
+
+def _rope_settings(
+    cfg: Any, params: dict[str, Any] | None = None,
+) -> tuple[float, dict[str, Any] | None, float]:
+    """(theta, llama3 or linear scaling or None, partial rotary factor).
 
     transformers v5 folds rope_theta, rope_scaling and Phi's partial_rotary_factor into
-    `rope_parameters`; v4 keeps them as separate attributes.
+    `rope_parameters`; v4 keeps them as separate attributes. `params` overrides where the
+    config holds several (Gemma 3: the global layers' dict).
     """
-    params = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    params = params or getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
     theta = params.get("rope_theta", getattr(cfg, "rope_theta", None) or 10000.0)
     factor = params.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", None))
     factor = 1.0 if factor is None else float(factor)
@@ -152,7 +235,9 @@ def _rope_settings(cfg: Any) -> tuple[float, dict[str, Any] | None, float]:
             f"rope_type {rope_type!r} (Phi-3 128k / Phi-4 long-context scaling) is not supported; "
             "use a checkpoint without rope_scaling (e.g. the 4k-context variant)"
         )
+    if rope_type == "linear":
+        return float(theta), {"rope_type": "linear", "factor": float(params["factor"])}, factor
     if rope_type != "llama3":
-        raise ValueError(f"rope_type {rope_type!r} is not supported (only default and llama3)")
+        raise ValueError(f"rope_type {rope_type!r} is not supported (only default, linear and llama3)")
     scaling = {k: params[k] for k in _LLAMA3_ROPE_KEYS if k in params}
     return float(theta), {"rope_type": "llama3", **scaling}, factor

@@ -23,7 +23,7 @@ from pagefleet.kernels.quant_fp8 import (
 )
 
 __all__ = ["FP8_DTYPE", "FP8_MAX", "QUANTIZATIONS", "fp8_linear", "per_row_scale", "quantize_rows"]
-QUANTIZATIONS = (None, "fp8")
+QUANTIZATIONS = (None, "fp8", "int4")
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,16 +48,18 @@ _FUSED = {
 
 
 def rope_inv_freq(arch: ModelArch) -> torch.Tensor:
-    """Per-pair rotation frequencies `[rotary_dim / 2]`, float32, with llama3 long-context scaling.
+    """Per-pair rotation frequencies `[rotary_dim / 2]`, float32, with llama3 or linear scaling.
 
     llama3 scaling leaves high frequencies alone, divides low ones by `factor` and blends
-    linearly (in wavelength) in between.
+    linearly (in wavelength) in between; linear scaling divides them all.
     """
     exponents = torch.arange(0, arch.rotary_dim, 2, dtype=torch.int64).float() / arch.rotary_dim
     inv_freq = 1.0 / (arch.rope_theta ** exponents)
     if arch.rope_scaling is None:
         return inv_freq
     s = arch.rope_scaling
+    if s["rope_type"] == "linear":
+        return inv_freq / s["factor"]
     old_len = s["original_max_position_embeddings"]
     wavelen = 2 * math.pi / inv_freq
     smooth = (old_len / wavelen - s["low_freq_factor"]) / (s["high_freq_factor"] - s["low_freq_factor"])
@@ -237,12 +239,13 @@ class LlamaForCausalLM(nn.Module):
     """`forward` returns final hidden states; `compute_logits` only for the rows that need them."""
 
     layer_cls: type[DecoderLayer] = DecoderLayer
+    model_cls: type[nn.Module] = LlamaModel  # a family with another layer stack (Gemma) swaps it
 
     def __init__(self, arch: ModelArch, tp: TensorParallel, attention: AttentionBackend,
                  fused_layers: bool = False) -> None:
         super().__init__()
         self.arch = arch
-        self.model = LlamaModel(arch, tp, attention, fused_layers, self.layer_cls)
+        self.model = self.model_cls(arch, tp, attention, fused_layers, self.layer_cls)
         self.lm_head = ParallelLMHead(arch.vocab_size, arch.hidden_size, tp)
         if arch.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight

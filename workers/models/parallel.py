@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagefleet.workers.models.fp8 import FP8_DTYPE, fp8_linear, per_row_scale, quantize_rows
+from pagefleet.workers.models.int4 import Int4Weight, int4_linear, quantize_int4_rtn
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,22 +61,29 @@ def _parameter(*shape: int) -> nn.Parameter:
 
 
 class QuantizableLinear(nn.Module):
-    """A linear layer whose weight is bf16/fp32, or fp8 with one scale per output row.
+    """A linear layer whose weight is bf16/fp32, fp8 with one scale per output row, or int4
+    (int32-packed `[out, in / 8]` with `weight_scale`/`weight_zero` per group, see int4.py).
 
-    `to_fp8` quantises loaded weights in place (online, `quantization="fp8"`);
-    `prepare_fp8` makes room for an FP8 checkpoint's weights and `weight_scale`s instead.
+    `to_fp8` / `to_int4` quantise loaded weights in place (online, `quantization="fp8"|"int4"`);
+    `prepare_fp8` / `prepare_int4` make room for a quantised checkpoint's tensors instead.
     """
 
     weight: nn.Parameter
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_parameter("weight_scale", None)  # set by to_fp8 / prepare_fp8
+        self.register_parameter("weight_scale", None)  # set by to_fp8 / prepare_fp8 / int4
+        self.register_parameter("weight_zero", None)  # int4 only
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.weight_zero is not None:
+            return int4_linear(x, self.int4_weight(), bias)
         if self.weight_scale is None:
             return F.linear(x, self.weight, bias)
         return fp8_linear(x, self.weight, self.weight_scale, bias)
+
+    def int4_weight(self) -> Int4Weight:
+        return Int4Weight(self.weight, self.weight_scale, self.weight_zero)
 
     def to_fp8(self) -> None:
         values, scale = quantize_rows(self.weight.data)
@@ -87,6 +95,23 @@ class QuantizableLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty_like(self.weight, dtype=FP8_DTYPE), requires_grad=False)
         self.weight_scale = nn.Parameter(
             torch.ones(rows, dtype=torch.float32, device=self.weight.device), requires_grad=False)
+
+    def to_int4(self) -> None:
+        self._set_int4(quantize_int4_rtn(self.weight.data))
+
+    def prepare_int4(self, group_size: int) -> None:
+        rows, cols = self.weight.shape
+        if cols % group_size:
+            raise ValueError(f"{cols} input features per rank are not divisible by int4 group size {group_size}")
+        device = self.weight.device
+        groups = torch.empty((rows, cols // group_size), dtype=torch.float32, device=device)
+        self._set_int4(Int4Weight(torch.empty((rows, cols // 8), dtype=torch.int32, device=device),
+                                  groups, groups.clone()))
+
+    def _set_int4(self, weight: Int4Weight) -> None:
+        self.weight = nn.Parameter(weight.qweight, requires_grad=False)
+        self.weight_scale = nn.Parameter(weight.scales, requires_grad=False)
+        self.weight_zero = nn.Parameter(weight.zeros, requires_grad=False)
 
 
 class ColumnParallelLinear(QuantizableLinear):
@@ -107,11 +132,11 @@ class ColumnParallelLinear(QuantizableLinear):
     def load_weight(self, param_name: str, full: torch.Tensor, shard_index: int) -> None:
         size = self.output_sizes[shard_index]
         offset = sum(self.output_sizes[:shard_index])
-        if param_name == "weight_scale":
+        param = getattr(self, param_name)
+        if param_name == "weight_scale" and param.dim() == 1:
             full = per_row_scale(full, size * self.tp.size)
         if full.shape[0] != size * self.tp.size:
             raise ValueError(f"expected {size * self.tp.size} rows, got tensor of {tuple(full.shape)}")
-        param = getattr(self, param_name)
         param.data[offset:offset + size].copy_(full.narrow(0, self.tp.rank * size, size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,10 +158,14 @@ class RowParallelLinear(QuantizableLinear):
         if param_name == "bias":
             param.data.copy_(full)
             return
-        if param_name == "weight_scale":  # per output row: every rank holds all of them
+        if param_name == "weight_scale" and param.dim() == 1:  # per output row: every rank holds all
             param.data.copy_(per_row_scale(full, param.shape[0]))
             return
-        param.data.copy_(full.narrow(1, self.tp.rank * self.input_size, self.input_size))
+        # Input columns (int4: packed columns, or whole groups of scales and zeros) by rank.
+        columns = param.shape[1]
+        if full.shape[1] != columns * self.tp.size:
+            raise ValueError(f"expected {columns * self.tp.size} columns, got tensor of {tuple(full.shape)}")
+        param.data.copy_(full.narrow(1, self.tp.rank * columns, columns))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.tp.all_reduce(self.matmul(x, None))

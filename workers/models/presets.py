@@ -75,6 +75,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         "rms_norm_eps": 1e-5, "rope_theta": 1000000.0, "max_position_embeddings": 32768,
         "sliding_window": None, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
     },
+    "gemma-2-9b": {  # sliding (4096) and global layers alternate; attention and final soft-caps
+        "model_type": "gemma2", "hidden_size": 3584, "intermediate_size": 14336,
+        "num_hidden_layers": 42, "num_attention_heads": 16, "num_key_value_heads": 8,
+        "head_dim": 256, "vocab_size": 256000, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "max_position_embeddings": 8192, "sliding_window": 4096, "query_pre_attn_scalar": 256,
+        "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+        "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": True,
+        "bos_token_id": 2, "eos_token_id": [1, 107], "pad_token_id": 0,
+    },
+    "gemma-3-12b": {  # text tower: 5 local (1024-token window) layers per global one, q/k norms
+        "model_type": "gemma3_text", "hidden_size": 3840, "intermediate_size": 15360,
+        "num_hidden_layers": 48, "num_attention_heads": 16, "num_key_value_heads": 8,
+        "head_dim": 256, "vocab_size": 262208, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+        "rope_local_base_freq": 10000.0, "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+        "max_position_embeddings": 131072, "sliding_window": 1024, "sliding_window_pattern": 6,
+        "query_pre_attn_scalar": 256, "hidden_activation": "gelu_pytorch_tanh",
+        "tie_word_embeddings": True, "bos_token_id": 2, "eos_token_id": [1, 106], "pad_token_id": 0,
+    },
 }
 
 

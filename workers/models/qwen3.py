@@ -17,11 +17,13 @@ from pagefleet.workers.models.parallel import TensorParallel
 
 
 class Qwen3Attention(Attention):
+    norm_cls: type[RMSNorm] = RMSNorm  # Gemma 3 normalises heads the same way with its own norm
+
     def __init__(self, arch: ModelArch, tp: TensorParallel, attention: AttentionBackend,
                  fused: bool) -> None:
         super().__init__(arch, tp, attention, fused)
-        self.q_norm = RMSNorm(arch.head_dim, arch.rms_norm_eps, fused)
-        self.k_norm = RMSNorm(arch.head_dim, arch.rms_norm_eps, fused)
+        self.q_norm = self.norm_cls(arch.head_dim, arch.rms_norm_eps, fused)
+        self.k_norm = self.norm_cls(arch.head_dim, arch.rms_norm_eps, fused)
 
     def normalize_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q `[T, heads, hd]`, k `[T, kv, hd]` (views into the qkv output) -> normalised copies.

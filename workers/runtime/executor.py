@@ -29,6 +29,7 @@ from pagefleet.workers.engine.errors import InvalidParameterError, PromptTooLong
 from pagefleet.workers.runtime.engine_port import EmbeddingClient, EngineClient, EnginePrompt
 from pagefleet.workers.runtime.jobs import JobUpdater
 from pagefleet.workers.runtime.metrics import RuntimeMetrics
+from pagefleet.workers.runtime.phases import PhaseRecorder
 from pagefleet.workers.runtime.responses import openai_response
 from pagefleet.workers.runtime.results import ResultWriter, read_results
 from pagefleet.workers.runtime.streams import PulledEntry, RequestQueues
@@ -68,8 +69,9 @@ class Executor:
 
     def __init__(self, engine: EngineClient, redis: aioredis.Redis, queues: RequestQueues,
                  writer: ResultWriter, jobs: JobUpdater, metrics: RuntimeMetrics,
-                 outages: RedisOutages) -> None:
+                 outages: RedisOutages, phases: PhaseRecorder | None = None) -> None:
         self.engine = engine
+        self.phases = phases
         self.outages = outages
         self.redis = redis
         self.queues = queues
@@ -88,6 +90,9 @@ class Executor:
         """Admit entries: register them (so cancels find them), check cancel flags, run them."""
         if not entries:
             return
+        if self.phases is not None and not self.phases.reached("first_pull"):
+            self.phases.mark("first_pull")
+            self.phases.publish_soon(self.redis)
         fresh = []
         for entry in entries:
             if entry.request_id in self.active:  # already ours (a duplicate claim): just ack
@@ -235,6 +240,7 @@ class Executor:
                     self.writer.emit(request_id, event)
                     if first_token_at is None and event.token_ids:
                         first_token_at = time.time()
+                        self._first_token(first_token_at)
                         if not request.claimed:
                             self.metrics.ttft.observe(first_token_at - envelope.created_at)
                 if transcript.all_finished:
@@ -260,6 +266,11 @@ class Executor:
         tokens = result.num_prompt_tokens
         return FinalEvent(finish_reasons=["stop"], usage=Usage(tokens, 0, tokens),
                           embedding=result.embedding)
+
+    def _first_token(self, at: float) -> None:
+        if self.phases is not None and not self.phases.reached("first_token"):
+            self.phases.mark("first_token", at)
+            self.phases.publish_soon(self.redis)
 
     async def _finish_job(self, request: ActiveRequest, transcript: Transcript) -> None:
         envelope = request.entry.envelope

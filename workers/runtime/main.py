@@ -38,6 +38,7 @@ from pagefleet.workers.runtime.executor import Executor
 from pagefleet.workers.runtime.heartbeat import HeartbeatWriter
 from pagefleet.workers.runtime.jobs import JobUpdater
 from pagefleet.workers.runtime.metrics import HealthServer, RuntimeMetrics
+from pagefleet.workers.runtime.phases import PhaseRecorder, spawned_at_from_env
 from pagefleet.workers.runtime.puller import Puller
 from pagefleet.workers.runtime.recovery import Recovery
 from pagefleet.workers.runtime.results import ResultWriter
@@ -52,8 +53,10 @@ class Worker:
     """Wires the runtime's parts together; `run()` is the whole lifetime of one worker."""
 
     def __init__(self, settings: WorkerSettings, engine_factory: EngineFactory,
-                 on_listening: Callable[[int], None] | None = None) -> None:
+                 on_listening: Callable[[int], None] | None = None,
+                 phases: PhaseRecorder | None = None) -> None:
         self.settings = settings
+        self.phases = phases or PhaseRecorder(settings.model, settings.worker_id, spawned_at_from_env())
         self.engine_factory = engine_factory
         self.on_listening = on_listening
         self.engine: EngineClient | None = None
@@ -99,6 +102,7 @@ class Worker:
         beat_task = asyncio.create_task(beats.run())
         try:
             self.engine = await asyncio.to_thread(self.engine_factory)
+            self.phases.mark("engine_ready")
             if not self.stop.is_set():
                 await self._serve(beats)
         finally:
@@ -109,6 +113,7 @@ class Worker:
             await server.close()
             if self.engine is not None:
                 self.engine.shutdown()
+            await self.phases.published(_SHUTDOWN_REDIS_S)
             await self.redis.aclose()
         return 0
 
@@ -123,7 +128,7 @@ class Worker:
             webhooks_stop = asyncio.Event()
             webhooks_task = asyncio.create_task(webhooks.run(webhooks_stop))
             executor = Executor(self.engine, self.redis, queues, writer, jobs, self.metrics,
-                                self.outages)
+                                self.outages, self.phases)
             self.executor = executor
             puller = Puller(self.engine, queues, executor, settings, self.stop, self.outages)
             recovery = Recovery(self.redis, queues, executor, puller, settings, self.stop,
@@ -134,6 +139,7 @@ class Worker:
             self.state = "ready"
             await self._beat(beats)
             log.info("worker %s ready for model %s", settings.worker_id, settings.model)
+            self.phases.publish_soon(self.redis)
             await asyncio.gather(puller.run(), recovery.run())
             self.state = "draining"
             await self._beat(beats)
@@ -189,25 +195,33 @@ class Worker:
                 await queues.forget_consumer(stream, self.settings.worker_id)
 
 
-def registry_engine_factory(spec: Any) -> EngineFactory:
+def registry_engine_factory(spec: Any, phases: PhaseRecorder | None = None,
+                            tokenizer: Any | None = None) -> EngineFactory:
     """Build the engine of a registry `ModelSpec` (called in a thread: loading blocks): the
-    generation `AsyncEngine`, or for `task: embed` the cache-free `EmbeddingEngine`."""
+    generation `AsyncEngine`, or for `task: embed` the cache-free `EmbeddingEngine`. The
+    AsyncEngine's readiness phases go to `phases`; `tokenizer` is one a spare already loaded."""
     def build() -> EngineClient:
         from pagefleet.workers.engine.async_engine import AsyncEngine
         from pagefleet.workers.engine.config import EngineConfig
 
+        if phases is not None:
+            phases.mark("imports_done")
         config = EngineConfig(model=spec.source, **spec.engine_kwargs())
         if spec.task == "embed":
             from pagefleet.workers.embed import EmbeddingEngine
 
             return EmbeddingEngine.from_config(config)
-        return AsyncEngine(config, standby_after_s=spec.scaling.standby_after_s)
+        engine = AsyncEngine(config, tokenizer, standby_after_s=spec.scaling.standby_after_s)
+        if phases is not None:
+            phases.extend(engine.phases.phases)
+        return engine
     return build
 
 
 def run_worker(settings: WorkerSettings, engine_factory: EngineFactory,
-               on_listening: Callable[[int], None] | None = None) -> int:
+               on_listening: Callable[[int], None] | None = None,
+               phases: PhaseRecorder | None = None) -> int:
     """Run one worker to completion in a fresh event loop; returns the exit status."""
     async def main() -> int:
-        return await Worker(settings, engine_factory, on_listening).run()
+        return await Worker(settings, engine_factory, on_listening, phases).run()
     return asyncio.run(main())

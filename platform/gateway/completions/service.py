@@ -118,6 +118,7 @@ class CompletionService:
                 429, f"The queue of model `{prepared.model}` is full ({backlog} waiting); retry later.",
                 code="queue_full", headers=self._retry_after())
         await self.broker.enqueue(prepared.envelopes, priority)
+        await self.broker.wake_if_needed(prepared.model, backlog, self.settings.heartbeat_timeout_s)
 
     def _retry_after(self) -> dict[str, str]:
         return {"Retry-After": str(self.settings.retry_after_s)}

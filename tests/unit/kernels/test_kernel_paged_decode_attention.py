@@ -98,3 +98,52 @@ def test_rejects_mismatched_shapes(device: torch.device, generator: torch.Genera
     with pytest.raises(ValueError, match="multiple"):
         paged_decode_attention(q, k_cache, k_cache, batch.block_tables, batch.seq_lens, 1.0,
                                nan_like(q), max_seq_len=5)
+
+
+# (sliding_window, softcap, num_splits, dtype): windows shorter than, equal to and longer than
+# the sequences (1 sees only the query's own key), a hard cap (1.0 bends every score) and
+# Gemma 2's 50.0, split and unsplit.
+WINDOWED = [(1, None, 1, F32), (16, 1.0, 5, F32), (40, None, None, BF16), (4096, 50.0, 3, F16),
+            (None, 1.0, None, F32)]
+
+
+@pytest.mark.parametrize(("sliding_window", "softcap", "num_splits", "dtype"), WINDOWED)
+def test_decode_window_and_softcap_match_reference(
+    sliding_window: int | None, softcap: float | None, num_splits: int | None, dtype: torch.dtype,
+    device: torch.device, generator: torch.Generator,
+) -> None:
+    """Keys before the window are NaN: a kernel that read one (or a freed block) fails."""
+    block_size, num_heads, num_kv_heads, head_dim = 16, 6, 2, 64
+    batch = make_paged_batch(SEQ_LENS, [1] * len(SEQ_LENS), block_size, generator, device)
+    cache_shape = (batch.num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache = random_tensor(cache_shape, dtype, generator, device)
+    v_cache = random_tensor(cache_shape, dtype, generator, device)
+    poison_unused_slots(k_cache, batch, sliding_window)
+    poison_unused_slots(v_cache, batch, sliding_window)
+    q = random_tensor((len(SEQ_LENS), num_heads, head_dim), dtype, generator, device) * 3
+    out = nan_like(q)
+    config = DecodeConfig(num_splits=num_splits, block_n=64 if FULL else 16,
+                          min_tokens_per_split=256 if FULL else 16)
+    scale = head_dim**-0.5
+    paged_decode_attention(q, k_cache, v_cache, batch.block_tables, batch.seq_lens, scale, out,
+                           max_seq_len=batch.max_seq_len, config=config,
+                           sliding_window=sliding_window, softcap=softcap)
+    ref = paged_decode_attention_ref(q, k_cache, v_cache, batch.block_tables, batch.seq_lens,
+                                     scale, sliding_window, softcap)
+    assert not out.isnan().any()
+    assert relative_error(out, ref) < TOLERANCE[dtype]
+    if sliding_window is not None and sliding_window < batch.max_seq_len:  # in float32
+        args = (q.float(), k_cache.float().nan_to_num(), v_cache.float().nan_to_num(),
+                batch.block_tables, batch.seq_lens, scale)
+        full = paged_decode_attention_ref(*args, None, softcap)
+        windowed = paged_decode_attention_ref(*args, sliding_window, softcap)
+        assert relative_error(full, windowed) > 1e-3, "the window must matter"
+
+
+def test_decode_rejects_an_empty_window(device: torch.device, generator: torch.Generator) -> None:
+    batch = make_paged_batch([5], [1], 16, generator, device)
+    k_cache = random_tensor((batch.num_blocks, 16, 2, 64), torch.float32, generator, device)
+    q = random_tensor((1, 2, 64), torch.float32, generator, device)
+    with pytest.raises(ValueError, match="sliding_window"):
+        paged_decode_attention(q, k_cache, k_cache, batch.block_tables, batch.seq_lens, 1.0,
+                               nan_like(q), max_seq_len=5, sliding_window=0)

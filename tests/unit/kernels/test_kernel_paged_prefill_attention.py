@@ -83,3 +83,36 @@ def test_prefill_odd_head_dim_and_block_size(device: torch.device, generator: to
     ref = paged_prefill_attention_ref(q, k_cache, v_cache, batch.block_tables, batch.seq_lens,
                                       batch.query_start_loc, 0.2)
     assert relative_error(out, ref) < TOLERANCE[torch.float32]
+
+
+# (kind, sliding_window, softcap, dtype): windows of one key, of a few tiles and longer than
+# every sequence; hard and Gemma-2 caps; soft-capping alone.
+WINDOWED = [("prefill", 1, None, F32), ("chunked", 20, 1.0, F32), ("mixed", 45, None, BF16),
+            ("prefill", 9, 50.0, F16), ("chunked", 4096, None, F32), ("mixed", None, 1.0, F32)]
+
+
+@pytest.mark.parametrize(("kind", "sliding_window", "softcap", "dtype"), WINDOWED)
+def test_prefill_window_and_softcap_match_reference(
+    kind: str, sliding_window: int | None, softcap: float | None, dtype: torch.dtype,
+    device: torch.device, generator: torch.Generator,
+) -> None:
+    """Keys before the first query's window are NaN: reading one fails the test."""
+    seq_lens, query_lens = BATCHES[kind]
+    block_size, num_heads, num_kv_heads, head_dim = 16, 6, 2, 64
+    batch = make_paged_batch(seq_lens, query_lens, block_size, generator, device)
+    cache_shape = (batch.num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache = random_tensor(cache_shape, dtype, generator, device)
+    v_cache = random_tensor(cache_shape, dtype, generator, device)
+    poison_unused_slots(k_cache, batch, sliding_window)
+    poison_unused_slots(v_cache, batch, sliding_window)
+    q = random_tensor((batch.num_tokens, num_heads, head_dim), dtype, generator, device) * 3
+    out = nan_like(q)
+    config = PrefillConfig() if FULL else PrefillConfig(block_m=16, block_n=16)
+    scale = head_dim**-0.5
+    paged_prefill_attention(q, k_cache, v_cache, batch.block_tables, batch.seq_lens,
+                            batch.query_start_loc, scale, out, batch.max_query_len, config,
+                            sliding_window=sliding_window, softcap=softcap)
+    ref = paged_prefill_attention_ref(q, k_cache, v_cache, batch.block_tables, batch.seq_lens,
+                                      batch.query_start_loc, scale, sliding_window, softcap)
+    assert not out.isnan().any()
+    assert relative_error(out, ref) < TOLERANCE[dtype]

@@ -35,3 +35,41 @@ def test_batched_backend_equals_reference(num_heads, num_kv_heads, seq_lens, que
     want = paged_attention_ref(q, ref_k, ref_v, md, scale=0.3)
     assert torch.equal(k_cache, ref_k) and torch.equal(v_cache, ref_v)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sliding_window,softcap", [(1, None), (5, 0.5), (None, 0.5), (12, None)])
+def test_batched_backend_equals_reference_windowed_and_capped(sliding_window, softcap):
+    """Chunked and decode rows past the window; a cap of 0.5 bends every score."""
+    gen = torch.Generator().manual_seed(sliding_window or 0)
+    seq_lens, query_lens, num_heads, num_kv_heads, head_dim = [23, 6, 30], [5, 1, 30], 6, 2, 8
+    batch = make_paged_batch(seq_lens, query_lens, BLOCK_SIZE, gen, "cpu", extra_blocks=20)
+    md = to_metadata(batch)
+    cache_shape = (batch.num_blocks, BLOCK_SIZE, num_kv_heads, head_dim)
+    k_cache, v_cache = torch.randn(cache_shape, generator=gen), torch.randn(cache_shape, generator=gen)
+    q = torch.randn(batch.num_tokens, num_heads, head_dim, generator=gen) * 3
+    k = torch.randn(batch.num_tokens, num_kv_heads, head_dim, generator=gen)
+    v = torch.randn(batch.num_tokens, num_kv_heads, head_dim, generator=gen)
+    out = TorchAttentionBackend().forward(q, k, v, k_cache, v_cache, md, 0.3, sliding_window, softcap)
+    want = paged_attention_ref(q, k_cache, v_cache, md, 0.3, sliding_window, softcap)
+    plain = paged_attention_ref(q, k_cache, v_cache, md, 0.3)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(want, plain, rtol=1e-3, atol=1e-3), "window or cap must matter"
+
+
+@pytest.mark.parametrize("sliding_window,softcap", [(None, None), (5, 0.5)])
+def test_cache_free_attention_equals_the_paged_reference(sliding_window, softcap):
+    """The embedding path's attention (whole inputs, no cache) windows and caps like the rest."""
+    from pagefleet.workers.embed.attention import CacheFreeCausalAttention
+
+    gen = torch.Generator().manual_seed(11)
+    lengths, num_heads, num_kv_heads, head_dim = [9, 14], 4, 2, 8
+    batch = make_paged_batch(lengths, lengths, BLOCK_SIZE, gen, "cpu")
+    md = to_metadata(batch)
+    q = torch.randn(sum(lengths), num_heads, head_dim, generator=gen) * 3
+    k, v = (torch.randn(sum(lengths), num_kv_heads, head_dim, generator=gen) for _ in range(2))
+    cache_shape = (batch.num_blocks, BLOCK_SIZE, num_kv_heads, head_dim)
+    k_cache, v_cache = torch.zeros(cache_shape), torch.zeros(cache_shape)
+    write_kv_cache_ref(k, v, k_cache, v_cache, md.slot_mapping)
+    want = paged_attention_ref(q, k_cache, v_cache, md, 0.3, sliding_window, softcap)
+    got = CacheFreeCausalAttention().forward(q, k, v, k_cache, v_cache, md, 0.3, sliding_window, softcap)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -70,6 +70,32 @@ def test_forward_matches_torch_backend(
     assert relative_error(out, ref) < TOLERANCE[dtype]
 
 
+@pytest.mark.parametrize(("step", "sliding_window", "softcap"), [
+    ("decode", 20, 50.0), ("mixed", 9, None), ("chunked", 33, 1.0)])
+def test_windowed_capped_forward_matches_torch_backend(
+    step: str, sliding_window: int, softcap: float | None,
+    device: torch.device, generator: torch.Generator,
+) -> None:
+    """Gemma-style layers: both backends bind the same window and cap."""
+    seq_lens, query_lens = STEPS[step]
+    num_heads, num_kv_heads, head_dim, block_size = 6, 2, 64, 16
+    batch = make_paged_batch(seq_lens, query_lens, block_size, generator, device)
+    metadata = to_metadata(batch)
+    cache_shape = (batch.num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache = random_tensor(cache_shape, F32, generator, device)
+    v_cache = random_tensor(cache_shape, F32, generator, device)
+    q = random_tensor((batch.num_tokens, num_heads, head_dim), F32, generator, device) * 3
+    k = random_tensor((batch.num_tokens, num_kv_heads, head_dim), F32, generator, device)
+    v = random_tensor((batch.num_tokens, num_kv_heads, head_dim), F32, generator, device)
+    ref_k_cache, ref_v_cache = k_cache.clone(), v_cache.clone()
+    scale = head_dim**-0.5
+    out = TritonAttentionBackend().forward(q, k, v, k_cache, v_cache, metadata, scale,
+                                           sliding_window=sliding_window, softcap=softcap)
+    ref = TorchAttentionBackend().forward(q, k, v, ref_k_cache, ref_v_cache, metadata, scale,
+                                          sliding_window=sliding_window, softcap=softcap)
+    assert relative_error(out, ref) < TOLERANCE[F32]
+
+
 def test_backend_is_registered_by_name() -> None:
     backend = get_attention_backend("triton")
     assert isinstance(backend, TritonAttentionBackend)
