@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Engine checks and throughput benchmarks on a GPU machine (the lent H100), from the repo root.
 # Needs torch, triton and transformers there; carries msgspec/gguf wheels in .whl/ if missing.
-# Usage: infra/bench/gpu_engine.sh OUT_DIR [quick|tp|profile|compare|moe|fp8|final|int4|fixed|extra]
+# Usage: infra/bench/gpu_engine.sh OUT_DIR [quick|tp|profile|compare|moe|fp8|final|int4|fixed|standby|extra]
 set -uo pipefail
 out=${1:-/tmp/pf-bench}; mode=${2:-full}
 source "$(dirname "$0")/gpu_env.sh"
@@ -111,6 +111,16 @@ if [ "$mode" = fixed ]; then  # fixed lengths and a shared prefix, new path vs o
     flags=""; [ $path = old ] && flags="--no-async-scheduling --no-fused-layers"
     timeout 60 bash -c "$(declare -f bench); bench --model llama-3.2-1b --load-format dummy --num-prompts 500 --hf none \
       --input-len 128 --output-len 128 --shared-prefix-len 1024 $flags --json $out/llama321b_prefix1k_$path.json" 2>&1 | grep -v Warning | tail -3 | tee "$out/llama1b_prefix1k_$path.txt"
+    done
+    exit 0
+fi
+if [ "$mode" = standby ]; then  # issue 15: 8B sleep/wake phases, then swap vs recompute under KV pressure
+  python3 -m pytest -q -p no:cacheprovider --noconftest tests/gpu/test_standby_cuda.py 2>&1 | tail -4 | tee "$out/standby_tests.txt"
+  b8() { bench --model llama-3.1-8b --load-format dummy --hf none "$@" 2>&1 | grep -v Warning; }
+  b8 --standby-cycles 3 --json "$out/llama8b_standby.json" | tee "$out/llama8b_standby.txt"
+  for m in swap recompute; do  # 64 x (1024 + 256) tokens in 2048 blocks of 16
+    b8 --num-prompts 64 --input-len 1024 --output-len 256 --max-num-seqs 64 --num-kv-blocks 2048 \
+      --swap-space 16 --preemption-mode $m --json "$out/llama8b_pressure_$m.json" | tail -4 | tee "$out/llama8b_pressure_$m.txt"
   done
   exit 0
 fi

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pagefleet.platform.cli.flags import add_flags
+from pagefleet.workers.engine.config import EngineConfig
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("engine", help="offline throughput: pagefleet vs transformers")
@@ -49,13 +52,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="measured passes of the same work with other token ids (the lower median is reported)")
     parser.add_argument("--breakdown", action="store_true",
                         help="first an instrumented pass that splits the time by phase")
+    add_flags(parser, EngineConfig, ["swap_space", "preemption_mode"], help={
+        "swap_space": "GiB of host memory for swapped-out KV blocks (0: always recompute)",
+        "preemption_mode": "force swapping or recomputing preempted sequences (default: by cost)",
+    })
+    parser.add_argument("--standby-cycles", type=int, default=0,
+                        help="instead of throughput: time N sleep/wake cycles (standby)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pagefleet.platform.protocol.workload import WorkloadSpec
     from pagefleet.workers.bench.engine_bench import EngineBenchOptions, run_engine_bench
-    from pagefleet.workers.engine.config import EngineConfig
 
     max_len = args.max_input_len + args.max_output_len + args.shared_prefix_len
     engine = EngineConfig(
@@ -67,7 +75,13 @@ def run(args: argparse.Namespace) -> int:
         tensor_parallel_size=args.tensor_parallel_size, attention_backend=args.attention_backend,
         seed=args.seed, async_scheduling=False if args.no_async_scheduling else None,
         fused_layers=False if args.no_fused_layers else None, quantization=args.quantization,
+        swap_space=args.swap_space, preemption_mode=args.preemption_mode,
     )
+    if args.standby_cycles > 0:
+        from pagefleet.workers.bench.standby_bench import run_standby_bench
+
+        cycles = run_standby_bench(engine, args.standby_cycles, args.json)
+        return 0 if all(cycle.same_tokens for cycle in cycles) else 1
     if (args.input_len is None) != (args.output_len is None):
         raise SystemExit("give both --input-len and --output-len, or neither (ShareGPT-like)")
     lengths = {} if args.input_len is None else {

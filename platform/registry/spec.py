@@ -59,6 +59,7 @@ class EngineSettings:
     attention_backend: str | None = None
     load_format: str | None = None
     quantization: str | None = None
+    swap_space: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens",
@@ -75,6 +76,8 @@ class EngineSettings:
         _require(self.gpu_memory_utilization is None
                  or (_is_number(self.gpu_memory_utilization) and 0.0 < self.gpu_memory_utilization <= 1.0),
                  f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
+        _require(self.swap_space is None or (_is_number(self.swap_space) and self.swap_space >= 0),
+                 f"swap_space must be a non-negative number of GiB, got {self.swap_space!r}")
         _require(self.dtype is None or self.dtype in _DTYPES,
                  f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
         _require(self.load_format is None or self.load_format in _LOAD_FORMATS,
@@ -168,6 +171,12 @@ class ScalingPolicy:
     polling, 300 s cooldown; Ray Serve: 30 s upscale delay) scale-up reacts within a tick or two
     because a queued LLM request waits for a whole cold start; scale-down stays slow because
     bringing a GPU worker back costs a model load.
+
+    Idle means zero or standby: with `standby_after_s` set, a worker idle that long sleeps
+    (weights to pinned host memory, KV cache and graphs freed, the process kept), so the GPU
+    is free for other models and the next request wakes it in seconds instead of a cold
+    start; the replica still goes to zero after `scale_to_zero_after_s` (which may be much
+    longer, or the standby kept with `min_replicas: 1`). None: idle means zero only.
     """
 
     min_replicas: int = 0
@@ -179,6 +188,7 @@ class ScalingPolicy:
     max_scale_up_step: int = 4
     panic_threshold: float = 2.0
     batch_wake_after_s: float = 0.0  # how long batch-only work waits before waking from zero
+    standby_after_s: float | None = None
 
     def __post_init__(self) -> None:
         _require(_is_int(self.min_replicas) and self.min_replicas >= 0,
@@ -195,6 +205,9 @@ class ScalingPolicy:
                      "batch_wake_after_s"):
             value = getattr(self, name)
             _require(_is_number(value) and value >= 0, f"{name} must be a non-negative number, got {value!r}")
+        _require(self.standby_after_s is None
+                 or (_is_number(self.standby_after_s) and self.standby_after_s >= 0),
+                 f"standby_after_s must be a non-negative number or null, got {self.standby_after_s!r}")
         _require(_is_number(self.panic_threshold) and self.panic_threshold > 1.0,
                  f"panic_threshold must be greater than 1, got {self.panic_threshold!r}")
 

@@ -337,7 +337,8 @@ def _report(options: EngineBenchOptions, results: list[Throughput], stats, devic
     for result in results[1:]:
         print(f"pagefleet / {result.system}: {ours.output_tokens_per_s / result.output_tokens_per_s:.1f}x "
               "output tokens/s")
-    print(f"preemptions: {stats.num_preemptions_total}; prefix-cache hit rate: "
+    print(f"preemptions: {stats.num_preemptions_total} ({stats.num_swapped_out_total} swapped, "
+          f"the rest recomputed); prefix-cache hit rate: "
           f"{stats.prefix_cache_hit_rate:.2%}; KV blocks: {stats.num_kv_blocks}")
     if options.json_path is not None:
         payload = {

@@ -92,7 +92,15 @@ class _Sink:
 
 
 class AsyncEngine:
-    def __init__(self, config: EngineConfig, tokenizer: Any | None = None) -> None:
+    """`standby_after_s`: with nothing to do for that long the engine sleeps (standby: the
+    device memory is freed, the process and its host copy of the weights stay), and the next
+    request wakes it first. None: never sleep (idle means the controller's scale to zero)."""
+
+    def __init__(self, config: EngineConfig, tokenizer: Any | None = None,
+                 standby_after_s: float | None = None) -> None:
+        if standby_after_s is not None and standby_after_s < 0:
+            raise ValueError(f"standby_after_s must be at least 0, got {standby_after_s}")
+        self.standby_after_s = standby_after_s
         self.engine = LLMEngine(config, tokenizer)
         self._commands: queue.SimpleQueue[_Add | _Abort | _Stop] = queue.SimpleQueue()
         self._sinks: dict[str, _Sink] = {}
@@ -180,14 +188,15 @@ class AsyncEngine:
             block = not self.engine.has_unfinished()
             try:
                 while True:
-                    command = self._commands.get(block=block)
+                    command = self._commands.get(block=block, timeout=self._idle_timeout(block))
                     block = False
                     if isinstance(command, _Stop):
                         self._abort_all()
                         return
                     self._handle(command)
             except queue.Empty:
-                pass
+                if block:  # idle for standby_after_s
+                    self._sleep()
             if not self.engine.has_unfinished():
                 self._stats = self.engine.stats()
                 continue
@@ -199,10 +208,23 @@ class AsyncEngine:
                 continue
             self._deliver(deltas)
 
+    def _idle_timeout(self, idle: bool) -> float | None:
+        """How long an idle engine waits for a command before it sleeps (None: forever)."""
+        if not idle or self.standby_after_s is None or self.engine.is_sleeping:
+            return None
+        return self.standby_after_s
+
+    def _sleep(self) -> None:
+        logger.info("idle for %g s: going to standby", self.standby_after_s)
+        self.engine.sleep()
+        self._stats = self.engine.stats()
+
     def _handle(self, command: _Add | _Abort) -> None:
         if isinstance(command, _Abort):
             self._deliver(self.engine.abort(command.request_id))
             return
+        if self.engine.is_sleeping:
+            self.engine.wake()  # logs its phases
         try:
             self.engine.add_request(command.request_id, command.prompt, command.params, command.resume)
         except ValueError as exc:

@@ -137,6 +137,13 @@ class BlockPool:
         block.token_ids = token_ids
         self.cached[block_hash] = block
 
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix (their blocks' contents are about to be lost)."""
+        if self.num_free_blocks != self.num_blocks:
+            raise ValueError("cannot reset the prefix cache while blocks are in use")
+        for block in self.blocks:
+            self._evict(block)
+
     def _evict(self, block: Block) -> None:
         if block.block_hash is not None:
             if self.cached.get(block.block_hash) is block:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -30,6 +31,11 @@ class EngineConfig:
     per-channel weight scales, per-token dynamic activation scales); `"int4"` rounds them to
     int4 per group of 128 (symmetric RTN, for benchmarks). FP8, GPTQ and AWQ checkpoints load
     as stored whatever this says.
+
+    `swap_space` (vLLM's name): GiB of host memory (pinned on CUDA) that a preempted
+    sequence's KV blocks may move to instead of being recomputed; 0 turns swapping off.
+    `preemption_mode` (vLLM v0's name) forces one path; None picks per preemption by the
+    estimated cost (see `preemption.py`).
     """
 
     model: str = DEFAULT_MODEL
@@ -52,6 +58,8 @@ class EngineConfig:
     fused_layers: bool | None = None
     async_scheduling: bool | None = None
     quantization: str | None = None
+    swap_space: float = 0.0
+    preemption_mode: Literal["swap", "recompute"] | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -83,6 +91,15 @@ class EngineConfig:
         if self.async_scheduling and self.tensor_parallel_size > 1:
             raise ValueError("async_scheduling needs tensor_parallel_size 1: only rank 0 "
                              "samples, so the other ranks could not read the chosen tokens")
+        if self.swap_space < 0:
+            raise ValueError(f"swap_space must be at least 0 (GiB), got {self.swap_space}")
+        if self.preemption_mode not in (None, "swap", "recompute"):
+            raise ValueError(
+                f"preemption_mode must be 'swap', 'recompute' or None, got {self.preemption_mode!r}"
+            )
+        if self.swap_space > 0 and self.tensor_parallel_size > 1:
+            raise ValueError("swap_space needs tensor_parallel_size 1: swaps are not yet "
+                             "broadcast to the other ranks")
         if self.tensor_parallel_size < 1:
             raise ValueError(
                 f"tensor_parallel_size must be at least 1, got {self.tensor_parallel_size}"

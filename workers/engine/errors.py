@@ -47,3 +47,19 @@ class InvalidParameterError(ValueError):
     def __init__(self, message: str, param: str) -> None:
         self.param = param
         super().__init__(message)
+
+
+class EngineBusyError(RuntimeError):
+    """The engine was asked to sleep while requests are running or waiting."""
+
+    def __init__(self, num_requests: int) -> None:
+        self.num_requests = num_requests
+        super().__init__(f"cannot sleep while {num_requests} request(s) are unfinished: "
+                         "finish or abort them first")
+
+
+class EngineAsleepError(RuntimeError):
+    """A request reached an engine that is asleep (standby); wake it first."""
+
+    def __init__(self) -> None:
+        super().__init__("the engine is asleep (standby): call wake() before adding requests")

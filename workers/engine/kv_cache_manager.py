@@ -61,12 +61,25 @@ class BlockTable:
         self.block_ids.extend(block.block_id for block in blocks)
 
 
+@dataclass(frozen=True, slots=True)
+class BlockCopy:
+    """One block moving between the device cache and the host swap space."""
+
+    device_block_id: int
+    host_block_id: int
+
+
 class KVCacheManager:
+    """`num_host_blocks` is the swap space: host blocks a preempted sequence's blocks may
+    move to (`swap_out`) and come back from (`swap_in`); the runner copies the data."""
+
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool,
-                 release_window: int | None = None) -> None:
+                 release_window: int | None = None, num_host_blocks: int = 0) -> None:
         if release_window is not None and release_window < 1:
             raise ValueError(f"release_window must be at least 1 (or None), got {release_window}")
         self.pool = BlockPool(num_blocks)
+        self.host_pool = BlockPool(num_host_blocks) if num_host_blocks > 0 else None
+        self.host_tables: dict[SeqId, list[Block]] = {}
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.release_window = release_window  # ModelArch.kv_release_window
@@ -160,6 +173,59 @@ class KVCacheManager:
         table = self.block_tables.pop(seq_id, None)
         if table is not None:
             self.pool.free(reversed(table.blocks[table.num_released:]))
+        host_blocks = self.host_tables.pop(seq_id, None)
+        if host_blocks is not None and self.host_pool is not None:
+            self.host_pool.free(host_blocks)
+
+    def reset_prefix_cache(self) -> None:
+        """Forget cached prefixes: the device cache is being freed (the engine sleeps)."""
+        self.pool.reset_prefix_cache()
+
+    # ---- swapping -------------------------------------------------------------------------
+
+    def is_swapped(self, seq_id: SeqId) -> bool:
+        return seq_id in self.host_tables
+
+    def can_swap_out(self, seq: Sequence) -> bool:
+        """A sequence that already gave back blocks outside its sliding window is recomputed
+        instead: its table no longer holds every block that swap-in would restore."""
+        table = self.block_tables.get(seq.seq_id)
+        return (self.host_pool is not None and table is not None and table.num_released == 0
+                and self._num_computed_blocks(seq) <= self.host_pool.num_free_blocks)
+
+    def swap_out(self, seq: Sequence) -> list[BlockCopy]:
+        """Move the blocks that hold the sequence's computed tokens to host blocks and free
+        its device blocks (cached prefixes among them stay findable until reused). The
+        caller copies the returned blocks before any step writes to the freed ones."""
+        assert self.host_pool is not None  # can_swap_out said yes
+        table = self.block_tables.pop(seq.seq_id)
+        device_blocks = table.blocks[: self._num_computed_blocks(seq)]
+        host_blocks = self.host_pool.allocate(len(device_blocks))
+        self.host_tables[seq.seq_id] = host_blocks
+        self.pool.free(reversed(table.blocks))
+        return [BlockCopy(d.block_id, h.block_id) for d, h in zip(device_blocks, host_blocks, strict=True)]
+
+    def swap_in(self, seq: Sequence, num_new_tokens: int) -> list[BlockCopy] | None:
+        """Bring a swapped-out sequence back with room for `num_new_tokens` more, or do
+        nothing and return None. Its full blocks are offered to the prefix cache again."""
+        assert self.host_pool is not None
+        host_blocks = self.host_tables[seq.seq_id]
+        num_needed = cdiv(seq.num_computed_tokens + num_new_tokens, self.block_size)
+        if num_needed > self.pool.num_free_blocks:
+            return None
+        table = BlockTable()
+        table.extend(self.pool.allocate(num_needed))
+        self.block_tables[seq.seq_id] = table
+        del self.host_tables[seq.seq_id]
+        self.host_pool.free(host_blocks)
+        if self.enable_prefix_caching:
+            num_tokens = seq.num_computed_tokens + num_new_tokens
+            self._cache_full_blocks(seq, table, num_tokens // self.block_size)
+        return [BlockCopy(d.block_id, h.block_id) for d, h in zip(table.blocks, host_blocks, strict=False)]
+
+    def _num_computed_blocks(self, seq: Sequence) -> int:
+        return cdiv(seq.num_computed_tokens, self.block_size)
+
 
     def _release_dead_blocks(self, seq: Sequence, num_new_tokens: int) -> None:
         """Give back the blocks before the window of this step's first query. With prefix

@@ -30,12 +30,15 @@ from pagefleet.workers.engine.detokenizer import (
 )
 from pagefleet.workers.engine.errors import (
     DuplicateRequestError,
+    EngineAsleepError,
+    EngineBusyError,
     InvalidParameterError,
     PromptTooLongError,
 )
 from pagefleet.workers.engine.kv_cache_manager import KVCacheManager
-from pagefleet.workers.engine.model_runner import InFlightTokens, ModelRunner
+from pagefleet.workers.engine.model_runner import InFlightTokens, ModelRunner, WakeTimes
 from pagefleet.workers.engine.outputs import EngineCounters, EngineStats, RequestDelta
+from pagefleet.workers.engine.preemption import estimate_cost
 from pagefleet.workers.engine.prompt_logprobs import prompt_logprobs
 from pagefleet.workers.engine.sampler import (
     DeviceSample,
@@ -112,10 +115,16 @@ class LLMEngine:
         self.runner = ModelRunner(config, resolved, tp_context=self.tp_context, phases=self.phases)
         settings = self.settings = self.runner.settings
         self.max_model_len = settings.max_model_len
+        num_host_blocks = self.runner.allocate_swap_space(int(config.swap_space * 2**30))
         self.kv_cache = KVCacheManager(
             settings.num_kv_blocks, settings.block_size, settings.enable_prefix_caching,
             release_window=self.arch.kv_release_window,
+            num_host_blocks=num_host_blocks,
         )
+        preemption_cost = None
+        if num_host_blocks > 0:
+            preemption_cost = estimate_cost(settings.device, self.runner.num_params,
+                                            self.runner.bytes_per_block, config.preemption_mode)
         self.scheduler = Scheduler(
             SchedulerConfig(
                 max_num_seqs=settings.max_num_seqs,
@@ -124,6 +133,7 @@ class LLMEngine:
                 admission_batch=settings.admission_batch,
             ),
             self.kv_cache,
+            preemption_cost,
         )
         self.eos_token_ids = list(self.arch.eos_token_ids)
         self.sampler = Sampler(self.eos_token_ids, settings.device, config.seed)
@@ -160,6 +170,8 @@ class LLMEngine:
         resume: dict[int, list[int]] | None = None,
     ) -> list[int]:
         """Queue a request; returns its prompt token ids. Raises ValueError for bad input."""
+        if self.runner.is_sleeping:
+            raise EngineAsleepError()
         if request_id in self.requests:
             raise DuplicateRequestError(f"request {request_id!r} is already running")
         prompt_ids = self.tokenize(prompt)
@@ -249,6 +261,36 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return bool(self.requests)
 
+    # ---- standby ---------------------------------------------------------------------------
+
+    @property
+    def is_sleeping(self) -> bool:
+        return self.runner.is_sleeping
+
+    def sleep(self) -> None:
+        """Standby: weights to (pinned) host memory, KV cache and CUDA graphs freed, so the
+        device is free for another model while this process stays. Refused while requests
+        are unfinished: their KV would be lost. Idempotent."""
+        if self.requests:
+            raise EngineBusyError(len(self.requests))
+        if self.tp_context is not None:
+            raise RuntimeError("sleep needs tensor_parallel_size 1: the other ranks do not "
+                               "sleep yet")
+        if self.in_flight is not None:  # a wasted token of a finished sequence: drop it
+            self._settle(self.in_flight)
+            self.in_flight = None
+        self.kv_cache.reset_prefix_cache()  # the cached blocks' contents go with the cache
+        self.runner.sleep()
+
+    def wake(self) -> WakeTimes:
+        """Back from standby: weights on the device, an empty KV cache, graphs captured;
+        returns how long each took (logged too: it is a cold-start phase)."""
+        times = self.runner.wake()
+        if times.total_s:
+            logger.info("woke in %.3f s (weights %.3f s, KV cache %.3f s, graphs %.3f s)",
+                        times.total_s, times.weights_s, times.kv_cache_s, times.graphs_s)
+        return times
+
     def shutdown(self) -> None:
         """Stop the tensor-parallel worker processes, if any (idempotent)."""
         if self.tp_context is not None:
@@ -259,6 +301,7 @@ class LLMEngine:
 
     def step(self) -> list[RequestDelta]:
         scheduled = self.scheduler.schedule()
+        self.runner.apply_swaps(scheduled)  # even for an empty step: a swap-out is owed
         previous, self.in_flight = self.in_flight, None
         if scheduled.is_empty:
             return self._settle(previous) if previous is not None else []
@@ -400,4 +443,6 @@ class LLMEngine:
             num_preemptions_total=self.scheduler.num_preemptions,
             max_num_seqs=self.settings.max_num_seqs,
             num_kv_blocks=self.settings.num_kv_blocks,
+            num_swapped_out_total=self.scheduler.num_swapped_out,
+            is_sleeping=self.runner.is_sleeping,
         )

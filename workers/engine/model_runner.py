@@ -7,6 +7,7 @@ It owns the model and the KV cache tensors (one K and one V tensor per layer, sh
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ from pagefleet.workers.arithmetic import cdiv
 from pagefleet.workers.attention import AttentionMetadata, get_attention_backend
 from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.engine.cuda_graphs import DecodeGraphs
+from pagefleet.workers.engine.host_memory import HostKVCache, HostWeights
 from pagefleet.workers.engine.lazy_zeros import zeros
 from pagefleet.workers.engine.pinned import PinnedRing
 from pagefleet.workers.engine.resolved_config import (
@@ -53,6 +55,19 @@ class HostStep:
     # `input_ids`, and where the previous step's device-side choices hold them.
     pending_rows: np.ndarray  # [num_pending] int64
     pending_sources: np.ndarray  # [num_pending] int64
+
+
+@dataclass(frozen=True, slots=True)
+class WakeTimes:
+    """Seconds a wake spent on each phase (zero when the runner was awake already)."""
+
+    weights_s: float = 0.0  # host to device
+    kv_cache_s: float = 0.0  # allocate and zero
+    graphs_s: float = 0.0  # capture the decode graphs again
+
+    @property
+    def total_s(self) -> float:
+        return self.weights_s + self.kv_cache_s + self.graphs_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,19 +123,82 @@ class ModelRunner:
         self.kv_caches = self._allocate_kv_cache(self.num_blocks + 1)
         self.phases.mark("kv_allocated")
         self._staging = PinnedRing(slots=4)  # two uploads a step; used on CUDA only
-        self.graphs: DecodeGraphs | None = None
-        if self.settings.use_cuda_graphs:
-            self.graphs = DecodeGraphs(
-                self.model, self.kv_caches, self.settings.max_graph_batch_size,
-                self.settings.max_model_len, self.block_size, null_block=self.num_blocks,
-                device=self.device,
-            )
+        self.graphs = self._capture_graphs()
+        self.host_weights: HostWeights | None = None  # made by the first sleep, then kept
+        self.host_kv: HostKVCache | None = None  # the swap space, see allocate_swap_space
+        self.is_sleeping = False
+        if self.graphs is not None:
             self.phases.mark("graphs_captured")
+
+    def _capture_graphs(self) -> DecodeGraphs | None:
+        if not self.settings.use_cuda_graphs:
+            return None
+        return DecodeGraphs(
+            self.model, self.kv_caches, self.settings.max_graph_batch_size,
+            self.settings.max_model_len, self.block_size, null_block=self.num_blocks,
+            device=self.device,
+        )
 
     @property
     def bytes_per_block(self) -> int:
         element = torch.empty((), dtype=self.dtype).element_size()
         return 2 * self.arch.num_layers * self.block_size * self.num_kv_heads * self.arch.head_dim * element
+
+    # ---- host memory: swap space and standby ------------------------------------------
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def allocate_swap_space(self, num_bytes: int) -> int:
+        """Allocate the host swap space (pinned on CUDA); returns its size in blocks."""
+        num_host_blocks = num_bytes // self.bytes_per_block
+        if num_host_blocks > 0:
+            self.host_kv = HostKVCache(self.kv_caches, num_host_blocks, self.device)
+        return num_host_blocks
+
+    def apply_swaps(self, output: SchedulerOutput) -> None:
+        """Make the step's block copies: out first (their device blocks may be handed out
+        again in this very step), then in; both before the step's forward pass."""
+        if self.host_kv is None:
+            return
+        if output.swap_out:
+            self.host_kv.swap_out(self.kv_caches, [(c.device_block_id, c.host_block_id)
+                                                   for c in output.swap_out])
+        if output.swap_in:
+            self.host_kv.swap_in(self.kv_caches, [(c.host_block_id, c.device_block_id)
+                                                  for c in output.swap_in])
+
+    def sleep(self) -> None:
+        """Free the device: weights to host memory, the KV cache and the graphs dropped.
+        The swap space stays (it is host memory already, and empty while nothing runs)."""
+        if self.is_sleeping:
+            return
+        if self.host_weights is None:
+            self.host_weights = HostWeights(self.model, self.device)
+        self.graphs = None
+        self.kv_caches = []
+        self.host_weights.release_device()
+        self.is_sleeping = True
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def wake(self) -> WakeTimes:
+        """Weights back, a fresh (zeroed) KV cache of the same size, graphs captured again
+        (the weights and the cache have new addresses, which captured graphs bake in)."""
+        if not self.is_sleeping:
+            return WakeTimes()
+        assert self.host_weights is not None  # sleep() made it
+        start = time.perf_counter()
+        self.host_weights.restore_device()  # synchronises
+        weights_done = time.perf_counter()
+        self.kv_caches = self._allocate_kv_cache(self.num_blocks + 1)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        kv_done = time.perf_counter()
+        self.graphs = self._capture_graphs()  # synchronises
+        self.is_sleeping = False
+        return WakeTimes(weights_done - start, kv_done - weights_done, time.perf_counter() - kv_done)
 
     def _decide_num_blocks(self, settings: ResolvedEngineConfig) -> int:
         if self.config.num_kv_blocks is not None:

@@ -61,6 +61,8 @@ class EngineStats:
     num_preemptions_total: int
     max_num_seqs: int
     num_kv_blocks: int
+    num_swapped_out_total: int = 0  # preemptions that swapped KV out instead of recomputing
+    is_sleeping: bool = False
 
 
 @dataclass(slots=True)

@@ -3,7 +3,11 @@
 Every step fills a token budget: running sequences first (one token for a decode, the next
 chunk for an unfinished prefill), then waiting sequences in arrival order while blocks and
 sequence slots allow. When a running sequence cannot get a block, the newest running sequence
-is preempted: its blocks are freed and it is recomputed later from the head of the queue.
+is preempted: its blocks are freed and it goes back to the head of the queue, either to be
+recomputed or, when a swap space is configured and the cost model says moving its KV is
+cheaper than recomputing it, with its blocks swapped out to host memory and back in on
+readmission (the step's output lists the block copies; the runner makes them before the
+step's forward pass).
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from pagefleet.workers.engine.kv_cache_manager import NO_HIT, KVCacheManager
+from pagefleet.workers.arithmetic import cdiv
+from pagefleet.workers.engine.kv_cache_manager import NO_HIT, BlockCopy, KVCacheManager
+from pagefleet.workers.engine.preemption import PreemptionCost
 from pagefleet.workers.engine.sequence import Sequence, SequenceStatus
 
 
@@ -56,6 +62,8 @@ class ScheduledSeq:
 class SchedulerOutput:
     scheduled: list[ScheduledSeq] = field(default_factory=list)
     num_preempted: int = 0
+    swap_out: list[BlockCopy] = field(default_factory=list)  # copied before the step runs
+    swap_in: list[BlockCopy] = field(default_factory=list)  # copied after swap_out
 
     @property
     def is_empty(self) -> bool:
@@ -63,14 +71,17 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager) -> None:
+    def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager,
+                 preemption_cost: PreemptionCost | None = None) -> None:
         self.config = config
         self.kv_cache = kv_cache
+        self.preemption_cost = preemption_cost  # None: always recompute
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         # Choices 1..n-1 of a request wait here until choice 0 has computed the prompt.
         self.pending_forks: dict[str, list[Sequence]] = {}
         self.num_preemptions = 0
+        self.num_swapped_out = 0
 
     def add(self, seqs: list[Sequence]) -> None:
         first, *siblings = seqs
@@ -90,7 +101,7 @@ class Scheduler:
             num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
             while not self.kv_cache.allocate(seq, num_new):
                 victim = self.running.pop()
-                self._preempt(victim)
+                self._preempt(victim, output)
                 output.num_preempted += 1
                 if victim is seq:
                     break
@@ -102,6 +113,15 @@ class Scheduler:
             return output  # blocks are scarce, or too few slots free to be worth a prefill step
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
+            if self.kv_cache.is_swapped(seq.seq_id):
+                num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+                copies = self.kv_cache.swap_in(seq, num_new)
+                if copies is None:
+                    break
+                output.swap_in.extend(copies)
+                self._admit(seq, num_new, output)
+                budget -= num_new
+                continue
             hit = self.kv_cache.find_prefix(seq) if seq.num_computed_tokens == 0 else NO_HIT
             num_hit = hit.num_tokens(self.config.block_size)
             num_new = min(seq.num_tokens - seq.num_computed_tokens - num_hit, budget)
@@ -112,12 +132,15 @@ class Scheduler:
                 if seq.num_cached_prompt_tokens == 0:
                     seq.num_cached_prompt_tokens = num_hit
             seq.num_computed_tokens += num_hit
-            self.waiting.popleft()
-            seq.status = SequenceStatus.RUNNING
-            self.running.append(seq)
-            output.scheduled.append(self._scheduled(seq, num_new))
+            self._admit(seq, num_new, output)
             budget -= num_new
         return output
+
+    def _admit(self, seq: Sequence, num_new_tokens: int, output: SchedulerOutput) -> None:
+        self.waiting.popleft()
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+        output.scheduled.append(self._scheduled(seq, num_new_tokens))
 
     def _scheduled(self, seq: Sequence, num_new_tokens: int) -> ScheduledSeq:
         return ScheduledSeq(seq, num_new_tokens, self.kv_cache.block_ids(seq.seq_id))
@@ -141,7 +164,9 @@ class Scheduler:
     def finish(self, seq: Sequence, reason: str) -> None:
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
-        self.running.remove(seq)
+        # A sequence preempted while its last token was in flight (asynchronous scheduling)
+        # finishes from the queue, its blocks on the host or already freed.
+        (self.running if seq in self.running else self.waiting).remove(seq)
         self.kv_cache.free(seq.seq_id)
 
     def abort(self, request_id: str) -> list[Sequence]:
@@ -158,12 +183,23 @@ class Scheduler:
             seq.finish_reason = "abort"
         return aborted
 
-    def _preempt(self, seq: Sequence) -> None:
-        self.kv_cache.free(seq.seq_id)
-        seq.num_computed_tokens = 0
+    def _preempt(self, seq: Sequence, output: SchedulerOutput) -> None:
+        if self._should_swap(seq):
+            output.swap_out.extend(self.kv_cache.swap_out(seq))
+            self.num_swapped_out += 1
+        else:
+            self.kv_cache.free(seq.seq_id)
+            seq.num_computed_tokens = 0
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
+
+    def _should_swap(self, seq: Sequence) -> bool:
+        cost = self.preemption_cost
+        if cost is None or seq.num_computed_tokens == 0 or not self.kv_cache.can_swap_out(seq):
+            return False
+        num_blocks = cdiv(seq.num_computed_tokens, self.config.block_size)
+        return cost.prefers_swap(seq.num_computed_tokens, num_blocks)
 
     def _fork(self, parent: Sequence, siblings: list[Sequence]) -> None:
         for child in reversed(siblings):

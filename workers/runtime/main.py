@@ -211,7 +211,7 @@ def registry_engine_factory(spec: Any, phases: PhaseRecorder | None = None,
             from pagefleet.workers.embed import EmbeddingEngine
 
             return EmbeddingEngine.from_config(config)
-        engine = AsyncEngine(config, tokenizer)
+        engine = AsyncEngine(config, tokenizer, standby_after_s=spec.scaling.standby_after_s)
         if phases is not None:
             phases.extend(engine.phases.phases)
         return engine

@@ -11,6 +11,7 @@ import yaml
 from pagefleet.platform.registry import (
     EngineSettings,
     RegistryError,
+    ScalingPolicy,
     UnknownModelError,
     default_registry_path,
     load_registry,
@@ -87,6 +88,8 @@ def test_source_defaults_to_name() -> None:
         (("scaling", "scale_down_window_s"), -1, "scale_down_window_s must be a non-negative"),
         (("scaling", "batch_wake_after_s"), -1, "batch_wake_after_s must be a non-negative"),
         (("scaling", "bogus"), 1, "scaling: unknown key(s) ['bogus']"),
+        (("scaling", "standby_after_s"), -5, "standby_after_s must be a non-negative number or null"),
+        (("engine", "swap_space"), "lots", "swap_space must be a non-negative number of GiB"),
         (("profile", "tensor_parallel_size"), 4, "tensor_parallel_size 4 must divide count 2"),
         (("profile", "shm"), "lots", "shm must be a Kubernetes quantity"),
         (("profile", "tolerations"), [{"key": "k", "operator": "Sometimes"}], "tolerations[0]: operator"),
@@ -127,3 +130,18 @@ def test_load_reports_unreadable_and_invalid_files(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(VALID))
     assert load_registry(good).origin == str(good)
+
+
+def test_standby_and_swap_space_are_read() -> None:
+    spec = parse_registry(_with(("scaling", "standby_after_s"), 30)).get("tiny")
+    assert spec.scaling.standby_after_s == 30
+    assert ScalingPolicy().standby_after_s is None  # idle means zero unless asked
+    spec = parse_registry(_with(("engine", "swap_space"), 4)).get("tiny")
+    assert spec.engine_kwargs()["swap_space"] == 4
+
+
+def test_standby_example_shares_one_gpu() -> None:
+    registry = load_registry(EXAMPLE.with_name("registry-standby.yaml"))
+    specs = list(registry.models.values())
+    assert len(specs) == 2 and all(spec.scaling.standby_after_s for spec in specs)
+    assert all(spec.engine.num_kv_blocks for spec in specs)  # sized alike whoever is awake
