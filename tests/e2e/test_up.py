@@ -22,6 +22,7 @@ from pagefleet.platform.protocol import keys
 from pagefleet.platform.protocol.phases import PHASE_EVENT_FIELD, decode_phase_event, in_order
 from tests.integration.runtime.processes import SOURCE
 from tests.support.redis_server import free_port
+from tests.support.up_exit import wait_for_exit
 
 MODEL = "up-smollm2"
 IDLE_S = 3  # scale_to_zero_after_s: long enough to be a real wait, short for CI
@@ -89,7 +90,7 @@ def test_up_scales_from_zero_serves_the_openai_client_and_back_to_zero(tmp_path:
                     log_path, up, "the worker to exit")
 
         up.send_signal(signal.SIGINT)
-        assert up.wait(timeout=120) == 0, log_path.read_text()
+        assert wait_for_exit(up, log_path) == 0, log_path.read_text()
     finally:
         if up.poll() is None:
             up.kill()

@@ -17,6 +17,7 @@ import yaml
 
 from pagefleet.platform.processes.ports import free_port
 from tests.integration.runtime.processes import SOURCE
+from tests.support.up_exit import wait_for_exit
 
 MODEL = "up-supervised"
 
@@ -75,7 +76,7 @@ def test_kill_9_of_up_leaves_nothing_and_redis_keeps_its_data(tmp_path: Path) ->
     children = _children(up.pid)
     if len(children) != 4:  # redis-server, gateway, controller, batch worker
         up.send_signal(signal.SIGINT)  # stop it cleanly: a failed test leaves nothing running
-        up.wait(timeout=120)
+        wait_for_exit(up, log_path)
         raise AssertionError(f"up has {len(children)} children, not 4:\n{log_path.read_text()}")
     client = redis.Redis.from_url(_redis_url(log_path))
     client.set("pf:test:survivor", "kept")
@@ -98,7 +99,7 @@ def test_kill_9_of_up_leaves_nothing_and_redis_keeps_its_data(tmp_path: Path) ->
         assert client.get("pf:test:survivor") == b"kept"
         client.close()
         up.send_signal(signal.SIGINT)
-        assert up.wait(timeout=120) == 0, log_path.read_text()
+        assert wait_for_exit(up, log_path) == 0, log_path.read_text()
     finally:
         if up.poll() is None:
             up.kill()
