@@ -169,7 +169,10 @@ def run(args: argparse.Namespace) -> int:
         base_url = f"http://{settings.host}:{settings.port}/v1"
         storage = "an external Redis" if settings.redis_url else f"data in {data_dir}"
         print(_banner(base_url, spec, redis_url, storage), flush=True)
+        # Both explicitly: a process started in the background by a non-interactive shell
+        # inherits SIGINT as ignored, and Python then installs no KeyboardInterrupt for it.
         signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
         with contextlib.suppress(KeyboardInterrupt):
             exited = wait_for_any_exit({"the gateway": gateway, "the controller": controller,
                                         "the batch worker": batch_worker})
