@@ -9,7 +9,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _LOAD_FORMATS = ("auto", "dummy")
 _BACKENDS = (None, "torch", "triton")
-_QUANTIZATIONS = (None, "fp8", "int4")  # = workers.models.fp8.QUANTIZATIONS (this module stays torch-free)
+QUANTIZATIONS = (None, "fp8", "int4")  # the one list: models/fp8.py and the loader read it too
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +86,8 @@ class EngineConfig:
             )
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError(f"num_kv_blocks must be at least 1, got {self.num_kv_blocks}")
-        if self.quantization not in _QUANTIZATIONS:
-            raise ValueError(f"quantization must be one of {_QUANTIZATIONS}, got {self.quantization!r}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
         if self.async_scheduling and self.tensor_parallel_size > 1:
             raise ValueError("async_scheduling needs tensor_parallel_size 1: only rank 0 "
                              "samples, so the other ranks could not read the chosen tokens")

@@ -135,17 +135,15 @@ class HostKVCache:
             host_v.index_copy_(0, host_dst, dev_v.index_select(0, src).cpu())
 
     def swap_in(self, device_caches: KVCaches, pairs: list[tuple[int, int]]) -> None:
-        """Copy host blocks to device blocks, `pairs` of (host id, device id), queued on the
-        current stream ahead of the step that reads them."""
+        """Copy host blocks to device blocks, `pairs` of (host id, device id), ahead of the
+        step that reads them."""
         src, dst = _index_pair(pairs)
         dev_dst = dst.to(self.device)
-        pin = self.device.type == "cuda"
         for (dev_k, dev_v), (host_k, host_v) in zip(device_caches, self.caches, strict=True):
-            for dev, host in ((dev_k, host_k), (dev_v, host_v)):
-                staged = host.index_select(0, src)
-                if pin:
-                    staged = staged.pin_memory()
-                dev.index_copy_(0, dev_dst, staged.to(self.device, non_blocking=pin))
+            # The gathered blocks are a fresh (pageable) tensor: copied once to the device,
+            # rather than pinned first (a second copy and a pinned allocation per layer).
+            dev_k.index_copy_(0, dev_dst, host_k.index_select(0, src).to(self.device))
+            dev_v.index_copy_(0, dev_dst, host_v.index_select(0, src).to(self.device))
 
 
 def _index_pair(pairs: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -191,7 +191,7 @@ class KVCacheManager:
         instead: its table no longer holds every block that swap-in would restore."""
         table = self.block_tables.get(seq.seq_id)
         return (self.host_pool is not None and table is not None and table.num_released == 0
-                and self._num_computed_blocks(seq) <= self.host_pool.num_free_blocks)
+                and self.num_computed_blocks(seq) <= self.host_pool.num_free_blocks)
 
     def swap_out(self, seq: Sequence) -> list[BlockCopy]:
         """Move the blocks that hold the sequence's computed tokens to host blocks and free
@@ -199,7 +199,7 @@ class KVCacheManager:
         caller copies the returned blocks before any step writes to the freed ones."""
         assert self.host_pool is not None  # can_swap_out said yes
         table = self.block_tables.pop(seq.seq_id)
-        device_blocks = table.blocks[: self._num_computed_blocks(seq)]
+        device_blocks = table.blocks[: self.num_computed_blocks(seq)]
         host_blocks = self.host_pool.allocate(len(device_blocks))
         self.host_tables[seq.seq_id] = host_blocks
         self.pool.free(reversed(table.blocks))
@@ -223,9 +223,9 @@ class KVCacheManager:
             self._cache_full_blocks(seq, table, num_tokens // self.block_size)
         return [BlockCopy(d.block_id, h.block_id) for d, h in zip(table.blocks, host_blocks, strict=False)]
 
-    def _num_computed_blocks(self, seq: Sequence) -> int:
+    def num_computed_blocks(self, seq: Sequence) -> int:
+        """Blocks that hold the sequence's computed tokens (what a swap moves)."""
         return cdiv(seq.num_computed_tokens, self.block_size)
-
 
     def _release_dead_blocks(self, seq: Sequence, num_new_tokens: int) -> None:
         """Give back the blocks before the window of this step's first query. With prefix

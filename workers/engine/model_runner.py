@@ -141,8 +141,8 @@ class ModelRunner:
 
     @property
     def bytes_per_block(self) -> int:
-        element = torch.empty((), dtype=self.dtype).element_size()
-        return 2 * self.arch.num_layers * self.block_size * self.num_kv_heads * self.arch.head_dim * element
+        return (2 * self.arch.num_layers * self.block_size * self.num_kv_heads * self.arch.head_dim
+                * self.dtype.itemsize)
 
     # ---- host memory: swap space and standby ------------------------------------------
 

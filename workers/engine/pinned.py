@@ -28,6 +28,7 @@ class PinnedRing:
         self._buffers: list[torch.Tensor | None] = [None] * slots
         self._events: list[torch.cuda.Event | None] = [None] * slots
         self._next = 0
+        self._last_slot = 0
 
     def _take(self, num_bytes: int) -> tuple[int, torch.Tensor]:
         slot = self._next
@@ -45,14 +46,21 @@ class PinnedRing:
         event = self._events[slot] or torch.cuda.Event()
         event.record()
         self._events[slot] = event
+        self._last_slot = slot
+
+    @property
+    def fence(self) -> torch.cuda.Event | None:
+        """The event recorded after the latest copy: once it has passed, every copy made
+        through the ring so far is done (one stream, in order), so a caller needs no event
+        of its own."""
+        return self._events[self._last_slot]
 
     def upload(self, arrays: Sequence[np.ndarray], dtype: torch.dtype,
                device: torch.device) -> list[torch.Tensor]:
         """`arrays` packed back to back into one slot and copied to `device` in one
         asynchronous transfer; returns a device tensor per array."""
         sizes = [array.size for array in arrays]
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        slot, staging = self._take(sum(sizes) * itemsize)
+        slot, staging = self._take(sum(sizes) * dtype.itemsize)
         torch.cat([torch.from_numpy(array) for array in arrays], out=staging.view(dtype))
         on_device = staging.view(dtype).to(device, non_blocking=True)
         self._record(slot)

@@ -110,9 +110,7 @@ class Sampler:
                 logprobs.rows, logprobs.num_top, to_host(logprobs.sampled),
                 to_host(logprobs.top_values), to_host(logprobs.top_ids),
             )
-        ready = torch.cuda.Event()
-        ready.record()
-        return DeviceSample(token_ids, host_ids, logprobs, ready)
+        return DeviceSample(token_ids, host_ids, logprobs, self._host_copies.fence)
 
     def _choose(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         chosen = logits.argmax(dim=-1)

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from pagefleet.workers.arithmetic import cdiv
 from pagefleet.workers.engine.kv_cache_manager import NO_HIT, BlockCopy, KVCacheManager
 from pagefleet.workers.engine.preemption import PreemptionCost
 from pagefleet.workers.engine.sequence import Sequence, SequenceStatus
@@ -198,8 +197,7 @@ class Scheduler:
         cost = self.preemption_cost
         if cost is None or seq.num_computed_tokens == 0 or not self.kv_cache.can_swap_out(seq):
             return False
-        num_blocks = cdiv(seq.num_computed_tokens, self.config.block_size)
-        return cost.prefers_swap(seq.num_computed_tokens, num_blocks)
+        return cost.prefers_swap(seq.num_computed_tokens, self.kv_cache.num_computed_blocks(seq))
 
     def _fork(self, parent: Sequence, siblings: list[Sequence]) -> None:
         for child in reversed(siblings):

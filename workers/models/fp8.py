@@ -8,10 +8,13 @@ rounded operands are multiplied in float32, which is the reference the GPU path 
 against and lets CPU tests measure what FP8 does to greedy outputs.
 
 vLLM names this `quantization="fp8"` (online quantisation of a bf16 checkpoint); checkpoints
-already in FP8 (a `weight_scale` beside each weight) load through `load_fp8_weight_scale`.
+already in FP8 (a `weight_scale` beside each weight) load as stored (`loader.build_model`,
+`QuantizableLinear.prepare_fp8`, `per_row_scale`).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -21,9 +24,9 @@ from pagefleet.kernels.quant_fp8 import (
     per_token_quant_fp8,
     per_token_quant_fp8_ref,
 )
+from pagefleet.workers.engine.config import QUANTIZATIONS
 
 __all__ = ["FP8_DTYPE", "FP8_MAX", "QUANTIZATIONS", "fp8_linear", "per_row_scale", "quantize_rows"]
-QUANTIZATIONS = (None, "fp8", "int4")
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,7 +42,13 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def scaled_mm_supported(device: torch.device) -> bool:
     """FP8 tensor cores: compute capability 8.9 (Ada) or 9.x (Hopper) and newer."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    return device.type == "cuda" and _has_fp8_tensor_cores(device.index)
+
+
+@functools.cache
+def _has_fp8_tensor_cores(index: int | None) -> bool:
+    """Asked once per device, not on every linear layer's call."""
+    return torch.cuda.get_device_capability(index) >= (8, 9)
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
