@@ -150,11 +150,10 @@ def instrument(llm: LLM) -> StepBreakdown:
     """Wrap the runner and sampler of one engine with timers (benchmarks only)."""
     engine, runner = llm.engine, llm.engine.runner
     arch = engine.arch
-    element = torch.empty((), dtype=runner.dtype).element_size()
     breakdown = StepBreakdown(
         copy_bytes_per_s=measure_copy_gb_s(runner.device) * 1e9 if runner.device.type == "cuda" else 0.0,
         weight_bytes=_decode_weight_bytes(runner.model, arch.tie_word_embeddings),
-        kv_bytes_per_token=2 * arch.num_layers * runner.num_kv_heads * arch.head_dim * element,
+        kv_bytes_per_token=runner.bytes_per_block // runner.block_size,
     )
     execute, sample = runner.execute, engine.sampler.sample
 
@@ -298,10 +297,8 @@ def run_engine_bench(options: EngineBenchOptions) -> list[Throughput]:
     if options.constrained_fractions:  # compile the grammar outside the timing
         llm.generate([requests[0].prompt_token_ids],
                      SamplingParams(max_tokens=2, ignore_eos=True, structured_output=BENCH_GRAMMAR))
-    for k, fraction in enumerate(options.constrained_fractions):  # fresh prompts: no cache hits
-        fresh = dataclasses.replace(options.workload, seed=options.workload.seed + 2000 + k)
-        results.append(bench_pagefleet(llm, _workload_for(fresh, llm.engine.arch.vocab_size),
-                                       constrained=fraction))
+    for k, fraction in enumerate(options.constrained_fractions):  # same lengths, no cache hits
+        results.append(bench_pagefleet(llm, _shifted(requests, options.repeat + k), constrained=fraction))
         print(results[-1].row(), flush=True)
     if options.breakdown:  # an instrumented second pass on fresh prompts (no prefix-cache hits)
         fresh = dataclasses.replace(options.workload, seed=options.workload.seed + 1)

@@ -18,7 +18,7 @@ import torch
 
 from pagefleet.platform.protocol.sampling import SamplingParams
 from pagefleet.workers.engine.config import EngineConfig
-from pagefleet.workers.engine.llm_engine import LLMEngine
+from pagefleet.workers.engine.llm import LLM
 
 _PROMPTS = [[(7 * i + 13 * j) % 1000 + 10 for j in range(32 + 8 * i)] for i in range(4)]
 _GREEDY = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
@@ -35,14 +35,8 @@ class StandbyCycle:
     same_tokens: bool
 
 
-def _generate(engine: LLMEngine) -> list[list[int]]:
-    for i, prompt in enumerate(_PROMPTS):
-        engine.add_request(f"standby-{i}", prompt, _GREEDY)
-    tokens: dict[str, list[int]] = {}
-    while engine.has_unfinished():
-        for delta in engine.step():
-            tokens.setdefault(delta.request_id, []).extend(delta.token_ids)
-    return [tokens[f"standby-{i}"] for i in range(len(_PROMPTS))]
+def _generate(llm: LLM) -> list[list[int]]:
+    return [list(output.outputs[0].token_ids) for output in llm.generate(_PROMPTS, _GREEDY)]
 
 
 def _device_bytes(device: torch.device) -> int:
@@ -51,11 +45,12 @@ def _device_bytes(device: torch.device) -> int:
 
 def run_standby_bench(config: EngineConfig, num_cycles: int, json_path: Path | None = None) -> list[StandbyCycle]:
     start = time.perf_counter()
-    engine = LLMEngine(config)
+    llm = LLM(**asdict(config))
+    engine = llm.engine
     device = engine.settings.device
     print(f"engine ready in {time.perf_counter() - start:.2f} s on {device}; "
           f"{engine.runner.num_params / 1e9:.2f} B parameters, {engine.settings.num_kv_blocks} KV blocks")
-    reference = _generate(engine)
+    reference = _generate(llm)
     awake_bytes = _device_bytes(device)
     cycles = []
     for _ in range(num_cycles):
@@ -67,7 +62,7 @@ def run_standby_bench(config: EngineConfig, num_cycles: int, json_path: Path | N
         times = engine.wake()
         wake_s = time.perf_counter() - start
         cycles.append(StandbyCycle(sleep_s, wake_s, times.weights_s, times.kv_cache_s,
-                                   times.graphs_s, asleep_bytes, _generate(engine) == reference))
+                                   times.graphs_s, asleep_bytes, _generate(llm) == reference))
     print(f"device memory awake {awake_bytes / 2**30:.2f} GiB")
     print(f"{'cycle':>5} {'sleep s':>8} {'wake s':>8} {'weights':>8} {'kv':>8} {'graphs':>8} "
           f"{'asleep GiB':>10} {'same tokens':>11}")
