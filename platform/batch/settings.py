@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 
-def require_positive(settings: object, names: Iterable[str]) -> None:
-    """A settings check: `ValueError` naming the first of `names` that is not positive."""
-    for name in names:
-        value = getattr(settings, name)
+def require_positive(settings: Any, but: Iterable[str] = ()) -> None:
+    """A check for settings whose numbers are all sizes, counts and durations: `ValueError`
+    naming the first number field (other than those in `but`) that is not positive. Reading
+    the fields rather than a list of their names keeps a new field from going unchecked."""
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if field.name in but or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
         if not value > 0:
-            raise ValueError(f"{name} must be positive, got {value!r}")
+            raise ValueError(f"{field.name} must be positive, got {value!r}")
 
 
 def default_files_dir() -> str:
@@ -49,10 +55,7 @@ class BatchSettings:
     max_listed_errors: int = 100
 
     def __post_init__(self) -> None:
-        require_positive(self, ("max_file_bytes", "file_retention_s", "file_sweep_s",
-                                "max_in_flight", "max_backlog", "step_s", "lease_s",
-                                "visibility_timeout_s", "max_completion_window_s",
-                                "max_listed_errors"))
+        require_positive(self)
         if self.lease_s <= self.step_s:
             raise ValueError("lease_s must exceed step_s (a step renews its lease between waits)")
         if self.visibility_timeout_s <= self.lease_s:

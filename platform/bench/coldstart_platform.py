@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from pagefleet.platform.bench.client import CompletionsClient
 from pagefleet.platform.bench.coldstart import OUTPUT_LEN, PROMPT_IDS, ColdStart, platform_timeline
-from pagefleet.platform.processes.children import stop_process
+from pagefleet.platform.processes.children import stop_process, wait_until
 from pagefleet.platform.processes.ports import free_port, wait_for_port
 from pagefleet.platform.processes.redis_server import redis_server
 from pagefleet.platform.protocol import keys
@@ -117,9 +117,7 @@ def _scale_up_decision(client: redis.Redis, model: str, since: float) -> dict[st
 
 
 def _wait(condition: Callable[[], Any], controller: subprocess.Popen, what: str, workdir: Path) -> None:
-    deadline = time.monotonic() + _SETUP_TIMEOUT_S
-    while not condition():
-        if controller.poll() is not None or time.monotonic() > deadline:
-            log = (workdir / "controller.log").read_text(errors="replace")
-            raise SystemExit(f"gave up waiting for {what}:\n{log}")
-        time.sleep(0.05)  # polling a readiness condition with a deadline
+    def failure() -> str:
+        return f"gave up waiting for {what}:\n{(workdir / 'controller.log').read_text(errors='replace')}"
+
+    wait_until(condition, controller, failure, _SETUP_TIMEOUT_S)

@@ -128,7 +128,7 @@ class Controller:
 
     async def _reconcile_guarded(self, spec: ModelSpec, trigger: str) -> Decision | None:
         try:
-            return await self._reconcile(spec.name, trigger)
+            return await self._reconcile(spec, trigger)
         except BackendError as exc:
             log.warning("model %s: %s; retrying next tick", spec.name, exc)
         except PermanentBackendError as exc:
@@ -161,8 +161,8 @@ class Controller:
         """Close the Redis connection; the backend is closed by whoever built it."""
         await self._redis.aclose()
 
-    async def _reconcile(self, model: str, trigger: str = "tick") -> Decision:
-        spec = self.registry.get(model)
+    async def _reconcile(self, spec: ModelSpec, trigger: str) -> Decision:
+        model = spec.name
         now = self._clock()
         signals: Signals | None
         try:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 
@@ -55,6 +56,18 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def wait_until(condition: Callable[[], Any], proc: subprocess.Popen, failure: Callable[[], str],
+               timeout_s: float) -> None:
+    """Return once `condition()` is truthy; `SystemExit(failure())` if `proc`, the child that
+    should make it so, exits first or `timeout_s` passes (`failure` is called then, so it may
+    read the child's log)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(failure())
+        time.sleep(0.05)  # polling a readiness condition with a deadline
 
 
 def wait_for_any_exit(children: Mapping[str, subprocess.Popen]) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
+
+from pagefleet.platform.processes.children import wait_until
 
 
 def free_port() -> int:
@@ -40,8 +41,5 @@ def port_is_open(port: int, host: str = "127.0.0.1") -> bool:
 
 def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout_s: float = 60.0) -> None:
     """Return once `port` accepts connections; `SystemExit` if `proc` exits or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while not port_is_open(port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"{what} did not start on port {port}")
-        time.sleep(0.05)  # polling a readiness condition with a deadline
+    wait_until(lambda: port_is_open(port), proc, lambda: f"{what} did not start on port {port}",
+               timeout_s)

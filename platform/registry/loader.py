@@ -10,7 +10,6 @@ from typing import Any
 
 import yaml
 
-from pagefleet.platform.protocol.tools import DEFAULT_TOOL_PARSER
 from pagefleet.platform.registry.spec import (
     EngineSettings,
     GpuProfile,
@@ -20,7 +19,8 @@ from pagefleet.platform.registry.spec import (
     Toleration,
 )
 
-_MODEL_KEYS = ("source", "engine", "profile", "scaling", "task", "matryoshka", "tool_parser")
+_PLAIN_KEYS = ("task", "matryoshka", "tool_parser")  # passed as written: ModelSpec has the defaults
+_MODEL_KEYS = ("source", "engine", "profile", "scaling", *_PLAIN_KEYS)
 _QUANTITY_KEYS = ("cpu", "memory", "shm")
 
 
@@ -105,9 +105,8 @@ def _parse_model(name: str, body: Any, origin: str) -> ModelSpec:
     scaling = _build(ScalingPolicy, body.get("scaling"), f"{where}: scaling")
     try:
         return ModelSpec(name=name, source=str(body.get("source", name)), engine=engine,
-                         profile=profile, scaling=scaling, task=body.get("task", "generate"),
-                         matryoshka=body.get("matryoshka", False),
-                         tool_parser=body.get("tool_parser", DEFAULT_TOOL_PARSER))
+                         profile=profile, scaling=scaling,
+                         **{key: body[key] for key in _PLAIN_KEYS if key in body})
     except ValueError as exc:
         raise RegistryError(f"{where}: {exc}") from None
 

@@ -34,14 +34,14 @@ from pagefleet.platform.protocol.phases import (
 log = logging.getLogger(__name__)
 
 
-def spawned_at_from_env(default: float | None = None) -> float:
-    """The spawn time the backend passed, else `default` (else now): a worker started by hand
-    or by Kubernetes counts from its own start."""
+def spawned_at_from_env() -> float:
+    """The spawn time the backend passed, else now: a worker started by hand or by Kubernetes
+    counts from its own start."""
     raw = os.environ.get(SPAWNED_AT_ENV)
     try:
-        return float(raw) if raw else (default if default is not None else time.time())
+        return float(raw) if raw else time.time()
     except ValueError:
-        return default if default is not None else time.time()
+        return time.time()
 
 
 class PhaseRecorder:
@@ -53,16 +53,14 @@ class PhaseRecorder:
         self.spawned_at = spawned_at
         self.cpu_at_spawn = cpu_at_spawn
         self.log = PhaseLog()
-        self._seen: set[str] = set()
         self._unpublished: list[PhaseEvent] = []
         self._publishing: asyncio.Task[None] | None = None
         self.mark("spawned", spawned_at, cpu_at_spawn)
 
     def mark(self, name: str, at: float | None = None, cpu_s: float | None = None) -> None:
         """Record `name` if this worker has not reached it before."""
-        if name in self._seen:
+        if self.reached(name):
             return
-        self._seen.add(name)
         phase = self.log.mark(name, at)
         cpu = phase.cpu_s if cpu_s is None else cpu_s
         event = PhaseEvent(worker_id=self.worker_id, model=self.model, phase=phase.name,
@@ -77,7 +75,7 @@ class PhaseRecorder:
             self.mark(phase.name, phase.at, phase.cpu_s)
 
     def reached(self, name: str) -> bool:
-        return name in self._seen
+        return any(phase.name == name for phase in self.log.phases)
 
     def publish_soon(self, redis: aioredis.Redis) -> None:
         """Publish what is marked in the background, after any earlier publish (the stream keeps

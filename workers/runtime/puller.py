@@ -28,29 +28,19 @@ _FULL_RECHECK_S = 0.25  # KV usage can drop without a request ending (preemption
 _URGENT = (keys.PRIORITY_INTERACTIVE, keys.PRIORITY_JOB)
 
 
-async def wait_first(awaitable: Any, stop: asyncio.Event, timeout: float | None = None) -> None:
-    """Wait for `awaitable`, `stop` or the timeout, whichever comes first; cancel the rest."""
-    work = asyncio.ensure_future(awaitable)
-    stopper = asyncio.ensure_future(stop.wait())
+async def wait_first(stop: asyncio.Event, *awaitables: Any, timeout: float | None = None) -> None:
+    """Wait for the first of `awaitables`, `stop` or the timeout; cancel the rest, and raise
+    what an awaitable that ended first raised."""
+    tasks = [asyncio.ensure_future(a) for a in (*awaitables, stop.wait())]
     try:
-        await asyncio.wait({work, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (work, stopper):
-            task.cancel()
-        await asyncio.gather(work, stopper, return_exceptions=True)
-    if work.done() and not work.cancelled() and work.exception() is not None:
-        raise work.exception()
-
-
-async def first_of(*awaitables: Any) -> None:
-    """Wait until one of `awaitables` is done; cancel the others."""
-    tasks = [asyncio.ensure_future(a) for a in awaitables]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()
 
 
 def batch_room(engine: EngineClient, executor: Executor, settings: WorkerSettings) -> int:
@@ -103,13 +93,13 @@ class Puller:
             except Exception:  # never let the puller die silently: log it and pull again
                 log.exception("pulling failed")
                 delay = _RETRY_S
-            await wait_first(asyncio.sleep(delay), self.stop)
+            await wait_first(self.stop, asyncio.sleep(delay))
 
     async def _pull_once(self) -> None:
         self.executor.changed.clear()
         free = self.free_slots()
         if free <= 0:
-            await wait_first(self.executor.changed.wait(), self.stop, _FULL_RECHECK_S)
+            await wait_first(self.stop, self.executor.changed.wait(), timeout=_FULL_RECHECK_S)
             return
         room = batch_room(self.engine, self.executor, self.settings)
         entries = await self.queues.read_available(free, max_batch=room)
@@ -119,8 +109,7 @@ class Puller:
         if room <= 0:
             # Batch entries may be waiting that this worker may not take yet: wake for more
             # urgent arrivals or when a request ends, not for those entries (that would spin).
-            await wait_first(first_of(self.executor.changed.wait(),
-                                      self.queues.wait_for_new(self.settings.idle_block_ms, _URGENT)),
-                             self.stop)
+            await wait_first(self.stop, self.executor.changed.wait(),
+                             self.queues.wait_for_new(self.settings.idle_block_ms, _URGENT))
             return
-        await wait_first(self.queues.wait_for_new(self.settings.idle_block_ms), self.stop)
+        await wait_first(self.stop, self.queues.wait_for_new(self.settings.idle_block_ms))
