@@ -189,9 +189,9 @@ class ResultAccumulator:
         logprobs = None
         if prompt.echo is not None and self.prepared.logprobs and prompt.logprobs:
             logprobs = echoed_logprobs(prompt.logprobs, [])
-        self.choices[index].num_chars += sum(len(lp.token) for lp in prompt.logprobs or []) if logprobs else 0
+            self.choices[index].num_chars += sum(len(lp.token) for lp in prompt.logprobs)
         choice = CompletionChoice(index=index, text=prompt.echo or "", logprobs=logprobs,
-                                  finish_reason=None, **extensions(FinishedChoice("", None, None, prompt=prompt)))
+                                  finish_reason=None, **extensions(prompt))
         return [self._completion_chunk(choice)]
 
     def finish_chunks(self, index: int) -> list[ChatCompletionChunk | CompletionChunk]:
