@@ -27,6 +27,7 @@ from pagefleet.platform.protocol.tools import (
     ToolParserName,
     ToolSpec,
     forced_output,
+    function_names,
 )
 
 _OPTIONAL_FLOATS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "min_p",
@@ -242,7 +243,7 @@ def tool_spec(body: ChatCompletionRequest, parser: ToolParserName) -> ToolSpec |
     if choice == "none":
         return None
     tools = [msgspec.to_builtins(tool) for tool in body.tools]
-    names = [tool.function.name for tool in body.tools]
+    names = function_names(tools)
     if len(set(names)) != len(names):
         raise bad_request("tools must have distinct function names", param="tools")
     try:
