@@ -34,10 +34,12 @@ WAKE_MIN_INTERVAL_S = 0.1
 
 
 @dataclass(slots=True)
-class _BacklogReading:
+class _Reading:
+    """A count read from Redis (a backlog, or a model's ready workers)."""
+
     value: int
     at: float  # time.monotonic() of the read
-    queued_since: int = 0  # entries this gateway added after the read
+    queued_since: int = 0  # backlogs: entries this gateway added after the read
 
 
 class Broker:
@@ -48,9 +50,9 @@ class Broker:
         self.redis = redis
         self._cancel_retention_ms = int(cancel_retention_s * 1000)
         self._backlog_max_age_s = backlog_max_age_s
-        self._backlogs: dict[tuple[str, int], _BacklogReading] = {}
+        self._backlogs: dict[tuple[str, int], _Reading] = {}
         self._backlog_reads: dict[tuple[str, int], asyncio.Future[int]] = {}
-        self._ready: dict[str, tuple[int, float]] = {}  # model -> (ready workers, monotonic read time)
+        self._ready: dict[str, _Reading] = {}  # model -> its ready workers
         self._woken_at: dict[str, float] = {}
 
     async def enqueue(self, envelopes: Sequence[RequestEnvelope], priority: int) -> None:
@@ -86,12 +88,15 @@ class Broker:
         return True
 
     async def _ready_workers_cached(self, model: str, max_age_s: float) -> int:
-        cached = self._ready.get(model)
-        if cached is not None and time.monotonic() - cached[1] <= self._backlog_max_age_s:
-            return cached[0]
-        ready = await self.ready_workers(model, max_age_s)
-        self._ready[model] = (ready, time.monotonic())
-        return ready
+        reading = self._ready.get(model)
+        if reading is None or not self._fresh(reading):
+            reading = _Reading(await self.ready_workers(model, max_age_s), time.monotonic())
+            self._ready[model] = reading
+        return reading.value
+
+    def _fresh(self, reading: _Reading) -> bool:
+        """Whether a reading may still stand in for Redis (at most `backlog_max_age_s` old)."""
+        return time.monotonic() - reading.at <= self._backlog_max_age_s
 
     async def cancel(self, model: str, request_ids: Sequence[str]) -> None:
         """Flag the requests (a worker that pulls one later skips it) and tell the workers."""
@@ -106,7 +111,7 @@ class Broker:
         a read at most `backlog_max_age_s` old plus what this gateway queued since."""
         key = (model, priority)
         reading = self._backlogs.get(key)
-        if reading is not None and time.monotonic() - reading.at <= self._backlog_max_age_s:
+        if reading is not None and self._fresh(reading):
             return reading.value + reading.queued_since
         pending = self._backlog_reads.get(key)
         if pending is None:
@@ -117,7 +122,7 @@ class Broker:
 
     async def _read_backlog(self, key: tuple[str, int]) -> int:
         value = await queue_backlog(self.redis, *key)
-        self._backlogs[key] = _BacklogReading(value, time.monotonic())
+        self._backlogs[key] = _Reading(value, time.monotonic())
         return value
 
     async def total_backlog(self, model: str) -> int:

@@ -241,12 +241,13 @@ def echoed_logprobs(prompt: list[TokenLogprob], generated: list[TokenLogprob]) -
     return logprobs
 
 
-def extensions(c: FinishedChoice) -> dict:
-    """vLLM's extension fields of a choice (None: left out)."""
-    prompt = c.prompt or PromptPart()
+def extensions(prompt: PromptPart | None, token_ids: list[int] | None = None) -> dict:
+    """vLLM's extension fields of a choice (None: left out); a stream's opening chunk has only
+    the prompt's."""
+    prompt = prompt or PromptPart()
     return {"prompt_logprobs": vllm_prompt_logprobs(prompt.logprobs)
             if prompt.report_logprobs and prompt.logprobs else None,
-            "prompt_token_ids": prompt.token_ids, "token_ids": c.token_ids}
+            "prompt_token_ids": prompt.token_ids, "token_ids": token_ids}
 
 
 def chat_completion(response_id: str, created: int, model: str,
@@ -254,7 +255,7 @@ def chat_completion(response_id: str, created: int, model: str,
     return ChatCompletion(id=response_id, created=created, model=model, usage=usage, choices=[
         ChatChoice(index=i, message=AssistantMessage("assistant", c.text, c.tool_calls),
                    logprobs=None if c.logprobs is None else chat_logprobs(c.logprobs),
-                   finish_reason=c.finish_reason, **extensions(c))
+                   finish_reason=c.finish_reason, **extensions(c.prompt, c.token_ids))
         for i, c in enumerate(choices)])
 
 
@@ -265,7 +266,7 @@ def _completion_choice(i: int, c: FinishedChoice) -> CompletionChoice:
         logprobs = (echoed_logprobs(c.prompt.logprobs, c.logprobs)
                     if echo is not None and c.prompt.logprobs else completion_logprobs(c.logprobs))
     return CompletionChoice(index=i, text=(echo or "") + (c.text or ""), logprobs=logprobs,
-                            finish_reason=c.finish_reason, **extensions(c))
+                            finish_reason=c.finish_reason, **extensions(c.prompt, c.token_ids))
 
 
 def completion(response_id: str, created: int, model: str,

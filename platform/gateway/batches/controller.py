@@ -6,24 +6,21 @@ from typing import Annotated
 
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from pagefleet.platform.gateway.batches.schemas import BatchCreate, BatchList, BatchObject
 from pagefleet.platform.gateway.batches.service import BatchService
-from pagefleet.platform.gateway.errors import ErrorResponse
+from pagefleet.platform.gateway.errors import error_specs
 
-_NOT_FOUND = {404: ResponseSpec(ErrorResponse, description="No such batch for this API key")}
+_NOT_FOUND = error_specs({404: "No such batch for this API key"})
 
 
 class BatchesController(Controller):
     path = "/v1/batches"
     tags = ("batches",)
 
-    @post("/", status_code=200, responses={
-        400: ResponseSpec(ErrorResponse, description="Invalid batch"),
-        404: ResponseSpec(ErrorResponse, description="Unknown input file"),
-    })
+    @post("/", status_code=200, responses=error_specs({400: "Invalid batch",
+                                                               404: "Unknown input file"}))
     async def create(self, data: JSONBody[BatchCreate], batches: NamedDependency[BatchService],
                      owner: NamedDependency[str]) -> BatchObject:
         return await batches.create(data, owner)

@@ -27,6 +27,7 @@ from pagefleet.platform.protocol.tools import (
     ToolParserName,
     ToolSpec,
     forced_output,
+    function_names,
 )
 
 _OPTIONAL_FLOATS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "min_p",
@@ -143,8 +144,9 @@ def _canonical_json(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def prompt_list(prompt: object) -> list[str | list[int]]:
-    """OpenAI's four prompt shapes as a list of single prompts (text or token ids)."""
+def prompt_list(prompt: object, param: str = "prompt") -> list[str | list[int]]:
+    """OpenAI's four prompt shapes as a list of single prompts (text or token ids); `param`
+    names the field in the error (embeddings call theirs `input`)."""
     if isinstance(prompt, str):
         return [prompt]
     if isinstance(prompt, list) and prompt:
@@ -154,8 +156,8 @@ def prompt_list(prompt: object) -> list[str | list[int]]:
             return [list(prompt)]
         if all(isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompt):
             return [list(p) for p in prompt]
-    raise bad_request("prompt must be a string, a list of strings, a list of token ids or a list "
-                      "of non-empty token id lists", param="prompt")
+    raise bad_request(f"{param} must be a string, a list of strings, a list of token ids or a "
+                      "list of non-empty token id lists", param=param)
 
 
 def _check_common(body: SamplingFields, num_prompts: int, context: RequestContext) -> None:
@@ -241,7 +243,7 @@ def tool_spec(body: ChatCompletionRequest, parser: ToolParserName) -> ToolSpec |
     if choice == "none":
         return None
     tools = [msgspec.to_builtins(tool) for tool in body.tools]
-    names = [tool.function.name for tool in body.tools]
+    names = function_names(tools)
     if len(set(names)) != len(names):
         raise bad_request("tools must have distinct function names", param="tools")
     try:

@@ -34,6 +34,8 @@ from pagefleet.platform.protocol.openai import (
 from pagefleet.platform.protocol.tool_parsers import StreamPiece, ToolCallStream, finished_choice
 from pagefleet.platform.protocol.tools import call_id
 
+WholeResponse = ChatCompletion | Completion | EmbeddingList  # what a request that does not stream gets
+
 
 @dataclass(slots=True)
 class ChoiceState:
@@ -136,7 +138,7 @@ class ResultAccumulator:
             raise RuntimeError(f"{p.response_id}: an input ended without an embedding")
         return embedding_list(p.model, self.embeddings, self.usage.prompt_tokens, p.encoding_format)
 
-    def response(self) -> ChatCompletion | Completion | EmbeddingList:
+    def response(self) -> WholeResponse:
         if self.prepared.kind == "embedding":
             return self.embedding_list()
         return self.chat_completion() if self.prepared.kind == "chat" else self.completion()
@@ -189,9 +191,9 @@ class ResultAccumulator:
         logprobs = None
         if prompt.echo is not None and self.prepared.logprobs and prompt.logprobs:
             logprobs = echoed_logprobs(prompt.logprobs, [])
-        self.choices[index].num_chars += sum(len(lp.token) for lp in prompt.logprobs or []) if logprobs else 0
+            self.choices[index].num_chars += sum(len(lp.token) for lp in prompt.logprobs)
         choice = CompletionChoice(index=index, text=prompt.echo or "", logprobs=logprobs,
-                                  finish_reason=None, **extensions(FinishedChoice("", None, None, prompt=prompt)))
+                                  finish_reason=None, **extensions(prompt))
         return [self._completion_chunk(choice)]
 
     def finish_chunks(self, index: int) -> list[ChatCompletionChunk | CompletionChunk]:

@@ -14,7 +14,7 @@ from pagefleet.platform.gateway.completions.service import CompletionService
 from pagefleet.platform.gateway.errors import error_specs
 from pagefleet.platform.protocol.openai import ChatCompletion, Completion
 
-_ERRORS = error_specs({
+ERROR_RESPONSES = error_specs({  # /v1/embeddings shows the same statuses
     400: "Malformed JSON, schema violation, bad parameter or context length exceeded",
     401: "Missing or invalid API key",
     404: "Unknown model",
@@ -22,7 +22,6 @@ _ERRORS = error_specs({
     429: "The model's queue is full (see Retry-After)",
     504: "Deadline exceeded",
 })
-ERROR_RESPONSES = _ERRORS  # the same statuses document /v1/embeddings
 
 
 class CompletionsRoutes(Controller):
@@ -31,7 +30,7 @@ class CompletionsRoutes(Controller):
 
     @post("/chat/completions", status_code=200,
           responses={200: ResponseSpec(ChatCompletion, description="A chat completion, or SSE "
-                                       "chunks when stream is true"), **_ERRORS})
+                                       "chunks when stream is true"), **ERROR_RESPONSES})
     async def chat(self, data: JSONBody[ChatCompletionRequest], completions: NamedDependency[CompletionService],
                    owner: NamedDependency[str], request: Request) -> Response | Stream:
         prepared = prepare_chat(data, completions.context("chatcmpl", owner),
@@ -40,7 +39,7 @@ class CompletionsRoutes(Controller):
 
     @post("/completions", status_code=200,
           responses={200: ResponseSpec(Completion, description="A completion, or SSE chunks "
-                                       "when stream is true"), **_ERRORS})
+                                       "when stream is true"), **ERROR_RESPONSES})
     async def completions(self, data: JSONBody[CompletionRequest], completions: NamedDependency[CompletionService],
                           owner: NamedDependency[str], request: Request) -> Response | Stream:
         prepared = prepare_completion(data, completions.context("cmpl", owner))

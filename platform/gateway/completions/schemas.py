@@ -129,6 +129,9 @@ class NamedFunction(msgspec.Struct, forbid_unknown_fields=True):
     name: str
 
 
+ToolChoiceWord = Literal["none", "auto", "required"]  # tool_choice short of naming a function
+
+
 class NamedToolChoice(msgspec.Struct, forbid_unknown_fields=True):
     function: NamedFunction
     type: Literal["function"] = "function"
@@ -141,7 +144,7 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     logprobs: bool | None = None
     top_logprobs: Int64 | None = None
     tools: list[ToolIn] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tool_choice: ToolChoiceWord | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     add_generation_prompt: bool | None = None
     continue_final_message: bool | None = None

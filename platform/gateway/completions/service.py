@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from pagefleet.platform.gateway.broker import Broker
 from pagefleet.platform.gateway.completions.params import PreparedRequest, RequestContext
-from pagefleet.platform.gateway.completions.results import ResultAccumulator
+from pagefleet.platform.gateway.completions.results import ResultAccumulator, WholeResponse
 from pagefleet.platform.gateway.delivery import (
     DeadlineExceeded,
     ResultHub,
@@ -48,7 +48,6 @@ from pagefleet.platform.gateway.metrics import GatewayMetrics
 from pagefleet.platform.gateway.settings import GatewaySettings
 from pagefleet.platform.protocol import DeltaEvent, ErrorEvent, FinalEvent, RequestEnvelope, keys
 from pagefleet.platform.protocol.messages import input_param
-from pagefleet.platform.protocol.openai import ChatCompletion, Completion
 from pagefleet.platform.protocol.tools import DEFAULT_TOOL_PARSER, ToolParserName
 
 logger = logging.getLogger(__name__)
@@ -158,7 +157,7 @@ class CompletionService:
             subscription.close()
             raise
 
-    async def answer(self, prepared: PreparedRequest, receive: Receive) -> ChatCompletion | Completion:
+    async def answer(self, prepared: PreparedRequest, receive: Receive) -> WholeResponse:
         """The whole answer of a request that does not stream (also what /v1/responses builds on)."""
         subscription, events = await self._open(prepared)
         try:
@@ -188,10 +187,10 @@ class CompletionService:
             logger.warning("could not cancel %s: %s", prepared.response_id, exc)
 
     async def _collect(self, prepared: PreparedRequest, events: AsyncIterator[SourcedEvent],
-                       receive: Receive) -> ChatCompletion | Completion:
+                       receive: Receive) -> WholeResponse:
         """Gather the whole answer while watching the connection; a client that leaves first
         gets its requests cancelled and a 499 that nobody reads."""
-        outcome: ChatCompletion | Completion | Exception | None = None
+        outcome: WholeResponse | Exception | None = None
         async with anyio.create_task_group() as group:
             group.start_soon(self._cancel_on_disconnect, prepared, receive, group.cancel_scope)
             try:
@@ -228,7 +227,7 @@ class CompletionService:
             raise queue_unavailable() from None
 
     async def _gather(self, prepared: PreparedRequest,
-                      events: AsyncIterator[SourcedEvent]) -> ChatCompletion | Completion:
+                      events: AsyncIterator[SourcedEvent]) -> WholeResponse:
         accumulator = ResultAccumulator(prepared)
         async with self._cancel_and_translate(prepared):
             try:

@@ -10,18 +10,14 @@ from pagefleet.platform.gateway.completions.params import (
     prompt_list,
 )
 from pagefleet.platform.gateway.embeddings.schemas import EmbeddingRequest
-from pagefleet.platform.gateway.errors import OpenAIError, bad_request
+from pagefleet.platform.gateway.errors import bad_request
 from pagefleet.platform.protocol import RequestEnvelope, SamplingParams
 from pagefleet.platform.registry import ModelSpec
 
 
 def input_list(body: EmbeddingRequest, max_inputs: int) -> list[str | list[int]]:
     """The inputs one by one; OpenAI refuses empty strings and empty lists, and so do we."""
-    try:
-        inputs = prompt_list(body.input)
-    except OpenAIError:
-        raise bad_request("input must be a string, a list of strings, a list of token ids or a "
-                          "list of non-empty token id lists", param="input") from None
+    inputs = prompt_list(body.input, "input")
     if any(not item for item in inputs):
         raise bad_request("input must not contain empty strings", param="input")
     if len(inputs) > max_inputs:

@@ -8,26 +8,23 @@ from litestar import Controller, delete, get, post
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Body, FromPath, FromQuery, QueryParameter
 from litestar.response import Stream
 
-from pagefleet.platform.gateway.errors import ErrorResponse, bad_request
+from pagefleet.platform.gateway.errors import bad_request, error_specs
 from pagefleet.platform.gateway.files.schemas import FileDeleted, FileList, FileObject
 from pagefleet.platform.gateway.files.service import FileService
 from pagefleet.platform.gateway.input_guard import BODY_MEDIA_TYPE
 
-_NOT_FOUND = {404: ResponseSpec(ErrorResponse, description="No such file for this API key")}
+_NOT_FOUND = error_specs({404: "No such file for this API key"})
 
 
 class FilesController(Controller):
     path = "/v1/files"
     tags = ("files",)
 
-    @post("/", status_code=200, opt={BODY_MEDIA_TYPE: RequestEncodingType.MULTI_PART.value}, responses={
-        400: ResponseSpec(ErrorResponse, description="Missing file or bad purpose"),
-        413: ResponseSpec(ErrorResponse, description="Larger than the configured limit"),
-    })
+    @post("/", status_code=200, opt={BODY_MEDIA_TYPE: RequestEncodingType.MULTI_PART.value}, responses=error_specs({
+        400: "Missing file or bad purpose", 413: "Larger than the configured limit"}))
     async def upload(self, data: Annotated[dict[str, Any], Body(media_type=RequestEncodingType.MULTI_PART)],
                      files: NamedDependency[FileService], owner: NamedDependency[str]) -> FileObject:
         upload = data.get("file")

@@ -6,26 +6,22 @@ from typing import Annotated
 
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from pagefleet.platform.gateway.errors import ErrorResponse
+from pagefleet.platform.gateway.errors import error_specs
 from pagefleet.platform.gateway.jobs.schemas import JobCreate, JobList
 from pagefleet.platform.gateway.jobs.service import JobService
 from pagefleet.platform.protocol.messages import JobView
 
-_NOT_FOUND = {404: ResponseSpec(ErrorResponse, description="No such job for this API key")}
+_NOT_FOUND = error_specs({404: "No such job for this API key"})
 
 
 class JobsRoutes(Controller):
     path = "/v1/jobs"
     tags = ("jobs",)
 
-    @post("/", status_code=202, responses={
-        400: ResponseSpec(ErrorResponse, description="Invalid job"),
-        404: ResponseSpec(ErrorResponse, description="Unknown model"),
-        429: ResponseSpec(ErrorResponse, description="The model's queue is full"),
-    })
+    @post("/", status_code=202, responses=error_specs({
+        400: "Invalid job", 404: "Unknown model", 429: "The model's queue is full"}))
     async def submit(self, data: JSONBody[JobCreate], jobs: NamedDependency[JobService], owner: NamedDependency[str]) -> JobView:
         return JobView.of(await jobs.submit(data, owner))
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 import msgspec
 
-from pagefleet.platform.gateway.completions.schemas import FunctionDefinition, Int64
+from pagefleet.platform.gateway.completions.schemas import FunctionDefinition, Int64, ToolChoiceWord
 
 
 class FunctionTool(FunctionDefinition, forbid_unknown_fields=True):
@@ -37,7 +37,7 @@ class ResponseCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     store: bool | None = None
     previous_response_id: str | None = None
     tools: list[FunctionTool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | FunctionChoice | None = None
+    tool_choice: ToolChoiceWord | FunctionChoice | None = None
     parallel_tool_calls: bool | None = None
     metadata: dict[str, str] | None = None
     user: str | None = None

@@ -14,12 +14,11 @@ import importlib.metadata
 import msgspec
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
-from litestar.openapi.datastructures import ResponseSpec
 from redis.exceptions import RedisError
 
 from pagefleet.platform.gateway.broker import Broker
 from pagefleet.platform.gateway.delivery import ResultHub
-from pagefleet.platform.gateway.errors import ErrorBody, ErrorResponse, error_response
+from pagefleet.platform.gateway.errors import ErrorBody, error_response, error_specs
 from pagefleet.platform.gateway.metrics import GatewayMetrics
 from pagefleet.platform.gateway.settings import GatewaySettings
 from pagefleet.platform.registry import Registry
@@ -44,7 +43,7 @@ class Version(msgspec.Struct):
 class SystemRoutes(Controller):
     tags = ("system",)
 
-    @get("/health", opt={"public": True}, responses={503: ResponseSpec(ErrorResponse, description="Redis unreachable")})
+    @get("/health", opt={"public": True}, responses=error_specs({503: "Redis unreachable"}))
     async def health(self, broker: NamedDependency[Broker]) -> Response:
         try:
             await broker.redis.ping()
@@ -54,7 +53,7 @@ class SystemRoutes(Controller):
         return Response(Health(status="ok"))
 
     @get("/health/ready", opt={"public": True},
-         responses={503: ResponseSpec(ErrorResponse, description="Saturated or Redis unreachable")})
+         responses=error_specs({503: "Saturated or Redis unreachable"}))
     async def ready(self, broker: NamedDependency[Broker], hub: NamedDependency[ResultHub],
                     settings: NamedDependency[GatewaySettings]) -> Response:
         in_flight = hub.in_flight
