@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pagefleet.workers import LLM, SamplingParams
+from tests.gpu.near_ties import assert_same_up_to_near_ties
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -123,20 +124,19 @@ def test_quantized_engine_with_cuda_graphs_equals_eager(tmp_path, quantization, 
     kwargs = dict(model=str(tmp_path), dtype="bfloat16", device="cuda", max_model_len=512,
                   max_num_seqs=24, quantization=quantization)
     prompts = [[(13 * i + 7 * j) % 2000 + 5 for j in range(3 + 11 * i)] for i in range(8)]
-    params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=24)
+    params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=24, logprobs=5)
     graphed = LLM(**kwargs)
     linear = graphed.engine.runner.model.model.layers[0].mlp.down_proj
     assert graphed.engine.runner.graphs is not None and linear.weight.dtype == weight_dtype
-    with_graphs = [o.outputs[0].token_ids for o in graphed.generate(prompts, params)]
+    with_graphs = [o.outputs[0].logprobs for o in graphed.generate(prompts, params)]
     del graphed
     torch.cuda.empty_cache()
-    eager = [o.outputs[0].token_ids for o in LLM(enforce_eager=True, **kwargs).generate(prompts, params)]
-    # FP8 rounds activations per token and graphs pad the batch, so a near-tie may flip late
-    # in a long output (seen once in 8 x 24 tokens on an H200); stale scales or a broken
-    # capture would diverge from the first tokens on.
-    matching = [next((i for i, (a, b) in enumerate(zip(x, y, strict=True)) if a != b), len(x))
-                for x, y in zip(eager, with_graphs, strict=True)]
-    assert min(matching) >= 8 and sum(matching) >= 0.75 * sum(map(len, eager))
+    eager = [o.outputs[0].logprobs for o in LLM(enforce_eager=True, **kwargs).generate(prompts, params)]
+    # Graphs pad the batch (other GEMM shapes, other reduction orders) and bf16 logits of this
+    # random model are often within rounding of each other: a flip must be a near-tie by the
+    # eager path's numbers (seen on an H200: flips at the 3rd token of one prompt, fp8 and int4).
+    # Stale scales or a broken capture move logprobs by whole nats.
+    assert_same_up_to_near_ties(eager, with_graphs, tolerance=0.1)
 
 
 def test_pinned_ring_uploads_and_downloads_through_reused_slots():

@@ -1,5 +1,7 @@
 """Gemma on the GPU path (Triton kernels with windows and soft-caps, fused RoPE, CUDA graphs):
-float32 greedy tokens equal transformers' on the tiny models of tests/unit/.../test_gemma.py,
+float32 greedy tokens are transformers' argmax at every step (up to near-ties, see
+tests/gpu/near_ties.py: these tiny random models repeat one token for many steps, so the step
+where another overtakes it is a near-tie) on the tiny models of tests/unit/.../test_gemma.py,
 with prompts long enough that windows cut through the kernels' key tiles."""
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ import pytest
 import torch
 
 from pagefleet.workers import LLM, SamplingParams
-from tests.unit.workers.models.test_families import hf_greedy
+from tests.gpu.near_ties import assert_greedy_near_argmax
 from tests.unit.workers.models.test_gemma import build_hf
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -23,6 +25,6 @@ def test_gemma_triton_with_cuda_graphs_equals_transformers(tmp_path, variant, wi
               attention_backend="triton", num_kv_blocks=256)
     assert llm.engine.runner.graphs is not None
     prompts = [[(13 * i + 7 * j) % 500 + 3 for j in range(3 + 37 * i)] for i in range(8)]
-    want = [hf_greedy(reference, prompt, 32) for prompt in prompts]  # on the CPU
-    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
-    assert [o.outputs[0].token_ids for o in llm.generate(prompts, params)] == want
+    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True, logprobs=0)
+    for prompt, output in zip(prompts, llm.generate(prompts, params), strict=True):
+        assert_greedy_near_argmax(reference, prompt, output.outputs[0].logprobs, tolerance=1e-3)  # on the CPU

@@ -56,8 +56,8 @@ def test_w4a16_gemm(shape: tuple[int, int, int, int], dtype: torch.dtype, device
 
 def test_reference_dequantises_each_group_with_its_own_scale_and_zero(generator: torch.Generator) -> None:
     values = torch.randint(0, 16, (3, 64), generator=generator, device=generator.device)
-    scales = torch.tensor([[0.5, 2.0]]).expand(3, 2).contiguous()
-    zeros = torch.tensor([[8.0, 3.0]]).expand(3, 2).contiguous()
+    scales = torch.tensor([[0.5, 2.0]], device=generator.device).expand(3, 2).contiguous()
+    zeros = torch.tensor([[8.0, 3.0]], device=generator.device).expand(3, 2).contiguous()
     weight = dequantize_int4(pack_int4_rows(values), scales, zeros)
     assert torch.equal(weight[:, :32], (values[:, :32].float() - 8) * 0.5)
     assert torch.equal(weight[:, 32:], (values[:, 32:].float() - 3) * 2.0)
