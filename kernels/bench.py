@@ -33,10 +33,14 @@ DECODE_TUNING = [
     for n in (32, 64, 128) for w in (4, 8) for s in (2, 3)
 ]
 ROTATE_BYTES = 256 << 20  # decode buffers cycled per timing: five times the H100's L2
+# The first entry is the launch before GQA tile sharing (one query head per program): the
+# sweep prints the shared-tile configs next to it, measured in the same run.
 PREFILL_TUNING = [
-    PrefillConfig(block_m=m, block_n=n, num_warps=w, num_stages=s)
-    for m, n, w, s in [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3),
-                       (128, 32, 4, 3), (128, 32, 4, 4), (128, 64, 4, 4), (64, 32, 4, 4)]
+    PrefillConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, max_shared_heads=1),
+    *(PrefillConfig(block_m=m, block_n=n, num_warps=w, num_stages=s)
+      for m, n, w, s in [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3),
+                         (128, 128, 8, 2), (128, 128, 4, 3), (64, 128, 4, 3), (128, 64, 8, 4),
+                         (256, 64, 8, 3), (256, 128, 8, 2)]),
 ]
 
 

@@ -3,8 +3,13 @@
 Sequence `s` brings `query_len` new tokens (rows `query_start_loc[s]..[s+1]` of `q`) at the
 end of its `seq_len` tokens, all already in the paged cache. Query row `i` sits at position
 `seq_len - query_len + i` and sees keys `0..` that position. Decode rows are query_len 1, so
-one launch serves a mixed batch. Grid: (query tiles of BLOCK_M rows, query heads, sequences);
-key tiles before the first row's position need no causal mask and run unmasked.
+one launch serves a mixed batch. Grid: (query tiles, groups of query heads, sequences); key
+tiles before the first row's position need no causal mask and run unmasked.
+
+GQA: query heads that read the same KV head share each K/V tile. A program's BLOCK_M rows are
+`BLOCK_M // HEADS_PER_PROGRAM` tokens times `HEADS_PER_PROGRAM` heads of one KV group (token-
+major), so every gathered key tile feeds that many heads' dot products instead of being
+gathered again by each head's own program, and the causal diagonal spans fewer keys per tile.
 
 With a sliding window a row sees only its last `sliding_window` keys: the walk starts at the
 first key the tile's first row sees (earlier blocks are never read), and tiles that some rows
@@ -44,11 +49,25 @@ class PrefillConfig:
     num_warps: int = 8
     num_stages: int = 3
 
+    max_shared_heads: int = 8  # query heads of one KV group per program (1: one head each)
+
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
             value = getattr(self, name)
             if value < 16 or value & (value - 1):
                 raise ValueError(f"{name} must be a power of two >= 16, got {value}")
+        if self.max_shared_heads < 1 or self.max_shared_heads & (self.max_shared_heads - 1):
+            raise ValueError(f"max_shared_heads must be a power of two >= 1, got {self.max_shared_heads}")
+
+
+def shared_heads(queries_per_kv: int, config: PrefillConfig) -> int:
+    """Query heads per program: the largest power of two dividing the GQA group (so a program
+    never straddles two KV heads), leaving at least 16 tokens per tile (`tl.dot`'s minimum)."""
+    heads = 1
+    while (queries_per_kv % (heads * 2) == 0 and heads * 2 <= config.max_shared_heads
+           and config.block_m // (heads * 2) >= 16):
+        heads *= 2
+    return heads
 
 
 @triton.jit
@@ -125,45 +144,48 @@ def _paged_prefill_attention_kernel(
     stride_q_token, stride_q_head,
     stride_cache_block, stride_cache_slot, stride_cache_head,
     stride_table_seq, stride_out_token, stride_out_head,
-    QUERIES_PER_KV: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    QUERIES_PER_KV: tl.constexpr, HEADS_PER_PROGRAM: tl.constexpr, HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
 ):
+    BLOCK_T: tl.constexpr = BLOCK_M // HEADS_PER_PROGRAM  # query tokens per program
     m_block = tl.program_id(0)
-    head = tl.program_id(1)
+    first_head = tl.program_id(1) * HEADS_PER_PROGRAM
     seq = tl.program_id(2)
     q_start = tl.load(query_start_loc_ptr + seq)
     query_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
-    if m_block * BLOCK_M >= query_len:
+    if m_block * BLOCK_T >= query_len:
         return
     seq_len = tl.load(seq_lens_ptr + seq)
     context_len = seq_len - query_len
 
-    offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = tl.arange(0, BLOCK_M)
+    offs_m = m_block * BLOCK_T + rows // HEADS_PER_PROGRAM  # each row's token
+    heads = first_head + rows % HEADS_PER_PROGRAM  # and its query head
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     m_mask = offs_m < query_len
     d_mask = offs_d < HEAD_DIM
     q_pos = context_len + offs_m
-    q_rows = (q_start + offs_m).to(tl.int64)
-    q = tl.load(q_ptr + q_rows[:, None] * stride_q_token + head * stride_q_head + offs_d[None, :],
+    q_offsets = (q_start + offs_m).to(tl.int64) * stride_q_token + heads * stride_q_head
+    q = tl.load(q_ptr + q_offsets[:, None] + offs_d[None, :],
                 mask=m_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_M, HEAD_DIM_PAD]
     if UPCAST_DOT:
         q = q.to(tl.float32)
     table_ptr = block_tables_ptr + seq.to(tl.int64) * stride_table_seq
-    head_offset = (head // QUERIES_PER_KV) * stride_cache_head
+    head_offset = (first_head // QUERIES_PER_KV) * stride_cache_head
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
     # Keys before the tile's first query position are visible to every row: no mask.
-    unmasked_end = (context_len + m_block * BLOCK_M) // BLOCK_N * BLOCK_N
+    unmasked_end = (context_len + m_block * BLOCK_T) // BLOCK_N * BLOCK_N
     unmasked_start = 0
     if HAS_WINDOW:
         # Keys before the first row's window are never read; keys inside every row's window
         # (from the last row's first key on) need no mask; those between run masked.
-        first_key = tl.maximum(context_len + m_block * BLOCK_M - sliding_window + 1, 0)
-        last_row_key = context_len + tl.minimum((m_block + 1) * BLOCK_M, query_len) - sliding_window
+        first_key = tl.maximum(context_len + m_block * BLOCK_T - sliding_window + 1, 0)
+        last_row_key = context_len + tl.minimum((m_block + 1) * BLOCK_T, query_len) - sliding_window
         unmasked_start = tl.cdiv(tl.maximum(last_row_key, 0), BLOCK_N) * BLOCK_N
         first_tile = first_key // BLOCK_N * BLOCK_N
         unmasked_start = tl.maximum(first_tile, tl.minimum(unmasked_start, unmasked_end))
@@ -177,7 +199,7 @@ def _paged_prefill_attention_kernel(
         head_offset, q_pos, seq_len, qk_scale, sliding_window, softcap, stride_cache_block,
         stride_cache_slot, HEAD_DIM, HEAD_DIM_PAD, BLOCK_SIZE, BLOCK_N, False, DOT_PRECISION,
         UPCAST_DOT, HAS_WINDOW, HAS_SOFTCAP)
-    kv_end = tl.minimum(seq_len, context_len + (m_block + 1) * BLOCK_M)
+    kv_end = tl.minimum(seq_len, context_len + (m_block + 1) * BLOCK_T)
     acc, m_i, l_i = _attend_range(
         q, acc, m_i, l_i, unmasked_end, kv_end, k_cache_ptr, v_cache_ptr, table_ptr,
         head_offset, q_pos, seq_len, qk_scale, sliding_window, softcap, stride_cache_block,
@@ -185,7 +207,8 @@ def _paged_prefill_attention_kernel(
         UPCAST_DOT, HAS_WINDOW, HAS_SOFTCAP)
 
     result = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # only padding rows see no key
-    tl.store(out_ptr + q_rows[:, None] * stride_out_token + head * stride_out_head + offs_d[None, :],
+    out_offsets = (q_start + offs_m).to(tl.int64) * stride_out_token + heads * stride_out_head
+    tl.store(out_ptr + out_offsets[:, None] + offs_d[None, :],
              result.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
 
 
@@ -227,14 +250,16 @@ def paged_prefill_attention(
     check_window_and_cap(sliding_window, softcap)
     if num_tokens == 0 or num_seqs == 0 or max_query_len == 0:
         return out
-    grid = (triton.cdiv(max_query_len, config.block_m), num_heads, num_seqs)
+    heads_per_program = shared_heads(num_heads // num_kv_heads, config)
+    grid = (triton.cdiv(max_query_len, config.block_m // heads_per_program),
+            num_heads // heads_per_program, num_seqs)
     _paged_prefill_attention_kernel[grid](
         q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, out, scale * LOG2E,
         sliding_window or 0, (softcap or 1.0) * LOG2E,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
-        QUERIES_PER_KV=num_heads // num_kv_heads, HEAD_DIM=head_dim,
+        QUERIES_PER_KV=num_heads // num_kv_heads, HEADS_PER_PROGRAM=heads_per_program, HEAD_DIM=head_dim,
         HEAD_DIM_PAD=triton.next_power_of_2(head_dim), BLOCK_SIZE=block_size,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",

@@ -9,6 +9,7 @@ from pagefleet.kernels.paged_prefill_attention import (
     PrefillConfig,
     paged_prefill_attention,
     paged_prefill_attention_ref,
+    shared_heads,
 )
 from pagefleet.kernels.testing import (
     TOLERANCE,
@@ -41,7 +42,8 @@ KINDS = list(BATCHES)
 F32, F16, BF16 = DTYPES
 CASES = [(*h, k, d) for h in HEADS for k in KINDS for d in DTYPES] if FULL else [
     (4, 4, 64, "prefill", F32), (4, 4, 64, "mixed", BF16), (6, 2, 128, "chunked", F16),
-    (6, 2, 128, "mixed", F32), (8, 1, 64, "chunked", BF16), (8, 1, 64, "prefill", F16)]
+    (6, 2, 128, "mixed", F32), (8, 1, 64, "chunked", BF16), (8, 1, 64, "prefill", F16),
+    (8, 2, 64, "mixed", BF16)]
 
 
 @pytest.mark.parametrize(("num_heads", "num_kv_heads", "head_dim", "kind", "dtype"), CASES)
@@ -59,7 +61,8 @@ def test_prefill_matches_reference(
     poison_unused_slots(v_cache, batch)
     q = random_tensor((batch.num_tokens, num_heads, head_dim), dtype, generator, device)
     out = nan_like(q)
-    config = PrefillConfig() if FULL else PrefillConfig(block_m=16, block_n=32)
+    # On the CPU 64 rows a program: 4 heads x 16 tokens where the group allows (shared K/V tiles).
+    config = PrefillConfig() if FULL else PrefillConfig(block_m=64, block_n=32)
     scale = head_dim**-0.5
     paged_prefill_attention(q, k_cache, v_cache, batch.block_tables, batch.seq_lens,
                             batch.query_start_loc, scale, out, batch.max_query_len, config)
@@ -98,7 +101,7 @@ def test_prefill_window_and_softcap_match_reference(
 ) -> None:
     """Keys before the first query's window are NaN: reading one fails the test."""
     seq_lens, query_lens = BATCHES[kind]
-    block_size, num_heads, num_kv_heads, head_dim = 16, 6, 2, 64
+    block_size, num_heads, num_kv_heads, head_dim = 16, 8, 2, 64
     batch = make_paged_batch(seq_lens, query_lens, block_size, generator, device)
     cache_shape = (batch.num_blocks, block_size, num_kv_heads, head_dim)
     k_cache = random_tensor(cache_shape, dtype, generator, device)
@@ -107,7 +110,7 @@ def test_prefill_window_and_softcap_match_reference(
     poison_unused_slots(v_cache, batch, sliding_window)
     q = random_tensor((batch.num_tokens, num_heads, head_dim), dtype, generator, device) * 3
     out = nan_like(q)
-    config = PrefillConfig() if FULL else PrefillConfig(block_m=16, block_n=16)
+    config = PrefillConfig() if FULL else PrefillConfig(block_m=32, block_n=16)  # 2 heads x 16 tokens
     scale = head_dim**-0.5
     paged_prefill_attention(q, k_cache, v_cache, batch.block_tables, batch.seq_lens,
                             batch.query_start_loc, scale, out, batch.max_query_len, config,
@@ -116,3 +119,12 @@ def test_prefill_window_and_softcap_match_reference(
                                       batch.query_start_loc, scale, sliding_window, softcap)
     assert not out.isnan().any()
     assert relative_error(out, ref) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize(("queries_per_kv", "block_m", "max_shared", "want"), [
+    (1, 128, 8, 1), (4, 128, 8, 4), (3, 128, 8, 1), (6, 128, 8, 2), (16, 128, 8, 8),
+    (8, 32, 8, 2), (4, 16, 8, 1), (4, 128, 1, 1)])
+def test_shared_heads_stay_inside_one_kv_group_with_16_tokens_a_tile(
+    queries_per_kv: int, block_m: int, max_shared: int, want: int,
+) -> None:
+    assert shared_heads(queries_per_kv, PrefillConfig(block_m=block_m, max_shared_heads=max_shared)) == want
