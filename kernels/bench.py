@@ -38,9 +38,9 @@ ROTATE_BYTES = 256 << 20  # decode buffers cycled per timing: five times the H10
 PREFILL_TUNING = [
     PrefillConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, max_shared_heads=1),
     *(PrefillConfig(block_m=m, block_n=n, num_warps=w, num_stages=s)
-      for m, n, w, s in [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3),
-                         (128, 128, 8, 2), (128, 128, 4, 3), (64, 128, 4, 3), (128, 64, 8, 4),
-                         (256, 64, 8, 3), (256, 128, 8, 2)]),
+      for m, n, w, s in [(128, 128, 8, 3), (128, 64, 8, 3), (256, 64, 8, 3), (256, 64, 8, 4),
+                         (256, 32, 8, 3), (256, 32, 8, 4), (256, 64, 8, 2), (256, 64, 16, 3),
+                         (512, 64, 16, 2), (512, 32, 16, 3)]),
 ]
 
 

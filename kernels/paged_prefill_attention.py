@@ -43,9 +43,10 @@ LOG2E = 1.4426950408889634
 
 @dataclass(frozen=True, slots=True)
 class PrefillConfig:
-    # Defaults from `pagefleet bench kernels --tune` on an H100 (docs/benchmarks.md).
-    block_m: int = 128  # query rows per program
-    block_n: int = 128  # keys per tile
+    # Defaults from `pagefleet bench kernels --tune` on an H200 at 4 x 4096, 8B shapes
+    # (docs/benchmarks.md): 64 tokens x 4 heads of a KV group per program, 64 keys a tile.
+    block_m: int = 256  # query rows (tokens x shared heads) per program
+    block_n: int = 64  # keys per tile
     num_warps: int = 8
     num_stages: int = 3
 
@@ -58,6 +59,12 @@ class PrefillConfig:
                 raise ValueError(f"{name} must be a power of two >= 16, got {value}")
         if self.max_shared_heads < 1 or self.max_shared_heads & (self.max_shared_heads - 1):
             raise ValueError(f"max_shared_heads must be a power of two >= 1, got {self.max_shared_heads}")
+
+
+def default_config(head_dim: int) -> PrefillConfig:
+    """The tuned launch for head sizes up to 128; larger heads (Gemma's 256) keep half the rows,
+    so the float32 accumulator `[block_m, head_dim]` stays the same size in registers."""
+    return PrefillConfig() if head_dim <= 128 else PrefillConfig(block_m=128)
 
 
 def shared_heads(queries_per_kv: int, config: PrefillConfig) -> int:
@@ -223,8 +230,8 @@ def paged_prefill_attention(
     `max_query_len` is a host-side bound (no device sync) that sizes the grid. A row sees only
     its last `sliding_window` keys (None: all of them); `softcap` caps the scores. Writes `out`.
     """
-    config = config or PrefillConfig()
     num_tokens, num_heads, head_dim = q.shape
+    config = config or default_config(head_dim)
     _, block_size, num_kv_heads, _ = k_cache.shape
     num_seqs = seq_lens.shape[0]
     check_shape("out", out, tuple(q.shape))

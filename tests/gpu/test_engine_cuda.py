@@ -132,11 +132,12 @@ def test_quantized_engine_with_cuda_graphs_equals_eager(tmp_path, quantization, 
     del graphed
     torch.cuda.empty_cache()
     eager = [o.outputs[0].logprobs for o in LLM(enforce_eager=True, **kwargs).generate(prompts, params)]
-    # Graphs pad the batch (other GEMM shapes, other reduction orders) and bf16 logits of this
-    # random model are often within rounding of each other: a flip must be a near-tie by the
-    # eager path's numbers (seen on an H200: flips at the 3rd token of one prompt, fp8 and int4).
-    # Stale scales or a broken capture move logprobs by whole nats.
-    assert_same_up_to_near_ties(eager, with_graphs, tolerance=0.1)
+    # Graphs pad the batch (other GEMM shapes, other reduction orders) and this random model's
+    # bf16 logits (magnitude ~10, one bf16 step = 0.0625) are often within a step or two of each
+    # other: a flip must be a near-tie by the eager path's numbers (seen on an H200: flips at
+    # the 3rd token, and a flip across two bf16 steps, 0.125). Stale scales or a broken capture
+    # move logprobs by whole nats.
+    assert_same_up_to_near_ties(eager, with_graphs, tolerance=0.25)
 
 
 def test_pinned_ring_uploads_and_downloads_through_reused_slots():

@@ -25,7 +25,7 @@ class TritonAttentionBackend:
         prefill_config: PrefillConfig | None = None,
     ) -> None:
         self.decode_config = decode_config or DecodeConfig()
-        self.prefill_config = prefill_config or PrefillConfig()
+        self.prefill_config = prefill_config  # None: the kernel's default for the head size
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

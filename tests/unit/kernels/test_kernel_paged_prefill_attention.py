@@ -62,7 +62,7 @@ def test_prefill_matches_reference(
     q = random_tensor((batch.num_tokens, num_heads, head_dim), dtype, generator, device)
     out = nan_like(q)
     # On the CPU 64 rows a program: 4 heads x 16 tokens where the group allows (shared K/V tiles).
-    config = PrefillConfig() if FULL else PrefillConfig(block_m=64, block_n=32)
+    config = None if FULL else PrefillConfig(block_m=64, block_n=32)
     scale = head_dim**-0.5
     paged_prefill_attention(q, k_cache, v_cache, batch.block_tables, batch.seq_lens,
                             batch.query_start_loc, scale, out, batch.max_query_len, config)
@@ -110,7 +110,7 @@ def test_prefill_window_and_softcap_match_reference(
     poison_unused_slots(v_cache, batch, sliding_window)
     q = random_tensor((batch.num_tokens, num_heads, head_dim), dtype, generator, device) * 3
     out = nan_like(q)
-    config = PrefillConfig() if FULL else PrefillConfig(block_m=32, block_n=16)  # 2 heads x 16 tokens
+    config = None if FULL else PrefillConfig(block_m=32, block_n=16)  # 2 heads x 16 tokens
     scale = head_dim**-0.5
     paged_prefill_attention(q, k_cache, v_cache, batch.block_tables, batch.seq_lens,
                             batch.query_start_loc, scale, out, batch.max_query_len, config,

@@ -63,7 +63,9 @@ def build_hf(variant: str, **overrides: Any) -> Any:
     config_cls, model_cls = _hf_classes(variant)
     values = {**SHARED, **GEMMA_INIT, **VARIANTS[variant][1], **overrides}
     torch.manual_seed(0)
-    model = model_cls(config_cls(**values)).eval()
+    # Eager attention: transformers' SDPA path skips Gemma 2's attention soft-cap in some
+    # releases (5.17 on the device machine), which would make the reference wrong, not us.
+    model = model_cls(config_cls(**values, attn_implementation="eager")).eval()
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.q_proj.weight.mul_(8.0)
