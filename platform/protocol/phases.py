@@ -22,8 +22,8 @@ SPARE_ENV = "PAGEFLEET_SPARE"
 
 PHASE_ORDER = (
     "spawned",           # the backend started the process (or handed a pre-imported spare the start)
-    "imports_done",      # torch, transformers and the engine are imported
-    "tokenizer_loaded",
+    "imports_done",      # torch and the engine are imported
+    "tokenizer_loaded",  # the model resolved (a folder's config and tokenizer: transformers; a preset has neither)
     "weights_loaded",
     "memory_profiled",   # CUDA: the dummy step that sizes the KV cache
     "kv_allocated",

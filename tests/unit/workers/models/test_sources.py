@@ -10,7 +10,7 @@ import torch
 
 from pagefleet.workers.models.arch import ModelArch
 from pagefleet.workers.models.loader import build_model, load_tokenizer, resolve_model
-from pagefleet.workers.models.presets import PRESETS
+from pagefleet.workers.models.presets import PRESETS, preset_arch, preset_config
 from tests.unit.workers.models.tiny import tiny_config, write_tiny_checkpoint
 
 
@@ -106,8 +106,21 @@ def test_arch_reads_v4_and_v5_rope_spellings() -> None:
     v4_arch = ModelArch.from_hf_config(v4)
     assert v4_arch.rope_theta == 5e5 and v4_arch.rope_scaling["factor"] == 8.0
     assert ModelArch.from_hf_config(tiny_config("qwen2-bias")).attention_bias
-    for name in PRESETS:
-        assert ModelArch.from_hf_config(resolve_model(name, "dummy").hf_config).num_layers > 0
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_reads_as_its_family_config_class_reads_it(name: str) -> None:
+    """A preset resolves without transformers, yet means what the family's config class (with
+    its defaults and derived fields, e.g. Gemma's layer types) makes of the same values."""
+    from transformers import AutoConfig
+
+    resolved = resolve_model(name, "dummy")
+    assert resolved.hf_config is None
+    assert resolved.arch == preset_arch(name) == ModelArch.from_hf_config(preset_config(name))
+    values = {k: v for k, v in PRESETS[name].items() if k != "layer_types"}  # the class derives them
+    derived = AutoConfig.for_model(values.pop("model_type"), **values)
+    assert resolved.arch == ModelArch.from_hf_config(derived)
+    assert resolved.transformers_config().model_type == resolved.arch.model_type
 
 
 def test_arch_rejects_bad_tensor_parallel_sizes() -> None:
@@ -128,7 +141,7 @@ def test_arch_rejects_bad_tensor_parallel_sizes() -> None:
 def test_family_presets_build_their_class_at_real_size(name, model_cls, billions) -> None:
     """Dummy presets of other families go through their own config class and model class."""
     resolved = resolve_model(name, "dummy")
-    assert resolved.hf_config.model_type == resolved.arch.model_type
+    assert resolved.transformers_config().model_type == resolved.arch.model_type
     model = build_model(resolved, dtype=torch.bfloat16, device=torch.device("meta"), load_format="dummy")
     assert type(model).__name__ == model_cls
     total = sum(p.numel() for p in model.parameters())
