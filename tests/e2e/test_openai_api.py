@@ -58,6 +58,23 @@ def test_streaming_chat_with_usage_matches_the_whole_response(stack: Stack) -> N
     assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
 
 
+def test_streamed_response_matches_the_whole_one(stack: Stack) -> None:
+    """Greedy decoding: the Responses stream sends the text as the engine makes it (a decode
+    step on the CPU takes far longer than a local Redis write, so tokens are not batched into
+    one delta) and ends where the whole answer does."""
+    client = stack.client()
+    body = {"model": MODEL, "input": "Name three fruits.", "max_output_tokens": 12, "temperature": 0}
+    whole = client.responses.create(**body)
+    with client.responses.stream(**body) as stream:
+        events = list(stream)
+    final = events[-1].response
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert len(deltas) > 1
+    assert "".join(deltas) == final.output_text == whole.output_text
+    assert (final.status, final.usage) == (whole.status, whole.usage)
+    assert client.responses.retrieve(final.id).output_text == final.output_text
+
+
 def test_two_choices(stack: Stack) -> None:
     response = stack.client().chat.completions.create(model=MODEL, messages=CHAT, max_tokens=6, n=2,
                                                        temperature=1.0, seed=11)

@@ -5,7 +5,9 @@ runtime (pulling, cancels, result writing, job records, acks) can run in tests w
   token-id prompts use the words `t{id}`; chat prompts the words of all message contents;
 - the prompt has one token per word; prompt + max_tokens over `max_model_len` raises
   `PromptTooLongError` (the runtime's 400 `context_length_exceeded`);
-- stop strings end a choice before the stop string (finish "stop"), else finish "length";
+- stop strings end a choice before the stop string (finish "stop"), and so does the word
+  `[eos]` where it would be emitted (a model's end of sequence: APIs without `stop`, like the
+  Responses API, can finish with "stop" this way); else finish "length";
 - a prompt containing the word `[hold]` emits one token per choice, then waits until aborted;
 - `gate_after_first_token`: every request emits its first token, then waits for `release()`
   (a load test holds thousands of open streams at once this way);
@@ -32,6 +34,7 @@ from pagefleet.workers.runtime.engine_port import EnginePrompt
 from pagefleet.workers.runtime.main import Worker
 
 HOLD = "[hold]"
+EOS = "[eos]"
 
 
 def prompt_words(prompt: EnginePrompt) -> list[str]:
@@ -56,7 +59,7 @@ def choice_tokens(words: list[str], choice: int, max_tokens: int, stop: list[str
     text = ""
     for j in range(max_tokens):
         word = words[(choice + j) % len(words)]
-        if token_id(word) in stop_token_ids:
+        if word == EOS or token_id(word) in stop_token_ids:
             return tokens, "stop"
         piece = f" {word}"
         for s in stop:

@@ -18,6 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import anyio
 import msgspec
@@ -48,12 +49,15 @@ from pagefleet.platform.gateway.metrics import GatewayMetrics
 from pagefleet.platform.gateway.settings import GatewaySettings
 from pagefleet.platform.protocol import DeltaEvent, ErrorEvent, FinalEvent, RequestEnvelope, keys
 from pagefleet.platform.protocol.messages import input_param
+from pagefleet.platform.protocol.openai import ChatCompletionChunk, CompletionChunk
 from pagefleet.platform.protocol.tools import DEFAULT_TOOL_PARSER, ToolParserName
 
 logger = logging.getLogger(__name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _DONE = b"data: [DONE]\n\n"
+
+StreamChunk = ChatCompletionChunk | CompletionChunk | ErrorBody  # an error ends a stream
 
 
 def deadline_error() -> OpenAIError:
@@ -150,12 +154,8 @@ class CompletionService:
         """`receive` is the request's ASGI channel (body already read): it reports a disconnect."""
         if not prepared.stream:
             return Response(await self.answer(prepared, receive), status_code=200)
-        subscription, events = await self._open(prepared)
-        try:
-            return await self._stream(prepared, subscription, events)
-        except BaseException:
-            subscription.close()
-            raise
+        stream = await self.open_stream(prepared)
+        return Stream(_sse_body(stream.chunks), media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def answer(self, prepared: PreparedRequest, receive: Receive) -> WholeResponse:
         """The whole answer of a request that does not stream (also what /v1/responses builds on)."""
@@ -244,24 +244,31 @@ class CompletionService:
                 raise
         return accumulator.response()
 
-    async def _stream(self, prepared: PreparedRequest, subscription: Subscription,
-                      events: AsyncIterator[SourcedEvent]) -> Stream:
-        async with self._cancel_and_translate(prepared):
-            first = await anext(events)
-        if isinstance(first.event, ErrorEvent):
-            await self.cancel_quietly(prepared)
-            raise event_error(first.event)
-        return Stream(self._sse_body(prepared, subscription, first, events),
-                      media_type="text/event-stream", headers=SSE_HEADERS)
-
-    async def _sse_body(self, prepared: PreparedRequest, subscription: Subscription,
-                        first: SourcedEvent, events: AsyncIterator[SourcedEvent]) -> AsyncIterator[bytes]:
+    async def open_stream(self, prepared: PreparedRequest) -> ChunkStream:
+        """Queue the request and wait for its first event, so that a failure before it (unknown
+        model, full queue, context too long, deadline) is still an HTTP error; then hand over
+        the chunks as they come. Chat streams and /v1/responses streams both read this."""
+        subscription, events = await self._open(prepared)
+        try:
+            async with self._cancel_and_translate(prepared):
+                first = await anext(events)
+            if isinstance(first.event, ErrorEvent):
+                await self.cancel_quietly(prepared)
+                raise event_error(first.event)
+        except BaseException:
+            subscription.close()
+            raise
         accumulator = ResultAccumulator(prepared)
+        return ChunkStream(self._chunks(prepared, accumulator, subscription, first, events), accumulator)
+
+    async def _chunks(self, prepared: PreparedRequest, accumulator: ResultAccumulator,
+                      subscription: Subscription, first: SourcedEvent,
+                      events: AsyncIterator[SourcedEvent]) -> AsyncIterator[StreamChunk]:
         finished = False
         first_token_seen = False
         try:
             for chunk in accumulator.first_chunks():
-                yield sse(chunk)
+                yield chunk
             pending: SourcedEvent | None = first
             while pending is not None:
                 event = pending.event
@@ -272,23 +279,23 @@ class CompletionService:
                             self.metrics.observe_ttft(
                                 prepared.model, time.time() - prepared.envelopes[0].created_at)
                         for chunk in accumulator.delta_chunks(pending.source, event):
-                            yield sse(chunk)
+                            yield chunk
                 elif isinstance(event, FinalEvent):
                     for index in accumulator.add_final(pending.source, event):
                         for chunk in accumulator.finish_chunks(index):
-                            yield sse(chunk)
+                            yield chunk
                 else:
-                    yield _error_chunk(event_error(event).body)
+                    yield event_error(event).body
                     break
                 pending = await anext(events, None)
             else:
                 if prepared.include_usage:
-                    yield sse(accumulator.usage_chunk())
+                    yield accumulator.usage_chunk()
                 finished = True
         except DeadlineExceeded:
-            yield _error_chunk(deadline_error().body)
+            yield deadline_error().body
         except ResultsUnavailable:
-            yield _error_chunk(queue_unavailable().body)
+            yield queue_unavailable().body
         finally:
             subscription.close()
             if not finished:
@@ -296,7 +303,23 @@ class CompletionService:
                 # workers' blocks. Shielded because a disconnect cancels this task's scope.
                 with anyio.CancelScope(shield=True):
                     await self.cancel_quietly(prepared)
-        yield _DONE
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkStream:
+    """An open stream: `chunks` as the worker's tokens arrive, ending early with one
+    `ErrorBody` if the request fails after its first event; once they end without one,
+    `accumulator` holds the whole answer (what a request that does not stream gets)."""
+
+    chunks: AsyncIterator[StreamChunk]
+    accumulator: ResultAccumulator
+
+
+async def _sse_body(chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[bytes]:
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            yield _error_chunk(chunk) if isinstance(chunk, ErrorBody) else sse(chunk)
+    yield _DONE
 
 
 def prompt_chars(envelope: RequestEnvelope) -> int:

@@ -4,6 +4,7 @@ chat completion to output items and the messages a chained response continues fr
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -84,13 +85,28 @@ def chat_request(body: ResponseCreate, history: list[dict], new_messages: list[d
         raise bad_request(f"invalid request: {exc}", param="input") from None
 
 
-def output_items(completion: ChatCompletion) -> list[OutputItem]:
+@dataclass(frozen=True, slots=True)
+class ItemIds:
+    """The ids of a response's output items, fixed before its output is known: a stream names
+    each item when it opens, and the stored response must carry the same ids (the SDK's stream
+    helper checks them). Chat answers hold at most one message, before their calls."""
+
+    stem: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def message(self) -> str:
+        return f"msg_{self.stem}"
+
+    def function_call(self, index: int) -> str:
+        return f"fc_{self.stem}_{index}"
+
+
+def output_items(completion: ChatCompletion, ids: ItemIds) -> list[OutputItem]:
     message = completion.choices[0].message
     items: list[OutputItem] = []
     if message.content:
-        items.append(MessageItem(id=f"msg_{uuid.uuid4().hex}", content=[OutputText(message.content)]))
-    for call in message.tool_calls or []:
-        items.append(FunctionCallItem(id=f"fc_{uuid.uuid4().hex}", call_id=call.id,
+        items.append(MessageItem(id=ids.message(), content=[OutputText(message.content)]))
+    for index, call in enumerate(message.tool_calls or []):
+        items.append(FunctionCallItem(id=ids.function_call(index), call_id=call.id,
                                       name=call.function.name, arguments=call.function.arguments))
     return items
 

@@ -1,51 +1,164 @@
-"""The typed `response.*` server-sent events of a streamed response.
+"""The typed `response.*` server-sent events of a streamed response (pure, no I/O).
 
-The events follow a finished answer: the response is generated whole, then streamed as
-OpenAI's event sequence (created, in_progress, per output item added / deltas / done,
-completed), so SDK stream helpers work unchanged; text is not yet sent token by token.
+`ResponseEvents` turns the chat chunks of the one choice a response is served as (the same
+chunks a chat stream sends, as the worker's tokens arrive) into OpenAI's event sequence:
+created, in_progress; per output item added, content part added, text or argument deltas,
+done; then completed (or incomplete), each with an increasing `sequence_number`. Text goes out
+token by token. Tool calls go out as the chat stream releases them: a named `tool_choice`
+streams its arguments as they come, `auto` and `required` calls only once the answer has
+ended (the chat stream holds them until they parse), each as one arguments delta.
+
+A failure after the stream has begun ends it with an `error` event and `response.failed`
+(holding what was sent so far), never with a stream that just stops.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
 
 import msgspec
 
+from pagefleet.platform.gateway.errors import ErrorBody
+from pagefleet.platform.gateway.responses.conversation import ItemIds
 from pagefleet.platform.gateway.responses.schemas import (
     FunctionCallItem,
     MessageItem,
+    OutputItem,
+    OutputText,
     ResponseObject,
 )
+from pagefleet.platform.protocol.openai import ChatCompletionChunk, ToolCallDelta
+
+# Error types -> OpenAI's `response.error.code` words (else `server_error`); our own code
+# stays on the `error` event.
+_FAILED_CODES = {"invalid_request_error": "invalid_prompt", "rate_limit_error": "rate_limit_exceeded"}
 
 
-def response_events(response: ResponseObject) -> Iterator[dict]:
-    opening = msgspec.structs.replace(response, status="in_progress", output=[], usage=None)
-    yield {"type": "response.created", "response": opening}
-    yield {"type": "response.in_progress", "response": opening}
-    for index, item in enumerate(response.output):
-        where = {"item_id": item.id, "output_index": index}
-        if isinstance(item, MessageItem):
-            yield {"type": "response.output_item.added", "output_index": index,
-                   "item": msgspec.structs.replace(item, content=[], status="in_progress")}
-            for part_index, part in enumerate(item.content):
-                at = {**where, "content_index": part_index}
-                yield {"type": "response.content_part.added", **at,
-                       "part": msgspec.structs.replace(part, text="")}
-                yield {"type": "response.output_text.delta", **at, "delta": part.text, "logprobs": []}
-                yield {"type": "response.output_text.done", **at, "text": part.text, "logprobs": []}
-                yield {"type": "response.content_part.done", **at, "part": part}
-        elif isinstance(item, FunctionCallItem):
-            yield {"type": "response.output_item.added", "output_index": index,
-                   "item": msgspec.structs.replace(item, arguments="", status="in_progress")}
-            yield {"type": "response.function_call_arguments.delta", **where, "delta": item.arguments}
-            yield {"type": "response.function_call_arguments.done", **where, "name": item.name,
-                   "arguments": item.arguments}
-        yield {"type": "response.output_item.done", "output_index": index, "item": item}
-    done = "response.incomplete" if response.status == "incomplete" else "response.completed"
-    yield {"type": done, "response": response}
+@dataclass(slots=True)
+class _OpenItem:
+    """The output item being streamed: a message (`text`) or a function call (`text` holds
+    its arguments so far)."""
+
+    index: int
+    item_id: str
+    kind: Literal["message", "function_call"]
+    text: str = ""
+    name: str = ""
+    call_id: str = ""
+
+    def item(self, status: str) -> OutputItem:
+        if self.kind == "message":
+            return MessageItem(id=self.item_id, content=[OutputText(self.text)], status=status)
+        return FunctionCallItem(id=self.item_id, call_id=self.call_id, name=self.name,
+                                arguments=self.text, status=status)
 
 
-def sse_events(response: ResponseObject) -> Iterator[bytes]:
-    for number, event in enumerate(response_events(response)):
-        event["sequence_number"] = number
-        yield b"event: " + event["type"].encode() + b"\ndata: " + msgspec.json.encode(event) + b"\n\n"
+class ResponseEvents:
+    """The events of one streamed response, numbered in the order they are made."""
+
+    def __init__(self, opening: ResponseObject, ids: ItemIds) -> None:
+        """`opening` is the response as `in_progress` (no output yet); `ids` name its items,
+        the same ids the stored response gets."""
+        self.opening = opening
+        self.ids = ids
+        self.closed: list[OutputItem] = []
+        self.open: _OpenItem | None = None
+        self.num_events = 0
+
+    def start(self) -> list[dict]:
+        return [self._event("response.created", response=self.opening),
+                self._event("response.in_progress", response=self.opening)]
+
+    def feed(self, chunk: ChatCompletionChunk) -> list[dict]:
+        """Events for one chat chunk (none for the role, finish and usage chunks)."""
+        events: list[dict] = []
+        for choice in chunk.choices:
+            if choice.delta.content:
+                events += self._text(choice.delta.content)
+            for call in choice.delta.tool_calls or []:
+                events += self._call(call)
+        return events
+
+    def finish(self, response: ResponseObject) -> list[dict]:
+        """Close the open item and end with the finished (and stored) response."""
+        kind = "response.incomplete" if response.status == "incomplete" else "response.completed"
+        return [*self._close(), self._event(kind, response=response)]
+
+    def fail(self, error: ErrorBody) -> list[dict]:
+        """End a stream that failed after it began: the error as it is, then the response as
+        failed with the items sent so far (the one cut short marked incomplete)."""
+        output = [*self.closed, *([self.open.item("incomplete")] if self.open else [])]
+        failed = msgspec.structs.replace(self.opening, status="failed", output=output, error={
+            "code": _FAILED_CODES.get(error.type, "server_error"), "message": error.message})
+        return [self._event("error", code=error.code, message=error.message, param=error.param),
+                self._event("response.failed", response=failed)]
+
+    # ---- items ---------------------------------------------------------------------------
+
+    def _text(self, text: str) -> list[dict]:
+        events: list[dict] = []
+        item = self.open
+        if item is None or item.kind != "message":
+            events += self._close()
+            item = self.open = _OpenItem(len(self.closed), self.ids.message(), "message")
+            events += [self._event("response.output_item.added", output_index=item.index,
+                                   item=MessageItem(id=item.item_id, content=[], status="in_progress")),
+                       self._event("response.content_part.added", **_where(item), content_index=0,
+                                   part=OutputText(""))]
+        item.text += text
+        events.append(self._event("response.output_text.delta", **_where(item), content_index=0,
+                                  delta=text, logprobs=[]))
+        return events
+
+    def _call(self, call: ToolCallDelta) -> list[dict]:
+        """The first delta of a call carries its id and name; later ones only arguments."""
+        events: list[dict] = []
+        item = self.open
+        if call.id is not None:
+            events += self._close()
+            item = self.open = _OpenItem(len(self.closed), self.ids.function_call(call.index),
+                                         "function_call", name=call.function.name or "", call_id=call.id)
+            events.append(self._event("response.output_item.added", output_index=item.index,
+                                      item=item.item("in_progress")))
+        if item is None or item.kind != "function_call":
+            raise ValueError(f"arguments of tool call {call.index} came before the call")
+        arguments = call.function.arguments or ""
+        if arguments:
+            item.text += arguments
+            events.append(self._event("response.function_call_arguments.delta", **_where(item),
+                                      delta=arguments))
+        return events
+
+    def _close(self) -> list[dict]:
+        item = self.open
+        if item is None:
+            return []
+        where = _where(item)
+        done = item.item("completed")
+        if isinstance(done, MessageItem):
+            part = done.content[0]
+            events = [self._event("response.output_text.done", **where, content_index=0,
+                                  text=part.text, logprobs=[]),
+                      self._event("response.content_part.done", **where, content_index=0, part=part)]
+        else:
+            events = [self._event("response.function_call_arguments.done", **where,
+                                  name=done.name, arguments=done.arguments)]
+        events.append(self._event("response.output_item.done", output_index=item.index, item=done))
+        self.closed.append(done)
+        self.open = None
+        return events
+
+    def _event(self, kind: str, **fields: object) -> dict:
+        event = {"type": kind, "sequence_number": self.num_events, **fields}
+        self.num_events += 1
+        return event
+
+
+def _where(item: _OpenItem) -> dict:
+    return {"item_id": item.item_id, "output_index": item.index}
+
+
+def encode_events(events: list[dict]) -> bytes:
+    return b"".join(b"event: " + event["type"].encode() + b"\ndata: " + msgspec.json.encode(event)
+                    + b"\n\n" for event in events)

@@ -1,4 +1,4 @@
-"""/v1/responses: create (whole or as `response.*` events), retrieve and delete."""
+"""/v1/responses: create (whole or streamed as `response.*` events), retrieve and delete."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from litestar.response import Stream
 
 from pagefleet.platform.gateway.completions.service import SSE_HEADERS
 from pagefleet.platform.gateway.errors import error_specs
-from pagefleet.platform.gateway.responses.events import sse_events
 from pagefleet.platform.gateway.responses.schemas import (
     DeletedResponse,
     ResponseCreate,
@@ -29,10 +28,10 @@ class ResponsesRoutes(Controller):
         429: "The model's queue is full"}))
     async def create(self, data: JSONBody[ResponseCreate], responses: NamedDependency[ResponsesService],
                      owner: NamedDependency[str], request: Request) -> ResponseObject | Stream:
-        response = await responses.create(data, owner, request.receive)
         if data.stream:
-            return Stream(sse_events(response), media_type="text/event-stream", headers=SSE_HEADERS)
-        return response
+            return Stream(await responses.stream(data, owner), media_type="text/event-stream",
+                          headers=SSE_HEADERS)
+        return await responses.create(data, owner, request.receive)
 
     @get("/{response_id:str}", responses=_NOT_FOUND)
     async def retrieve(self, response_id: FromPath[str], responses: NamedDependency[ResponsesService],

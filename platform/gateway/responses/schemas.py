@@ -79,7 +79,7 @@ class ResponseObject(msgspec.Struct, kw_only=True):
     id: str
     created_at: int
     model: str
-    status: Literal["completed", "incomplete", "in_progress"]
+    status: Literal["completed", "incomplete", "in_progress", "failed"]
     output: list[OutputItem]
     usage: ResponseUsage | None
     tools: list[FunctionTool]
