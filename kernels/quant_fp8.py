@@ -80,7 +80,9 @@ def quantize_row_fp8(x):
     frac = q - whole
     odd = (whole - 2.0 * tl.floor(whole * 0.5)) == 1.0
     rounded = tl.where((frac > 0.5) | ((frac == 0.5) & odd), whole + 1.0, whole) * step
-    return rounded, scale
+    # A negative value that rounds to zero is -0 in torch's cast (floor gave +0): v * 0 is a
+    # zero of v's sign.
+    return tl.where(rounded == 0.0, v * 0.0, rounded), scale
 
 
 @triton.jit

@@ -49,3 +49,20 @@ def test_rejects_a_non_fp8_output(device: torch.device) -> None:
     x = torch.ones(2, 64, device=device)
     with pytest.raises(ValueError, match=r"out\.values must be"):
         per_token_quant_fp8(x, torch.empty(2, 64, device=device), torch.empty(2, 1, device=device))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_values_that_round_to_zero_keep_their_sign(dtype: torch.dtype, device: torch.device,
+                                                   generator: torch.Generator) -> None:
+    """Next to an outlier, small values fall below half e4m3's smallest subnormal: torch's cast
+    keeps their sign (-0 for a negative one), and so must the kernel, bit for bit."""
+    tiny = random_tensor((2, 63), torch.float32, generator, device) * 1e-4
+    x = torch.cat([torch.full((2, 1), 1000.0, device=device), tiny], dim=1)
+    x[1, 1:3] = torch.tensor([-0.0, 0.0], device=device)
+    x = x.to(dtype)
+    out = torch.empty(x.shape, dtype=FP8_DTYPE, device=device)
+    per_token_quant_fp8(x, out, torch.empty(2, 1, device=device))
+    want, _ = per_token_quant_fp8_ref(x)
+    zeros = want.float() == 0
+    assert zeros[:, 1:].sum() > 60 and (want.view(torch.uint8)[zeros] == 0x80).any()
+    assert torch.equal(out.view(torch.uint8)[zeros], want.view(torch.uint8)[zeros])
