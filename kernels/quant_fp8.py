@@ -68,14 +68,16 @@ class QuantizedActivation:
 def quantize_row_fp8(x):
     """A float32 row (masked lanes 0) -> (its values rounded onto the e4m3 grid, still float32,
     and the row's scale), with `x ~= values * scale` and `max |values| == 448`."""
-    scale = tl.maximum(tl.max(tl.abs(x), 0) / _FP8_MAX_VALUE, _MIN_SCALE_VALUE)
-    # IEEE division (plain `/` is approximate on NVIDIA GPUs): a value on a rounding tie
-    # must land exactly where torch puts it.
+    # IEEE divisions (plain `/` is approximate on NVIDIA GPUs): the scale is torch's, and a
+    # value on a rounding tie must land exactly where torch puts it.
+    scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), 0), _FP8_MAX_VALUE), _MIN_SCALE_VALUE)
     v = tl.clamp(tl.math.div_rn(x, scale), -_FP8_MAX_VALUE, _FP8_MAX_VALUE)
-    # The grid step at |v|: 2^(exponent - mantissa bits); subnormals share the smallest.
-    exponent = tl.floor(tl.log2(tl.maximum(tl.abs(v), _MIN_NORMAL)))
-    step = tl.exp2(exponent - _MANTISSA)
-    q = v / step
+    # The grid step at |v|: 2^(exponent - mantissa bits); subnormals share the smallest. The
+    # exponent is read off the float's bits and the step built from bits: exact, where the
+    # GPU's log2 and exp2 are approximations; dividing by a power of two is then exact too.
+    biased_exponent = tl.maximum(tl.abs(v), _MIN_NORMAL).to(tl.int32, bitcast=True) >> 23
+    step = ((biased_exponent - _MANTISSA) << 23).to(tl.float32, bitcast=True)
+    q = tl.math.div_rn(v, step)
     whole = tl.floor(q)
     frac = q - whole
     odd = (whole - 2.0 * tl.floor(whole * 0.5)) == 1.0

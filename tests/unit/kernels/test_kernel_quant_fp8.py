@@ -66,3 +66,20 @@ def test_values_that_round_to_zero_keep_their_sign(dtype: torch.dtype, device: t
     zeros = want.float() == 0
     assert zeros[:, 1:].sum() > 60 and (want.view(torch.uint8)[zeros] == 0x80).any()
     assert torch.equal(out.view(torch.uint8)[zeros], want.view(torch.uint8)[zeros])
+
+
+def test_ties_and_binade_edges_round_as_torch_does(device: torch.device) -> None:
+    """Every e4m3 value, every midpoint between neighbours (ties go to the even code) and the
+    floats either side of both, both signs, in a row whose maximum is 448 (scale exactly 1):
+    the kernel's bytes are torch's on every device, since its rounding uses only exact steps."""
+    codes = torch.arange(0x7F, dtype=torch.uint8).view(FP8_DTYPE).float()  # +0 ... 448 (0x7F is NaN)
+    mids = (codes[1:] + codes[:-1]) / 2
+    near = [torch.nextafter(v, torch.full_like(v, t)) for v in (codes, mids) for t in (0.0, 1e9)]
+    values = torch.cat([codes, mids, *near]).clamp(max=448.0)
+    x = torch.cat([torch.tensor([448.0]), values, -values])[None, :].to(device)
+    out = torch.empty(x.shape, dtype=FP8_DTYPE, device=device)
+    scale = torch.empty(1, 1, device=device)
+    per_token_quant_fp8(x, out, scale)
+    want, want_scale = per_token_quant_fp8_ref(x)
+    assert want_scale.item() == 1.0 and torch.equal(scale, want_scale)
+    assert torch.equal(out.view(torch.uint8), want.view(torch.uint8))
