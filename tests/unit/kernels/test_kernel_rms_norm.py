@@ -99,6 +99,8 @@ def _assert_near_reference(got: QuantizedActivation, want: QuantizedActivation,
     assert fp8_code_distance(got.values, want.values).max().item() <= 1
     eps = torch.finfo(plain.dtype).eps
     torch.testing.assert_close(got.scale, want.scale, rtol=4 * eps, atol=0.0)
+    if FULL:  # compiled, quantisation is held to torch's bytes by test_kernel_quant_fp8 alone
+        return
     rows = same_bits(plain, want_plain).all(-1)  # where the rows agree, the quantisation must
     assert torch.equal(got.values[rows].view(torch.uint8), want.values[rows].view(torch.uint8))
     assert torch.equal(got.scale[rows], want.scale[rows])

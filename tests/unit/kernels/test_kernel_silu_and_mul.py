@@ -64,6 +64,8 @@ def test_silu_and_mul_quant_fp8(shape: tuple[int, ...], dtype: torch.dtype, devi
     want_plain = silu_and_mul_ref(x).view(rows, d)
     assert fp8_code_distance(got.values, want.values).max().item() <= 1
     torch.testing.assert_close(got.scale, want.scale, rtol=4 * torch.finfo(dtype).eps, atol=0.0)
+    if FULL:  # compiled, quantisation is held to torch's bytes by test_kernel_quant_fp8 alone
+        return
     same = same_bits(plain, want_plain).all(-1)
     assert torch.equal(got.values[same].view(torch.uint8), want.values[same].view(torch.uint8))
     assert torch.equal(got.scale[same], want.scale[same])
