@@ -114,3 +114,36 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 # Bounds on `relative_error` by input dtype: float32 runs IEEE dots, half types round P and V.
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+
+
+def rows_with_outliers(
+    shape: Sequence[int], dtype: torch.dtype, generator: torch.Generator,
+    device: torch.device | str, outlier: float,
+) -> torch.Tensor:
+    """Standard normal rows `[..., cols]` for per-row quantisation tests: the first row holds a
+    few values `outlier` times larger (they set its scale), the last row (of two or more) is
+    all zero, and the rows between span magnitudes from 1e-2 to 1e2."""
+    x = random_tensor(shape, torch.float32, generator, device)
+    rows = x.view(-1, x.shape[-1])
+    rows *= torch.logspace(-2, 2, rows.shape[0], device=rows.device)[:, None]
+    picks = torch.randperm(rows.shape[1], generator=generator, device=generator.device)[:3]
+    rows[0, picks.to(rows.device)] *= outlier
+    if rows.shape[0] > 1:
+        rows[-1] = 0.0
+    return x.to(dtype)
+
+
+def fp8_code_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """How many e4m3 codes apart two fp8 tensors are, elementwise (e4m3 is sign-magnitude, so
+    its bytes order magnitudes; +0 and -0 count as the same code)."""
+    def ordinal(values: torch.Tensor) -> torch.Tensor:
+        bits = values.view(torch.uint8).to(torch.int16)
+        return torch.where(bits >= 0x80, -(bits & 0x7F), bits)
+
+    return (ordinal(a) - ordinal(b)).abs()
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Elementwise bit equality of two float tensors of one dtype (unlike `==`, -0 is not 0)."""
+    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[a.element_size()]
+    return a.contiguous().view(ints) == b.contiguous().view(ints)

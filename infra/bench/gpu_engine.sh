@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Engine checks and throughput benchmarks on a GPU machine (the lent H100), from the repo root.
 # Needs torch, triton and transformers there; carries msgspec/gguf wheels in .whl/ if missing.
-# Usage: infra/bench/gpu_engine.sh OUT_DIR [quick|tp|profile|compare|moe|fp8|final|int4|fixed|standby|extra]
+# Usage: infra/bench/gpu_engine.sh OUT_DIR [quick|tp|profile|compare|moe|fp8|fp8fuse|final|int4|fixed|standby|extra]
 set -uo pipefail
 out=${1:-/tmp/pf-bench}; mode=${2:-full}
 source "$(dirname "$0")/gpu_env.sh"
@@ -44,6 +44,28 @@ if [ "$mode" = compare ]; then  # the engine-performance levers against the old 
     bench --model $m --load-format dummy --num-prompts 1000 --max-num-seqs 256 --hf none \
       --no-async-scheduling --no-fused-layers --json "$out/${tag}_sharegpt_old.json" 2>&1 | grep -v Warning | tee "$out/${tag}_old.txt"
   done
+  exit 0
+fi
+if [ "$mode" = fp8fuse ]; then  # FP8 quantisation fused into RMSNorm / SiLU-and-mul; PARTS picks steps
+  parts=${PARTS:-tests profile ab}
+  if [[ " $parts " == *" tests "* ]]; then  # compiled kernels bit for bit, then the engine on and off
+    { timeout 200 python3 -m pytest -q -p no:cacheprovider --confcutdir=tests/unit tests/unit/kernels/test_kernel_quant_fp8.py \
+        tests/unit/kernels/test_kernel_rms_norm.py tests/unit/kernels/test_kernel_silu_and_mul.py
+      timeout 150 python3 -m pytest -q -p no:cacheprovider --noconftest tests/gpu/test_engine_cuda.py -k fp8; } \
+      2>&1 | grep -v Warn | tail -80 > "$out/fp8fuse_tests.txt"
+    grep -E "passed|failed" "$out/fp8fuse_tests.txt"
+  fi
+  if [[ " $parts " == *" profile "* ]]; then  # launches and device time of one 8B graph decode step
+    for flag in "" --no-fused-fp8-quant; do
+      timeout 150 python3 infra/bench/profile_decode.py --model llama-3.1-8b --batch 256 --context 400 \
+        --quantization fp8 $flag 2>&1 | grep -v Warning | tee "$out/fp8fuse_profile${flag}.txt" | grep -E "^(device time|kernel launches)"
+    done
+  fi
+  if [[ " $parts " == *" ab "* ]]; then  # throughput, fused then unfused engine on the same requests
+    timeout 330 bash -c "$(declare -f bench); bench --model llama-3.1-8b --load-format dummy --num-prompts 1000 --hf none \
+      --max-num-seqs 256 --quantization fp8 --repeat 2 --compare-fused-fp8-quant \
+      --json $out/llama318b_sharegpt_fp8_fusedquant_ab.json" 2>&1 | grep -v Warning | tee "$out/fp8fuse_ab.txt"
+  fi
   exit 0
 fi
 if [ "$mode" = moe ]; then  # fused-MoE kernel and Mixtral/Qwen3-MoE on the GPU, one layer's timing, Qwen3-30B-A3B

@@ -1,9 +1,11 @@
 """Where a decode step's device time goes: kernels of one CUDA-graph decode step, by name.
 
 Usage (on a GPU host, from the repo root, after infra/bench/gpu_engine.sh's set-up):
-    python3 infra/bench/profile_decode.py --model llama-3.1-8b --batch 256 --context 400
+    python3 infra/bench/profile_decode.py --model llama-3.1-8b --batch 256 --context 400 \
+        [--quantization fp8 [--no-fused-fp8-quant]]
 Builds a dummy-weight engine, fills `batch` sequences to `context` tokens, then profiles a few
-decode steps with torch.profiler and prints the kernels sorted by total device time.
+decode steps with torch.profiler and prints the kernels sorted by total device time, and the
+device time and kernel launches per step.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=400)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--eager", action="store_true")
+    parser.add_argument("--quantization", default=None, choices=["fp8", "int4"])
+    parser.add_argument("--no-fused-fp8-quant", action="store_true")
     args = parser.parse_args()
     llm = LLM(model=args.model, load_format="dummy", max_model_len=2048, max_num_seqs=args.batch,
-              enforce_eager=args.eager, async_scheduling=False)
+              enforce_eager=args.eager, async_scheduling=False, quantization=args.quantization,
+              fused_fp8_quant=not args.no_fused_fp8_quant)
     engine = llm.engine
     params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=1000)
     for i in range(args.batch):
@@ -45,6 +50,8 @@ def main() -> None:
     events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
     total = sum(e.self_device_time_total for e in events) / 1e3 / args.steps
     print(f"device time per step: {total:.2f} ms over {args.steps} steps of batch {args.batch}")
+    launches = sum(e.count for e in events) / args.steps
+    print(f"kernel launches per step: {launches:.0f} (device activities: kernels, copies, sets)")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pagefleet.platform.cli.flags import add_flags
 from pagefleet.workers.engine.config import EngineConfig
+
+if TYPE_CHECKING:  # the engine bench imports torch: only when a bench runs
+    from pagefleet.workers.bench.engine_bench import EngineVariant
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,6 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="postprocess each step before scheduling the next (the old path)")
     parser.add_argument("--no-fused-layers", action="store_true",
                         help="torch ops for RMSNorm, RoPE and SiLU-and-mul instead of Triton kernels")
+    parser.add_argument("--no-fused-fp8-quant", action="store_true",
+                        help="with fp8 and fused layers: quantise activations in each matmul, not in "
+                             "the RMSNorm / SiLU-and-mul kernel before it")
+    parser.add_argument("--compare-fused-fp8-quant", action="store_true",
+                        help="then the same requests through a second engine with --no-fused-fp8-quant "
+                             "flipped (an A/B in one run)")
     parser.add_argument("--quantization", default=None, choices=["fp8", "int4"],
                         help="fp8: linear layers in fp8 e4m3 (per-channel weights, per-token activations); "
                              "int4: weight-only int4, group 128 (RTN, the w4a16 Triton GEMM)")
@@ -75,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         tensor_parallel_size=args.tensor_parallel_size, attention_backend=args.attention_backend,
         seed=args.seed, async_scheduling=False if args.no_async_scheduling else None,
         fused_layers=False if args.no_fused_layers else None, quantization=args.quantization,
+        fused_fp8_quant=not args.no_fused_fp8_quant,
         swap_space=args.swap_space, preemption_mode=args.preemption_mode,
     )
     if args.standby_cycles > 0:
@@ -97,8 +109,22 @@ def run(args: argparse.Namespace) -> int:
         hf_single_prompts=args.hf_single_prompts, hf_batch_size=args.hf_batch_size,
         json_path=args.json, breakdown=args.breakdown, repeat=args.repeat,
         constrained_fractions=_fractions(args.constrained_fractions),
+        variants=_variants(args, engine),
     ))
     return 0
+
+
+def _variants(args: argparse.Namespace, engine: EngineConfig) -> tuple[EngineVariant, ...]:
+    """The engines to measure after the main one."""
+    from pagefleet.workers.bench.engine_bench import EngineVariant
+
+    if not args.compare_fused_fp8_quant:
+        return ()
+    if engine.quantization != "fp8" or engine.fused_layers is False:
+        raise SystemExit("--compare-fused-fp8-quant needs --quantization fp8 and the fused layers")
+    fused = not engine.fused_fp8_quant
+    name = "pagefleet (fp8 quant fused)" if fused else "pagefleet (fp8 quant in matmul)"
+    return (EngineVariant(name, dataclasses.replace(engine, fused_fp8_quant=fused)),)
 
 
 def _fractions(text: str) -> tuple[float, ...]:

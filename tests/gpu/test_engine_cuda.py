@@ -140,6 +140,72 @@ def test_quantized_engine_with_cuda_graphs_equals_eager(tmp_path, quantization, 
     assert_same_up_to_near_ties(eager, with_graphs, tolerance=0.25)
 
 
+def _fp8_llama(folder) -> None:
+    """A small transformers-built Llama, saved to `folder`, whose FP8 engine runs the fused
+    RMSNorm / SiLU-and-mul kernels in bf16."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(2)
+    config = LlamaConfig(vocab_size=2048, hidden_size=256, intermediate_size=768,
+                         num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
+                         max_position_embeddings=1024, initializer_range=0.15)
+    LlamaForCausalLM(config).save_pretrained(folder)
+
+
+def test_fused_fp8_quant_logits_equal_quantising_in_the_matmul(tmp_path):
+    """The RMSNorm and SiLU-and-mul kernels quantising for the FP8 matmuls hand them the bits
+    the matmuls' own quantisation pass makes (the kernel tests check that bit for bit), so a
+    prefill's logits match within a bf16 step or two of these ~10-nat logits (0.0625 each)."""
+    from pagefleet.workers.attention import get_attention_backend
+    from pagefleet.workers.engine.model_runner import _single_sequence_metadata
+    from pagefleet.workers.models.fp8 import scaled_mm_supported
+    from pagefleet.workers.models.loader import build_model, resolve_model
+
+    device = torch.device("cuda")
+    if not scaled_mm_supported(device):
+        pytest.skip("FP8 tensor cores need compute capability 8.9+")
+    _fp8_llama(tmp_path)
+    resolved = resolve_model(str(tmp_path))
+    arch, num_tokens = resolved.arch, 300
+    logits = []
+    for fused in (True, False):
+        model = build_model(resolved, dtype=torch.bfloat16, device=device,
+                            attention=get_attention_backend("triton"), fused_layers=True,
+                            quantization="fp8", fused_fp8_quant=fused)
+        assert model.model.layers[0].mlp.down_proj.takes_quantized_input == fused
+        shape = (num_tokens // 16 + 1, 16, arch.num_kv_heads, arch.head_dim)
+        cache = [(torch.zeros(shape, dtype=torch.bfloat16, device=device),) * 2 for _ in range(arch.num_layers)]
+        ids = torch.randint(5, 2000, (num_tokens,), device=device, generator=torch.Generator(device).manual_seed(5))
+        with torch.inference_mode():
+            hidden = model(ids, torch.arange(num_tokens, device=device), cache,
+                           _single_sequence_metadata(num_tokens, 16, device))
+            logits.append(model.compute_logits(hidden))
+    assert torch.isfinite(logits[0]).all()
+    torch.testing.assert_close(logits[0], logits[1], rtol=0.0, atol=0.13)
+
+
+def test_fused_fp8_quant_engine_greedy_equals_quantising_in_the_matmul(tmp_path):
+    """The whole engine with CUDA graphs: FP8 with the quantisation fused into the norm and
+    SiLU-and-mul kernels picks the unfused engine's tokens, up to near ties."""
+    from pagefleet.workers.models.fp8 import scaled_mm_supported
+
+    if not scaled_mm_supported(torch.device("cuda")):
+        pytest.skip("FP8 tensor cores need compute capability 8.9+")
+    _fp8_llama(tmp_path)
+    kwargs = dict(model=str(tmp_path), dtype="bfloat16", device="cuda", max_model_len=512,
+                  max_num_seqs=24, quantization="fp8")
+    prompts = [[(13 * i + 7 * j) % 2000 + 5 for j in range(3 + 11 * i)] for i in range(8)]
+    params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=24, logprobs=5)
+    fused = LLM(**kwargs)
+    assert fused.engine.runner.graphs is not None and fused.engine.settings.fused_layers
+    assert fused.engine.runner.model.model.layers[0].self_attn.takes_quantized_input
+    with_fusion = [o.outputs[0].logprobs for o in fused.generate(prompts, params)]
+    del fused
+    torch.cuda.empty_cache()
+    plain = [o.outputs[0].logprobs for o in LLM(fused_fp8_quant=False, **kwargs).generate(prompts, params)]
+    assert_same_up_to_near_ties(plain, with_fusion, tolerance=0.13)
+
+
 def test_pinned_ring_uploads_and_downloads_through_reused_slots():
     import numpy as np
 

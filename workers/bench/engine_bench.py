@@ -50,6 +50,15 @@ class Throughput:
 
 
 @dataclass(frozen=True, slots=True)
+class EngineVariant:
+    """Another engine configuration run on the same requests after the main one, so an A/B
+    comparison (one switch flipped) is printed by one run on one machine."""
+
+    name: str
+    engine: EngineConfig
+
+
+@dataclass(frozen=True, slots=True)
 class EngineBenchOptions:
     engine: EngineConfig
     workload: WorkloadSpec
@@ -61,6 +70,7 @@ class EngineBenchOptions:
     repeat: int = 1  # measured passes (same lengths, fresh token ids); the report keeps the lower median
     breakdown: bool = False
     constrained_fractions: tuple[float, ...] = ()  # extra runs with these shares of rows constrained
+    variants: tuple[EngineVariant, ...] = ()  # engines measured after the main one, same requests
 
 
 # Constrained rows follow a grammar that never completes (lower-case words), so they stay
@@ -283,17 +293,48 @@ def _shifted(requests: list[BenchRequest], offset: int) -> list[BenchRequest]:
             for r in requests]
 
 
-def run_engine_bench(options: EngineBenchOptions) -> list[Throughput]:
-    llm = LLM(**dataclasses.asdict(options.engine))
-    requests = _workload_for(options.workload, llm.engine.arch.vocab_size)
+def _measured_passes(llm: LLM, options: EngineBenchOptions, requests: list[BenchRequest],
+                     name: str = "pagefleet") -> list[Throughput]:
+    """Warm up on other prompts, then `options.repeat` passes of `requests` (pass i > 0: the
+    same lengths, other token ids)."""
     warm = dataclasses.replace(options.workload, seed=options.workload.seed + 1000,
                                num_prompts=min(64, options.workload.num_prompts))
     warm_up(llm, _workload_for(warm, llm.engine.arch.vocab_size))
     passes = []
-    for index in range(options.repeat):  # pass i > 0: the same lengths, other token ids
-        passes.append(bench_pagefleet(llm, _shifted(requests, index)))
+    for index in range(options.repeat):
+        passes.append(dataclasses.replace(bench_pagefleet(llm, _shifted(requests, index)), system=name))
         print(f"pass {index + 1}: {passes[-1].row()}", flush=True)
-    results = [sorted(passes, key=lambda t: t.output_tokens_per_s)[(len(passes) - 1) // 2]]
+    return passes
+
+
+def _lower_median(passes: list[Throughput]) -> Throughput:
+    return sorted(passes, key=lambda t: t.output_tokens_per_s)[(len(passes) - 1) // 2]
+
+
+def _release(device: torch.device) -> None:
+    """Give a deleted engine's KV cache and CUDA graphs back before the next one sizes its own."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def bench_variant(variant: EngineVariant, options: EngineBenchOptions,
+                  requests: list[BenchRequest]) -> Throughput:
+    """A fresh engine (no prefix-cache hits from the main run) on the same requests."""
+    llm = LLM(**dataclasses.asdict(variant.engine))
+    result = _lower_median(_measured_passes(llm, options, requests, variant.name))
+    print(f"{variant.name}: KV blocks {llm.engine.stats().num_kv_blocks}", flush=True)
+    device = llm.engine.runner.device
+    del llm
+    _release(device)
+    return result
+
+
+def run_engine_bench(options: EngineBenchOptions) -> list[Throughput]:
+    llm = LLM(**dataclasses.asdict(options.engine))
+    requests = _workload_for(options.workload, llm.engine.arch.vocab_size)
+    passes = _measured_passes(llm, options, requests)
+    results = [_lower_median(passes)]
     if options.constrained_fractions:  # compile the grammar outside the timing
         llm.generate([requests[0].prompt_token_ids],
                      SamplingParams(max_tokens=2, ignore_eos=True, structured_output=BENCH_GRAMMAR))
@@ -305,10 +346,9 @@ def run_engine_bench(options: EngineBenchOptions) -> list[Throughput]:
         bench_pagefleet(llm, _workload_for(fresh, llm.engine.arch.vocab_size), breakdown=True)
     stats = llm.engine.stats()
     device, dtype, resolved = llm.engine.runner.device, llm.engine.runner.dtype, llm.engine.resolved
-    del llm  # give the KV cache and CUDA graphs back before transformers needs the memory
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    del llm  # give the KV cache and CUDA graphs back before the next engine or transformers
+    _release(device)
+    results.extend(bench_variant(variant, options, requests) for variant in options.variants)
     if options.hf_modes:
         model = load_hf_model(resolved, options.engine.load_format, dtype, device)
         subset = requests[: options.hf_num_prompts]

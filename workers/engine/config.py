@@ -30,7 +30,9 @@ class EngineConfig:
     `quantization="fp8"` stores the linear layers' weights in fp8 e4m3 (vLLM's online FP8:
     per-channel weight scales, per-token dynamic activation scales); `"int4"` rounds them to
     int4 per group of 128 (symmetric RTN, for benchmarks). FP8, GPTQ and AWQ checkpoints load
-    as stored whatever this says.
+    as stored whatever this says. `fused_fp8_quant`: with fused layers and FP8 linear layers,
+    the RMSNorm and SiLU-and-mul kernels write the fp8 rows and scales the next matmul reads
+    (three quantisation launches fewer per layer, the same bits); off only to measure that.
 
     `swap_space` (vLLM's name): GiB of host memory (pinned on CUDA) that a preempted
     sequence's KV blocks may move to instead of being recomputed; 0 turns swapping off.
@@ -58,6 +60,7 @@ class EngineConfig:
     fused_layers: bool | None = None
     async_scheduling: bool | None = None
     quantization: str | None = None
+    fused_fp8_quant: bool = True
     swap_space: float = 0.0
     preemption_mode: Literal["swap", "recompute"] | None = None
 

@@ -111,6 +111,7 @@ class ModelRunner:
             resolved_model, dtype=self.dtype, device=self.device, load_format=config.load_format,
             attention=self.attention, tp=self.tp,
             fused_layers=settings.fused_layers, quantization=config.quantization,
+            fused_fp8_quant=config.fused_fp8_quant,
         )
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the phase ends when the copies have landed

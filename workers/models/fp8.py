@@ -10,6 +10,11 @@ against and lets CPU tests measure what FP8 does to greedy outputs.
 vLLM names this `quantization="fp8"` (online quantisation of a bf16 checkpoint); checkpoints
 already in FP8 (a `weight_scale` beside each weight) load as stored (`loader.build_model`,
 `QuantizableLinear.prepare_fp8`, `per_row_scale`).
+
+The input may come already quantised (`QuantizedActivation`): with fused layers, the RMSNorm
+and SiLU-and-mul kernels before the qkv, gate/up and down projections write fp8 rows and
+scales themselves, so three of a layer's four quantisation passes disappear (the attention
+output before o_proj is still quantised here).
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ import torch
 from pagefleet.kernels.quant_fp8 import (
     FP8_DTYPE,
     FP8_MAX,
+    QuantizedActivation,
     per_token_quant_fp8,
     per_token_quant_fp8_ref,
 )
 from pagefleet.workers.engine.config import QUANTIZATIONS
 
-__all__ = ["FP8_DTYPE", "FP8_MAX", "QUANTIZATIONS", "fp8_linear", "per_row_scale", "quantize_rows"]
+__all__ = ["FP8_DTYPE", "FP8_MAX", "QUANTIZATIONS", "QuantizedActivation", "fp8_linear", "per_row_scale",
+           "quantize_activation", "quantize_rows"]
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,6 +47,12 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values, scale
 
 
+def quantize_activation(x: torch.Tensor) -> QuantizedActivation:
+    """`x` `[..., cols]` -> its rows `[rows, cols]` quantised per token."""
+    values, scale = quantize_rows(x.reshape(-1, x.shape[-1]))
+    return QuantizedActivation(values, scale, x.dtype)
+
+
 def scaled_mm_supported(device: torch.device) -> bool:
     """FP8 tensor cores: compute capability 8.9 (Ada) or 9.x (Hopper) and newer."""
     return device.type == "cuda" and _has_fp8_tensor_cores(device.index)
@@ -51,22 +64,23 @@ def _has_fp8_tensor_cores(index: int | None) -> bool:
     return torch.cuda.get_device_capability(index) >= (8, 9)
 
 
-def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
-               bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`x @ (weight * weight_scale)^T + bias` with `x` quantised per token on the fly.
+def fp8_linear(x: torch.Tensor | QuantizedActivation, weight: torch.Tensor,
+               weight_scale: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`x @ (weight * weight_scale)^T + bias`, with `x` quantised per token on the fly unless
+    it comes quantised (then `[rows, in]`, and the result is `[rows, out]`).
 
-    `weight` is `[out, in]` fp8, `weight_scale` `[out]` float32; returns `x`'s dtype.
+    `weight` is `[out, in]` fp8, `weight_scale` `[out]` float32; returns the activation's dtype.
     """
-    shape = x.shape
-    x_q, x_scale = quantize_rows(x.reshape(-1, shape[-1]))
-    if scaled_mm_supported(x.device):
-        out = torch._scaled_mm(x_q, weight.t(), scale_a=x_scale, scale_b=weight_scale.view(1, -1),
-                               out_dtype=x.dtype)
+    lead = x.shape[:-1]
+    q = x if isinstance(x, QuantizedActivation) else quantize_activation(x)
+    if scaled_mm_supported(q.values.device):
+        out = torch._scaled_mm(q.values, weight.t(), scale_a=q.scale, scale_b=weight_scale.view(1, -1),
+                               out_dtype=q.dtype)
     else:
-        out = ((x_q.float() * x_scale) @ (weight.float() * weight_scale[:, None]).t()).to(x.dtype)
+        out = ((q.values.float() * q.scale) @ (weight.float() * weight_scale[:, None]).t()).to(q.dtype)
     if bias is not None:
         out = out + bias
-    return out.view(*shape[:-1], weight.shape[0])
+    return out.view(*lead, weight.shape[0])
 
 
 def per_row_scale(scale: torch.Tensor, rows: int) -> torch.Tensor:

@@ -12,6 +12,8 @@ With `fused_layers` the elementwise work around the matmuls runs through pagefle
 kernels: residual add + RMSNorm in one pass, RoPE in place from a cos/sin table, SiLU-and-mul.
 A decode step of a large model is otherwise hundreds of tiny torch kernels per token batch;
 fused, each layer is about nine launches. The torch path stays the reference (and the CPU path).
+With FP8 linear layers the fused RMSNorm and SiLU-and-mul kernels also quantise their rows for
+the matmul that follows (`QuantizedActivation`), which then skips its own quantisation pass.
 """
 
 from __future__ import annotations
@@ -24,9 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagefleet.kernels.rms_norm import fused_add_rms_norm, rms_norm
+from pagefleet.kernels.quant_fp8 import QuantizedActivation
+from pagefleet.kernels.rms_norm import (
+    fused_add_rms_norm,
+    fused_add_rms_norm_quant_fp8,
+    rms_norm,
+    rms_norm_quant_fp8,
+)
 from pagefleet.kernels.rotary_embedding import rotary_embedding
-from pagefleet.kernels.silu_and_mul import silu_and_mul
+from pagefleet.kernels.silu_and_mul import silu_and_mul, silu_and_mul_quant_fp8
 from pagefleet.workers.attention.base import AttentionBackend
 from pagefleet.workers.attention.metadata import AttentionMetadata
 from pagefleet.workers.models.arch import ModelArch
@@ -86,7 +94,9 @@ class RMSNorm(nn.Module):
     """Normalises in float32 and casts back before the weight, exactly like HF's LlamaRMSNorm.
 
     Takes the residual stream too (vLLM's shape): `(x, residual) -> (norm(x + residual),
-    x + residual)`, so the fused kernel can add and normalise in one pass.
+    x + residual)`, so the fused kernel can add and normalise in one pass. With `fp8` (the
+    next matmul is FP8) the fused kernel returns the normed rows quantised for it; the torch
+    path returns them as they are and the matmul quantises them itself.
     """
 
     def __init__(self, dim: int, eps: float, fused: bool = False) -> None:
@@ -96,8 +106,14 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
 
     def forward(
-        self, x: torch.Tensor, residual: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, x: torch.Tensor, residual: torch.Tensor | None = None, fp8: bool = False,
+    ) -> tuple[torch.Tensor | QuantizedActivation, torch.Tensor]:
+        if self.fused and fp8:
+            quantized = QuantizedActivation.empty(x.shape[0], x.shape[-1], x.dtype, x.device)  # x: [T, dim]
+            if residual is None:
+                return rms_norm_quant_fp8(x, self.weight, self.eps, quantized), x
+            fused_add_rms_norm_quant_fp8(x, residual, self.weight, self.eps, quantized, residual)  # in place
+            return quantized, residual
         if self.fused:
             out = torch.empty_like(x)
             if residual is None:
@@ -128,7 +144,11 @@ class Attention(nn.Module):
         )
         self.o_proj = RowParallelLinear(q_size, arch.hidden_size, False, tp)
 
-    def forward(self, x: torch.Tensor, rope: Rope, kv_cache: KVCache,
+    @property
+    def takes_quantized_input(self) -> bool:
+        return self.qkv_proj.takes_quantized_input
+
+    def forward(self, x: torch.Tensor | QuantizedActivation, rope: Rope, kv_cache: KVCache,
                 metadata: AttentionMetadata) -> torch.Tensor:
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
@@ -159,10 +179,18 @@ class MLP(nn.Module):
         )
         self.down_proj = RowParallelLinear(arch.intermediate_size, arch.hidden_size, False, tp)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def takes_quantized_input(self) -> bool:
+        return self.gate_up_proj.takes_quantized_input
+
+    def forward(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)  # [T, 2 * intermediate / tp]
-        if self.fused:
-            activated = silu_and_mul(gate_up, gate_up.new_empty(gate_up.shape[0], gate_up.shape[1] // 2))
+        rows, width = gate_up.shape[0], gate_up.shape[1] // 2
+        if self.fused and self.down_proj.takes_quantized_input:
+            activated = silu_and_mul_quant_fp8(
+                gate_up, QuantizedActivation.empty(rows, width, gate_up.dtype, gate_up.device))
+        elif self.fused:
+            activated = silu_and_mul(gate_up, gate_up.new_empty(rows, width))
         else:
             gate, up = gate_up.chunk(2, dim=-1)
             activated = F.silu(gate) * up
@@ -185,9 +213,9 @@ class DecoderLayer(nn.Module):
                 kv_cache: KVCache, metadata: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
         """`(x, residual)` -> `(mlp output, residual stream before it)`: the add that closes
         the block happens in the next norm, where it is fused."""
-        hidden, residual = self.input_layernorm(x, residual)
+        hidden, residual = self.input_layernorm(x, residual, fp8=self.self_attn.takes_quantized_input)
         hidden = self.self_attn(hidden, rope, kv_cache, metadata)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        hidden, residual = self.post_attention_layernorm(hidden, residual, fp8=self.mlp.takes_quantized_input)
         return self.mlp(hidden), residual
 
 

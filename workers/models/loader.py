@@ -72,6 +72,7 @@ def build_model(
     seed: int = 0,
     fused_layers: bool = False,
     quantization: str | None = None,
+    fused_fp8_quant: bool = True,
 ) -> LlamaForCausalLM:
     """Allocate the model (the class `model_type` picks) on `device` in `dtype`, then load weights.
 
@@ -81,6 +82,8 @@ def build_model(
     is already FP8 (`quantization_config.quant_method == "fp8"`) loads its fp8 weights and
     scales as they are, whatever `quantization` says. `quantization="int4"` rounds them to
     int4 per group of 128 (symmetric RTN, int4.py); GPTQ and AWQ checkpoints load as int4.
+    With `fused_layers`, FP8 layers take their input quantised by the kernel before them
+    unless `fused_fp8_quant` is off (see `QuantizableLinear.takes_quantized_input`).
     """
     device = device or torch.device("cpu")
     tp = tp or TensorParallel()
@@ -94,7 +97,7 @@ def build_model(
     linears = [m for m in model.modules() if isinstance(m, QuantizableLinear)]
     if fp8_checkpoint:
         for linear in linears:
-            linear.prepare_fp8()
+            linear.prepare_fp8(fused_fp8_quant)
     int4 = int4_format(_quantization_config(resolved)) if stored in INT4_METHODS else None
     if int4 is not None:
         if resolved.arch.moe is not None:
@@ -117,7 +120,7 @@ def build_model(
         model.load_weights(weights)
         if stored is None and quantization is not None:  # a quantised checkpoint loads as stored
             for linear in linears:
-                linear.to_fp8() if quantization == "fp8" else linear.to_int4()
+                linear.to_fp8(fused_fp8_quant) if quantization == "fp8" else linear.to_int4()
     return model.eval()
 
 

@@ -89,6 +89,8 @@ class FusedExperts(nn.Module):
 class SparseMoeBlock(nn.Module):
     """Router + experts in place of the dense MLP (same constructor, so layers swap it in)."""
 
+    takes_quantized_input = False  # the router and the experts read the normed rows as they are
+
     def __init__(self, arch: ModelArch, tp: TensorParallel, fused: bool) -> None:
         super().__init__()
         if arch.moe is None:

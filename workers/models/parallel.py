@@ -19,7 +19,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from pagefleet.workers.models.fp8 import FP8_DTYPE, fp8_linear, per_row_scale, quantize_rows
+from pagefleet.workers.models.fp8 import (
+    FP8_DTYPE,
+    QuantizedActivation,
+    fp8_linear,
+    per_row_scale,
+    quantize_rows,
+)
 from pagefleet.workers.models.int4 import Int4Weight, int4_linear, quantize_int4_rtn
 
 
@@ -66,6 +72,7 @@ class QuantizableLinear(nn.Module):
 
     `to_fp8` / `to_int4` quantise loaded weights in place (online, `quantization="fp8"|"int4"`);
     `prepare_fp8` / `prepare_int4` make room for a quantised checkpoint's tensors instead.
+    An FP8 layer also takes its input already quantised (`takes_quantized_input`).
     """
 
     weight: nn.Parameter
@@ -74,24 +81,40 @@ class QuantizableLinear(nn.Module):
         super().__init__()
         self.register_parameter("weight_scale", None)  # set by to_fp8 / prepare_fp8 / int4
         self.register_parameter("weight_zero", None)  # int4 only
+        self.fuse_input_quant = False  # set with the fp8 weights, see takes_quantized_input
 
-    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    @property
+    def is_fp8(self) -> bool:
+        return self.weight_scale is not None and self.weight_zero is None
+
+    @property
+    def takes_quantized_input(self) -> bool:
+        """Whether the kernel before this layer should hand it fp8 rows and scales
+        (`QuantizedActivation`) rather than the activation: an FP8 layer, unless the loader
+        was told to keep quantisation in the matmul (`fused_fp8_quant=False`, for A/B runs)."""
+        return self.is_fp8 and self.fuse_input_quant
+
+    def matmul(self, x: torch.Tensor | QuantizedActivation, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.is_fp8:
+            return fp8_linear(x, self.weight, self.weight_scale, bias)
+        if isinstance(x, QuantizedActivation):
+            raise TypeError(f"{type(self).__name__} with {self.weight.dtype} weights cannot take fp8 input")
         if self.weight_zero is not None:
             return int4_linear(x, self.int4_weight(), bias)
-        if self.weight_scale is None:
-            return F.linear(x, self.weight, bias)
-        return fp8_linear(x, self.weight, self.weight_scale, bias)
+        return F.linear(x, self.weight, bias)
 
     def int4_weight(self) -> Int4Weight:
         return Int4Weight(self.weight, self.weight_scale, self.weight_zero)
 
-    def to_fp8(self) -> None:
+    def to_fp8(self, fuse_input_quant: bool = True) -> None:
         values, scale = quantize_rows(self.weight.data)
         self.weight = nn.Parameter(values, requires_grad=False)
         self.weight_scale = nn.Parameter(scale.view(-1), requires_grad=False)
+        self.fuse_input_quant = fuse_input_quant
 
-    def prepare_fp8(self) -> None:
+    def prepare_fp8(self, fuse_input_quant: bool = True) -> None:
         rows = self.weight.shape[0]
+        self.fuse_input_quant = fuse_input_quant
         self.weight = nn.Parameter(torch.empty_like(self.weight, dtype=FP8_DTYPE), requires_grad=False)
         self.weight_scale = nn.Parameter(
             torch.ones(rows, dtype=torch.float32, device=self.weight.device), requires_grad=False)
@@ -139,7 +162,7 @@ class ColumnParallelLinear(QuantizableLinear):
             raise ValueError(f"expected {size * self.tp.size} rows, got tensor of {tuple(full.shape)}")
         param.data[offset:offset + size].copy_(full.narrow(0, self.tp.rank * size, size))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
         return self.matmul(x, self.bias)
 
 
@@ -167,7 +190,7 @@ class RowParallelLinear(QuantizableLinear):
             raise ValueError(f"expected {columns * self.tp.size} columns, got tensor of {tuple(full.shape)}")
         param.data.copy_(full.narrow(1, self.tp.rank * columns, columns))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
         y = self.tp.all_reduce(self.matmul(x, None))
         return y if self.bias is None else y + self.bias
 

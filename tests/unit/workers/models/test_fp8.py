@@ -14,6 +14,7 @@ from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.models.fp8 import (
     FP8_DTYPE,
     FP8_MAX,
+    QuantizedActivation,
     fp8_linear,
     per_row_scale,
     quantize_rows,
@@ -137,3 +138,66 @@ def test_fp8_checkpoint_loads_its_values_and_scales_as_stored(tmp_path: Path):
     k_rows = stored["model.layers.1.self_attn.k_proj.weight"].shape[0]
     assert torch.equal(qkv.weight_scale[q_rows:q_rows + k_rows], expected_scale.expand(k_rows))
     assert torch.isfinite(_logits(model)).all()
+
+
+def _projection_inputs(model) -> dict[str, type]:
+    """What each projection of the first layer is called with, recorded by forward pre-hooks."""
+    seen: dict[str, type] = {}
+    layer = model.model.layers[0]
+    for name in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"):
+        def record(module, args, name=name):
+            seen[name] = type(args[0])
+        layer.get_submodule(name).register_forward_pre_hook(record)
+    return seen
+
+
+@pytest.mark.parametrize(("variant", "dtype"), [("llama3-tied", torch.float32), ("qwen3", torch.float32),
+                                                ("qwen2-bias", torch.bfloat16)])
+def test_fused_fp8_quant_hands_the_matmuls_the_same_bits(tmp_path: Path, variant: str, dtype: torch.dtype):
+    """With fused layers (the Triton interpreter here), the RMSNorm and SiLU-and-mul kernels
+    quantise for the qkv, gate/up and down projections, and o_proj still quantises its own
+    input; the logits equal, bit for bit, those of the same model quantising in every matmul,
+    through a prefill and a decode step on fresh random ids."""
+    from tests.unit.workers.models.paged import PagedCache
+
+    resolved = resolve_model(str(write_tiny_checkpoint(tmp_path / "m", variant)))
+    kwargs = dict(dtype=dtype, quantization="fp8", fused_layers=True)
+    models = [build_model(resolved, fused_fp8_quant=fused, **kwargs) for fused in (True, False)]
+    inputs = [_projection_inputs(model) for model in models]
+    ids = torch.randint(0, resolved.arch.vocab_size, (2, 19), generator=torch.Generator().manual_seed(torch.seed() % 2**31))
+    caches = [PagedCache(resolved.arch, num_blocks=40, block_size=8, seed=3) for _ in models]
+    for cache in caches:
+        cache.kv_caches = [(k.to(dtype), v.to(dtype)) for k, v in cache.kv_caches]
+    for steps in ({0: ids[0, :-1].tolist(), 1: ids[1, :7].tolist()}, {0: ids[0, -1:].tolist(), 1: ids[1, 7:8].tolist()}):
+        logits = []
+        for model, cache in zip(models, caches, strict=True):
+            step = cache.step(steps)
+            with torch.inference_mode():
+                hidden = model(step.input_ids, step.positions, cache.kv_caches, step.metadata)
+                logits.append(model.compute_logits(hidden))
+        assert torch.isfinite(logits[0]).all()
+        assert torch.equal(logits[0], logits[1])
+    assert inputs[0] == {"self_attn.qkv_proj": QuantizedActivation, "self_attn.o_proj": torch.Tensor,
+                         "mlp.gate_up_proj": QuantizedActivation, "mlp.down_proj": QuantizedActivation}
+    assert set(inputs[1].values()) == {torch.Tensor}
+
+
+def test_an_unquantised_layer_refuses_fp8_input():
+    layer = ColumnParallelLinear(16, [8], False, TensorParallel())
+    with pytest.raises(TypeError, match="cannot take fp8 input"):
+        layer(QuantizedActivation.empty(2, 16, torch.float32, torch.device("cpu")))
+
+
+def test_engine_greedy_tokens_with_fused_fp8_quant_equal_the_unfused_ones(tmp_path: Path):
+    """The whole engine on the CPU: FP8 weights, fused layers in the Triton interpreter."""
+    from pagefleet.workers import LLM, SamplingParams
+
+    folder = str(write_tiny_checkpoint(tmp_path / "m", "llama3-tied"))
+    prompts = [[(11 * i + 5 * j) % 90 + 3 for j in range(4 + 9 * i)] for i in range(4)]
+    params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=8)
+    tokens = []
+    for fused in (True, False):
+        llm = LLM(model=folder, max_model_len=128, quantization="fp8", fused_layers=True, fused_fp8_quant=fused)
+        assert llm.engine.runner.model.model.layers[0].mlp.down_proj.takes_quantized_input == fused
+        tokens.append([o.outputs[0].token_ids for o in llm.generate(prompts, params)])
+    assert tokens[0] == tokens[1]
