@@ -14,19 +14,18 @@ import triton
 import triton.language as tl
 
 from pagefleet.kernels.checks import check_float, check_last_dim_contiguous, check_shape
+from pagefleet.kernels.fp8_e4m3 import FP8_DTYPE, FP8_MAX, round_to_e4m3
 
-FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
+__all__ = ["FP8_DTYPE", "FP8_MAX", "per_token_quant_fp8", "per_token_quant_fp8_ref"]
+
 MIN_SCALE = 1e-12  # an all-zero row keeps a finite scale
-_MANTISSA_BITS = 3
-_MIN_NORMAL_EXPONENT = -6
 
 
 @triton.jit
 def _per_token_quant_fp8_kernel(
     x_ptr, out_ptr, scale_ptr, stride_x_row, stride_out_row,
     COLS: tl.constexpr, BLOCK: tl.constexpr, FP8_MAX_VALUE: tl.constexpr,
-    MIN_SCALE_VALUE: tl.constexpr, MANTISSA_BITS: tl.constexpr, MIN_NORMAL: tl.constexpr,
+    MIN_SCALE_VALUE: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -35,15 +34,7 @@ def _per_token_quant_fp8_kernel(
     scale = tl.maximum(tl.max(tl.abs(x), 0) / FP8_MAX_VALUE, MIN_SCALE_VALUE)
     # IEEE division (plain `/` is approximate on NVIDIA GPUs): a value on a rounding tie
     # must land exactly where torch puts it.
-    v = tl.clamp(tl.math.div_rn(x, scale), -FP8_MAX_VALUE, FP8_MAX_VALUE)
-    # The grid step at |v|: 2^(exponent - mantissa bits); subnormals share the smallest.
-    exponent = tl.floor(tl.log2(tl.maximum(tl.abs(v), MIN_NORMAL)))
-    step = tl.exp2(exponent - MANTISSA_BITS)
-    q = v / step
-    whole = tl.floor(q)
-    frac = q - whole
-    odd = (whole - 2.0 * tl.floor(whole * 0.5)) == 1.0
-    rounded = tl.where((frac > 0.5) | ((frac == 0.5) & odd), whole + 1.0, whole) * step
+    rounded = round_to_e4m3(tl.math.div_rn(x, scale))
     tl.store(out_ptr + row * stride_out_row + cols, rounded.to(out_ptr.dtype.element_ty), mask=mask)
     tl.store(scale_ptr + row, scale)
 
@@ -68,8 +59,7 @@ def per_token_quant_fp8(x: torch.Tensor, out: torch.Tensor, scale: torch.Tensor)
     block = triton.next_power_of_2(cols)
     _per_token_quant_fp8_kernel[(rows,)](
         x, out, scale, x.stride(0), out.stride(0), COLS=cols, BLOCK=block,
-        FP8_MAX_VALUE=FP8_MAX, MIN_SCALE_VALUE=MIN_SCALE, MANTISSA_BITS=_MANTISSA_BITS,
-        MIN_NORMAL=2.0 ** _MIN_NORMAL_EXPONENT, num_warps=min(16, max(1, block // 1024)),
+        FP8_MAX_VALUE=FP8_MAX, MIN_SCALE_VALUE=MIN_SCALE, num_warps=min(16, max(1, block // 1024)),
     )
 
 
