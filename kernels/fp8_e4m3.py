@@ -23,15 +23,18 @@ _MIN_NORMAL = tl.constexpr(2.0**-6)  # subnormals share the grid step of the sma
 @triton.jit
 def round_to_e4m3(x):
     """`x` (float32) clamped to +-448 and rounded to the nearest e4m3 value, as float32."""
-    v = tl.clamp(x, -_MAX, _MAX)
-    # The grid step at |v|: 2^(exponent - mantissa bits).
-    exponent = tl.floor(tl.log2(tl.maximum(tl.abs(v), _MIN_NORMAL)))
+    # Rounded as a magnitude, the sign put back from the sign bit: -tiny and -0.0 stay -0.0,
+    # like torch. NaN stays NaN (a NaN-blind min would turn it into 448 on the GPU).
+    a = tl.minimum(tl.abs(x), _MAX, propagate_nan=tl.PropagateNan.ALL)
+    # The grid step at a: 2^(exponent - mantissa bits).
+    exponent = tl.floor(tl.log2(tl.maximum(a, _MIN_NORMAL)))
     step = tl.exp2(exponent - _MANTISSA_BITS)
-    q = v / step  # exact: step is a power of two
+    q = a / step  # exact: step is a power of two
     whole = tl.floor(q)
     frac = q - whole
     odd = (whole - 2.0 * tl.floor(whole * 0.5)) == 1.0
-    return tl.where((frac > 0.5) | ((frac == 0.5) & odd), whole + 1.0, whole) * step
+    rounded = tl.where((frac > 0.5) | ((frac == 0.5) & odd), whole + 1.0, whole) * step
+    return tl.where(x.to(tl.int32, bitcast=True) < 0, -rounded, rounded)
 
 
 def saturate_to_e4m3(x: torch.Tensor) -> torch.Tensor:
