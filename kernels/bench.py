@@ -2,7 +2,8 @@
 
 Order: the kernel tests on CUDA (full-size shapes), then the two ceilings every number is
 read against (device copy bandwidth, bf16 matmul rate), then paged decode in GB/s across
-batch x context and paged prefill in TFLOP/s, each beside torch SDPA on dense tensors.
+batch x context and paged prefill in TFLOP/s, each beside torch SDPA on dense tensors; every
+decode shape also over an fp8 e4m3 cache (`kv_cache_dtype="fp8"`), in the same run.
 `--tune` first sweeps launch parameters on the headline shapes and benchmarks the best.
 """
 
@@ -25,6 +26,7 @@ from pagefleet.kernels.bench_attention import (
     time_in_graph,
     time_ms,
 )
+from pagefleet.kernels.fp8_e4m3 import FP8_DTYPE
 from pagefleet.kernels.paged_decode_attention import DecodeConfig
 from pagefleet.kernels.paged_prefill_attention import PrefillConfig
 
@@ -133,6 +135,18 @@ def _record(report: Report, name: str, config: object, timing: Timing) -> float:
     return timing.ms
 
 
+def _time_fp8_cache_decode(batch: int, context: int, shape: AttentionShape, device: torch.device,
+                           generator: torch.Generator, config: DecodeConfig) -> tuple[float, float]:
+    """Graph-replayed ms and GB/s of the same decode over an fp8 e4m3 cache (half the bytes):
+    kv_cache_dtype="fp8" against "auto", measured in the same run."""
+    fp8_shape = replace(shape, cache_dtype=FP8_DTYPE)
+    bytes_needed = DecodeCase.bytes_needed(batch, context, fp8_shape)
+    copies = max(1, min(64, triton.cdiv(ROTATE_BYTES, bytes_needed)))
+    cases = [DecodeCase(batch, context, fp8_shape, device, generator) for _ in range(copies)]
+    ms = time_in_graph([lambda c=c: c.run(config) for c in cases])
+    return ms, cases[0].bytes_moved() / ms / 1e6
+
+
 def bench_attention(report: Report, options: KernelBenchOptions, device: torch.device,
                     generator: torch.Generator, decode_config: DecodeConfig,
                     prefill_config: PrefillConfig) -> None:
@@ -146,19 +160,24 @@ def bench_attention(report: Report, options: KernelBenchOptions, device: torch.d
             bytes_needed = DecodeCase.bytes_needed(batch, context, shape)
             copies = max(1, min(64, triton.cdiv(ROTATE_BYTES, bytes_needed)))
             cases = [DecodeCase(batch, context, shape, device, generator) for _ in range(copies)]
+            num_splits = cases[0].num_splits(decode_config)
             graph_ms = time_in_graph([lambda c=c: c.run(decode_config) for c in cases])
             gb_s = cases[0].bytes_moved() / graph_ms / 1e6
             eager, sdpa = cases[0].time(decode_config), cases[0].time_sdpa()
+            del cases
+            fp8_ms, fp8_gb_s = _time_fp8_cache_decode(batch, context, shape, device, generator,
+                                                      decode_config)
             row = {"batch": batch, "context": context, "graph_ms": graph_ms, "gb_s": gb_s,
                    "pct_of_copy": 100 * gb_s / copy_gb_s, "eager_ms": eager.ms,
-                   "num_splits": cases[0].num_splits(decode_config),
-                   "sdpa_dense_ms": sdpa.ms, "sdpa_dense_gb_s": sdpa.rate}
+                   "num_splits": num_splits,
+                   "sdpa_dense_ms": sdpa.ms, "sdpa_dense_gb_s": sdpa.rate,
+                   "fp8_cache_graph_ms": fp8_ms, "fp8_cache_gb_s": fp8_gb_s}
             report.decode.append(row)
             print(f"decode b={batch:4d} ctx={context:6d} graph {graph_ms:8.4f} ms {gb_s:6.0f} GB/s "
                   f"({row['pct_of_copy']:5.1f}% of copy, splits {row['num_splits']:2d}) "
-                  f"eager {eager.ms:8.4f} ms | SDPA dense {sdpa.ms:8.4f} ms {sdpa.rate:6.0f} GB/s",
-                  flush=True)
-            del cases
+                  f"eager {eager.ms:8.4f} ms | SDPA dense {sdpa.ms:8.4f} ms {sdpa.rate:6.0f} GB/s "
+                  f"| fp8 cache graph {fp8_ms:8.4f} ms {fp8_gb_s:6.0f} GB/s "
+                  f"({graph_ms / fp8_ms:4.2f}x)", flush=True)
     peak = report.ceilings["matmul_bf16_tflop_s"]
     for batch, query_len, context in [(1, 2048, 0), (4, 4096, 0), (1, 16384, 0), (8, 512, 8192)]:
         case = PrefillCase(batch, query_len, context, shape, device, generator)

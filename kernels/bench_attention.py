@@ -1,7 +1,7 @@
 """Attention benchmark cases: paged decode in GB/s, paged prefill in TFLOP/s.
 
-Shapes are Llama-3.1-8B's (32 query heads, 8 KV heads, head_dim 128, block 16, bf16). Block
-tables are random permutations, so K/V reads are as scattered as in a busy engine.
+Shapes are Llama-3.1-8B's (32 query heads, 8 KV heads, head_dim 128, block 16, bf16; the KV
+cache in bf16, or fp8 e4m3 with `cache_dtype`). Block tables are random permutations, so K/V reads are as scattered as in a busy engine.
 `triton.testing.do_bench` flushes L2 before every timed call, so small caches are not timed
 out of cache.
 """
@@ -22,6 +22,7 @@ from pagefleet.kernels.paged_decode_attention import (
     paged_decode_attention,
 )
 from pagefleet.kernels.paged_prefill_attention import PrefillConfig, paged_prefill_attention
+from pagefleet.kernels.reshape_and_cache import to_cache_dtype
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,11 @@ class AttentionShape:
     head_dim: int = 128
     block_size: int = 16
     dtype: torch.dtype = torch.bfloat16
+    cache_dtype: torch.dtype | None = None  # None: `dtype` (kv_cache_dtype "auto")
+
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        return self.dtype if self.cache_dtype is None else self.cache_dtype
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +82,10 @@ def random_paged_cache(
     blocks_per_seq = triton.cdiv(seq_len, shape.block_size)
     num_blocks = batch * blocks_per_seq
     cache_shape = (num_blocks, shape.block_size, shape.num_kv_heads, shape.head_dim)
-    k_cache = torch.randn(cache_shape, dtype=shape.dtype, device=device, generator=generator)
-    v_cache = torch.randn(cache_shape, dtype=shape.dtype, device=device, generator=generator)
+    k_cache = to_cache_dtype(torch.randn(cache_shape, dtype=shape.dtype, device=device,
+                                         generator=generator), shape.kv_dtype)
+    v_cache = to_cache_dtype(torch.randn(cache_shape, dtype=shape.dtype, device=device,
+                                         generator=generator), shape.kv_dtype)
     perm = torch.randperm(num_blocks, device=device, generator=generator)
     block_tables = perm.view(batch, blocks_per_seq).to(torch.int32)
     seq_lens = torch.full((batch,), seq_len, dtype=torch.int32, device=device)
@@ -100,7 +108,7 @@ class DecodeCase:
 
     @staticmethod
     def bytes_needed(batch: int, context: int, shape: AttentionShape) -> int:
-        elem = torch.finfo(shape.dtype).bits // 8
+        elem = shape.kv_dtype.itemsize
         return 2 * batch * context * shape.num_kv_heads * shape.head_dim * elem
 
     def bytes_moved(self) -> int:

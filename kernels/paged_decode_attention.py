@@ -22,6 +22,7 @@ import triton.language as tl
 from pagefleet.kernels.attention_mask import check_window_and_cap, first_visible_key, soft_cap
 from pagefleet.kernels.checks import (
     check_float,
+    check_kv_caches,
     check_last_dim_contiguous,
     check_shape,
     upcast_dot_operands,
@@ -117,9 +118,8 @@ def _paged_decode_attention_kernel(
         blocks = tl.load(table_ptr + tokens // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
         rows = blocks * stride_cache_block + (tokens % BLOCK_SIZE) * stride_cache_slot + head_offset
         kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(k_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        if UPCAST_DOT:
-            k = k.to(tl.float32)
+        # An fp8 cache is read back as the query's dtype (float32 with UPCAST_DOT).
+        k = tl.load(k_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0).to(q.dtype)
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [G, N]
         if HAS_SOFTCAP:
             scores = soft_cap_tile(scores, softcap)
@@ -128,9 +128,7 @@ def _paged_decode_attention_kernel(
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(scores - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        if UPCAST_DOT:
-            v = v.to(tl.float32)
+        v = tl.load(v_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0).to(q.dtype)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
@@ -259,13 +257,10 @@ def _check_args(
         raise ValueError(f"block_tables must be [num_seqs={num_seqs}, max_blocks], got {tuple(block_tables.shape)}")
     if num_heads % num_kv_heads:
         raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
-    for name, tensor in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("out", out)):
+    for name, tensor in (("q", q), ("out", out)):
         check_float(name, tensor)
         check_last_dim_contiguous(name, tensor)
-    if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
-        raise ValueError(f"q and caches must share a dtype, got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
-    if k_cache.stride() != v_cache.stride():
-        raise ValueError("k_cache and v_cache must share strides")
+    check_kv_caches(k_cache, v_cache, q.dtype)
     for name, tensor in (("block_tables", block_tables), ("seq_lens", seq_lens)):
         if tensor.dtype != torch.int32:
             raise ValueError(f"{name} must be int32, got {tensor.dtype}")
@@ -279,7 +274,8 @@ def paged_decode_attention_ref(
     sliding_window: int | None = None, softcap: float | None = None,
 ) -> torch.Tensor:
     """Plain torch, in float32: gather each sequence's keys and values (from the window's
-    first, when windowed), softmax, weight."""
+    first, when windowed), softmax, weight. An fp8 cache's values are exact in float32, so
+    the kernel, which reads them as the query's dtype, sees the same keys and values."""
     num_heads = q.shape[1]
     num_kv_heads = k_cache.shape[2]
     block_size = k_cache.shape[1]

@@ -32,6 +32,7 @@ from pagefleet.kernels.attention_mask import (
 )
 from pagefleet.kernels.checks import (
     check_float,
+    check_kv_caches,
     check_last_dim_contiguous,
     check_shape,
     upcast_dot_operands,
@@ -98,13 +99,11 @@ def _attend_tile(
     blocks = tl.load(table_ptr + tokens // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
     rows = blocks * stride_cache_block + (tokens % BLOCK_SIZE) * stride_cache_slot + head_offset
     kv_mask = n_mask[:, None] & d_mask[None, :]
+    # An fp8 cache is read back as the query's dtype (float32 with UPCAST_DOT).
     k = tl.load(k_cache_ptr + rows[:, None] + tl.arange(0, HEAD_DIM_PAD)[None, :],
-                mask=kv_mask, other=0.0)
+                mask=kv_mask, other=0.0).to(q.dtype)
     v = tl.load(v_cache_ptr + rows[:, None] + tl.arange(0, HEAD_DIM_PAD)[None, :],
-                mask=kv_mask, other=0.0)
-    if UPCAST_DOT:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
+                mask=kv_mask, other=0.0).to(q.dtype)
     scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [M, N]
     if HAS_SOFTCAP:
         scores = soft_cap_tile(scores, softcap)
@@ -243,13 +242,10 @@ def paged_prefill_attention(
         raise ValueError(f"block_tables must be [num_seqs={num_seqs}, max_blocks], got {tuple(block_tables.shape)}")
     if num_heads % num_kv_heads:
         raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
-    for name, tensor in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("out", out)):
+    for name, tensor in (("q", q), ("out", out)):
         check_float(name, tensor)
         check_last_dim_contiguous(name, tensor)
-    if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
-        raise ValueError(f"q and caches must share a dtype, got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
-    if k_cache.stride() != v_cache.stride():
-        raise ValueError("k_cache and v_cache must share strides")
+    check_kv_caches(k_cache, v_cache, q.dtype)
     for name, tensor in (("block_tables", block_tables), ("seq_lens", seq_lens),
                          ("query_start_loc", query_start_loc)):
         if tensor.dtype != torch.int32:

@@ -3,6 +3,10 @@
 The cache is `[num_blocks, block_size, num_kv_heads, head_dim]`; `slot_mapping[t]` is
 `block_id * block_size + offset`. A negative slot means "padding token, write nothing", so a
 CUDA graph captured for a padded batch can replay with unused rows.
+
+An fp8 e4m3 cache (`kv_cache_dtype="fp8"`) stores the values unscaled (a per-tensor scale of
+1.0, vLLM's default without calibration): K/V beyond +-448 saturate to +-448 rather than
+becoming NaN, and everything is rounded to nearest even on the e4m3 grid (see fp8_e4m3.py).
 """
 
 from __future__ import annotations
@@ -11,7 +15,12 @@ import torch
 import triton
 import triton.language as tl
 
-from pagefleet.kernels.checks import check_float, check_last_dim_contiguous, check_shape
+from pagefleet.kernels.checks import (
+    check_float,
+    check_last_dim_contiguous,
+    check_shape,
+)
+from pagefleet.kernels.fp8_e4m3 import FP8_DTYPE, round_to_e4m3, saturate_to_e4m3
 
 
 @triton.jit
@@ -21,6 +30,7 @@ def _reshape_and_cache_kernel(
     stride_cache_block, stride_cache_slot, stride_cache_head,
     NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
     HEADS_PAD: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    FP8_CACHE: tl.constexpr,
 ):
     token = tl.program_id(0)
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
@@ -38,6 +48,9 @@ def _reshape_and_cache_kernel(
             value_ptr + token * stride_value_token + heads[:, None] * stride_value_head + dims[None, :],
             mask=mask,
         )
+        if FP8_CACHE:
+            key = round_to_e4m3(key.to(tl.float32))
+            value = round_to_e4m3(value.to(tl.float32))
         cache_offsets = (
             block * stride_cache_block + offset * stride_cache_slot
             + heads[:, None] * stride_cache_head + dims[None, :]
@@ -58,8 +71,11 @@ def reshape_and_cache(
     check_shape("v_cache", v_cache, tuple(k_cache.shape))
     check_shape("slot_mapping", slot_mapping, (num_tokens,))
     for name, tensor in (("key", key), ("value", value), ("k_cache", k_cache), ("v_cache", v_cache)):
-        check_float(name, tensor)
+        if not (name.endswith("cache") and tensor.dtype == FP8_DTYPE):
+            check_float(name, tensor)
         check_last_dim_contiguous(name, tensor)
+    if k_cache.dtype != v_cache.dtype:
+        raise ValueError(f"k_cache and v_cache must share a dtype, got {k_cache.dtype}, {v_cache.dtype}")
     if k_cache.stride() != v_cache.stride():
         raise ValueError("k_cache and v_cache must share strides")
     if slot_mapping.dtype not in (torch.int32, torch.int64):
@@ -73,6 +89,7 @@ def reshape_and_cache(
         NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
         HEADS_PAD=triton.next_power_of_2(num_kv_heads),
         HEAD_DIM_PAD=triton.next_power_of_2(head_dim), BLOCK_SIZE=block_size,
+        FP8_CACHE=k_cache.dtype == FP8_DTYPE,
     )
 
 
@@ -80,9 +97,15 @@ def reshape_and_cache_ref(
     key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
 ) -> None:
-    """Plain torch: copy every row with a non-negative slot into its cache slot."""
+    """Plain torch: copy every row with a non-negative slot into its cache slot (saturated
+    to +-448 first when the cache is fp8)."""
     _, _, num_kv_heads, head_dim = k_cache.shape
     keep = slot_mapping >= 0
     slots = slot_mapping[keep].long()
-    k_cache.view(-1, num_kv_heads, head_dim)[slots] = key[keep].to(k_cache.dtype)
-    v_cache.view(-1, num_kv_heads, head_dim)[slots] = value[keep].to(v_cache.dtype)
+    k_cache.view(-1, num_kv_heads, head_dim)[slots] = to_cache_dtype(key[keep], k_cache.dtype)
+    v_cache.view(-1, num_kv_heads, head_dim)[slots] = to_cache_dtype(value[keep], v_cache.dtype)
+
+
+def to_cache_dtype(x: torch.Tensor, cache_dtype: torch.dtype) -> torch.Tensor:
+    """What a cache of `cache_dtype` stores for `x`: a plain cast, or a saturating one to fp8."""
+    return saturate_to_e4m3(x) if cache_dtype == FP8_DTYPE else x.to(cache_dtype)

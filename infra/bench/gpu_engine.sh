@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Engine checks and throughput benchmarks on a GPU machine (the lent H100), from the repo root.
 # Needs torch, triton and transformers there; carries msgspec/gguf wheels in .whl/ if missing.
-# Usage: infra/bench/gpu_engine.sh OUT_DIR [quick|tp|profile|compare|moe|fp8|fp8fuse|final|int4|fixed|standby|extra]
+# Usage: infra/bench/gpu_engine.sh OUT_DIR [quick|tp|profile|compare|moe|fp8|fp8fuse|fp8kv|final|int4|fixed|standby|extra]
 set -uo pipefail
 out=${1:-/tmp/pf-bench}; mode=${2:-full}
 source "$(dirname "$0")/gpu_env.sh"
@@ -92,6 +92,20 @@ if [ "$mode" = fp8 ]; then  # bf16 vs FP8 weights (ShareGPT-like), then 512 conc
     tag=${m//[-.]/}
     timeout 110 bash -c "$(declare -f bench); bench --model $m --load-format dummy --num-prompts 1000 --hf none --repeat 2 \
       --max-num-seqs 512 --json $out/${tag}_sharegpt_bf16_seqs512.json" 2>&1 | grep -v Warning | grep -E "^pass|^pagefleet" | tee "$out/${tag}_bf16_seqs512.txt"
+  done
+  exit 0
+fi
+if [ "$mode" = fp8kv ]; then  # FP8 KV cache: its GPU tests, then 8B bf16 KV vs fp8 KV (and fp8 weights), same run
+  { timeout 200 python3 -m pytest -q -rf -p no:cacheprovider --noconftest tests/gpu/test_engine_cuda.py -k "fp8_kv or graphs_equal"
+    timeout 200 python3 -m pytest -q -rf -p no:cacheprovider --confcutdir=tests/unit tests/unit/kernels/test_kernel_reshape_and_cache.py \
+      tests/unit/kernels/test_kernel_paged_decode_attention.py tests/unit/kernels/test_kernel_paged_prefill_attention.py \
+      tests/unit/kernels/test_kernel_quant_fp8.py tests/unit/workers/attention -k "fp8 or reshape or matches"; } > "$out/gpu_tests.txt" 2>&1
+  grep -E "^FAILED|passed|failed" "$out/gpu_tests.txt"
+  for run in ${FP8KV_RUNS:-bf16:auto bf16:fp8 fp8:auto fp8:fp8}; do
+    IFS=: read -r q kv <<< "$run"; qflag=""; [ $q != bf16 ] && qflag="--quantization $q"
+    timeout 150 bash -c "$(declare -f bench); bench --model llama-3.1-8b --load-format dummy --num-prompts 1000 --hf none \
+      --max-num-seqs 256 $qflag --kv-cache-dtype $kv --breakdown --json $out/llama318b_sharegpt_${q}_kv${kv}_seqs256.json" \
+      2>&1 | grep -E "^pass|^time|^graph decode|KV blocks|Error" | sed "s/^/8b $q kv=$kv: /"
   done
   exit 0
 fi

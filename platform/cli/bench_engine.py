@@ -63,9 +63,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="measured passes of the same work with other token ids (the lower median is reported)")
     parser.add_argument("--breakdown", action="store_true",
                         help="first an instrumented pass that splits the time by phase")
-    add_flags(parser, EngineConfig, ["swap_space", "preemption_mode"], help={
+    add_flags(parser, EngineConfig, ["swap_space", "preemption_mode", "kv_cache_dtype"], help={
         "swap_space": "GiB of host memory for swapped-out KV blocks (0: always recompute)",
         "preemption_mode": "force swapping or recomputing preempted sequences (default: by cost)",
+        "kv_cache_dtype": "auto: the model's dtype; fp8: e4m3, half the bytes of bf16 "
+                          "(scales 1.0, values beyond +-448 saturate)",
     })
     parser.add_argument("--standby-cycles", type=int, default=0,
                         help="instead of throughput: time N sleep/wake cycles (standby)")
@@ -88,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         fused_layers=False if args.no_fused_layers else None, quantization=args.quantization,
         fused_fp8_quant=not args.no_fused_fp8_quant,
         swap_space=args.swap_space, preemption_mode=args.preemption_mode,
+        kv_cache_dtype=args.kv_cache_dtype,
     )
     if args.standby_cycles > 0:
         from pagefleet.workers.bench.standby_bench import run_standby_bench

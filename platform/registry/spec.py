@@ -18,6 +18,7 @@ _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _LOAD_FORMATS = ("auto", "dummy")
 _ATTENTION_BACKENDS = ("torch", "triton")
 _QUANTIZATIONS = (None, "fp8", "int4")
+KV_CACHE_DTYPES = ("auto", "fp8")  # EngineConfig's too (a unit test holds them equal)
 _TOLERATION_OPERATORS = ("Exists", "Equal")
 TASKS = ("generate", "embed")  # /v1/completions + /v1/chat/completions, or /v1/embeddings
 _TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
@@ -59,6 +60,7 @@ class EngineSettings:
     attention_backend: str | None = None
     load_format: str | None = None
     quantization: str | None = None
+    kv_cache_dtype: str | None = None
     swap_space: float | None = None
 
     def __post_init__(self) -> None:
@@ -84,6 +86,8 @@ class EngineSettings:
                  f"load_format must be one of {_LOAD_FORMATS}, got {self.load_format!r}")
         _require(self.quantization in _QUANTIZATIONS,
                  f"quantization must be one of {_QUANTIZATIONS}, got {self.quantization!r}")
+        _require(self.kv_cache_dtype is None or self.kv_cache_dtype in KV_CACHE_DTYPES,
+                 f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {self.kv_cache_dtype!r}")
         _require(self.attention_backend is None or self.attention_backend in _ATTENTION_BACKENDS,
                  f"attention_backend must be one of {_ATTENTION_BACKENDS}, got {self.attention_backend!r}")
 

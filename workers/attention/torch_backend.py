@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from pagefleet.kernels.attention_mask import soft_cap, visible_keys
+from pagefleet.kernels.fp8_e4m3 import FP8_DTYPE
+from pagefleet.kernels.reshape_and_cache import to_cache_dtype
 from pagefleet.workers.arithmetic import cdiv
 from pagefleet.workers.attention.metadata import AttentionMetadata
 
@@ -13,10 +15,18 @@ def write_kv_cache_ref(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
 ) -> None:
-    """Scatter new K/V rows into the cache slots named by `slot_mapping`."""
-    num_kv_heads, head_dim = k_cache.shape[2:]
-    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, k.to(k_cache.dtype))
-    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
+    """Scatter new K/V rows into the cache slots named by `slot_mapping`; an fp8 cache gets
+    them saturated to +-448 (see `to_cache_dtype`)."""
+    for new, cache in ((k, k_cache), (v, v_cache)):
+        rows, stored = _rows(cache), to_cache_dtype(new, cache.dtype)
+        if cache.dtype == FP8_DTYPE:  # torch has no fp8 index_copy_: move the bytes instead
+            rows, stored = rows.view(torch.uint8), stored.view(torch.uint8)
+        rows.index_copy_(0, slot_mapping, stored)
+
+
+def _rows(cache: torch.Tensor) -> torch.Tensor:
+    """`[num_blocks * block_size, num_kv_heads, head_dim]`: one row per cache slot."""
+    return cache.view(-1, *cache.shape[2:])
 
 
 def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:

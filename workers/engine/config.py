@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
@@ -10,6 +11,8 @@ _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _LOAD_FORMATS = ("auto", "dummy")
 _BACKENDS = (None, "torch", "triton")
 QUANTIZATIONS = (None, "fp8", "int4")  # the one list: models/fp8.py and the loader read it too
+KVCacheDtype = Literal["auto", "fp8"]
+KV_CACHE_DTYPES: tuple[str, ...] = typing.get_args(KVCacheDtype)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,12 @@ class EngineConfig:
     as stored whatever this says. `fused_fp8_quant`: with fused layers and FP8 linear layers,
     the RMSNorm and SiLU-and-mul kernels write the fp8 rows and scales the next matmul reads
     (three quantisation launches fewer per layer, the same bits); off only to measure that.
+
+    `kv_cache_dtype` (vLLM's name): `"auto"` stores K/V in the model's dtype; `"fp8"` in fp8
+    e4m3 (`torch.float8_e4m3fn`), half the bytes of bf16, so twice the blocks in the same
+    memory and half the KV bytes each decode step reads. Like vLLM's default without
+    calibration the scales are fixed at 1.0: values are stored as they are, rounded to e4m3's
+    3 mantissa bits, and any beyond +-448 saturate to +-448 (clamped on write, never NaN).
 
     `swap_space` (vLLM's name): GiB of host memory (pinned on CUDA) that a preempted
     sequence's KV blocks may move to instead of being recomputed; 0 turns swapping off.
@@ -61,6 +70,7 @@ class EngineConfig:
     async_scheduling: bool | None = None
     quantization: str | None = None
     fused_fp8_quant: bool = True
+    kv_cache_dtype: KVCacheDtype = "auto"
     swap_space: float = 0.0
     preemption_mode: Literal["swap", "recompute"] | None = None
 
@@ -91,6 +101,8 @@ class EngineConfig:
             raise ValueError(f"num_kv_blocks must be at least 1, got {self.num_kv_blocks}")
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {self.kv_cache_dtype!r}")
         if self.async_scheduling and self.tensor_parallel_size > 1:
             raise ValueError("async_scheduling needs tensor_parallel_size 1: only rank 0 "
                              "samples, so the other ranks could not read the chosen tokens")

@@ -114,7 +114,10 @@ def _tensors(model: torch.nn.Module) -> Iterator[torch.Tensor]:
 
 
 class HostKVCache:
-    """Swap space: `num_blocks` host blocks per layer, K and V, shaped like the device's."""
+    """Swap space: `num_blocks` host blocks per layer, K and V, each block as its raw bytes.
+
+    Blocks move as bytes, whatever the cache's dtype: a swap is a copy, and torch has no
+    `index_copy_` for fp8 (`kv_cache_dtype="fp8"`)."""
 
     def __init__(self, device_caches: KVCaches, num_blocks: int, device: torch.device) -> None:
         k, _ = device_caches[0]
@@ -122,7 +125,7 @@ class HostKVCache:
         self.num_blocks = num_blocks
         block_bytes = k[0].numel() * k.element_size()
         self.flat = host_empty(self, 2 * len(device_caches) * num_blocks * block_bytes, device)
-        per_layer = self.flat.view(k.dtype).view(len(device_caches), 2, num_blocks, *k.shape[1:])
+        per_layer = self.flat.view(len(device_caches), 2, num_blocks, block_bytes)
         self.caches: KVCaches = [(layer[0], layer[1]) for layer in per_layer]
 
     def swap_out(self, device_caches: KVCaches, pairs: list[tuple[int, int]]) -> None:
@@ -131,8 +134,8 @@ class HostKVCache:
         src, host_dst = _index_pair(pairs)
         src = src.to(self.device)
         for (dev_k, dev_v), (host_k, host_v) in zip(device_caches, self.caches, strict=True):
-            host_k.index_copy_(0, host_dst, dev_k.index_select(0, src).cpu())
-            host_v.index_copy_(0, host_dst, dev_v.index_select(0, src).cpu())
+            host_k.index_copy_(0, host_dst, _block_bytes(dev_k).index_select(0, src).cpu())
+            host_v.index_copy_(0, host_dst, _block_bytes(dev_v).index_select(0, src).cpu())
 
     def swap_in(self, device_caches: KVCaches, pairs: list[tuple[int, int]]) -> None:
         """Copy host blocks to device blocks, `pairs` of (host id, device id), ahead of the
@@ -142,8 +145,13 @@ class HostKVCache:
         for (dev_k, dev_v), (host_k, host_v) in zip(device_caches, self.caches, strict=True):
             # The gathered blocks are a fresh (pageable) tensor: copied once to the device,
             # rather than pinned first (a second copy and a pinned allocation per layer).
-            dev_k.index_copy_(0, dev_dst, host_k.index_select(0, src).to(self.device))
-            dev_v.index_copy_(0, dev_dst, host_v.index_select(0, src).to(self.device))
+            _block_bytes(dev_k).index_copy_(0, dev_dst, host_k.index_select(0, src).to(self.device))
+            _block_bytes(dev_v).index_copy_(0, dev_dst, host_v.index_select(0, src).to(self.device))
+
+
+def _block_bytes(cache: torch.Tensor) -> torch.Tensor:
+    """A contiguous cache `[num_blocks, ...]` as `[num_blocks, bytes per block]` uint8."""
+    return cache.view(torch.uint8).view(cache.shape[0], -1)
 
 
 def _index_pair(pairs: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:

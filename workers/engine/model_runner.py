@@ -103,6 +103,7 @@ class ModelRunner:
         self.arch: ModelArch = resolved_model.arch
         settings = resolve(config, self.arch, resolve_device(config.device, self.tp.rank))
         self.device, self.dtype = settings.device, settings.dtype
+        self.kv_cache_dtype = settings.kv_cache_dtype
         self.attention = get_attention_backend(settings.attention_backend)
         self.block_size = settings.block_size
         if self.device.type == "cuda":
@@ -142,8 +143,9 @@ class ModelRunner:
 
     @property
     def bytes_per_block(self) -> int:
+        """K and V of one block over every layer: what sizing and swapping count in."""
         return (2 * self.arch.num_layers * self.block_size * self.num_kv_heads * self.arch.head_dim
-                * self.dtype.itemsize)
+                * self.kv_cache_dtype.itemsize)
 
     # ---- host memory: swap space and standby ------------------------------------------
 
@@ -250,7 +252,8 @@ class ModelRunner:
     def _allocate_kv_cache(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         shape = (num_blocks, self.block_size, self.num_kv_heads, self.arch.head_dim)
         return [
-            (zeros(shape, self.dtype, self.device), zeros(shape, self.dtype, self.device))
+            (zeros(shape, self.kv_cache_dtype, self.device),
+             zeros(shape, self.kv_cache_dtype, self.device))
             for _ in range(self.arch.num_layers)
         ]
 

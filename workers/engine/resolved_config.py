@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pagefleet.kernels.fp8_e4m3 import FP8_DTYPE
 from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.models.arch import ModelArch
 
@@ -36,6 +37,7 @@ class ResolvedEngineConfig:
 
     device: torch.device
     dtype: torch.dtype
+    kv_cache_dtype: torch.dtype  # the model's dtype, or fp8 e4m3
     attention_backend: str  # "torch" or "triton"
     fused_layers: bool  # residual+RMSNorm, RoPE, SiLU-and-mul through the Triton kernels
     async_scheduling: bool  # schedule step N+1 while step N runs (see LLMEngine.step)
@@ -76,15 +78,26 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
+def resolve_kv_cache_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    """The KV cache's element type: the model's `dtype` for "auto", else fp8 e4m3."""
+    if name == "auto":
+        return dtype
+    if name == "fp8":
+        return FP8_DTYPE
+    raise ValueError(f"unknown kv_cache_dtype {name!r}")
+
+
 def resolve(config: EngineConfig, arch: ModelArch, device: torch.device) -> ResolvedEngineConfig:
     """Fill every default of `config` for `arch` on `device` (the KV cache is sized later)."""
     on_cuda = device.type == "cuda"
     backend = config.attention_backend or ("triton" if on_cuda else "torch")
     use_cuda_graphs = on_cuda and not config.enforce_eager and backend == "triton"
     default_tokens = _CUDA_MAX_NUM_BATCHED_TOKENS if on_cuda else _CPU_MAX_NUM_BATCHED_TOKENS
+    dtype = resolve_dtype(config.dtype, device)
     return ResolvedEngineConfig(
         device=device,
-        dtype=resolve_dtype(config.dtype, device),
+        dtype=dtype,
+        kv_cache_dtype=resolve_kv_cache_dtype(config.kv_cache_dtype, dtype),
         attention_backend=backend,
         fused_layers=config.fused_layers if config.fused_layers is not None else backend == "triton",
         async_scheduling=(config.async_scheduling if config.async_scheduling is not None

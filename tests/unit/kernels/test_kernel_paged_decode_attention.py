@@ -5,13 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pagefleet.kernels.fp8_e4m3 import FP8_DTYPE
 from pagefleet.kernels.paged_decode_attention import (
     DecodeConfig,
     choose_num_splits,
     paged_decode_attention,
     paged_decode_attention_ref,
 )
+from pagefleet.kernels.reshape_and_cache import to_cache_dtype
 from pagefleet.kernels.testing import (
+    FP8_KV_TOLERANCE,
     TOLERANCE,
     make_paged_batch,
     nan_like,
@@ -58,6 +61,50 @@ def test_decode_matches_reference(
     ref = paged_decode_attention_ref(q, k_cache, v_cache, batch.block_tables, batch.seq_lens, scale)
     assert not out.isnan().any()
     assert relative_error(out, ref) < TOLERANCE[dtype]
+
+
+FP8_CASES = [(*h, d, s) for h in HEADS[:2] for d in DTYPES for s in SPLITS[:2]] if FULL else [
+    (4, 4, 64, F32, 5), (6, 2, 128, BF16, None), (8, 1, 64, F16, 1)]
+
+
+@pytest.mark.parametrize(("num_heads", "num_kv_heads", "head_dim", "dtype", "num_splits"), FP8_CASES)
+def test_decode_reads_an_fp8_cache(
+    num_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+    num_splits: int | None, device: torch.device, generator: torch.Generator,
+) -> None:
+    """The kernel and its reference read the same fp8 cache (so agree to `dtype`'s
+    tolerance), and both stay within quantisation error of the unrounded cache."""
+    block_size = 16
+    batch = make_paged_batch(SEQ_LENS, [1] * len(SEQ_LENS), block_size, generator, device)
+    cache_shape = (batch.num_blocks, block_size, num_kv_heads, head_dim)
+    k_full = random_tensor(cache_shape, dtype, generator, device)
+    v_full = random_tensor(cache_shape, dtype, generator, device)
+    poison_unused_slots(k_full, batch)
+    poison_unused_slots(v_full, batch)
+    k_cache, v_cache = to_cache_dtype(k_full, FP8_DTYPE), to_cache_dtype(v_full, FP8_DTYPE)
+    q = random_tensor((len(SEQ_LENS), num_heads, head_dim), dtype, generator, device)
+    out = nan_like(q)
+    config = DecodeConfig(num_splits=num_splits, block_n=64 if FULL else 32,
+                          min_tokens_per_split=256 if FULL else 16)
+    scale = head_dim**-0.5
+    paged_decode_attention(q, k_cache, v_cache, batch.block_tables, batch.seq_lens, scale, out,
+                           max_seq_len=batch.max_seq_len, config=config)
+    ref = paged_decode_attention_ref(q, k_cache, v_cache, batch.block_tables, batch.seq_lens, scale)
+    unrounded = paged_decode_attention_ref(q, k_full, v_full, batch.block_tables, batch.seq_lens, scale)
+    assert not out.isnan().any()
+    assert relative_error(out, ref) < TOLERANCE[dtype]
+    assert relative_error(out, unrounded) < FP8_KV_TOLERANCE
+
+
+def test_decode_rejects_a_cache_of_another_float_dtype(
+    device: torch.device, generator: torch.Generator,
+) -> None:
+    batch = make_paged_batch([5], [1], 16, generator, device)
+    cache = random_tensor((batch.num_blocks, 16, 2, 64), torch.float16, generator, device)
+    q = random_tensor((1, 4, 64), torch.bfloat16, generator, device)
+    with pytest.raises(ValueError, match=r"k_cache must be torch\.bfloat16"):
+        paged_decode_attention(q, cache, cache.clone(), batch.block_tables, batch.seq_lens, 0.1,
+                               torch.empty_like(q), max_seq_len=5)
 
 
 def test_decode_non_power_of_two_head_dim_and_block_size(

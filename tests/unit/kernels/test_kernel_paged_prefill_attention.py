@@ -5,13 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pagefleet.kernels.fp8_e4m3 import FP8_DTYPE
 from pagefleet.kernels.paged_prefill_attention import (
     PrefillConfig,
     paged_prefill_attention,
     paged_prefill_attention_ref,
     shared_heads,
 )
+from pagefleet.kernels.reshape_and_cache import to_cache_dtype
 from pagefleet.kernels.testing import (
+    FP8_KV_TOLERANCE,
     TOLERANCE,
     make_paged_batch,
     nan_like,
@@ -70,6 +73,39 @@ def test_prefill_matches_reference(
                                       batch.query_start_loc, scale)
     assert not out.isnan().any()
     assert relative_error(out, ref) < TOLERANCE[dtype]
+
+
+FP8_CASES = [(*h, k, d) for h in HEADS[:2] for k in KINDS for d in DTYPES] if FULL else [
+    (4, 4, 64, "prefill", F32), (6, 2, 128, "mixed", BF16), (8, 2, 64, "chunked", F16)]
+
+
+@pytest.mark.parametrize(("num_heads", "num_kv_heads", "head_dim", "kind", "dtype"), FP8_CASES)
+def test_prefill_reads_an_fp8_cache(
+    num_heads: int, num_kv_heads: int, head_dim: int, kind: str, dtype: torch.dtype,
+    device: torch.device, generator: torch.Generator,
+) -> None:
+    """The kernel and its reference read the same fp8 cache (so agree to `dtype`'s
+    tolerance), and both stay within quantisation error of the unrounded cache."""
+    seq_lens, query_lens = BATCHES[kind]
+    block_size = 16
+    batch = make_paged_batch(seq_lens, query_lens, block_size, generator, device)
+    cache_shape = (batch.num_blocks, block_size, num_kv_heads, head_dim)
+    k_full = random_tensor(cache_shape, dtype, generator, device)
+    v_full = random_tensor(cache_shape, dtype, generator, device)
+    poison_unused_slots(k_full, batch)
+    poison_unused_slots(v_full, batch)
+    k_cache, v_cache = to_cache_dtype(k_full, FP8_DTYPE), to_cache_dtype(v_full, FP8_DTYPE)
+    q = random_tensor((batch.num_tokens, num_heads, head_dim), dtype, generator, device)
+    out = nan_like(q)
+    config = None if FULL else PrefillConfig(block_m=64, block_n=32)
+    scale = head_dim**-0.5
+    args = (batch.block_tables, batch.seq_lens, batch.query_start_loc, scale)
+    paged_prefill_attention(q, k_cache, v_cache, *args, out, batch.max_query_len, config)
+    ref = paged_prefill_attention_ref(q, k_cache, v_cache, *args)
+    unrounded = paged_prefill_attention_ref(q, k_full, v_full, *args)
+    assert not out.isnan().any()
+    assert relative_error(out, ref) < TOLERANCE[dtype]
+    assert relative_error(out, unrounded) < FP8_KV_TOLERANCE
 
 
 def test_prefill_odd_head_dim_and_block_size(device: torch.device, generator: torch.Generator) -> None:

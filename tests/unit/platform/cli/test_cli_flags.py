@@ -87,6 +87,19 @@ def test_a_bad_value_is_a_usage_error() -> None:
         build_parser().parse_args(["gateway", "--max-backlog", "many"])
 
 
+def test_bench_engine_takes_the_kv_cache_dtype_from_engine_config() -> None:
+    """`--kv-cache-dtype` is generated from `EngineConfig.kv_cache_dtype`: its choices and
+    default come from the field, and a bad value is a usage error."""
+    from pagefleet.platform.cli import bench_engine
+
+    parser = argparse.ArgumentParser()
+    bench_engine.register(parser.add_subparsers())
+    assert parser.parse_args(["engine"]).kv_cache_dtype == "auto"
+    assert parser.parse_args(["engine", "--kv-cache-dtype", "fp8"]).kv_cache_dtype == "fp8"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["engine", "--kv-cache-dtype", "int8"])
+
+
 def test_a_missing_command_module_is_an_error() -> None:
     subparsers = argparse.ArgumentParser().add_subparsers()
     with pytest.raises(ModuleNotFoundError, match="no_such_command"):

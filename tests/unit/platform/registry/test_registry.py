@@ -96,6 +96,7 @@ def test_source_defaults_to_name() -> None:
         (("profile", "node_selector"), {"gpu": 1}, "node_selector must map strings to strings"),
         (("engine", "block_size"), 12, "block_size must be a power of two"),
         (("engine", "dtype"), "int3", "dtype must be one of"),
+        (("engine", "kv_cache_dtype"), "int8", "kv_cache_dtype must be one of"),
         (("engine", "max_num_seqs"), 0, "max_num_seqs must be an integer of at least 1"),
         (("engine", "gpu_memory_utilization"), 1.5, "gpu_memory_utilization must be in (0, 1]"),
         (("engine", "tensor_parallel_size"), 1, "disagrees with profile.tensor_parallel_size"),
@@ -138,6 +139,18 @@ def test_standby_and_swap_space_are_read() -> None:
     assert ScalingPolicy().standby_after_s is None  # idle means zero unless asked
     spec = parse_registry(_with(("engine", "swap_space"), 4)).get("tiny")
     assert spec.engine_kwargs()["swap_space"] == 4
+
+
+def test_kv_cache_dtype_reaches_the_engine_kwargs() -> None:
+    from typing import get_args
+
+    from pagefleet.platform.registry.spec import KV_CACHE_DTYPES
+    from pagefleet.workers.engine.config import KVCacheDtype
+
+    assert get_args(KVCacheDtype) == KV_CACHE_DTYPES  # the registry accepts what the engine does
+    spec = parse_registry(_with(("engine", "kv_cache_dtype"), "fp8")).get("tiny")
+    assert spec.engine_kwargs()["kv_cache_dtype"] == "fp8"
+    assert "kv_cache_dtype" not in parse_registry(VALID).get("tiny").engine_kwargs()
 
 
 def test_standby_example_shares_one_gpu() -> None:

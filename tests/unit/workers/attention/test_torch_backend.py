@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pagefleet.kernels.fp8_e4m3 import FP8_DTYPE
 from pagefleet.kernels.testing import make_paged_batch
 from pagefleet.workers.attention import TorchAttentionBackend
 from pagefleet.workers.attention.torch_backend import paged_attention_ref, write_kv_cache_ref
@@ -35,6 +36,32 @@ def test_batched_backend_equals_reference(num_heads, num_kv_heads, seq_lens, que
     want = paged_attention_ref(q, ref_k, ref_v, md, scale=0.3)
     assert torch.equal(k_cache, ref_k) and torch.equal(v_cache, ref_v)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_fp8_cache_write_saturates_and_attention_reads_it_back():
+    """kv_cache_dtype="fp8" on the torch backend: rows land saturated to +-448 (not NaN) in
+    the e4m3 cache, and attention equals the reference over the same e4m3 values."""
+    gen = torch.Generator().manual_seed(7)
+    num_heads, num_kv_heads, head_dim = 6, 2, 8
+    batch = make_paged_batch([9, 17, 5], [9, 1, 2], BLOCK_SIZE, gen, "cpu", extra_blocks=4)
+    md = to_metadata(batch)
+    num_tokens = batch.num_tokens
+    q = torch.randn(num_tokens, num_heads, head_dim, generator=gen)
+    k = torch.randn(num_tokens, num_kv_heads, head_dim, generator=gen)
+    v = torch.randn(num_tokens, num_kv_heads, head_dim, generator=gen)
+    k[0, 0, 0], v[1, 1, 1] = 1e4, -float("inf")
+    cache_shape = (batch.num_blocks, BLOCK_SIZE, num_kv_heads, head_dim)
+    k_cache = torch.randn(cache_shape, generator=gen).to(FP8_DTYPE)
+    v_cache = torch.randn(cache_shape, generator=gen).to(FP8_DTYPE)
+    out = TorchAttentionBackend().forward(q, k, v, k_cache, v_cache, md, scale=0.3)
+    rows_k = k_cache.view(-1, num_kv_heads, head_dim)[md.slot_mapping].float()
+    rows_v = v_cache.view(-1, num_kv_heads, head_dim)[md.slot_mapping].float()
+    assert rows_k[0, 0, 0] == 448 and rows_v[1, 1, 1] == -448
+    assert not rows_k.isnan().any() and not rows_v.isnan().any()
+    torch.testing.assert_close(rows_k, k.clamp(-448, 448).to(FP8_DTYPE).float(), rtol=0, atol=0)
+    want = paged_attention_ref(q, k_cache, v_cache, md, scale=0.3)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    assert out.dtype == q.dtype and not out.isnan().any()
 
 
 @pytest.mark.parametrize("sliding_window,softcap", [(1, None), (5, 0.5), (None, 0.5), (12, None)])

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pagefleet.kernels.fp8_e4m3 import FP8_DTYPE
+from pagefleet.kernels.reshape_and_cache import to_cache_dtype
 from pagefleet.kernels.testing import (
+    FP8_KV_TOLERANCE,
     TOLERANCE,
     make_paged_batch,
     random_tensor,
@@ -94,6 +97,44 @@ def test_windowed_capped_forward_matches_torch_backend(
     ref = TorchAttentionBackend().forward(q, k, v, ref_k_cache, ref_v_cache, metadata, scale,
                                           sliding_window=sliding_window, softcap=softcap)
     assert relative_error(out, ref) < TOLERANCE[F32]
+
+
+FP8_CASES = [(s, 32, 8, 128, d) for s in STEPS for d in (F32, BF16)] if FULL else [
+    ("decode", 6, 2, 128, BF16), ("mixed", 4, 4, 64, F32), ("chunked", 8, 2, 64, BF16)]
+
+
+@pytest.mark.parametrize(("step", "num_heads", "num_kv_heads", "head_dim", "dtype"), FP8_CASES)
+def test_fp8_cache_forward_matches_torch_backend(
+    step: str, num_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+    device: torch.device, generator: torch.Generator,
+) -> None:
+    """kv_cache_dtype="fp8": both backends store the same e4m3 bytes and attend over them
+    alike; the result stays within quantisation error of a cache in the model's dtype."""
+    seq_lens, query_lens = STEPS[step]
+    block_size = 16
+    batch = make_paged_batch(seq_lens, query_lens, block_size, generator, device)
+    metadata = to_metadata(batch)
+    cache_shape = (batch.num_blocks, block_size, num_kv_heads, head_dim)
+    full_k_cache = random_tensor(cache_shape, dtype, generator, device)
+    full_v_cache = random_tensor(cache_shape, dtype, generator, device)
+    k_cache, v_cache = to_cache_dtype(full_k_cache, FP8_DTYPE), to_cache_dtype(full_v_cache, FP8_DTYPE)
+    for cache in (k_cache, v_cache):  # this step's slots start as NaN (0x7f in e4m3fn)
+        cache.view(torch.uint8).view(-1, num_kv_heads, head_dim)[batch.slot_mapping] = 0x7F
+    q = random_tensor((batch.num_tokens, num_heads, head_dim), dtype, generator, device)
+    k = random_tensor((batch.num_tokens, num_kv_heads, head_dim), dtype, generator, device)
+    v = random_tensor((batch.num_tokens, num_kv_heads, head_dim), dtype, generator, device)
+    ref_k_cache, ref_v_cache = k_cache.clone(), v_cache.clone()
+    scale = head_dim**-0.5
+
+    out = TritonAttentionBackend().forward(q, k, v, k_cache, v_cache, metadata, scale)
+    ref = TorchAttentionBackend().forward(q, k, v, ref_k_cache, ref_v_cache, metadata, scale)
+    unrounded = TorchAttentionBackend().forward(q, k, v, full_k_cache, full_v_cache, metadata, scale)
+
+    assert torch.equal(k_cache.view(torch.uint8), ref_k_cache.view(torch.uint8))
+    assert torch.equal(v_cache.view(torch.uint8), ref_v_cache.view(torch.uint8))
+    assert not out.isnan().any()
+    assert relative_error(out, ref) < TOLERANCE[dtype]
+    assert relative_error(out, unrounded) < FP8_KV_TOLERANCE
 
 
 def test_backend_is_registered_by_name() -> None:
