@@ -37,7 +37,6 @@ mkdir -p "$dest"
 shopt -s nocaseglob
 for spec in "${wheels[@]}"; do name=${spec%%==*}; rm -f "$dest/${name//-/_}"-[0-9]*.whl; done
 shopt -u nocaseglob
-rm -rf "$dest/bin" "$dest/models"
 "$python" -m pip download -q --no-deps --only-binary=:all: --python-version "$python_version" \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
@@ -53,6 +52,7 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 (cd "$stage" && apt-get download -q redis-server redis-tools liblzf1 libjemalloc2 >/dev/null 2>&1)
 for deb in "$stage"/*.deb; do dpkg -x "$deb" "$stage/root"; done
+rm -rf "$dest/bin"
 mkdir -p "$dest/bin/redis/lib"
 cp "$stage/root/usr/bin/redis-check-rdb" "$dest/bin/redis/redis-server"
 libs=$(LD_LIBRARY_PATH="$stage/root/usr/lib/x86_64-linux-gnu" ldd "$dest/bin/redis/redis-server")
@@ -75,6 +75,7 @@ chmod +x "$dest/bin/redis-server"
 # GGUF (the conversion is cached; the first call makes it).
 folder=$("$python" -c "from pagefleet.workers.models.sources import resolve_model
 print(resolve_model('smollm2-135m-instruct').path)")
+rm -rf "$dest/models"
 mkdir -p "$dest/models/smollm2-135m-instruct"
 for name in config.json generation_config.json tokenizer.json tokenizer_config.json \
     special_tokens_map.json chat_template.jinja; do
