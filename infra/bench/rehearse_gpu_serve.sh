@@ -13,7 +13,10 @@ work=$(realpath -m "${1:?usage: infra/bench/rehearse_gpu_serve.sh WORK_DIR}")
 here=$(cd "$(dirname "$0")" && pwd)
 venv_python=$(realpath .venv/bin/python)
 python_version=$("$venv_python" -c "import platform; print(platform.python_version())")
-rm -rf "$work"; mkdir -p "$work"
+if [ -n "$(ls -A "$work" 2>/dev/null)" ] && [ ! -f "$work/.pf-rehearsal" ]; then
+  echo "$work is not empty and not an earlier rehearsal's folder: give a new one" >&2; exit 2
+fi
+rm -rf "$work"; mkdir -p "$work"; touch "$work/.pf-rehearsal"
 infra/bench/gpu_wheels.sh --python-version "$python_version" --dest "$work/wheels"
 "$venv_python" -m venv --without-pip "$work/python"
 .venv/bin/python "$here/device_site.py" "$work/image-site" --have "$here/device_packages.txt"
