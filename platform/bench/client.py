@@ -2,6 +2,10 @@
 
 Sends token-id prompts with `ignore_eos` (vLLM's extra) so every request produces exactly
 its output length, and `stream_options.include_usage` to take the token count from the server.
+Asks for `return_token_ids` (vLLM's extra too) and counts a chunk's token ids where the server
+sends them, as the in-process side of `bench serve --overhead` counts its deltas' ids; a chunk
+without them counts as one token if it has text. Counting text alone would time no token at
+all for a model without a tokenizer (the dummy-weight presets stream empty text).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ class CompletionsClient:
     async def send(self, request: BenchRequest) -> RequestResult:
         body = {"model": self.model, "prompt": request.prompt_token_ids,
                 "max_tokens": request.output_len, "temperature": self.temperature,
-                "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+                "ignore_eos": True, "return_token_ids": True, "stream": True,
+                "stream_options": {"include_usage": True}}
         timer = StreamTimer()
         usage_tokens = None
         async with self.http.stream("POST", self.url, json=body, headers=self.headers) as response:
@@ -44,9 +49,19 @@ class CompletionsClient:
                 if chunk.get("error"):
                     return RequestResult(False, len(request.prompt_token_ids), 0, 0.0, [], 0.0,
                                          str(chunk["error"]))
-                choices = chunk.get("choices") or []
-                if choices and choices[0].get("text"):
-                    timer.tokens(1)
+                num_tokens = _chunk_tokens(chunk.get("choices") or [])
+                if num_tokens:
+                    timer.tokens(num_tokens)
                 if chunk.get("usage"):
                     usage_tokens = chunk["usage"]["completion_tokens"]
         return timer.result(len(request.prompt_token_ids), usage_tokens)
+
+
+def _chunk_tokens(choices: list[dict]) -> int:
+    """Generated tokens in a chunk: its token ids if sent, else one if it has text."""
+    if not choices:
+        return 0
+    token_ids = choices[0].get("token_ids")
+    if token_ids is not None:
+        return len(token_ids)
+    return 1 if choices[0].get("text") else 0

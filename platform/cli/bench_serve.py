@@ -15,7 +15,6 @@ import math
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -34,7 +33,7 @@ from pagefleet.platform.bench.runner import (
     summarize,
 )
 from pagefleet.platform.cli import flags
-from pagefleet.platform.processes.children import start_child, stop_process
+from pagefleet.platform.processes.children import start_child, stop_process, wait_until
 from pagefleet.platform.processes.ports import free_port, wait_for_port
 from pagefleet.platform.processes.redis_server import redis_server
 from pagefleet.platform.protocol.workload import BenchRequest, WorkloadSpec, build_workload
@@ -140,7 +139,7 @@ def warm_stack(registry: str, model: str, redis_url: str | None,
         if batch_worker:
             stack.callback(stop_process, start_batch_worker(registry, redis_url))
         wait_for_port(port, gateway, "the gateway")
-        _wait_for_ready_worker(redis_url, model)
+        wait_for_ready_worker(redis_url, model, worker)
         yield f"http://127.0.0.1:{port}/v1"
 
 
@@ -151,19 +150,28 @@ def start_warm_worker(model: str, registry: str, redis_url: str) -> subprocess.P
                         "--registry", registry, "--redis-url", redis_url])
 
 
-def _wait_for_ready_worker(redis_url: str, model: str, timeout_s: float = 600.0) -> None:
+def wait_for_ready_worker(redis_url: str, model: str, worker: subprocess.Popen,
+                          timeout_s: float = 600.0) -> None:
+    """Return once a worker of `model` says `ready` in its heartbeat; `SystemExit` as soon as
+    `worker` exits instead (a model that fails to load must not hold a lent GPU for the whole
+    timeout) or after `timeout_s`."""
     import redis
 
     from pagefleet.platform.protocol import decode_heartbeat, keys
 
     client = redis.Redis.from_url(redis_url)
-    deadline = time.monotonic() + timeout_s
+
+    def ready() -> bool:
+        return any(decode_heartbeat(raw).state == "ready"
+                   for raw in client.hvals(keys.heartbeat_hash(model)))
+
+    def failure() -> str:
+        if worker.poll() is not None:
+            return f"the worker of {model} exited with status {worker.returncode} before it was ready"
+        return f"no worker of {model} became ready in {timeout_s:.0f} s"
+
     try:
-        while not any(decode_heartbeat(raw).state == "ready"
-                      for raw in client.hvals(keys.heartbeat_hash(model))):
-            if time.monotonic() > deadline:
-                raise SystemExit(f"no worker of {model} became ready in {timeout_s:.0f} s")
-            time.sleep(0.2)  # polling the heartbeat with a deadline
+        wait_until(ready, worker, failure, timeout_s)
     finally:
         client.close()
 
