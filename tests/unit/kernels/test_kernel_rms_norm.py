@@ -87,6 +87,14 @@ def _poisoned_quantized(rows: int, cols: int, dtype: torch.dtype, device: torch.
 
 
 def _assert_quantized_equal(got: QuantizedActivation, want: QuantizedActivation) -> None:
+    """Fused kernel vs plain kernel + quant kernel: the same bits under the interpreter.
+    Compiled (H200, triton 3.6) the fused kernel's scale differed from the two-kernel path's in
+    the last bits of float32 on a few rows (the compiler orders the row max and the division
+    differently in one kernel than across two), so there a value may sit one e4m3 code away."""
+    if FULL:
+        assert fp8_code_distance(got.values, want.values).max().item() <= 1
+        torch.testing.assert_close(got.scale, want.scale, rtol=4 * torch.finfo(torch.float32).eps, atol=0.0)
+        return
     assert torch.equal(got.values.view(torch.uint8), want.values.view(torch.uint8))
     assert torch.equal(got.scale, want.scale)
 
