@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="postprocess each step before scheduling the next (the old path)")
     parser.add_argument("--no-fused-layers", action="store_true",
                         help="torch ops for RMSNorm, RoPE and SiLU-and-mul instead of Triton kernels")
-    parser.add_argument("--quantization", default=None, choices=["fp8", "int4"],
+    parser.add_argument("--quantization", default=None, choices=["fp8", "int4", "int8"],
                         help="fp8: linear layers in fp8 e4m3 (per-channel weights, per-token activations); "
                              "int4: weight-only int4, group 128 (RTN, the w4a16 Triton GEMM)")
     parser.add_argument("--hf", default="static,single",

@@ -9,7 +9,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _LOAD_FORMATS = ("auto", "dummy")
 _BACKENDS = (None, "torch", "triton")
-QUANTIZATIONS = (None, "fp8", "int4")  # the one list: models/fp8.py and the loader read it too
+QUANTIZATIONS = (None, "fp8", "int4", "int8")  # the one list: models/fp8.py and the loader read it too
 
 
 @dataclass(frozen=True, slots=True)
