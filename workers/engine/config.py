@@ -29,8 +29,9 @@ class EngineConfig:
     uploads step N+1 while the device runs step N) to on on CUDA with one rank.
     `quantization="fp8"` stores the linear layers' weights in fp8 e4m3 (vLLM's online FP8:
     per-channel weight scales, per-token dynamic activation scales); `"int4"` rounds them to
-    int4 per group of 128 (symmetric RTN, for benchmarks). FP8, GPTQ and AWQ checkpoints load
-    as stored whatever this says.
+    int4 per group of 128 (symmetric RTN, for benchmarks); `"int8"` (CPU only) stores them as
+    int8 per output row, computed with bfloat16 activations (models/int8.py). FP8, GPTQ and
+    AWQ checkpoints load as stored whatever this says.
 
     `swap_space` (vLLM's name): GiB of host memory (pinned on CUDA) that a preempted
     sequence's KV blocks may move to instead of being recomputed; 0 turns swapping off.

@@ -7,9 +7,9 @@ per output row, the weights are a quarter of their float32 size, and
 copy (AVX-512 BF16 on x86). Measured on this project's 2-core machine for SmolLM2-135M's
 shapes (docs/benchmarks.md, "Quantised weights on the CPU"):
 
-- up to `GEMV_MAX_ROWS` rows (decode), the op beats a float32 matmul by 1.3-5x;
+- up to `GEMV_MAX_ROWS` rows (decode), the op beats a float32 matmul by 1.6-5x;
 - with more rows (prefill) it is a little slower than float32, while dequantising the layer
-  to bfloat16 and running one bfloat16 matmul (oneDNN) is about twice as fast as float32, so
+  to bfloat16 and running one bfloat16 matmul (oneDNN) is 1.3-2x faster than float32, so
   larger batches take that path: the weight still lives in memory as int8;
 - only bfloat16 activations are fast: with float32 or float16 inputs the op is 10-50x slower
   than float32, and its AVX-512 path returns wrong numbers (or crashes) when the input width
