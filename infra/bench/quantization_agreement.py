@@ -4,7 +4,8 @@
 
 Runs the same prompts (chat-style text through the model's tokenizer when it has one, else
 random ids) through both engines, greedy, and prints: the share of prompts whose whole output
-matches, and the mean share of each output that matches before the first differing token.
+matches, the mean share of each output that matches before the first differing token, and
+each prompt's first differing position (null: identical).
 Agreement is not required to be 100 %: FP8 keeps about two significant digits, so near-ties
 flip; what matters is that a divergence comes late and rarely.
 """
@@ -48,6 +49,11 @@ def greedy(llm: LLM, prompts: list[list[int]], max_tokens: int) -> list[list[int
     return [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params)]
 
 
+def first_divergence(want: list[int], got: list[int]) -> int | None:
+    """The index of the first differing token, None when the outputs are identical."""
+    return next((i for i, (x, y) in enumerate(zip(want, got, strict=True)) if x != y), None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -67,12 +73,10 @@ def main() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     got = greedy(LLM(quantization=args.quantization, **common), prompts, args.max_tokens)
-    prefixes = []
-    for a, b in zip(want, got, strict=True):
-        same = next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a))
-        prefixes.append(same / len(a))
+    divergences = [first_divergence(a, b) for a, b in zip(want, got, strict=True)]
+    prefixes = [(len(a) if d is None else d) / len(a) for a, d in zip(want, divergences, strict=True)]
     result = {"model": args.model, "quantization": args.quantization, "prompts": len(prompts),
-              "max_tokens": args.max_tokens,
+              "max_tokens": args.max_tokens, "first_divergence": divergences,
               "identical_outputs": sum(p == 1.0 for p in prefixes) / len(prefixes),
               "mean_matching_prefix": sum(prefixes) / len(prefixes)}
     print(json.dumps(result))

@@ -47,9 +47,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--compare-fused-fp8-quant", action="store_true",
                         help="then the same requests through a second engine with --no-fused-fp8-quant "
                              "flipped (an A/B in one run)")
-    parser.add_argument("--quantization", default=None, choices=["fp8", "int4"],
+    parser.add_argument("--quantization", default=None, choices=["fp8", "int4", "int8"],
                         help="fp8: linear layers in fp8 e4m3 (per-channel weights, per-token activations); "
-                             "int4: weight-only int4, group 128 (RTN, the w4a16 Triton GEMM)")
+                             "int4: weight-only int4, group 128 (RTN, the w4a16 Triton GEMM); "
+                             "int8: weight-only int8 per channel, CPU only (torch._weight_int8pack_mm)")
+    parser.add_argument("--compare-quantization", default=None, choices=["none", "fp8", "int4", "int8"],
+                        help="instead of the transformers baselines: a second engine with this "
+                             "quantization in the same process, passes alternated A/B --repeat times")
     parser.add_argument("--hf", default="static,single",
                         help="transformers baselines to run: static,single or none")
     parser.add_argument("--hf-num-prompts", type=int, default=32)
@@ -106,6 +110,12 @@ def run(args: argparse.Namespace) -> int:
         max_output_len=args.max_output_len, shared_prefix_len=args.shared_prefix_len,
         seed=args.seed, **lengths,
     )
+    if args.compare_quantization is not None:
+        from pagefleet.workers.bench.quantization_ab import run_quantization_ab
+
+        candidate = None if args.compare_quantization == "none" else args.compare_quantization
+        run_quantization_ab(engine, candidate, workload, args.repeat, args.json)
+        return 0
     hf_modes = tuple(m for m in args.hf.split(",") if m and m != "none")
     run_engine_bench(EngineBenchOptions(
         engine, workload, hf_modes, hf_num_prompts=args.hf_num_prompts,

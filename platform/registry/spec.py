@@ -17,7 +17,7 @@ from pagefleet.platform.protocol.tools import DEFAULT_TOOL_PARSER, TOOL_PARSERS
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _LOAD_FORMATS = ("auto", "dummy")
 _ATTENTION_BACKENDS = ("torch", "triton")
-_QUANTIZATIONS = (None, "fp8", "int4")
+_QUANTIZATIONS = (None, "fp8", "int4", "int8")  # = workers.engine.config.QUANTIZATIONS
 KV_CACHE_DTYPES = ("auto", "fp8")  # EngineConfig's too (a unit test holds them equal)
 _TOLERATION_OPERATORS = ("Exists", "Equal")
 TASKS = ("generate", "embed")  # /v1/completions + /v1/chat/completions, or /v1/embeddings

@@ -10,7 +10,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _LOAD_FORMATS = ("auto", "dummy")
 _BACKENDS = (None, "torch", "triton")
-QUANTIZATIONS = (None, "fp8", "int4")  # the one list: models/fp8.py and the loader read it too
+QUANTIZATIONS = (None, "fp8", "int4", "int8")  # the one list: models/fp8.py and the loader read it too
 KVCacheDtype = Literal["auto", "fp8"]
 KV_CACHE_DTYPES: tuple[str, ...] = typing.get_args(KVCacheDtype)
 
@@ -32,8 +32,9 @@ class EngineConfig:
     uploads step N+1 while the device runs step N) to on on CUDA with one rank.
     `quantization="fp8"` stores the linear layers' weights in fp8 e4m3 (vLLM's online FP8:
     per-channel weight scales, per-token dynamic activation scales); `"int4"` rounds them to
-    int4 per group of 128 (symmetric RTN, for benchmarks). FP8, GPTQ and AWQ checkpoints load
-    as stored whatever this says. `fused_fp8_quant`: with fused layers and FP8 linear layers,
+    int4 per group of 128 (symmetric RTN, for benchmarks); `"int8"` (CPU only) stores them as
+    int8 per output row, computed with bfloat16 activations (models/int8.py). FP8, GPTQ and
+    AWQ checkpoints load as stored whatever this says. `fused_fp8_quant`: with fused layers and FP8 linear layers,
     the RMSNorm and SiLU-and-mul kernels write the fp8 rows and scales the next matmul reads
     (three quantisation launches fewer per layer, the same bits); off only to measure that.
 

@@ -84,12 +84,17 @@ def build_model(
     int4 per group of 128 (symmetric RTN, int4.py); GPTQ and AWQ checkpoints load as int4.
     With `fused_layers`, FP8 layers take their input quantised by the kernel before them
     unless `fused_fp8_quant` is off (see `QuantizableLinear.takes_quantized_input`).
+    `quantization="int8"` (CPU only) stores them as int8 per output row and adds an int8
+    copy of the head for decode steps (int8.py).
     """
     device = device or torch.device("cpu")
     tp = tp or TensorParallel()
     model_cls = model_class(resolved.arch)
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    if quantization == "int8" and device.type != "cpu":
+        raise ValueError(f"quantization 'int8' runs on the CPU only (torch._weight_int8pack_mm), "
+                         f"not on {device.type}; use 'fp8' or 'int4' on a GPU")
     stored = checkpoint_quantization(resolved) if load_format == "auto" else None
     fp8_checkpoint = stored == "fp8"
     with _default_dtype(dtype), device:
@@ -120,8 +125,20 @@ def build_model(
         model.load_weights(weights)
         if stored is None and quantization is not None:  # a quantised checkpoint loads as stored
             for linear in linears:
-                linear.to_fp8(fused_fp8_quant) if quantization == "fp8" else linear.to_int4()
+                _quantize(linear, quantization, fused_fp8_quant)
+            if quantization == "int8":  # the CPU's decode reads the head every step too
+                model.lm_head.to_int8()
     return model.eval()
+
+
+def _quantize(linear: QuantizableLinear, quantization: str, fused_fp8_quant: bool) -> None:
+    """Online quantisation of one loaded layer by the method's name."""
+    if quantization == "fp8":
+        linear.to_fp8(fused_fp8_quant)
+    elif quantization == "int8":
+        linear.to_int8()
+    else:
+        linear.to_int4()
 
 
 def checkpoint_quantization(resolved: ResolvedModel) -> str | None:

@@ -27,6 +27,13 @@ from pagefleet.workers.models.fp8 import (
     quantize_rows,
 )
 from pagefleet.workers.models.int4 import Int4Weight, int4_linear, quantize_int4_rtn
+from pagefleet.workers.models.int8 import (
+    GEMV_MAX_ROWS,
+    Int8Weight,
+    int8_linear,
+    int8_matvec,
+    quantize_int8_rows,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +74,13 @@ def _parameter(*shape: int) -> nn.Parameter:
 
 
 class QuantizableLinear(nn.Module):
-    """A linear layer whose weight is bf16/fp32, fp8 with one scale per output row, or int4
-    (int32-packed `[out, in / 8]` with `weight_scale`/`weight_zero` per group, see int4.py).
+    """A linear layer whose weight is bf16/fp32, fp8 with one scale per output row, int8 with
+    one bfloat16 scale per output row (the CPU path, see int8.py), or int4 (int32-packed
+    `[out, in / 8]` with `weight_scale`/`weight_zero` per group, see int4.py).
 
-    `to_fp8` / `to_int4` quantise loaded weights in place (online, `quantization="fp8"|"int4"`);
-    `prepare_fp8` / `prepare_int4` make room for a quantised checkpoint's tensors instead.
+    `to_fp8` / `to_int8` / `to_int4` quantise loaded weights in place (online,
+    `quantization="fp8"|"int8"|"int4"`); `prepare_fp8` / `prepare_int4` make room for a
+    quantised checkpoint's tensors instead.
     An FP8 layer also takes its input already quantised (`takes_quantized_input`).
     """
 
@@ -85,7 +94,7 @@ class QuantizableLinear(nn.Module):
 
     @property
     def is_fp8(self) -> bool:
-        return self.weight_scale is not None and self.weight_zero is None
+        return self.weight_scale is not None and self.weight_zero is None and self.weight.dtype != torch.int8
 
     @property
     def takes_quantized_input(self) -> bool:
@@ -101,6 +110,8 @@ class QuantizableLinear(nn.Module):
             raise TypeError(f"{type(self).__name__} with {self.weight.dtype} weights cannot take fp8 input")
         if self.weight_zero is not None:
             return int4_linear(x, self.int4_weight(), bias)
+        if self.weight_scale is not None:  # int8 (CPU): weight-only, per output row
+            return int8_linear(x, Int8Weight(self.weight, self.weight_scale), bias)
         return F.linear(x, self.weight, bias)
 
     def int4_weight(self) -> Int4Weight:
@@ -118,6 +129,11 @@ class QuantizableLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty_like(self.weight, dtype=FP8_DTYPE), requires_grad=False)
         self.weight_scale = nn.Parameter(
             torch.ones(rows, dtype=torch.float32, device=self.weight.device), requires_grad=False)
+
+    def to_int8(self) -> None:
+        quantized = quantize_int8_rows(self.weight.data)
+        self.weight = nn.Parameter(quantized.qweight, requires_grad=False)
+        self.weight_scale = nn.Parameter(quantized.scales, requires_grad=False)
 
     def to_int4(self) -> None:
         self._set_int4(quantize_int4_rtn(self.weight.data))
@@ -223,8 +239,27 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class ParallelLMHead(VocabParallelEmbedding):
-    """Logits for this rank's vocabulary slice, gathered so every rank sees the full vocabulary."""
+    """Logits for this rank's vocabulary slice, gathered so every rank sees the full vocabulary.
+
+    `to_int8` adds an int8 copy of the head for the CPU's decode steps (the head is the
+    largest matrix of a small model: a fifth of SmolLM2-135M's weights). The float weight
+    stays: a tied embedding reads its rows, and batches of more than `GEMV_MAX_ROWS` rows
+    multiply by it rather than dequantise the whole vocabulary per step.
+    """
+
+    def __init__(self, vocab_size: int, hidden_size: int, tp: TensorParallel) -> None:
+        super().__init__(vocab_size, hidden_size, tp)
+        self.register_parameter("int8_weight", None)
+        self.register_parameter("int8_scale", None)
+
+    def to_int8(self) -> None:
+        quantized = quantize_int8_rows(self.weight.data)
+        self.int8_weight = nn.Parameter(quantized.qweight, requires_grad=False)
+        self.int8_scale = nn.Parameter(quantized.scales, requires_grad=False)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden, self.weight).float()  # [n, padded vocab / tp]
+        if self.int8_weight is not None and hidden.shape[0] <= GEMV_MAX_ROWS:
+            logits = int8_matvec(hidden, Int8Weight(self.int8_weight, self.int8_scale)).float()
+        else:
+            logits = F.linear(hidden, self.weight).float()  # [n, padded vocab / tp]
         return self.tp.all_gather_last_dim(logits)[..., : self.vocab_size]
