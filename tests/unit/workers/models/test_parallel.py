@@ -48,7 +48,14 @@ def tp_worker(rank: int, rendezvous: Path, folders: list[Path], out_dir: Path) -
 
 def test_two_gloo_ranks_match_single_process(tmp_path: Path) -> None:
     folders = [write_tiny_checkpoint(tmp_path / v, v, weights=False) for v in VARIANTS]
-    mp.spawn(tp_worker, args=(tmp_path / "rendezvous", folders, tmp_path), nprocs=2, join=True)
+    try:
+        mp.spawn(tp_worker, args=(tmp_path / "rendezvous", folders, tmp_path), nprocs=2, join=True)
+    except mp.ProcessExitedException:
+        # gloo's teardown can abort a rank after the work ("terminate called without an active
+        # exception", seen once in a full CI run): what is compared are the logits both ranks
+        # saved before it, so only a rank that died before saving them fails the test.
+        if not all((tmp_path / f"{f.name}-rank{r}.pt").exists() for f in folders for r in range(2)):
+            raise
     for folder in folders:
         expected = logits_of(folder, TensorParallel())
         assert expected.shape == (sum(map(len, PROMPTS.values())), int(expected.shape[1]))
