@@ -24,3 +24,17 @@ def test_platform_folder_is_a_namespace_package():
     import pagefleet.platform
 
     assert getattr(pagefleet.platform, "__file__", None) is None  # namespace packages have none
+
+
+def test_kernels_folder_does_not_shadow_the_kernels_distribution():
+    """transformers >= 5.25 imports the `kernels` distribution (Hugging Face's kernel hub) while
+    it builds a config; run from the repo root (as workers and tests are), a regular package in
+    `kernels/` would win over it and the import fails. As a namespace folder it never wins."""
+    assert not (ROOT / "kernels" / "__init__.py").exists()
+    code = ("import importlib.util; spec = importlib.util.find_spec('kernels'); "
+            "print(spec.origin if spec else None); import transformers.activations")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    origin = result.stdout.split()[0]
+    assert origin == "None" or not Path(origin).resolve().is_relative_to(ROOT / "kernels")
+    import pagefleet.kernels.rms_norm  # noqa: F401  (the package itself still imports)

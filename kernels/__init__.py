@@ -1,1 +1,0 @@
-"""Triton kernels, each beside a plain-torch reference of the same function."""
