@@ -91,6 +91,12 @@ class _Sink:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
+def _fill_queues(batch: list[tuple[_Sink, RequestDelta]]) -> None:
+    """Runs in the caller's loop: one step's deltas into their requests' queues."""
+    for sink, delta in batch:
+        sink.queue.put_nowait(delta)
+
+
 class AsyncEngine:
     """`standby_after_s`: with nothing to do for that long the engine sleeps (standby: the
     device memory is freed, the process and its host copy of the weights stay), and the next
@@ -237,15 +243,24 @@ class AsyncEngine:
         self._sinks[command.request_id] = command.sink
 
     def _deliver(self, deltas: list[RequestDelta]) -> None:
+        """Hand a step's deltas to their callers: one wake-up per caller loop per step.
+
+        `call_soon_threadsafe` writes to the loop's self-pipe and takes its lock; once per
+        delta that was 64 system calls per step at 64 streams, all while this thread held the
+        GIL the caller's loop needed. Batched, the loop wakes once and fills every queue."""
         # Snapshot first, so a caller that saw its last delta also sees the freed blocks.
         self._stats = self.engine.stats()
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[_Sink, RequestDelta]]] = {}
         for delta in deltas:
             sink = self._sinks.get(delta.request_id)
             if sink is None:
                 continue
-            sink.put(delta)
+            batches.setdefault(sink.loop, []).append((sink, delta))
             if delta.finished:
                 del self._sinks[delta.request_id]
+        for loop, batch in batches.items():
+            with contextlib.suppress(RuntimeError):  # a closed caller loop: nobody listens
+                loop.call_soon_threadsafe(_fill_queues, batch)
 
     def _abort_all(self) -> None:
         for request_id in list(self.engine.requests):
