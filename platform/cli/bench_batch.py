@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
     settings = flags.settings_from_args(BatchBenchSettings, args)
     registry = args.registry_path or str(default_registry_path())
     model = load_registry(registry).get_or_first(args.model).name
-    with warm_stack(registry, model, args.redis_url, batch_worker=True) as base_url:
-        report = asyncio.run(measure(base_url, model, settings))
+    with warm_stack(registry, model, args.redis_url, batch_worker=True) as stack:
+        report = asyncio.run(measure(stack.base_url, model, settings))
     print(format_report(model, settings, report))
     if args.json:
         with open(args.json, "w") as out:

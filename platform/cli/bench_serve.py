@@ -16,15 +16,17 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
-from dataclasses import asdict
+from collections.abc import Awaitable, Iterator
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import httpx
 
 from pagefleet.platform.bench.client import CompletionsClient
+from pagefleet.platform.bench.cpu import CpuMeter, format_cores
 from pagefleet.platform.bench.report import format_summary, overhead_table
 from pagefleet.platform.bench.runner import (
+    BenchRun,
     BenchSummary,
     LoadSpec,
     RequestResult,
@@ -84,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"workload": asdict(workload), "load": asdict(load),
-                       **{k: asdict(v) for k, v in summaries.items()}}, out, indent=2, default=str)
+                       **{k: v if isinstance(v, dict) else asdict(v) for k, v in summaries.items()}},
+                      out, indent=2, default=str)
     return 0
 
 
@@ -95,36 +98,58 @@ def _registry_spec(path: str | None, model: str | None) -> ModelSpec:
 
 
 async def _http_run(base_url: str, model: str, api_key: str | None, requests: list[BenchRequest],
-                    load: LoadSpec, warmup: bool = False) -> BenchSummary:
+                    load: LoadSpec, warmup: bool = False, cpu: CpuMeter | None = None) -> BenchSummary:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as http:
         client = CompletionsClient(http, base_url, model, api_key)
         if warmup:
             await client.send(BenchRequest(requests[0].prompt_token_ids, 2))
-        return summarize(await run_load(requests, client.send, load))
+        return summarize(await _measured(run_load(requests, client.send, load), cpu))
+
+
+async def _measured(load: Awaitable[BenchRun], cpu: CpuMeter | None) -> BenchRun:
+    if cpu is not None:
+        cpu.start()
+    try:
+        return await load
+    finally:
+        if cpu is not None:
+            cpu.stop()
 
 
 def _run_overhead(args: argparse.Namespace, requests: list[BenchRequest],
-                  load: LoadSpec) -> dict[str, BenchSummary]:
+                  load: LoadSpec) -> dict[str, BenchSummary | dict]:
     from pagefleet.platform.registry import default_registry_path
 
     registry = args.registry_path or str(default_registry_path())
     spec = _registry_spec(registry, args.model)
-    with warm_stack(registry, spec.name, args.redis_url) as base_url:
-        platform = asyncio.run(_http_run(base_url, spec.name, None, requests, load, warmup=True))
-    print(format_summary(f"{spec.name} through gateway + Redis + worker", platform), flush=True)
-    direct = asyncio.run(_engine_run(spec, requests, load))
+    with warm_stack(registry, spec.name, args.redis_url) as stack:
+        platform_cpu = CpuMeter(stack.pids)
+        platform = asyncio.run(_http_run(stack.base_url, spec.name, None, requests, load,
+                                         warmup=True, cpu=platform_cpu))
+    print(format_summary(f"{spec.name} through gateway + Redis + worker", platform))
+    print(format_cores("platform", platform_cpu.cores), flush=True)
+    direct_cpu = CpuMeter({}, self_name="client + engine")
+    direct = asyncio.run(_engine_run(spec, requests, load, direct_cpu))
     print(format_summary(f"{spec.name} in-process AsyncEngine", direct))
+    print(format_cores("in-process", direct_cpu.cores))
     print("\n" + overhead_table(platform, direct))
-    return {"platform": platform, "engine": direct}
+    return {"platform": platform, "engine": direct,
+            "cpu_cores": {"platform": platform_cpu.cores, "engine": direct_cpu.cores}}
+
+
+@dataclass(frozen=True, slots=True)
+class WarmStack:
+    base_url: str  # the gateway's /v1
+    pids: dict[str, int]  # gateway, worker and redis-server (when it answers INFO)
 
 
 @contextlib.contextmanager
 def warm_stack(registry: str, model: str, redis_url: str | None,
-               batch_worker: bool = False) -> Iterator[str]:
+               batch_worker: bool = False) -> Iterator[WarmStack]:
     """A private redis-server (unless `redis_url`), the gateway and one always-warm worker of
     `model` (and with `batch_worker` the Celery worker of /v1/batches), all stopped on exit;
-    yields the gateway's base URL once the worker is ready."""
+    yields the gateway's base URL and the processes' ids once the worker is ready."""
     from pagefleet.platform.cli.up import start_batch_worker, start_gateway
 
     with contextlib.ExitStack() as stack:
@@ -140,7 +165,24 @@ def warm_stack(registry: str, model: str, redis_url: str | None,
             stack.callback(stop_process, start_batch_worker(registry, redis_url))
         wait_for_port(port, gateway, "the gateway")
         wait_for_ready_worker(redis_url, model, worker)
-        yield f"http://127.0.0.1:{port}/v1"
+        pids = {"gateway": gateway.pid, "worker": worker.pid}
+        redis_pid = _redis_pid(redis_url)
+        if redis_pid is not None:
+            pids["redis"] = redis_pid
+        yield WarmStack(f"http://127.0.0.1:{port}/v1", pids)
+
+
+def _redis_pid(redis_url: str) -> int | None:
+    """redis-server's process id (from INFO), if it runs on this machine."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return int(client.info("server")["process_id"])
+    except (redis.RedisError, KeyError, ValueError):
+        return None
+    finally:
+        client.close()
 
 
 def start_warm_worker(model: str, registry: str, redis_url: str) -> subprocess.Popen:
@@ -176,7 +218,8 @@ def wait_for_ready_worker(redis_url: str, model: str, worker: subprocess.Popen,
         client.close()
 
 
-async def _engine_run(spec, requests: list[BenchRequest], load: LoadSpec) -> BenchSummary:
+async def _engine_run(spec, requests: list[BenchRequest], load: LoadSpec,
+                      cpu: CpuMeter | None = None) -> BenchSummary:
     from pagefleet.platform.protocol import SamplingParams
     from pagefleet.workers.runtime.main import registry_engine_factory
 
@@ -192,7 +235,7 @@ async def _engine_run(spec, requests: list[BenchRequest], load: LoadSpec) -> Ben
 
     try:
         await send(BenchRequest(requests[0].prompt_token_ids, 2))  # warm-up, as on the platform
-        return summarize(await run_load(requests, send, load))
+        return summarize(await _measured(run_load(requests, send, load), cpu))
     finally:
         engine.shutdown()
 
