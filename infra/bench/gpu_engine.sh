@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Engine checks and throughput benchmarks on a GPU machine (the lent H100), from the repo root.
 # Needs torch, triton and transformers there; carries msgspec/gguf wheels in .whl/ if missing.
-# Usage: infra/bench/gpu_engine.sh OUT_DIR [quick|tp|profile|compare|moe|fp8|fp8fuse|fp8kv|final|int4|fixed|standby|extra]
+# Usage: infra/bench/gpu_engine.sh OUT_DIR [quick|gputests|tp|profile|compare|moe|fp8|fp8fuse|fp8kv|final|int4|fixed|standby|extra]
 set -uo pipefail
 out=${1:-/tmp/pf-bench}; mode=${2:-full}
 source "$(dirname "$0")/gpu_env.sh"
@@ -66,6 +66,15 @@ if [ "$mode" = fp8fuse ]; then  # FP8 quantisation fused into RMSNorm / SiLU-and
       --max-num-seqs 256 --quantization fp8 --repeat 2 --compare-fused-fp8-quant \
       --json $out/llama318b_sharegpt_fp8_fusedquant_ab.json" 2>&1 | grep -v Warning | tee "$out/fp8fuse_ab.txt"
   fi
+  exit 0
+fi
+if [ "$mode" = gputests ]; then  # every fp8 kernel path compiled (failures named), then tests/gpu but TP
+  timeout ${KERNEL_TESTS_S:-150} python3 -m pytest -q -rf -p no:cacheprovider --confcutdir=tests/unit tests/unit/kernels \
+    tests/unit/workers/attention -k "fp8" > "$out/gpu_kernel_fp8_tests.txt" 2>&1
+  grep -E "^FAILED|passed|failed" "$out/gpu_kernel_fp8_tests.txt" | cut -c1-300
+  timeout ${GPU_TESTS_S:-300} python3 -m pytest -q -rf --durations=15 -p no:cacheprovider --noconftest tests/gpu \
+    --ignore=tests/gpu/test_tensor_parallel_cuda.py > "$out/gpu_tests.txt" 2>&1
+  grep -E "^FAILED|passed|failed" "$out/gpu_tests.txt" | cut -c1-300
   exit 0
 fi
 if [ "$mode" = moe ]; then  # fused-MoE kernel and Mixtral/Qwen3-MoE on the GPU, one layer's timing, Qwen3-30B-A3B
