@@ -38,6 +38,7 @@ from pagefleet.platform.cli import flags
 from pagefleet.platform.processes.children import start_child, stop_process, wait_until
 from pagefleet.platform.processes.ports import free_port, wait_for_port
 from pagefleet.platform.processes.redis_server import redis_server
+from pagefleet.platform.protocol import event_loop
 from pagefleet.platform.protocol.workload import BenchRequest, WorkloadSpec, build_workload
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         summaries = _run_overhead(args, requests, load)
     else:
         model = args.model or _registry_spec(args.registry_path, None).name
-        summaries = {"server": asyncio.run(_http_run(args.base_url, model, args.api_key, requests, load))}
+        summaries = {"server": event_loop.run(_http_run(args.base_url, model, args.api_key, requests, load))}
         print(format_summary(f"{model} at {args.base_url}", summaries["server"]))
     if args.json:
         with open(args.json, "w") as out:
@@ -125,12 +126,12 @@ def _run_overhead(args: argparse.Namespace, requests: list[BenchRequest],
     spec = _registry_spec(registry, args.model)
     with warm_stack(registry, spec.name, args.redis_url) as stack:
         platform_cpu = CpuMeter(stack.pids)
-        platform = asyncio.run(_http_run(stack.base_url, spec.name, None, requests, load,
+        platform = event_loop.run(_http_run(stack.base_url, spec.name, None, requests, load,
                                          warmup=True, cpu=platform_cpu))
     print(format_summary(f"{spec.name} through gateway + Redis + worker", platform))
     print(format_cores("platform", platform_cpu.cores), flush=True)
     direct_cpu = CpuMeter({}, self_name="client + engine")
-    direct = asyncio.run(_engine_run(spec, requests, load, direct_cpu))
+    direct = event_loop.run(_engine_run(spec, requests, load, direct_cpu))
     print(format_summary(f"{spec.name} in-process AsyncEngine", direct))
     print(format_cores("in-process", direct_cpu.cores))
     print("\n" + overhead_table(platform, direct))

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from redis.exceptions import RedisError
 
-from pagefleet.platform.protocol import Heartbeat, keys
+from pagefleet.platform.protocol import Heartbeat, event_loop, keys
 from pagefleet.platform.protocol.resilience import (
     TRANSIENT_ERRORS,
     RedisOutages,
@@ -224,4 +224,4 @@ def run_worker(settings: WorkerSettings, engine_factory: EngineFactory,
     """Run one worker to completion in a fresh event loop; returns the exit status."""
     async def main() -> int:
         return await Worker(settings, engine_factory, on_listening, phases).run()
-    return asyncio.run(main())
+    return event_loop.run(main())
