@@ -97,6 +97,16 @@ def measure_matmul_tflop_s(device: torch.device) -> float:
     return 2 * 8192**3 / time_ms(lambda: a @ b) / 1e9
 
 
+def measure_fp8_matmul_tflop_s(device: torch.device) -> float:
+    """An 8192^3 e4m3 product with row-wise scales, as FP8 linear layers run it (`_scaled_mm`)."""
+    a = torch.randn(8192, 8192, device=device).to(FP8_DTYPE)
+    b = torch.randn(8192, 8192, device=device).to(FP8_DTYPE)
+    scale_a = torch.ones(8192, 1, device=device)
+    scale_b = torch.ones(1, 8192, device=device)
+    return 2 * 8192**3 / time_ms(lambda: torch._scaled_mm(
+        a, b.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=torch.bfloat16)) / 1e9
+
+
 def _fits(bytes_needed: int, device: torch.device) -> bool:
     free, _ = torch.cuda.mem_get_info(device)
     return 2.5 * bytes_needed < free  # the cache, a dense copy for SDPA, and headroom

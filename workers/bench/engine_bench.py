@@ -16,7 +16,11 @@ from pathlib import Path
 
 import torch
 
-from pagefleet.kernels.bench import measure_copy_gb_s
+from pagefleet.kernels.bench import (
+    measure_copy_gb_s,
+    measure_fp8_matmul_tflop_s,
+    measure_matmul_tflop_s,
+)
 from pagefleet.platform.protocol.sampling import SamplingParams, StructuredOutput
 from pagefleet.platform.protocol.workload import BenchRequest, WorkloadSpec, build_workload
 from pagefleet.workers.engine.config import EngineConfig
@@ -93,12 +97,22 @@ class StepBreakdown:
     """Where the engine's wall time goes, by phase; each phase ends with a device sync, so
     the split is exact (and the instrumented run loses the overlap a normal run has).
 
-    Each graph (decode) step is also set against its bytes floor: every weight read once and
-    the KV cache of every sequence read once, at the card's measured copy bandwidth."""
+    Each graph (decode) step is also set against its floors: bytes (every weight read once and
+    the KV cache of every sequence read once, at the card's measured copy bandwidth) and
+    compute (the step's matmul and attention FLOPs at the measured matmul rate). A large batch
+    of a big model is compute-bound, so its bytes ratio alone cannot reach 1; the roofline
+    floor is the larger of the two, step by step."""
 
     copy_bytes_per_s: float = 0.0  # measured device copy bandwidth (bytes read + written)
     weight_bytes: int = 0  # bytes a decode step must read from the weights
     kv_bytes_per_token: int = 0
+    matmul_flop_s: float = 0.0  # measured matmul rate of the weights' dtype (FP8 or bf16)
+    matmul_flops_per_token: int = 0  # 2 x the weights' multiply-adds one token costs
+    attention_flops_per_context_token: int = 0  # QK^T and PV, all layers and query heads
+    graph_compute_floor_s: float = 0.0
+    graph_roofline_s: float = 0.0
+    large_graph_compute_floor_s: float = 0.0
+    large_graph_roofline_s: float = 0.0
     graph_steps: int = 0
     eager_steps: int = 0
     graph_s: float = 0.0
@@ -113,13 +127,27 @@ class StepBreakdown:
         floor = 0.0
         if self.copy_bytes_per_s:
             floor = (self.weight_bytes + num_context_tokens * self.kv_bytes_per_token) / self.copy_bytes_per_s
+        compute = 0.0
+        if self.matmul_flop_s:
+            compute = (num_seqs * self.matmul_flops_per_token
+                       + num_context_tokens * self.attention_flops_per_context_token) / self.matmul_flop_s
         self.graph_steps += 1
         self.graph_s += elapsed_s
         self.graph_floor_s += floor
+        self.graph_compute_floor_s += compute
+        self.graph_roofline_s += max(floor, compute)
         if num_seqs >= 128:
             self.large_graph_steps += 1
             self.large_graph_s += elapsed_s
             self.large_graph_floor_s += floor
+            self.large_graph_compute_floor_s += compute
+            self.large_graph_roofline_s += max(floor, compute)
+
+    def _roofline(self, steps: int, elapsed: float, compute: float, roofline: float) -> str:
+        if not roofline:
+            return ""
+        return (f"; compute floor {1e3 * compute / steps:.2f} ms ({self.matmul_flop_s / 1e12:.0f} "
+                f"TFLOP/s), roofline {1e3 * roofline / steps:.2f} ms (ratio {elapsed / roofline:.2f})")
 
     def report(self, total_s: float) -> str:
         other = total_s - self.graph_s - self.eager_s - self.sample_s
@@ -131,13 +159,17 @@ class StepBreakdown:
                 f"graph decode steps: {1e3 * self.graph_s / self.graph_steps:.2f} ms each vs a bytes "
                 f"floor of {1e3 * self.graph_floor_s / self.graph_steps:.2f} ms (ratio "
                 f"{self.graph_s / self.graph_floor_s:.2f}; copy {self.copy_bytes_per_s / 1e9:.0f} GB/s, "
-                f"weights {self.weight_bytes / 2**30:.2f} GiB)")
-        if self.large_graph_steps:
+                f"weights {self.weight_bytes / 2**30:.2f} GiB)"
+                + self._roofline(self.graph_steps, self.graph_s, self.graph_compute_floor_s,
+                                 self.graph_roofline_s))
+        if self.large_graph_steps and self.large_graph_floor_s:
             lines.append(
                 f"graph decode steps at batch >= 128: {self.large_graph_steps} steps, "
-                f"{1e3 * self.large_graph_s / self.large_graph_steps:.2f} ms each vs floor "
+                f"{1e3 * self.large_graph_s / self.large_graph_steps:.2f} ms each vs bytes floor "
                 f"{1e3 * self.large_graph_floor_s / self.large_graph_steps:.2f} ms "
-                f"(ratio {self.large_graph_s / self.large_graph_floor_s:.2f})")
+                f"(ratio {self.large_graph_s / self.large_graph_floor_s:.2f})"
+                + self._roofline(self.large_graph_steps, self.large_graph_s,
+                                 self.large_graph_compute_floor_s, self.large_graph_roofline_s))
         return "\n".join(lines)
 
 
@@ -156,6 +188,34 @@ def _decode_weight_bytes(model: torch.nn.Module, tied: bool) -> int:
     return total
 
 
+def _matmul_flops_per_token(model: torch.nn.Module) -> int:
+    """2 x the multiply-adds of one token through every linear layer (matrices of two or more
+    dimensions, the untied embedding table left out: a token gathers one row of it). MoE
+    experts count at their active share; packed int4 words count as one element (an
+    undercount there)."""
+    moe = model.arch.moe
+    total = 0
+    for name, param in model.named_parameters():
+        if param.dim() < 2 or name.endswith("embed_tokens.weight"):
+            continue
+        count = param.numel()
+        if moe is not None and ".experts." in name:
+            count = count * moe.top_k // moe.num_experts
+        total += count
+    if model.arch.tie_word_embeddings:
+        total += model.model.embed_tokens.weight.numel()
+    return 2 * total
+
+
+def _matmul_flop_s(device: torch.device, quantization: str | None) -> float:
+    """The measured matmul rate of the weights' format on a GPU (0 elsewhere: no floor)."""
+    if device.type != "cuda":
+        return 0.0
+    if quantization == "fp8":
+        return measure_fp8_matmul_tflop_s(device) * 1e12
+    return measure_matmul_tflop_s(device) * 1e12
+
+
 def instrument(llm: LLM) -> StepBreakdown:
     """Wrap the runner and sampler of one engine with timers (benchmarks only)."""
     engine, runner = llm.engine, llm.engine.runner
@@ -164,6 +224,9 @@ def instrument(llm: LLM) -> StepBreakdown:
         copy_bytes_per_s=measure_copy_gb_s(runner.device) * 1e9 if runner.device.type == "cuda" else 0.0,
         weight_bytes=_decode_weight_bytes(runner.model, arch.tie_word_embeddings),
         kv_bytes_per_token=runner.bytes_per_block // runner.block_size,
+        matmul_flop_s=_matmul_flop_s(runner.device, engine.config.quantization),
+        matmul_flops_per_token=_matmul_flops_per_token(runner.model),
+        attention_flops_per_context_token=4 * arch.num_layers * arch.num_heads * arch.head_dim,
     )
     execute, sample = runner.execute, engine.sampler.sample
 
