@@ -61,10 +61,11 @@ if [ "$mode" = fp8fuse ]; then  # FP8 quantisation fused into RMSNorm / SiLU-and
         --quantization fp8 $flag 2>&1 | grep -v Warning | tee "$out/fp8fuse_profile${flag}.txt" | grep -E "^(device time|kernel launches)"
     done
   fi
-  if [[ " $parts " == *" ab "* ]]; then  # throughput, fused then unfused engine on the same requests
-    timeout 330 bash -c "$(declare -f bench); bench --model llama-3.1-8b --load-format dummy --num-prompts 1000 --hf none \
-      --max-num-seqs 256 --quantization fp8 --repeat 2 --compare-fused-fp8-quant \
-      --json $out/llama318b_sharegpt_fp8_fusedquant_ab.json" 2>&1 | grep -v Warning | tee "$out/fp8fuse_ab.txt"
+  if [[ " $parts " == *" ab "* ]]; then  # throughput, fused then unfused engine (UNFUSED_FIRST=1: reversed)
+    first=""; [ "${UNFUSED_FIRST:-0}" = 1 ] && first="--no-fused-fp8-quant"
+    timeout ${AB_TIMEOUT:-330} bash -c "$(declare -f bench); bench --model llama-3.1-8b --load-format dummy --num-prompts 1000 --hf none \
+      --max-num-seqs 256 --quantization fp8 --repeat ${AB_REPEAT:-2} --compare-fused-fp8-quant $first \
+      --json $out/llama318b_sharegpt_fp8_fusedquant_ab${first:+_unfusedfirst}.json" 2>&1 | grep -v Warning | tee "$out/fp8fuse_ab.txt"
   fi
   exit 0
 fi
