@@ -129,7 +129,9 @@ def test_prompts_and_choices_each_get_their_tokens_once_and_in_order(
         ids = [i for c in mine for i in c.model_extra.get("token_ids") or []]
         assert ids == [100 * (choice % 2) + k for k in range(num_tokens)]
         assert [c.finish_reason for c in mine if c.finish_reason] == ["length"]
-    assert len(chunks) == 4  # one a choice, finish included; one a token would be 48
+    # Per choice: the opening chunk of its prompt's ids (return_token_ids), then one with all
+    # its tokens and its finish; one a token would be 48 before the openings.
+    assert len(chunks) == 2 * 4
 
 
 def test_a_whole_answer_from_a_full_buffer(gateway: LiveGateway, worker_side: redis.Redis) -> None:
