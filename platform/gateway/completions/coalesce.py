@@ -23,6 +23,8 @@ def coalesce(batch: Sequence[SourcedEvent]) -> list[SourcedEvent]:
     another. Replays must be dropped before this (`ResultAccumulator.record_deltas`): a repeat
     followed by new tokens would fold into one delta that starts behind, and be dropped whole.
     """
+    if len(batch) < 2:  # a request that keeps up
+        return list(batch)
     per_source: dict[int, list[ResultEvent]] = {}
     slots: list[tuple[int, int]] = []  # (source, position in its list), in arrival order
     for item in batch:
