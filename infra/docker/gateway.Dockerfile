@@ -11,7 +11,8 @@ COPY kernels kernels
 RUN pip install --no-cache-dir --prefix=/install --no-deps . \
  && pip install --no-cache-dir --prefix=/install \
       msgspec "litestar>=2.12" uvicorn httpx "redis>=5" "celery[redis]>=5.4" \
-      prometheus-client "kubernetes>=30" pyyaml
+      prometheus-client "kubernetes>=30" pyyaml \
+      "hiredis>=3.2" "uvloop>=0.15.1" "httptools>=0.8"
 
 FROM python:3.11-slim
 COPY --from=build /install /usr/local

@@ -70,25 +70,41 @@ class Subscription:
     paused: bool = False
     closed: bool = False
 
-    async def events(self, deadline: float) -> AsyncIterator[SourcedEvent]:
-        """Events until every sub-request ended; `DeadlineExceeded` / `ResultsUnavailable`."""
+    async def batches(self, deadline: float) -> AsyncIterator[list[SourcedEvent]]:
+        """Events until every sub-request ended, a batch at a time; `DeadlineExceeded` /
+        `ResultsUnavailable` (after the events that came before it).
+
+        A batch is what the buffer holds when the previous one has been handled: one event
+        while the request keeps up, more when it falls behind (a slow client, a busy gateway),
+        so the per-event cost of waiting and of sending shrinks exactly when it matters.
+        """
         remaining_streams = len(self.sources)
         while remaining_streams:
             timeout = deadline - time.time()
             if timeout <= 0:
                 raise DeadlineExceeded
-            try:
-                item = await asyncio.wait_for(self.queue.get(), timeout)
-            except TimeoutError:
-                raise DeadlineExceeded from None
-            if isinstance(item, ResultsUnavailable):
-                raise item
+            if self.queue.empty():
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), timeout)
+                except TimeoutError:
+                    raise DeadlineExceeded from None
+            else:
+                item = self.queue.get_nowait()
+            batch: list[SourcedEvent] = []
+            while not isinstance(item, ResultsUnavailable):
+                batch.append(item)
+                if isinstance(item.event, FinalEvent | ErrorEvent):
+                    remaining_streams -= 1
+                if not remaining_streams or self.queue.empty():
+                    break
+                item = self.queue.get_nowait()
             if self.paused and self.queue.qsize() <= self.buffer_events // 2:
                 self.paused = False
                 self.reader.wake()
-            if isinstance(item.event, FinalEvent | ErrorEvent):
-                remaining_streams -= 1
-            yield item
+            if batch:
+                yield batch
+            if isinstance(item, ResultsUnavailable):
+                raise item
 
     def close(self) -> None:
         """Stop reading this request's streams (idempotent)."""

@@ -19,11 +19,11 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pagefleet.platform.protocol import DeltaEvent, ResultEvent, decode_event, encode, keys
+from pagefleet.platform.protocol.deltas import merge_delta
 from pagefleet.platform.protocol.resilience import TRANSIENT_ERRORS, Backoff, RedisOutages
 
 log = logging.getLogger(__name__)
@@ -42,30 +42,6 @@ class _Batch:
     events: dict[str, list[ResultEvent]] = field(default_factory=dict)
     acks: list[tuple[str, str]] = field(default_factory=list)
     futures: list[asyncio.Future[None]] = field(default_factory=list)
-
-
-def merge_delta(events: list[ResultEvent], delta: DeltaEvent) -> None:
-    """Append `delta`, folding it into the previous delta of its choice when they are adjacent.
-
-    Builds a new struct instead of mutating: the executor may still hold the queued one.
-    """
-    for position in range(len(events) - 1, -1, -1):
-        previous = events[position]
-        if not isinstance(previous, DeltaEvent):
-            break
-        if previous.index != delta.index:
-            continue
-        if previous.finish_reason is None and previous.offset + len(previous.token_ids) == delta.offset:
-            logprobs = None
-            if previous.logprobs is not None or delta.logprobs is not None:
-                logprobs = (previous.logprobs or []) + (delta.logprobs or [])
-            events[position] = msgspec.structs.replace(
-                previous, token_ids=previous.token_ids + delta.token_ids,
-                text=previous.text + delta.text, logprobs=logprobs,
-                finish_reason=delta.finish_reason)
-            return
-        break
-    events.append(delta)
 
 
 _WRITE_SCRIPT = """

@@ -7,11 +7,13 @@ is dropped, so clients see each token once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
 from pagefleet.platform.gateway.completions.params import PreparedRequest
-from pagefleet.platform.protocol import DeltaEvent, FinalEvent, TokenLogprob, Usage
+from pagefleet.platform.gateway.delivery import SourcedEvent
+from pagefleet.platform.protocol import DeltaEvent, ErrorEvent, FinalEvent, TokenLogprob, Usage
 from pagefleet.platform.protocol.embeddings import EmbeddingList, embedding_list
 from pagefleet.platform.protocol.openai import (
     ChatChunkChoice,
@@ -41,7 +43,7 @@ WholeResponse = ChatCompletion | Completion | EmbeddingList  # what a request th
 class ChoiceState:
     texts: list[str] = field(default_factory=list)
     num_tokens: int = 0
-    num_chars: int = 0  # of token texts, for completions' text_offset
+    num_chars: int = 0  # of token texts streamed so far, for completions' text_offset
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     tools: ToolCallStream | None = None  # chat with tools: splits text into content and calls
@@ -84,10 +86,23 @@ class ResultAccumulator:
         state.token_ids.extend(delta.token_ids)
         state.num_tokens = delta.offset + len(delta.token_ids)
         state.logprobs.extend(delta.logprobs or [])
-        state.num_chars += sum(len(lp.token) for lp in delta.logprobs or [])
         if delta.finish_reason is not None:
             state.finish_reason = delta.finish_reason
         return delta
+
+    def record_deltas(self, batch: Sequence[SourcedEvent]) -> list[SourcedEvent]:
+        """Record the deltas of a batch in order (`add_delta`); returns the batch without the
+        replays, and without what follows an error (the stream ends there)."""
+        kept = []
+        for item in batch:
+            if isinstance(item.event, DeltaEvent):
+                if self.add_delta(item.source, item.event) is not None:
+                    kept.append(item)
+                continue
+            kept.append(item)
+            if isinstance(item.event, ErrorEvent):
+                break
+        return kept
 
     def add_final(self, source: int, final: FinalEvent) -> list[int]:
         """Record a final event; returns the choices it finished that no delta had finished."""
@@ -154,7 +169,7 @@ class ResultAccumulator:
 
     def delta_chunks(self, source: int, delta: DeltaEvent) -> list[ChatCompletionChunk | CompletionChunk]:
         """The chunks of a delta already recorded by `add_delta` (none while a tool call is
-        being held back)."""
+        being held back), or of several recorded ones merged (`merge_delta`)."""
         index = self.choice_index(source, delta.index)
         p = self.prepared
         if p.kind == "chat":
@@ -175,8 +190,9 @@ class ResultAccumulator:
             return [self._chat_chunk(ChatChunkChoice(index=index, delta=_piece_delta(piece),
                                                      logprobs=logprobs, finish_reason=reason))]
         chunks = self._echo_chunks(source, index) if delta.offset == 0 else []
-        chars_before = self.choices[index].num_chars - sum(len(lp.token) for lp in delta.logprobs or [])
-        logprobs = completion_logprobs(delta.logprobs or [], chars_before) if p.logprobs else None
+        state = self.choices[index]
+        logprobs = completion_logprobs(delta.logprobs or [], state.num_chars) if p.logprobs else None
+        state.num_chars += sum(len(lp.token) for lp in delta.logprobs or [])
         token_ids = list(delta.token_ids) if p.envelopes[source].return_token_ids else None
         return [*chunks, self._completion_chunk(CompletionChoice(
             index=index, text=delta.text, logprobs=logprobs, finish_reason=delta.finish_reason,

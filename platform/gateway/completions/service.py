@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -28,6 +28,7 @@ from litestar.types import Receive
 from redis.exceptions import RedisError
 
 from pagefleet.platform.gateway.broker import Broker
+from pagefleet.platform.gateway.completions.coalesce import coalesce
 from pagefleet.platform.gateway.completions.params import PreparedRequest, RequestContext
 from pagefleet.platform.gateway.completions.results import ResultAccumulator, WholeResponse
 from pagefleet.platform.gateway.delivery import (
@@ -58,6 +59,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _DONE = b"data: [DONE]\n\n"
 
 StreamChunk = ChatCompletionChunk | CompletionChunk | ErrorBody  # an error ends a stream
+Batch = list[SourcedEvent]  # what a request's buffer held at once
 
 
 def deadline_error() -> OpenAIError:
@@ -155,17 +157,17 @@ class CompletionService:
         if not prepared.stream:
             return Response(await self.answer(prepared, receive), status_code=200)
         stream = await self.open_stream(prepared)
-        return Stream(_sse_body(stream.chunks), media_type="text/event-stream", headers=SSE_HEADERS)
+        return Stream(_sse_body(stream.batches), media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def answer(self, prepared: PreparedRequest, receive: Receive) -> WholeResponse:
         """The whole answer of a request that does not stream (also what /v1/responses builds on)."""
-        subscription, events = await self._open(prepared)
+        subscription, batches = await self._open(prepared)
         try:
-            return await self._collect(prepared, events, receive)
+            return await self._collect(prepared, batches, receive)
         finally:
             subscription.close()
 
-    async def _open(self, prepared: PreparedRequest) -> tuple[Subscription, AsyncIterator[SourcedEvent]]:
+    async def _open(self, prepared: PreparedRequest) -> tuple[Subscription, AsyncIterator[Batch]]:
         """Subscribe to the request's results, then queue it (so no event can be missed)."""
         if self.hub.in_flight >= self.settings.max_in_flight:
             raise OpenAIError(429, "This gateway is at its limit of requests in flight; retry later.",
@@ -177,7 +179,7 @@ class CompletionService:
             subscription.close()
             raise
         deadline = prepared.envelopes[0].deadline or time.time() + self.settings.request_timeout_s
-        return subscription, subscription.events(deadline)
+        return subscription, subscription.batches(deadline)
 
     async def cancel_quietly(self, prepared: PreparedRequest) -> None:
         """Cancel on the way out; with Redis gone the worker finds out from its own side."""
@@ -186,7 +188,7 @@ class CompletionService:
         except (RedisError, OSError) as exc:
             logger.warning("could not cancel %s: %s", prepared.response_id, exc)
 
-    async def _collect(self, prepared: PreparedRequest, events: AsyncIterator[SourcedEvent],
+    async def _collect(self, prepared: PreparedRequest, batches: AsyncIterator[Batch],
                        receive: Receive) -> WholeResponse:
         """Gather the whole answer while watching the connection; a client that leaves first
         gets its requests cancelled and a 499 that nobody reads."""
@@ -194,7 +196,7 @@ class CompletionService:
         async with anyio.create_task_group() as group:
             group.start_soon(self._cancel_on_disconnect, prepared, receive, group.cancel_scope)
             try:
-                outcome = await self._gather(prepared, events)
+                outcome = await self._gather(prepared, batches)
             except Exception as exc:  # re-raised below: the group would wrap it in a group
                 outcome = exc
             group.cancel_scope.cancel()
@@ -227,18 +229,19 @@ class CompletionService:
             raise queue_unavailable() from None
 
     async def _gather(self, prepared: PreparedRequest,
-                      events: AsyncIterator[SourcedEvent]) -> WholeResponse:
+                      batches: AsyncIterator[Batch]) -> WholeResponse:
         accumulator = ResultAccumulator(prepared)
         async with self._cancel_and_translate(prepared):
             try:
-                async for sourced in events:
-                    event = sourced.event
-                    if isinstance(event, ErrorEvent):
-                        raise event_error(event)
-                    if isinstance(event, DeltaEvent):
-                        accumulator.add_delta(sourced.source, event)
-                    elif isinstance(event, FinalEvent):
-                        accumulator.add_final(sourced.source, event)
+                async for batch in batches:
+                    for sourced in batch:
+                        event = sourced.event
+                        if isinstance(event, ErrorEvent):
+                            raise event_error(event)
+                        if isinstance(event, DeltaEvent):
+                            accumulator.add_delta(sourced.source, event)
+                        elif isinstance(event, FinalEvent):
+                            accumulator.add_final(sourced.source, event)
             except OpenAIError:
                 await self.cancel_quietly(prepared)
                 raise
@@ -248,54 +251,51 @@ class CompletionService:
         """Queue the request and wait for its first event, so that a failure before it (unknown
         model, full queue, context too long, deadline) is still an HTTP error; then hand over
         the chunks as they come. Chat streams and /v1/responses streams both read this."""
-        subscription, events = await self._open(prepared)
+        subscription, batches = await self._open(prepared)
         try:
             async with self._cancel_and_translate(prepared):
-                first = await anext(events)
-            if isinstance(first.event, ErrorEvent):
+                first = await anext(batches)
+            if isinstance(first[0].event, ErrorEvent):
                 await self.cancel_quietly(prepared)
-                raise event_error(first.event)
+                raise event_error(first[0].event)
         except BaseException:
             subscription.close()
             raise
         accumulator = ResultAccumulator(prepared)
-        return ChunkStream(self._chunks(prepared, accumulator, subscription, first, events), accumulator)
+        return ChunkStream(self._chunks(prepared, accumulator, subscription, first, batches),
+                           accumulator)
 
     async def _chunks(self, prepared: PreparedRequest, accumulator: ResultAccumulator,
-                      subscription: Subscription, first: SourcedEvent,
-                      events: AsyncIterator[SourcedEvent]) -> AsyncIterator[StreamChunk]:
+                      subscription: Subscription, first: Batch,
+                      batches: AsyncIterator[Batch]) -> AsyncIterator[list[StreamChunk]]:
+        """The chunks of each batch of events together (the first batch's after the chat
+        roles), so the SSE body sends what is ready at once in one write."""
         finished = False
         first_token_seen = False
         try:
-            for chunk in accumulator.first_chunks():
-                yield chunk
-            pending: SourcedEvent | None = first
+            chunks: list[StreamChunk] = list(accumulator.first_chunks())
+            pending: Batch | None = first
             while pending is not None:
-                event = pending.event
-                if isinstance(event, DeltaEvent):
-                    if accumulator.add_delta(pending.source, event) is not None:
-                        if not first_token_seen:
-                            first_token_seen = True
-                            self.metrics.observe_ttft(
-                                prepared.model, time.time() - prepared.envelopes[0].created_at)
-                        for chunk in accumulator.delta_chunks(pending.source, event):
-                            yield chunk
-                elif isinstance(event, FinalEvent):
-                    for index in accumulator.add_final(pending.source, event):
-                        for chunk in accumulator.finish_chunks(index):
-                            yield chunk
-                else:
-                    yield event_error(event).body
+                events = coalesce(accumulator.record_deltas(pending))
+                if not first_token_seen and any(isinstance(e.event, DeltaEvent) for e in events):
+                    first_token_seen = True
+                    self.metrics.observe_ttft(
+                        prepared.model, time.time() - prepared.envelopes[0].created_at)
+                chunks += batch_chunks(accumulator, events)
+                if chunks:
+                    yield chunks
+                if chunks and isinstance(chunks[-1], ErrorBody):
                     break
-                pending = await anext(events, None)
+                chunks = []
+                pending = await anext(batches, None)
             else:
                 if prepared.include_usage:
-                    yield accumulator.usage_chunk()
+                    yield [accumulator.usage_chunk()]
                 finished = True
         except DeadlineExceeded:
-            yield deadline_error().body
+            yield [deadline_error().body]
         except ResultsUnavailable:
-            yield queue_unavailable().body
+            yield [queue_unavailable().body]
         finally:
             subscription.close()
             if not finished:
@@ -305,20 +305,38 @@ class CompletionService:
                     await self.cancel_quietly(prepared)
 
 
+def batch_chunks(accumulator: ResultAccumulator, events: Sequence[SourcedEvent]) -> list[StreamChunk]:
+    """The chunks of recorded events in order; an error's body ends them."""
+    chunks: list[StreamChunk] = []
+    for item in events:
+        event = item.event
+        if isinstance(event, DeltaEvent):
+            chunks += accumulator.delta_chunks(item.source, event)
+        elif isinstance(event, FinalEvent):
+            for index in accumulator.add_final(item.source, event):
+                chunks += accumulator.finish_chunks(index)
+        else:
+            chunks.append(event_error(event).body)
+            break
+    return chunks
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkStream:
-    """An open stream: `chunks` as the worker's tokens arrive, ending early with one
-    `ErrorBody` if the request fails after its first event; once they end without one,
-    `accumulator` holds the whole answer (what a request that does not stream gets)."""
+    """An open stream: `batches` of chunks as the worker's tokens arrive (each batch what was
+    ready at once), ending early with one `ErrorBody` if the request fails after its first
+    event; once they end without one, `accumulator` holds the whole answer (what a request
+    that does not stream gets)."""
 
-    chunks: AsyncIterator[StreamChunk]
+    batches: AsyncIterator[list[StreamChunk]]
     accumulator: ResultAccumulator
 
 
-async def _sse_body(chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[bytes]:
-    async with contextlib.aclosing(chunks):
-        async for chunk in chunks:
-            yield _error_chunk(chunk) if isinstance(chunk, ErrorBody) else sse(chunk)
+async def _sse_body(batches: AsyncIterator[list[StreamChunk]]) -> AsyncIterator[bytes]:
+    """One write per batch of chunks that were ready together, each chunk its own event."""
+    async with contextlib.aclosing(batches):
+        async for chunks in batches:
+            yield b"".join(_error_chunk(c) if isinstance(c, ErrorBody) else sse(c) for c in chunks)
     yield _DONE
 
 

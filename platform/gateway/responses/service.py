@@ -91,12 +91,16 @@ class ResponsesService:
     async def _events(self, turn: _Turn, stream: ChunkStream) -> AsyncIterator[bytes]:
         events = ResponseEvents(_opening(turn), ItemIds())
         yield encode_events(events.start())
-        async with contextlib.aclosing(stream.chunks) as chunks:
-            async for chunk in chunks:
-                if isinstance(chunk, ErrorBody):
-                    yield encode_events(events.fail(chunk))
-                    return
-                if isinstance(chunk, ChatCompletionChunk) and (found := events.feed(chunk)):
+        async with contextlib.aclosing(stream.batches) as batches:
+            async for chunks in batches:
+                found: list[dict] = []
+                for chunk in chunks:
+                    if isinstance(chunk, ErrorBody):
+                        yield encode_events([*found, *events.fail(chunk)])
+                        return
+                    if isinstance(chunk, ChatCompletionChunk):
+                        found += events.feed(chunk)
+                if found:
                     yield encode_events(found)
         completion = stream.accumulator.chat_completion()
         try:

@@ -86,7 +86,8 @@ def test_completion_logprobs_offsets_continue_across_chunks() -> None:
     lp2 = [TokenLogprob(token_id=2, token="cde", logprob=-0.2, top=[TopLogprob(2, "cde", -0.2)])]
     first, second = delta(0, 0, "ab", logprobs=lp), delta(0, 1, "cde", logprobs=lp2)
     acc.add_delta(0, first)
-    acc.add_delta(0, second)
+    acc.add_delta(0, second)  # both recorded before either is streamed, as a batch is
+    assert acc.delta_chunks(0, first)[0].choices[0].logprobs.text_offset == [0]
     assert acc.delta_chunks(0, second)[0].choices[0].logprobs.text_offset == [2]
     whole = acc.completion().choices[0].logprobs
     assert whole.tokens == ["ab", "cde"] and whole.text_offset == [0, 2]
