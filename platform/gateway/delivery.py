@@ -84,8 +84,9 @@ class Subscription:
             if timeout <= 0:
                 raise DeadlineExceeded
             if self.queue.empty():
-                try:
-                    item = await asyncio.wait_for(self.queue.get(), timeout)
+                try:  # asyncio.timeout, not wait_for: no task per event
+                    async with asyncio.timeout(timeout):
+                        item = await self.queue.get()
                 except TimeoutError:
                     raise DeadlineExceeded from None
             else:
