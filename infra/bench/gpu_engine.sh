@@ -145,17 +145,19 @@ if [ "$mode" = int4 ]; then  # int4 (w4a16) GPU tests, the GEMM beside bf16, the
   exit 0
 fi
 if [ "$mode" = fixed ]; then  # fixed lengths and a shared prefix, new path vs old, 1B
-  for shape in "1024 128" "128 1024"; do
-    set -- $shape
+  # FIXED_SHAPES ["1024x128 128x1024"], FIXED_PROMPTS [500], FIXED_TIMEOUT [60] s a run, FIXED_PREFIX [1]
+  for shape in ${FIXED_SHAPES:-1024x128 128x1024}; do
+    set -- ${shape/x/ }
     for path in new old; do
       flags=""; [ $path = old ] && flags="--no-async-scheduling --no-fused-layers"
-      timeout 60 bash -c "$(declare -f bench); bench --model llama-3.2-1b --load-format dummy --num-prompts 500 --hf none \
+      timeout ${FIXED_TIMEOUT:-60} bash -c "$(declare -f bench); bench --model llama-3.2-1b --load-format dummy --num-prompts ${FIXED_PROMPTS:-500} --hf none \
         --input-len $1 --output-len $2 $flags --json $out/llama321b_fixed$1x$2_$path.json" 2>&1 | grep -v Warning | tail -3 | tee "$out/llama1b_fixed$1x$2_$path.txt"
     done
   done
+  [ "${FIXED_PREFIX:-1}" = 1 ] || exit 0
   for path in new old; do
     flags=""; [ $path = old ] && flags="--no-async-scheduling --no-fused-layers"
-    timeout 60 bash -c "$(declare -f bench); bench --model llama-3.2-1b --load-format dummy --num-prompts 500 --hf none \
+    timeout ${FIXED_TIMEOUT:-60} bash -c "$(declare -f bench); bench --model llama-3.2-1b --load-format dummy --num-prompts ${FIXED_PROMPTS:-500} --hf none \
       --input-len 128 --output-len 128 --shared-prefix-len 1024 $flags --json $out/llama321b_prefix1k_$path.json" 2>&1 | grep -v Warning | tail -3 | tee "$out/llama1b_prefix1k_$path.txt"
     done
     exit 0
