@@ -265,11 +265,11 @@ class SyntheticEngine:
             now = time.perf_counter()
             if deadline is not None and now >= deadline:
                 deltas = self._batch.step()
-                self._stats = self._batch.stats()  # before delivery: a finished caller sees it
-                deliver_step(self._sinks, deltas)
                 if deltas:
                     self._num_steps += 1
                     self._stepping_s += now - previous
+                self._stats = self._batch.stats()  # before delivery: a finished caller sees it
+                deliver_step(self._sinks, deltas)
                 previous = now
                 deadline = max(deadline + step_s, time.perf_counter()) \
                     if self._batch.has_unfinished() else None
