@@ -1,14 +1,14 @@
 """`pagefleet bench serve`: latency and throughput of an OpenAI-compatible server over HTTP,
 or with `--overhead` the platform's own cost: the same workload through gateway + Redis +
-worker and straight into an in-process AsyncEngine, one after the other, in one run.
+worker and straight into an in-process AsyncEngine, one after the other, in one run; with
+`--synthetic-step-ms` both halves run the model-free synthetic engine at a GPU's step rate.
 
-Only `--overhead` imports the engine (torch), inside the command.
+Only `--overhead` imports the engine (torch, unless synthetic), inside the command.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import math
@@ -43,6 +43,10 @@ from pagefleet.platform.protocol.workload import BenchRequest, WorkloadSpec, bui
 
 if TYPE_CHECKING:
     from pagefleet.platform.registry import ModelSpec
+    from pagefleet.workers.runtime.engine_port import EngineClient
+
+SYNTHETIC_MODEL = "synthetic"
+SYNTHETIC_MAX_NUM_SEQS = 256  # EngineConfig's default, vLLM's too
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -66,10 +70,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     overhead.add_argument("--overhead", action="store_true")
     flags.add_registry_flag(overhead)
     overhead.add_argument("--redis-url", default=None, help="default: a private redis-server")
+    overhead.add_argument(flags.flag_name("synthetic_step_ms"), dest="synthetic_step_ms", type=float,
+                          default=None, metavar="MS",
+                          help="both halves on the model-free synthetic engine, one token per "
+                               "request every MS ms (a GPU's step rate on any machine), through a "
+                               f"private registry of one model, {SYNTHETIC_MODEL!r}")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.synthetic_step_ms is not None and (not args.overhead or args.registry_path or args.model):
+        raise SystemExit("--synthetic-step-ms needs --overhead and writes its own registry (no "
+                         "--registry or --model: give a registry model synthetic_step_ms instead)")
     load = LoadSpec(request_rate=args.request_rate, concurrency=args.concurrency, seed=args.seed) \
         if args.request_rate is not None or args.concurrency is not None \
         else LoadSpec(request_rate=math.inf, seed=args.seed)
@@ -121,22 +133,51 @@ async def _measured(load: Awaitable[BenchRun], cpu: CpuMeter | None) -> BenchRun
 def _run_overhead(args: argparse.Namespace, requests: list[BenchRequest],
                   load: LoadSpec) -> dict[str, BenchSummary | dict]:
     from pagefleet.platform.registry import default_registry_path
+    from pagefleet.workers.runtime.main import registry_engine_factory
 
-    registry = args.registry_path or str(default_registry_path())
-    spec = _registry_spec(registry, args.model)
-    with warm_stack(registry, spec.name, args.redis_url) as stack:
-        platform_cpu = CpuMeter(stack.pids)
-        platform = event_loop.run(_http_run(stack.base_url, spec.name, None, requests, load,
-                                         warmup=True, cpu=platform_cpu))
+    with contextlib.ExitStack() as files:
+        registry = args.registry_path or str(default_registry_path())
+        if args.synthetic_step_ms is not None:
+            registry = files.enter_context(synthetic_registry(args.synthetic_step_ms, args.max_total_len))
+        spec = _registry_spec(registry, args.model)
+        with warm_stack(registry, spec.name, args.redis_url) as stack:
+            platform_cpu = CpuMeter(stack.pids)
+            platform = event_loop.run(_http_run(stack.base_url, spec.name, None, requests, load,
+                                             warmup=True, cpu=platform_cpu))
     print(format_summary(f"{spec.name} through gateway + Redis + worker", platform))
     print(format_cores("platform", platform_cpu.cores), flush=True)
     direct_cpu = CpuMeter({}, self_name="client + engine")
-    direct = event_loop.run(_engine_run(spec, requests, load, direct_cpu))
-    print(format_summary(f"{spec.name} in-process AsyncEngine", direct))
+    engine = registry_engine_factory(spec)()
+    try:
+        direct = event_loop.run(_engine_run(engine, requests, load, direct_cpu))
+    finally:
+        engine.shutdown()
+    print(format_summary(f"{spec.name} in-process {type(engine).__name__}", direct))
     print(format_cores("in-process", direct_cpu.cores))
     print("\n" + overhead_table(platform, direct))
-    return {"platform": platform, "engine": direct,
-            "cpu_cores": {"platform": platform_cpu.cores, "engine": direct_cpu.cores}}
+    results: dict[str, BenchSummary | dict] = {
+        "platform": platform, "engine": direct,
+        "cpu_cores": {"platform": platform_cpu.cores, "engine": direct_cpu.cores}}
+    if spec.synthetic_step_ms is not None:  # did the in-process engine keep its pace?
+        report = engine.step_report()
+        print(f"synthetic engine in-process: {report.num_steps} steps, mean interval "
+              f"{report.mean_step_ms:.2f} ms (target {spec.synthetic_step_ms:g} ms)")
+        results["synthetic_engine"] = {"step_ms": spec.synthetic_step_ms, **asdict(report)}
+    return results
+
+
+@contextlib.contextmanager
+def synthetic_registry(step_ms: float, max_model_len: int) -> Iterator[str]:
+    """A registry file of one synthetic model (a benchmark device, no weights), removed on exit."""
+    import yaml
+
+    model = {"synthetic_step_ms": step_ms,
+             "engine": {"max_model_len": max_model_len, "max_num_seqs": SYNTHETIC_MAX_NUM_SEQS}}
+    with tempfile.TemporaryDirectory(prefix="pf-bench-registry-") as folder:
+        path = f"{folder}/registry.yaml"
+        with open(path, "w") as out:
+            yaml.safe_dump({"models": {SYNTHETIC_MODEL: model}}, out)
+        yield path
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,12 +260,9 @@ def wait_for_ready_worker(redis_url: str, model: str, worker: subprocess.Popen,
         client.close()
 
 
-async def _engine_run(spec, requests: list[BenchRequest], load: LoadSpec,
+async def _engine_run(engine: EngineClient, requests: list[BenchRequest], load: LoadSpec,
                       cpu: CpuMeter | None = None) -> BenchSummary:
     from pagefleet.platform.protocol import SamplingParams
-    from pagefleet.workers.runtime.main import registry_engine_factory
-
-    engine = await asyncio.to_thread(registry_engine_factory(spec))
 
     async def send(request: BenchRequest) -> RequestResult:
         timer = StreamTimer()
@@ -234,9 +272,6 @@ async def _engine_run(spec, requests: list[BenchRequest], load: LoadSpec,
                 timer.tokens(len(delta.token_ids))
         return timer.result(len(request.prompt_token_ids))
 
-    try:
-        await send(BenchRequest(requests[0].prompt_token_ids, 2))  # warm-up, as on the platform
-        return summarize(await _measured(run_load(requests, send, load), cpu))
-    finally:
-        engine.shutdown()
+    await send(BenchRequest(requests[0].prompt_token_ids, 2))  # warm-up, as on the platform
+    return summarize(await _measured(run_load(requests, send, load), cpu))
 

@@ -225,6 +225,12 @@ class ModelSpec:
     trained with Matryoshka representation learning, e.g. Qwen3-Embedding), which is refused
     for any other model because a cut vector of those is not a meaningful embedding.
     `tool_parser` names the format its tool calls come in (`hermes` or `llama3_json`).
+
+    `synthetic_step_ms` makes the model a benchmark device: the worker builds no model (no
+    torch, `source` unused) but `SyntheticEngine` (workers/bench/synthetic_engine.py), which
+    emits one token per running request every that many milliseconds, within `engine`'s
+    `max_num_seqs` and `max_model_len`. It measures the platform at GPU step rates on any
+    machine (`pagefleet bench serve --overhead --synthetic-step-ms 3`); it serves no answers.
     """
 
     name: str
@@ -235,6 +241,7 @@ class ModelSpec:
     tool_parser: str = DEFAULT_TOOL_PARSER
     task: str = "generate"
     matryoshka: bool = False
+    synthetic_step_ms: float | None = None
 
     def __post_init__(self) -> None:
         _require(isinstance(self.name, str) and bool(MODEL_NAME.match(self.name)),
@@ -245,6 +252,11 @@ class ModelSpec:
         _require(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
         _require(isinstance(self.matryoshka, bool), f"matryoshka must be true or false, got {self.matryoshka!r}")
         _require(not self.matryoshka or self.task == "embed", "matryoshka needs task: embed")
+        _require(self.synthetic_step_ms is None
+                 or (_is_number(self.synthetic_step_ms) and self.synthetic_step_ms > 0),
+                 f"synthetic_step_ms must be a positive number or null, got {self.synthetic_step_ms!r}")
+        _require(self.synthetic_step_ms is None or self.task == "generate",
+                 "synthetic_step_ms needs task: generate")
         tp = self.engine.tensor_parallel_size
         _require(tp is None or tp == self.profile.tensor_parallel_size,
                  f"engine.tensor_parallel_size ({tp}) disagrees with profile.tensor_parallel_size "

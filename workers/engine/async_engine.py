@@ -13,13 +13,11 @@ that as long as nobody changes their truncation/padding settings, which nothing 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import queue
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from pagefleet.platform.protocol.phases import PhaseLog
@@ -29,6 +27,7 @@ from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.engine.errors import PromptTooLargeError
 from pagefleet.workers.engine.llm_engine import LLMEngine, Prompt
 from pagefleet.workers.engine.outputs import EngineStats, RequestDelta
+from pagefleet.workers.engine.thread_bridge import Abort, Add, Command, Sink, Stop, deliver_step
 
 logger = logging.getLogger(__name__)
 
@@ -59,44 +58,6 @@ def prompt_chars(prompt: Prompt) -> int:
     return total
 
 
-@dataclass(frozen=True, slots=True)
-class _Add:
-    request_id: str
-    prompt: Prompt
-    params: SamplingParams
-    resume: dict[int, list[int]] | None
-    sink: _Sink
-
-
-@dataclass(frozen=True, slots=True)
-class _Abort:
-    request_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Stop:
-    pass
-
-
-class _Sink:
-    """Delivers deltas (or an exception) from the engine thread to one caller's event loop."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.queue: asyncio.Queue[RequestDelta | BaseException] = asyncio.Queue()
-
-    def put(self, item: RequestDelta | BaseException) -> None:
-        # A closed caller loop raises RuntimeError: nobody is listening any more.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-
-
-def _fill_queues(batch: list[tuple[_Sink, RequestDelta]]) -> None:
-    """Runs in the caller's loop: one step's deltas into their requests' queues."""
-    for sink, delta in batch:
-        sink.queue.put_nowait(delta)
-
-
 class AsyncEngine:
     """`standby_after_s`: with nothing to do for that long the engine sleeps (standby: the
     device memory is freed, the process and its host copy of the weights stay), and the next
@@ -108,8 +69,8 @@ class AsyncEngine:
             raise ValueError(f"standby_after_s must be at least 0, got {standby_after_s}")
         self.standby_after_s = standby_after_s
         self.engine = LLMEngine(config, tokenizer)
-        self._commands: queue.SimpleQueue[_Add | _Abort | _Stop] = queue.SimpleQueue()
-        self._sinks: dict[str, _Sink] = {}
+        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._sinks: dict[str, Sink] = {}
         self._stats = self.engine.stats()
         self._tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pagefleet-tokenize")
         self._thread = threading.Thread(target=self._loop, name="pagefleet-engine", daemon=True)
@@ -157,8 +118,8 @@ class AsyncEngine:
         if params.structured_output is not None:  # compiled here, so the engine thread finds it cached
             await asyncio.get_running_loop().run_in_executor(
                 self._tokenizing, self.engine.compile_grammar, params)
-        sink = _Sink(asyncio.get_running_loop())
-        self._commands.put(_Add(request_id, prompt_ids, params, resume, sink))
+        sink = Sink(asyncio.get_running_loop())
+        self._commands.put(Add(request_id, prompt_ids, params, resume, sink))
         finished = False
         try:
             while True:
@@ -175,14 +136,14 @@ class AsyncEngine:
                 self.abort(request_id)
 
     def abort(self, request_id: str) -> None:
-        self._commands.put(_Abort(request_id))
+        self._commands.put(Abort(request_id))
 
     def stats(self) -> EngineStats:
         """A snapshot taken by the engine thread after its latest step."""
         return self._stats
 
     def shutdown(self) -> None:
-        self._commands.put(_Stop())
+        self._commands.put(Stop())
         self._thread.join(timeout=30)
         self._tokenizing.shutdown(wait=False, cancel_futures=True)
         self.engine.shutdown()
@@ -196,7 +157,7 @@ class AsyncEngine:
                 while True:
                     command = self._commands.get(block=block, timeout=self._idle_timeout(block))
                     block = False
-                    if isinstance(command, _Stop):
+                    if isinstance(command, Stop):
                         self._abort_all()
                         return
                     self._handle(command)
@@ -225,14 +186,15 @@ class AsyncEngine:
         self.engine.sleep()
         self._stats = self.engine.stats()
 
-    def _handle(self, command: _Add | _Abort) -> None:
-        if isinstance(command, _Abort):
+    def _handle(self, command: Add | Abort) -> None:
+        if isinstance(command, Abort):
             self._deliver(self.engine.abort(command.request_id))
             return
         if self.engine.is_sleeping:
             self.engine.wake()  # logs its phases
         try:
-            self.engine.add_request(command.request_id, command.prompt, command.params, command.resume)
+            self.engine.add_request(command.request_id, command.prompt_ids, command.params,
+                                    command.resume)
         except ValueError as exc:
             command.sink.put(exc)
             return
@@ -243,24 +205,10 @@ class AsyncEngine:
         self._sinks[command.request_id] = command.sink
 
     def _deliver(self, deltas: list[RequestDelta]) -> None:
-        """Hand a step's deltas to their callers: one wake-up per caller loop per step.
-
-        `call_soon_threadsafe` writes to the loop's self-pipe and takes its lock; once per
-        delta that was 64 system calls per step at 64 streams, all while this thread held the
-        GIL the caller's loop needed. Batched, the loop wakes once and fills every queue."""
+        """Hand a step's deltas to their callers (one wake-up per caller loop, `deliver_step`)."""
         # Snapshot first, so a caller that saw its last delta also sees the freed blocks.
         self._stats = self.engine.stats()
-        batches: dict[asyncio.AbstractEventLoop, list[tuple[_Sink, RequestDelta]]] = {}
-        for delta in deltas:
-            sink = self._sinks.get(delta.request_id)
-            if sink is None:
-                continue
-            batches.setdefault(sink.loop, []).append((sink, delta))
-            if delta.finished:
-                del self._sinks[delta.request_id]
-        for loop, batch in batches.items():
-            with contextlib.suppress(RuntimeError):  # a closed caller loop: nobody listens
-                loop.call_soon_threadsafe(_fill_queues, batch)
+        deliver_step(self._sinks, deltas)
 
     def _abort_all(self) -> None:
         for request_id in list(self.engine.requests):

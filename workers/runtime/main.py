@@ -198,9 +198,12 @@ class Worker:
 def registry_engine_factory(spec: Any, phases: PhaseRecorder | None = None,
                             tokenizer: Any | None = None) -> EngineFactory:
     """Build the engine of a registry `ModelSpec` (called in a thread: loading blocks): the
-    generation `AsyncEngine`, or for `task: embed` the cache-free `EmbeddingEngine`. The
-    AsyncEngine's readiness phases go to `phases`; `tokenizer` is one a spare already loaded."""
+    generation `AsyncEngine`, for `task: embed` the cache-free `EmbeddingEngine`, or with
+    `synthetic_step_ms` the benchmarks' model-free `SyntheticEngine`. The AsyncEngine's
+    readiness phases go to `phases`; `tokenizer` is one a spare already loaded."""
     def build() -> EngineClient:
+        if spec.synthetic_step_ms is not None:  # a benchmark device: no model, no torch
+            return _synthetic_engine(spec)
         from pagefleet.workers.engine.async_engine import AsyncEngine
         from pagefleet.workers.engine.config import EngineConfig
 
@@ -216,6 +219,14 @@ def registry_engine_factory(spec: Any, phases: PhaseRecorder | None = None,
             phases.extend(engine.phases.phases)
         return engine
     return build
+
+
+def _synthetic_engine(spec: Any) -> EngineClient:
+    from pagefleet.workers.bench.synthetic_engine import SyntheticEngine, SyntheticEngineConfig
+
+    limits = {name: value for name, value in spec.engine_kwargs().items()
+              if name in ("max_num_seqs", "max_model_len")}
+    return SyntheticEngine(SyntheticEngineConfig(step_ms=spec.synthetic_step_ms, **limits))
 
 
 def run_worker(settings: WorkerSettings, engine_factory: EngineFactory,

@@ -37,7 +37,10 @@ log = logging.getLogger(__name__)
 
 def preload(spec: Any) -> Any:
     """Import what a worker of `spec` imports, read its config and load its tokenizer (returned,
-    for the engine to use), and ask the kernel to read the weight files into the page cache."""
+    for the engine to use), and ask the kernel to read the weight files into the page cache.
+    A synthetic model (a benchmark device) has nothing to preload."""
+    if spec.synthetic_step_ms is not None:
+        return None
     from pagefleet.workers.engine.async_engine import AsyncEngine  # noqa: F401  torch, the engine
     from pagefleet.workers.models.loader import load_tokenizer
     from pagefleet.workers.models.sources import resolve_model
