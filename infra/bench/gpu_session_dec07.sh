@@ -6,5 +6,5 @@ set -uo pipefail
 out=$1; mkdir -p "$out"
 MODELS=llama-3.2-1b NUM_PROMPTS=256 STEP_TIMEOUT=170 infra/bench/gpu_serve.sh "$out" 2>&1 \
   | grep -v " INFO " | grep -E "====|throughput|TTFT|ITL|TPOT|CPU|completed|platform /|failed|rror" | cut -c1-200
-FIXED_SHAPES=128x1024 FIXED_PROMPTS=150 FIXED_TIMEOUT=80 FIXED_PREFIX=0 infra/bench/gpu_engine.sh "$out" fixed 2>&1 | cut -c1-200
-PARTS=profile infra/bench/gpu_engine.sh "$out" fp8fuse 2>&1 | cut -c1-200
+FIXED_SHAPES=128x1024 FIXED_PROMPTS=150 FIXED_TIMEOUT=70 FIXED_PREFIX=0 infra/bench/gpu_engine.sh "$out" fixed 2>&1 | cut -c1-200
+PARTS=profile timeout 170 infra/bench/gpu_engine.sh "$out" fp8fuse 2>&1 | cut -c1-200
