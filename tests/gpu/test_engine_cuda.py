@@ -135,9 +135,14 @@ def test_quantized_engine_with_cuda_graphs_equals_eager(tmp_path, quantization, 
     # Graphs pad the batch (other GEMM shapes, other reduction orders) and this random model's
     # bf16 logits (magnitude ~10, one bf16 step = 0.0625) are often within a step or two of each
     # other: a flip must be a near-tie by the eager path's numbers (seen on an H200: flips at
-    # the 3rd token, and a flip across two bf16 steps, 0.125). Stale scales or a broken capture
-    # move logprobs by whole nats.
-    assert_same_up_to_near_ties(eager, with_graphs, tolerance=0.25)
+    # the 3rd token, and a flip across two bf16 steps, 0.125). FP8 amplifies that noise: an
+    # activation one bf16 ulp apart can round to the next e4m3 code (an eighth of its value),
+    # layer after layer. Measured on an H100 (infra/bench/fp8_graph_diag.py): FP8 graphs vs FP8
+    # eager differ by up to 0.57 nats before their first divergence (0.33 without the fused
+    # layers, 0.056 for bf16 graphs vs bf16 eager), while both FP8 paths sit 1.1 nats from the
+    # bf16 model and leave its tokens after the first: the graph path is no further off than
+    # eager. Stale scales or a broken capture move logprobs by whole nats, several of them.
+    assert_same_up_to_near_ties(eager, with_graphs, tolerance=1.0 if quantization == "fp8" else 0.25)
 
 
 def _fp8_llama(folder) -> None:
