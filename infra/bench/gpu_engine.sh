@@ -151,7 +151,7 @@ if [ "$mode" = fixed ]; then  # fixed lengths and a shared prefix, new path vs o
     for path in new old; do
       flags=""; [ $path = old ] && flags="--no-async-scheduling --no-fused-layers"
       timeout ${FIXED_TIMEOUT:-60} bash -c "$(declare -f bench); bench --model llama-3.2-1b --load-format dummy --num-prompts ${FIXED_PROMPTS:-500} --hf none \
-        --input-len $1 --output-len $2 $flags --json $out/llama321b_fixed$1x$2_$path.json" 2>&1 | grep -v Warning | tail -3 | tee "$out/llama1b_fixed$1x$2_$path.txt"
+        --input-len $1 --output-len $2 --max-input-len $1 --max-output-len $2 $flags --json $out/llama321b_fixed$1x$2_$path.json" 2>&1 | grep -v Warning | tail -3 | tee "$out/llama1b_fixed$1x$2_$path.txt"
     done
   done
   [ "${FIXED_PREFIX:-1}" = 1 ] || exit 0
