@@ -24,8 +24,6 @@ _HELP = {
     "webhook_allow_private": "deliver webhooks to private and loopback addresses too",
     "batch_share": "fraction of max_num_seqs that batch (priority 2) work may hold; the rest "
                    "stays free for interactive requests and jobs",
-    "gil_switch_interval_ms": "Python's thread switch interval in this process (default: "
-                              "Python's 5 ms); the engine thread waits up to this for the GIL",
 }
 
 
@@ -35,10 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     flags.add_registry_flag(parser)
     flags.add_flags(parser, WorkerSettings, ("redis_url", "worker_id", "metrics_port", "metrics_host",
                                              "retention_s", "dead_after_s", "webhook_allow_private",
-                                             "batch_share", "gil_switch_interval_ms"),
+                                             "batch_share"),
                     help=_HELP, env={"worker_id": "PAGEFLEET_WORKER_ID",
-                                     "webhook_allow_private": "PAGEFLEET_WEBHOOK_ALLOW_PRIVATE",
-                                     "gil_switch_interval_ms": "PAGEFLEET_GIL_SWITCH_INTERVAL_MS"})
+                                     "webhook_allow_private": "PAGEFLEET_WEBHOOK_ALLOW_PRIVATE"})
     parser.add_argument("--log-level", default="INFO")
     parser.set_defaults(func=run)
 

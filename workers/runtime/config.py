@@ -33,11 +33,6 @@ class WorkerSettings:
     `webhook_backoff_cap_s` between attempts, for `webhook_window_s` after the job finished;
     they are signed when `webhook_secret` is set, and refused for private, loopback and other
     non-public targets unless `webhook_allow_private`.
-
-    `gil_switch_interval_ms` sets Python's thread switch interval in the worker process (None:
-    Python's 5 ms). The engine's scheduling thread and the runtime's event loop share one GIL;
-    when the engine thread returns from the GPU wanting it while the loop runs a long batch of
-    callbacks, it waits up to this long. At millisecond engine steps 5 ms is a whole step.
     """
 
     model: str
@@ -60,7 +55,6 @@ class WorkerSettings:
     webhook_poll_s: float = 1.0
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_allow_private: bool = False
-    gil_switch_interval_ms: float | None = None
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -84,8 +78,6 @@ class WorkerSettings:
             raise ValueError(f"kv_high_water must be in (0, 1], got {self.kv_high_water}")
         if not 0 < self.webhook_backoff_s <= self.webhook_backoff_cap_s:
             raise ValueError("need 0 < webhook_backoff_s <= webhook_backoff_cap_s")
-        if self.gil_switch_interval_ms is not None and not 0 < self.gil_switch_interval_ms <= 1000:
-            raise ValueError(f"gil_switch_interval_ms must be in (0, 1000], got {self.gil_switch_interval_ms}")
         for name in ("claim_min_idle_ms", "idle_block_ms", "retention_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -234,8 +233,6 @@ def run_worker(settings: WorkerSettings, engine_factory: EngineFactory,
                on_listening: Callable[[int], None] | None = None,
                phases: PhaseRecorder | None = None) -> int:
     """Run one worker to completion in a fresh event loop; returns the exit status."""
-    if settings.gil_switch_interval_ms is not None:
-        sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     async def main() -> int:
         return await Worker(settings, engine_factory, on_listening, phases).run()
     return event_loop.run(main())

@@ -23,7 +23,7 @@ from pagefleet.workers.runtime.config import WorkerSettings
 @pytest.fixture(autouse=True)
 def _no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("REDIS_URL", "PAGEFLEET_REGISTRY", "PAGEFLEET_API_KEYS", "PAGEFLEET_ADMIN_KEYS",
-                 "PAGEFLEET_WORKER_ID", "PAGEFLEET_GIL_SWITCH_INTERVAL_MS",
+                 "PAGEFLEET_WORKER_ID",
                  "POD_NAMESPACE", "POD_NAME", "PAGEFLEET_DATA_DIR"):
         monkeypatch.delenv(name, raising=False)
 
@@ -104,15 +104,3 @@ def test_a_missing_command_module_is_an_error() -> None:
     subparsers = argparse.ArgumentParser().add_subparsers()
     with pytest.raises(ModuleNotFoundError, match="no_such_command"):
         register_commands(subparsers, ("pagefleet.platform.cli.no_such_command",))
-
-
-def test_worker_gil_switch_interval_from_flag_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    parser = build_parser()
-    flagged = flags.settings_from_args(
-        WorkerSettings, parser.parse_args(["worker", "--gil-switch-interval-ms", "0.5"]), model="m")
-    assert flagged.gil_switch_interval_ms == 0.5
-    monkeypatch.setenv("PAGEFLEET_GIL_SWITCH_INTERVAL_MS", "2")
-    from_env = flags.settings_from_args(WorkerSettings, build_parser().parse_args(["worker"]), model="m")
-    assert from_env.gil_switch_interval_ms == 2.0
-    with pytest.raises(ValueError, match="gil_switch_interval_ms"):
-        WorkerSettings(model="m", gil_switch_interval_ms=0)
