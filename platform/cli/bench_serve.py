@@ -155,6 +155,7 @@ async def _measured(load: Awaitable[BenchRun], cpu: CpuMeter | None) -> BenchRun
 def _run_overhead(args: argparse.Namespace, requests: list[BenchRequest], warmup: list[BenchRequest],
                   load: LoadSpec) -> dict[str, BenchSummary | dict]:
     from pagefleet.platform.registry import default_registry_path
+    from pagefleet.workers.engine.gc_freeze import freeze_startup_heap, unfreeze_heap
     from pagefleet.workers.runtime.main import registry_engine_factory
 
     with contextlib.ExitStack() as files:
@@ -170,10 +171,12 @@ def _run_overhead(args: argparse.Namespace, requests: list[BenchRequest], warmup
     print(format_cores("platform", platform_cpu.cores), flush=True)
     direct_cpu = CpuMeter({}, self_name="client + engine")
     engine = registry_engine_factory(spec)()
+    freeze_startup_heap()  # as the worker does after loading its engine
     try:
         direct = event_loop.run(_engine_run(engine, requests, warmup, load, direct_cpu))
     finally:
         engine.shutdown()
+        unfreeze_heap()
     print(format_summary(f"{spec.name} in-process {type(engine).__name__}", direct))
     print(format_cores("in-process", direct_cpu.cores))
     print("\n" + overhead_table(platform, direct))

@@ -43,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pagefleet.platform.protocol.phases import SPARE_ENV
     from pagefleet.platform.registry import load_registry
+    from pagefleet.workers.engine.gc_freeze import freeze_startup_heap
     from pagefleet.workers.runtime import run_worker
     from pagefleet.workers.runtime.main import registry_engine_factory
     from pagefleet.workers.runtime.phases import PhaseRecorder, spawned_at_from_env
@@ -60,4 +61,13 @@ def run(args: argparse.Namespace) -> int:
             return 0
         spawned_at, cpu_at_spawn, tokenizer = start.spawned_at, time.process_time(), start.tokenizer
     phases = PhaseRecorder(settings.model, settings.worker_id, spawned_at, cpu_at_spawn)
-    return run_worker(settings, registry_engine_factory(spec, phases, tokenizer), phases=phases)
+    build_engine = registry_engine_factory(spec, phases, tokenizer)
+
+    def build_and_freeze():
+        """This process lives for its engine: what loading left alive stays out of every
+        full garbage collection from here on (`gc_freeze`)."""
+        engine = build_engine()
+        freeze_startup_heap()
+        return engine
+
+    return run_worker(settings, build_and_freeze, phases=phases)

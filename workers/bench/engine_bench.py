@@ -24,6 +24,7 @@ from pagefleet.kernels.bench import (
 from pagefleet.platform.protocol.sampling import SamplingParams, StructuredOutput
 from pagefleet.platform.protocol.workload import BenchRequest, WorkloadSpec, build_workload
 from pagefleet.workers.engine.config import EngineConfig
+from pagefleet.workers.engine.gc_freeze import freeze_startup_heap, unfreeze_heap
 from pagefleet.workers.engine.llm import LLM
 
 
@@ -363,6 +364,7 @@ def _measured_passes(llm: LLM, options: EngineBenchOptions, requests: list[Bench
     warm = dataclasses.replace(options.workload, seed=options.workload.seed + 1000,
                                num_prompts=min(64, options.workload.num_prompts))
     warm_up(llm, _workload_for(warm, llm.engine.arch.vocab_size))
+    freeze_startup_heap()  # as the worker does: no full collection inside the measured steps
     passes = []
     for index in range(options.repeat):
         passes.append(dataclasses.replace(bench_pagefleet(llm, _shifted(requests, index)), system=name))
@@ -375,7 +377,9 @@ def _lower_median(passes: list[Throughput]) -> Throughput:
 
 
 def _release(device: torch.device) -> None:
-    """Give a deleted engine's KV cache and CUDA graphs back before the next one sizes its own."""
+    """Give a deleted engine's KV cache and CUDA graphs back before the next one sizes its own
+    (unfrozen first: `freeze_startup_heap` exempted the engine's cycles from collection)."""
+    unfreeze_heap()
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
