@@ -1,8 +1,8 @@
 """The model's request queues: group set-up, admission-limited reads, waiting, claiming, acking.
 
-Reads never block while they could over-deliver: `read_available` asks each priority stream
+Reads never block while they could over-deliver: `read_available` asks the priority streams
 in turn (0 before 1 before 2) without blocking for at most the number of entries the worker
-can admit. When all are empty, `wait_for_new` blocks on a plain XREAD from the group's
+can admit, and returns the first stream's entries it finds. When all are empty, `wait_for_new` blocks on a plain XREAD from the group's
 last-delivered ids, which consumes nothing, so a burst can never push more entries onto this
 worker than it asked for.
 """
@@ -68,19 +68,24 @@ class RequestQueues:
                     raise
 
     async def read_available(self, max_entries: int, max_batch: int | None = None) -> list[PulledEntry]:
-        """Up to `max_entries` undelivered entries, higher priorities first, without blocking;
-        of them at most `max_batch` batch (priority 2) entries."""
-        pulled: list[PulledEntry] = []
+        """Up to `max_entries` undelivered entries of the most urgent priority stream that has
+        any, without blocking (at most `max_batch` of them if that is the batch stream, 2).
+
+        One stream per call: the caller starts what it got and calls again, so an interactive
+        request reaches the engine after one round trip instead of waiting for the reads of the
+        less urgent streams (two more round trips on every first token)."""
         for priority, stream in zip(keys.PRIORITIES, self.streams, strict=True):
-            count = max_entries - len(pulled)
+            count = max_entries
             if priority == keys.PRIORITY_BATCH and max_batch is not None:
                 count = min(count, max_batch)
             if count <= 0:
                 break
             reply = await self._xreadgroup(stream, count)
-            for _name, entries in reply or []:
-                pulled.extend(parse_entry(stream, entry_id, fields) for entry_id, fields in entries)
-        return pulled
+            pulled = [parse_entry(stream, entry_id, fields)
+                      for _name, entries in reply or [] for entry_id, fields in entries]
+            if pulled:
+                return pulled
+        return []
 
     async def _xreadgroup(self, stream: str, count: int) -> list:
         try:
