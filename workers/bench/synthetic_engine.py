@@ -22,7 +22,7 @@ one `call_soon_threadsafe` per caller loop per step. Nothing here imports torch.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -34,7 +34,15 @@ from dataclasses import dataclass
 from pagefleet.platform.protocol.sampling import SamplingParams
 from pagefleet.workers.engine.errors import DuplicateRequestError, PromptTooLongError
 from pagefleet.workers.engine.outputs import EngineCounters, EngineStats, RequestDelta
-from pagefleet.workers.engine.thread_bridge import Abort, Add, Command, Sink, Stop, deliver_step
+from pagefleet.workers.engine.thread_bridge import (
+    Abort,
+    Add,
+    Command,
+    Sink,
+    Stop,
+    deliver_step,
+    stream_deltas,
+)
 from pagefleet.workers.runtime.engine_port import EnginePrompt
 
 logger = logging.getLogger(__name__)
@@ -90,14 +98,12 @@ class SyntheticBatch:
         self.config = config
         self.waiting: deque[_Sequence] = deque()
         self.running: dict[str, _Sequence] = {}  # admission order
-        self._waiting_ids: set[str] = set()
-        self._num_held = 0  # prompt and output tokens of the running requests: the "KV cache"
         self._counters = EngineCounters()
 
     def add(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
             resume: dict[int, list[int]] | None = None) -> None:
         """Queue a request; raises ValueError for what a real engine would refuse too."""
-        if request_id in self.running or request_id in self._waiting_ids:
+        if request_id in self.running or any(s.request_id == request_id for s in self.waiting):
             raise DuplicateRequestError(f"request {request_id!r} is already running")
         if params.n != 1:
             raise ValueError(f"the synthetic engine generates one choice per request, got n={params.n}")
@@ -115,16 +121,13 @@ class SyntheticBatch:
             raise ValueError(f"resume holds {done} tokens, max_tokens is {max_tokens}")
         seed = hash(tuple(prompt_ids))
         self.waiting.append(_Sequence(request_id, prompt_ids, seed, max_tokens, done, done == 0))
-        self._waiting_ids.add(request_id)
         self._counters.prompt_tokens += len(prompt_ids)
 
     def admit(self) -> None:
         """Start waiting requests, oldest first, while fewer than `max_num_seqs` run."""
         while self.waiting and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting.popleft()
-            self._waiting_ids.discard(seq.request_id)
             self.running[seq.request_id] = seq
-            self._num_held += seq.num_held
 
     def step(self) -> list[RequestDelta]:
         """One token for every running request, in admission order; finished requests leave
@@ -145,28 +148,25 @@ class SyntheticBatch:
             if last:
                 finished.append(seq.request_id)
         self._counters.generation_tokens += len(deltas)
-        self._num_held += len(deltas)
         for request_id in finished:
-            self._num_held -= self.running.pop(request_id).num_held
+            del self.running[request_id]
         self.admit()
         return deltas
 
     def abort(self, request_id: str) -> list[RequestDelta]:
         """The aborted request's last delta (finish "abort"), or none if it is not here."""
         seq = self.running.pop(request_id, None)
-        if seq is not None:
-            self._num_held -= seq.num_held
-        elif request_id in self._waiting_ids:
-            self._waiting_ids.discard(request_id)
-            seq = next(s for s in self.waiting if s.request_id == request_id)
-            self.waiting.remove(seq)
+        if seq is None:
+            seq = next((s for s in self.waiting if s.request_id == request_id), None)
+            if seq is not None:
+                self.waiting.remove(seq)
         if seq is None:
             return []
         return [RequestDelta(request_id, 0, seq.num_tokens, [], "", None, "abort",
                              len(seq.prompt_ids), finished=True)]
 
     def request_ids(self) -> list[str]:
-        return [*self.running, *self._waiting_ids]
+        return [*self.running, *(seq.request_id for seq in self.waiting)]
 
     def has_unfinished(self) -> bool:
         return bool(self.running) or bool(self.waiting)
@@ -177,7 +177,8 @@ class SyntheticBatch:
         capacity = self.config.max_num_seqs * self.config.max_model_len
         return EngineStats(
             num_running=len(self.running), num_waiting=len(self.waiting),
-            kv_cache_usage=self._num_held / capacity, prefix_cache_hit_rate=0.0,
+            kv_cache_usage=sum(seq.num_held for seq in self.running.values()) / capacity,
+            prefix_cache_hit_rate=0.0,
             prompt_tokens_total=self._counters.prompt_tokens,
             generation_tokens_total=self._counters.generation_tokens, num_preemptions_total=0,
             max_num_seqs=self.config.max_num_seqs, num_kv_blocks=0)
@@ -219,22 +220,10 @@ class SyntheticEngine:
         delta for input it refuses. Leaving the iteration early aborts the request."""
         if not isinstance(prompt, list) or not all(isinstance(t, int) for t in prompt):
             raise ValueError("the synthetic engine takes token-id prompts only")
-        sink = Sink(asyncio.get_running_loop())
-        self._commands.put(Add(request_id, prompt, params, resume, sink))
-        finished = False
-        try:
-            while True:
-                item = await sink.queue.get()
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
-                finished = item.finished
-                yield item
-                if finished:
-                    return
-        finally:
-            if not finished:
-                self.abort(request_id)
+        async with contextlib.aclosing(stream_deltas(self._commands, request_id, prompt,
+                                                     params, resume)) as deltas:
+            async for delta in deltas:
+                yield delta
 
     def abort(self, request_id: str) -> None:
         self._commands.put(Abort(request_id))

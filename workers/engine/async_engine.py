@@ -13,6 +13,7 @@ that as long as nobody changes their truncation/padding settings, which nothing 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -27,7 +28,15 @@ from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.engine.errors import PromptTooLargeError
 from pagefleet.workers.engine.llm_engine import LLMEngine, Prompt
 from pagefleet.workers.engine.outputs import EngineStats, RequestDelta
-from pagefleet.workers.engine.thread_bridge import Abort, Add, Command, Sink, Stop, deliver_step
+from pagefleet.workers.engine.thread_bridge import (
+    Abort,
+    Add,
+    Command,
+    Sink,
+    Stop,
+    deliver_step,
+    stream_deltas,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -118,22 +127,10 @@ class AsyncEngine:
         if params.structured_output is not None:  # compiled here, so the engine thread finds it cached
             await asyncio.get_running_loop().run_in_executor(
                 self._tokenizing, self.engine.compile_grammar, params)
-        sink = Sink(asyncio.get_running_loop())
-        self._commands.put(Add(request_id, prompt_ids, params, resume, sink))
-        finished = False
-        try:
-            while True:
-                item = await sink.queue.get()
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
-                finished = item.finished
-                yield item
-                if finished:
-                    return
-        finally:
-            if not finished:
-                self.abort(request_id)
+        async with contextlib.aclosing(stream_deltas(self._commands, request_id, prompt_ids,
+                                                     params, resume)) as deltas:
+            async for delta in deltas:
+                yield delta
 
     def abort(self, request_id: str) -> None:
         self._commands.put(Abort(request_id))

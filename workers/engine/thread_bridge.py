@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from pagefleet.platform.protocol.sampling import SamplingParams
@@ -80,3 +82,28 @@ def deliver_step(sinks: dict[str, Sink], deltas: list[RequestDelta]) -> None:
         with contextlib.suppress(RuntimeError):  # a closed caller loop: nobody listens
             loop.call_soon_threadsafe(fill_queues, batch)
 
+
+
+async def stream_deltas(commands: queue.SimpleQueue[Command], request_id: str, prompt_ids: list[int],
+                        params: SamplingParams, resume: dict[int, list[int]] | None
+                        ) -> AsyncIterator[RequestDelta]:
+    """Queue a request for the engine thread and yield its deltas up to the finished one; an
+    error the engine thread put for it (a refused request, a failed step) raises here. Leaving
+    early (`aclose`) aborts the request. Both engines stream through this, so the synthetic
+    one costs its callers per token what the real one does."""
+    sink = Sink(asyncio.get_running_loop())
+    commands.put(Add(request_id, prompt_ids, params, resume, sink))
+    finished = False
+    try:
+        while True:
+            item = await sink.queue.get()
+            if isinstance(item, BaseException):
+                finished = True
+                raise item
+            finished = item.finished
+            yield item
+            if finished:
+                return
+    finally:
+        if not finished:
+            commands.put(Abort(request_id))

@@ -3,7 +3,8 @@
 Deltas are appended without waiting; the flusher drains everything queued since its last
 round trip into one command (a script that runs every XADD in Redis), merging consecutive
 deltas of the same choice into one entry. So a worker streaming many requests sends one
-command per engine step, not one per request and token, and a slow Redis round trip turns into bigger batches instead of a backlog of writes.
+command per engine step, not one per request and token, and a slow Redis round trip turns
+into bigger batches instead of a backlog of writes.
 A final or error event resolves a future once it is in Redis, so the caller acks only then.
 
 While Redis is unreachable nothing is dropped: the failed batch goes back to the head of the
