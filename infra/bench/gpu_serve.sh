@@ -8,7 +8,8 @@
 # Environment (defaults in brackets): MODELS [smollm2-135m-instruct llama-3.2-1b]: the default
 # model's shapes and tokenizer with dummy weights, then presets with dummy weights;
 # NUM_PROMPTS [512], CONCURRENCY [64], INPUT_LEN [128], OUTPUT_LEN [128]; MAX_NUM_SEQS [256];
-# STEP_TIMEOUT [200] seconds for each model's two runs; PF_WHEELS, PF_SITE, PF_LINKS (gpu_env.sh).
+# STEP_TIMEOUT [200] seconds for each model's two runs; ENGINE_PROCESS [unset: the registry's
+# default, the engine loop in its own process on a GPU profile; true or false to choose]; PF_WHEELS, PF_SITE, PF_LINKS (gpu_env.sh).
 set -uo pipefail
 out=${1:?usage: infra/bench/gpu_serve.sh OUT_DIR}
 models=${MODELS:-smollm2-135m-instruct llama-3.2-1b}
@@ -36,6 +37,7 @@ for model in $models; do
     profile: {accelerator: nvidia.com/gpu}
     scaling: {min_replicas: 1, max_replicas: 1}
 EOF
+  if [ -n "${ENGINE_PROCESS:-}" ]; then echo "    engine_process: $ENGINE_PROCESS" >> "$registry"; fi
 done
 
 status=0

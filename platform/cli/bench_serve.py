@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from pagefleet.platform.bench.client import CompletionsClient
-from pagefleet.platform.bench.cpu import CpuMeter, format_cores
+from pagefleet.platform.bench.cpu import CpuMeter, child_pids, format_cores
 from pagefleet.platform.bench.report import format_summary, overhead_table
 from pagefleet.platform.bench.runner import (
     BenchRun,
@@ -80,6 +80,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="both halves on the model-free synthetic engine, one token per "
                                "request every MS ms (a GPU's step rate on any machine), through a "
                                f"private registry of one model, {SYNTHETIC_MODEL!r}")
+    overhead.add_argument("--engine-process", choices=("auto", "on", "off"), default="auto",
+                          help="with --synthetic-step-ms: the worker's engine loop in its own "
+                               "process (on), in a thread (off) or as the registry's default for "
+                               "a CPU profile (auto: a thread); a registry model sets "
+                               "engine_process itself. The in-process half is always one process")
     parser.set_defaults(func=run)
 
 
@@ -87,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
     if args.synthetic_step_ms is not None and (not args.overhead or args.registry_path or args.model):
         raise SystemExit("--synthetic-step-ms needs --overhead and writes its own registry (no "
                          "--registry or --model: give a registry model synthetic_step_ms instead)")
+    if args.engine_process != "auto" and args.synthetic_step_ms is None:
+        raise SystemExit("--engine-process goes with --synthetic-step-ms; for a registry model set "
+                         "its engine_process in the registry")
     load = LoadSpec(request_rate=args.request_rate, concurrency=args.concurrency, seed=args.seed) \
         if args.request_rate is not None or args.concurrency is not None \
         else LoadSpec(request_rate=math.inf, seed=args.seed)
@@ -161,7 +169,9 @@ def _run_overhead(args: argparse.Namespace, requests: list[BenchRequest], warmup
     with contextlib.ExitStack() as files:
         registry = args.registry_path or str(default_registry_path())
         if args.synthetic_step_ms is not None:
-            registry = files.enter_context(synthetic_registry(args.synthetic_step_ms, args.max_total_len))
+            registry = files.enter_context(synthetic_registry(
+                args.synthetic_step_ms, args.max_total_len,
+                {"on": True, "off": False}.get(args.engine_process)))
         spec = _registry_spec(registry, args.model)
         with warm_stack(registry, spec.name, args.redis_url) as stack:
             platform_cpu = CpuMeter(stack.pids)
@@ -170,7 +180,7 @@ def _run_overhead(args: argparse.Namespace, requests: list[BenchRequest], warmup
     print(format_summary(f"{spec.name} through gateway + Redis + worker", platform))
     print(format_cores("platform", platform_cpu.cores), flush=True)
     direct_cpu = CpuMeter({}, self_name="client + engine")
-    engine = registry_engine_factory(spec)()
+    engine = registry_engine_factory(spec, engine_process=False)()  # the engine alone, one process
     freeze_startup_heap()  # as the worker does after loading its engine
     try:
         direct = event_loop.run(_engine_run(engine, requests, warmup, load, direct_cpu))
@@ -192,11 +202,12 @@ def _run_overhead(args: argparse.Namespace, requests: list[BenchRequest], warmup
 
 
 @contextlib.contextmanager
-def synthetic_registry(step_ms: float, max_model_len: int) -> Iterator[str]:
+def synthetic_registry(step_ms: float, max_model_len: int,
+                       engine_process: bool | None = None) -> Iterator[str]:
     """A registry file of one synthetic model (a benchmark device, no weights), removed on exit."""
     import yaml
 
-    model = {"synthetic_step_ms": step_ms,
+    model = {"synthetic_step_ms": step_ms, "engine_process": engine_process,
              "engine": {"max_model_len": max_model_len, "max_num_seqs": SYNTHETIC_MAX_NUM_SEQS}}
     with tempfile.TemporaryDirectory(prefix="pf-bench-registry-") as folder:
         path = f"{folder}/registry.yaml"
@@ -233,6 +244,8 @@ def warm_stack(registry: str, model: str, redis_url: str | None,
         wait_for_port(port, gateway, "the gateway")
         wait_for_ready_worker(redis_url, model, worker)
         pids = {"gateway": gateway.pid, "worker": worker.pid}
+        for number, child in enumerate(child_pids(worker.pid)):  # an engine core process
+            pids["engine core" if number == 0 else f"engine core {number}"] = child
         redis_pid = _redis_pid(redis_url)
         if redis_pid is not None:
             pids["redis"] = redis_pid

@@ -19,7 +19,7 @@ from pagefleet.platform.registry.spec import (
     Toleration,
 )
 
-_PLAIN_KEYS = ("task", "matryoshka", "tool_parser", "synthetic_step_ms")  # passed as written: ModelSpec has the defaults
+_PLAIN_KEYS = ("task", "matryoshka", "tool_parser", "synthetic_step_ms", "engine_process")  # passed as written: ModelSpec has the defaults
 _MODEL_KEYS = ("source", "engine", "profile", "scaling", *_PLAIN_KEYS)
 _QUANTITY_KEYS = ("cpu", "memory", "shm")
 

@@ -231,6 +231,13 @@ class ModelSpec:
     emits one token per running request every that many milliseconds, within `engine`'s
     `max_num_seqs` and `max_model_len`. It measures the platform at GPU step rates on any
     machine (`pagefleet bench serve --overhead --synthetic-step-ms 3`); it serves no answers.
+
+    `engine_process` runs a generation engine's loop in its own process (an engine core,
+    workers/engine/core_process.py) instead of a thread of the worker, so the engine and the
+    worker's Redis and HTTP work do not share one GIL. Null (the default) means: in its own
+    process on a GPU profile, where the engine steps in milliseconds and the worker's share of
+    the GIL costs throughput; in a thread on a CPU profile, where steps are slow and a second
+    process would only add start-up time and memory. Embedding models always run in a thread.
     """
 
     name: str
@@ -242,6 +249,7 @@ class ModelSpec:
     task: str = "generate"
     matryoshka: bool = False
     synthetic_step_ms: float | None = None
+    engine_process: bool | None = None
 
     def __post_init__(self) -> None:
         _require(isinstance(self.name, str) and bool(MODEL_NAME.match(self.name)),
@@ -257,10 +265,23 @@ class ModelSpec:
                  f"synthetic_step_ms must be a positive number or null, got {self.synthetic_step_ms!r}")
         _require(self.synthetic_step_ms is None or self.task == "generate",
                  "synthetic_step_ms needs task: generate")
+        _require(self.engine_process is None or isinstance(self.engine_process, bool),
+                 f"engine_process must be true, false or null, got {self.engine_process!r}")
+        _require(not self.engine_process or self.task == "generate",
+                 "engine_process needs task: generate (embedding models run in the worker)")
         tp = self.engine.tensor_parallel_size
         _require(tp is None or tp == self.profile.tensor_parallel_size,
                  f"engine.tensor_parallel_size ({tp}) disagrees with profile.tensor_parallel_size "
                  f"({self.profile.tensor_parallel_size}); set it in the profile only")
+
+    @property
+    def runs_engine_process(self) -> bool:
+        """Whether the worker runs this model's engine loop in its own process (see above)."""
+        if self.task != "generate":
+            return False
+        if self.engine_process is not None:
+            return self.engine_process
+        return self.profile.accelerator != CPU
 
     def engine_kwargs(self) -> dict[str, Any]:
         """Engine arguments including the profile's tensor parallel size."""

@@ -16,8 +16,9 @@ is empty). Token ids are a function of the prompt and the position. Steps keep t
 shift the later ones; a step that cannot keep up starts the next one at once, as a real engine
 whose step outlasts its target would.
 
-The engine thread talks to the callers' loops through `thread_bridge`, as `AsyncEngine` does:
-one `call_soon_threadsafe` per caller loop per step. Nothing here imports torch.
+`SyntheticLoop` talks to its callers through a `thread_bridge.Outbox`, as the real engine's loop
+does: in one process one `call_soon_threadsafe` per caller loop per step, in an engine-core
+process (`core_process`) one message per step. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ from pagefleet.workers.engine.thread_bridge import (
     Abort,
     Add,
     Command,
-    Sink,
+    LoopOutbox,
+    Outbox,
     Stop,
-    deliver_step,
     stream_deltas,
 )
 from pagefleet.workers.runtime.engine_port import EnginePrompt
@@ -193,19 +194,109 @@ class StepReport:
     mean_step_ms: float
 
 
-class SyntheticEngine:
-    """The `EngineClient` over a `SyntheticBatch` stepped by its own thread every `step_ms`."""
+class SyntheticLoop:
+    """Steps a `SyntheticBatch` every `step_ms` (keeping to deadlines) while serving commands;
+    runs in the `SyntheticEngine`'s thread or as an engine-core process's loop."""
 
     def __init__(self, config: SyntheticEngineConfig) -> None:
         self.config = config
-        self._batch = SyntheticBatch(config)
+        self.batch = SyntheticBatch(config)
+        self.num_steps = 0
+        self.stepping_s = 0.0
+
+    @property
+    def max_model_len(self) -> int:
+        return self.config.max_model_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def phases(self) -> list:
+        return []  # nothing is loaded
+
+    def stats(self) -> EngineStats:
+        return self.batch.stats()
+
+    def prepare(self, command: Add) -> None:
+        """Nothing to compile: the synthetic engine ignores grammars."""
+
+    def step_report(self) -> StepReport:
+        num_steps = self.num_steps
+        mean_ms = 1000.0 * self.stepping_s / num_steps if num_steps else 0.0
+        return StepReport(num_steps, mean_ms)
+
+    def run(self, commands: queue.SimpleQueue[Command], outbox: Outbox) -> None:
+        """Serve commands and step until `Stop` (which aborts what is left)."""
+        step_s = self.config.step_ms / 1000.0
+        deadline: float | None = None  # None: idle, wait for a command as long as it takes
+        previous = 0.0  # when the previous step ran, or the busy spell began
+        batch = self.batch
+        while True:
+            now = time.perf_counter()
+            if deadline is not None and now >= deadline:
+                deltas = batch.step()
+                if deltas:
+                    self.num_steps += 1
+                    self.stepping_s += now - previous
+                outbox.deliver(deltas, batch.stats())
+                previous = now
+                deadline = max(deadline + step_s, time.perf_counter()) \
+                    if batch.has_unfinished() else None
+                continue
+            try:
+                command = commands.get(timeout=None if deadline is None else max(0.0, deadline - now))
+            except queue.Empty:
+                continue
+            if isinstance(command, Stop):
+                deltas = [delta for request_id in batch.request_ids()
+                          for delta in batch.abort(request_id)]
+                outbox.deliver(deltas, batch.stats())
+                return
+            self._handle(command, outbox)
+            if deadline is None and batch.has_unfinished():
+                batch.admit()  # an idle engine starts a step at once
+                previous = time.perf_counter()
+                deadline = previous + step_s
+            outbox.publish(batch.stats())
+
+    def _handle(self, command: Add | Abort, outbox: Outbox) -> None:
+        if isinstance(command, Abort):
+            outbox.deliver(self.batch.abort(command.request_id), self.batch.stats())
+            return
+        try:
+            self.batch.add(command.request_id, command.prompt_ids, command.params, command.resume)
+        except ValueError as exc:
+            outbox.refuse(command, exc)
+            return
+        outbox.accept(command)
+
+
+@dataclass(frozen=True, slots=True)
+class SyntheticCoreSpec:
+    """A `SyntheticLoop` in an engine-core process (`core_process.ProcessEngine`); prompts are
+    token ids, so there is no tokenizer."""
+
+    config: SyntheticEngineConfig
+
+    def build(self) -> SyntheticLoop:
+        return SyntheticLoop(self.config)
+
+    def load_tokenizer(self) -> None:
+        return None
+
+
+class SyntheticEngine:
+    """The `EngineClient` over a `SyntheticLoop` in its own thread."""
+
+    def __init__(self, config: SyntheticEngineConfig) -> None:
+        self.config = config
+        self.loop = SyntheticLoop(config)
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
-        self._sinks: dict[str, Sink] = {}
-        self._stats = self._batch.stats()
-        self._num_steps = 0
-        self._stepping_s = 0.0
-        self._thread = threading.Thread(target=self._loop, name="pagefleet-synthetic-engine",
-                                        daemon=True)
+        self._outbox = LoopOutbox(self.loop.stats())
+        self._thread = threading.Thread(target=self.loop.run, args=(self._commands, self._outbox),
+                                        name="pagefleet-synthetic-engine", daemon=True)
         self._thread.start()
 
     @property
@@ -220,8 +311,10 @@ class SyntheticEngine:
         delta for input it refuses. Leaving the iteration early aborts the request."""
         if not isinstance(prompt, list) or not all(isinstance(t, int) for t in prompt):
             raise ValueError("the synthetic engine takes token-id prompts only")
-        async with contextlib.aclosing(stream_deltas(self._commands, request_id, prompt,
-                                                     params, resume)) as deltas:
+        submit = lambda sink: self._commands.put(  # noqa: E731
+            Add(request_id, prompt, params, resume, sink))
+        async with contextlib.aclosing(stream_deltas(
+                submit, lambda: self._commands.put(Abort(request_id)))) as deltas:
             async for delta in deltas:
                 yield delta
 
@@ -230,67 +323,18 @@ class SyntheticEngine:
 
     def stats(self) -> EngineStats:
         """A snapshot taken by the engine thread after its latest step or command."""
-        return self._stats
+        return self._outbox.stats
 
     def step_report(self) -> StepReport:
-        num_steps = self._num_steps
-        mean_ms = 1000.0 * self._stepping_s / num_steps if num_steps else 0.0
-        return StepReport(num_steps, mean_ms)
+        return self.loop.step_report()
 
     def shutdown(self) -> None:
         self._commands.put(Stop())
         self._thread.join(timeout=30)
-        report = self.step_report()
-        logger.info("synthetic engine: %d steps, mean interval %.2f ms (target %.2f ms)",
-                    report.num_steps, report.mean_step_ms, self.config.step_ms)
+        log_step_report(self.loop)
 
-    # ---- engine thread --------------------------------------------------------------------
 
-    def _loop(self) -> None:
-        step_s = self.config.step_ms / 1000.0
-        deadline: float | None = None  # None: idle, wait for a command as long as it takes
-        previous = 0.0  # when the previous step ran, or the busy spell began
-        while True:
-            now = time.perf_counter()
-            if deadline is not None and now >= deadline:
-                deltas = self._batch.step()
-                if deltas:
-                    self._num_steps += 1
-                    self._stepping_s += now - previous
-                self._stats = self._batch.stats()  # before delivery: a finished caller sees it
-                deliver_step(self._sinks, deltas)
-                previous = now
-                deadline = max(deadline + step_s, time.perf_counter()) \
-                    if self._batch.has_unfinished() else None
-                continue
-            try:
-                command = self._commands.get(
-                    timeout=None if deadline is None else max(0.0, deadline - now))
-            except queue.Empty:
-                continue
-            if isinstance(command, Stop):
-                self._abort_all()
-                return
-            self._handle(command)
-            if deadline is None and self._batch.has_unfinished():
-                self._batch.admit()  # an idle engine starts a step at once
-                previous = time.perf_counter()
-                deadline = previous + step_s
-            self._stats = self._batch.stats()
-
-    def _handle(self, command: Add | Abort) -> None:
-        if isinstance(command, Abort):
-            deliver_step(self._sinks, self._batch.abort(command.request_id))
-            return
-        try:
-            self._batch.add(command.request_id, command.prompt_ids, command.params, command.resume)
-        except ValueError as exc:
-            command.sink.put(exc)
-            return
-        self._sinks[command.request_id] = command.sink
-
-    def _abort_all(self) -> None:
-        deltas = [delta for request_id in self._batch.request_ids()
-                  for delta in self._batch.abort(request_id)]
-        deliver_step(self._sinks, deltas)
-        self._stats = self._batch.stats()
+def log_step_report(loop: SyntheticLoop) -> None:
+    report = loop.step_report()
+    logger.info("synthetic engine: %d steps, mean interval %.2f ms (target %.2f ms)",
+                report.num_steps, report.mean_step_ms, loop.config.step_ms)

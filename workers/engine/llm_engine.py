@@ -21,7 +21,6 @@ from pagefleet.platform.protocol.messages import TokenLogprob, TopLogprob
 from pagefleet.platform.protocol.phases import PhaseLog
 from pagefleet.platform.protocol.sampling import SamplingParams
 from pagefleet.workers.engine import tensor_parallel
-from pagefleet.workers.engine.chat_template import ChatPrompt, render_chat
 from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.engine.detokenizer import (
     IncrementalDetokenizer,
@@ -39,6 +38,7 @@ from pagefleet.workers.engine.kv_cache_manager import KVCacheManager
 from pagefleet.workers.engine.model_runner import InFlightTokens, ModelRunner, WakeTimes
 from pagefleet.workers.engine.outputs import EngineCounters, EngineStats, RequestDelta
 from pagefleet.workers.engine.preemption import estimate_cost
+from pagefleet.workers.engine.prompt_encoder import Prompt, encode_prompt
 from pagefleet.workers.engine.prompt_logprobs import prompt_logprobs
 from pagefleet.workers.engine.sampler import (
     DeviceSample,
@@ -53,7 +53,6 @@ from pagefleet.workers.models.loader import load_tokenizer, resolve_model
 
 logger = logging.getLogger(__name__)
 
-Prompt = str | list[int] | list[dict] | ChatPrompt
 
 
 @dataclass(slots=True, eq=False)
@@ -147,23 +146,7 @@ class LLMEngine:
 
     def tokenize(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt: ids as given, text encoded, messages through the chat template."""
-        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
-            if not prompt:
-                raise ValueError("prompt must not be empty")
-            if any(t < 0 or t >= self.arch.vocab_size for t in prompt):
-                raise ValueError(f"prompt token ids must be in [0, {self.arch.vocab_size})")
-            return list(prompt)
-        if self.tokenizer is None:
-            raise ValueError("this model has no tokenizer: pass prompt token ids")
-        if isinstance(prompt, str):
-            if not prompt:
-                raise ValueError("prompt must not be empty")
-            return self.tokenizer.encode(prompt)
-        if isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
-            prompt = ChatPrompt(prompt)
-        if isinstance(prompt, ChatPrompt):
-            return render_chat(self.tokenizer, prompt)
-        raise ValueError("prompt must be a string, a list of token ids or a list of chat messages")
+        return encode_prompt(self.tokenizer, self.arch.vocab_size, prompt)
 
     def add_request(
         self, request_id: str, prompt: Prompt, params: SamplingParams,

@@ -1,27 +1,27 @@
-"""Between an engine that runs in its own thread and the event loops of its callers.
+"""Between an engine loop and the event loops of its callers.
 
-An engine thread takes commands from a queue (`Add`, `Abort`, `Stop`) and hands each step's
-deltas back through `deliver_step`, which fills each request's `Sink` queue in its caller's
-loop.
-`AsyncEngine` (the real engine) and the benchmarks' `SyntheticEngine` both use these pieces, so
-the synthetic engine costs the caller's loop exactly what the real one does per step. Nothing
-here imports torch.
+An engine loop (`EngineLoop` for the real engine, the benchmarks' `SyntheticLoop`) takes commands
+from a queue (`Add`, `Abort`, `Stop`) and hands what happens to an `Outbox`. In one process
+(`AsyncEngine`, `SyntheticEngine`) the loop runs in a thread and its outbox is `LoopOutbox`,
+which fills each request's `Sink` queue in its caller's event loop, one wake-up per caller loop
+per step. In an engine-core process (`core_process`) the same loops run with an outbox that
+writes one message per step to the worker. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from pagefleet.platform.protocol.sampling import SamplingParams
-from pagefleet.workers.engine.outputs import RequestDelta
+from pagefleet.workers.engine.outputs import EngineStats, RequestDelta
 
 
 class Sink:
-    """Delivers deltas (or an exception) from the engine thread to one caller's event loop."""
+    """Delivers deltas (or an exception) from another thread to one caller's event loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -41,7 +41,7 @@ class Add:
     prompt_ids: list[int]  # tokenised by the caller, off the engine thread
     params: SamplingParams
     resume: dict[int, list[int]] | None
-    sink: Sink
+    sink: Sink | None = None  # None in an engine-core process: the outbox knows the way back
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,30 @@ class Stop:
 
 
 Command = Add | Abort | Stop
+
+
+class Outbox(Protocol):
+    """Where an engine loop's results go; called from the engine loop's thread only."""
+
+    def accept(self, command: Add) -> None:
+        """The engine queued the request: its deltas follow."""
+        ...
+
+    def refuse(self, command: Add, error: ValueError) -> None:
+        """The engine refused the request (bad input); nothing else follows for it."""
+        ...
+
+    def deliver(self, deltas: list[RequestDelta], stats: EngineStats) -> None:
+        """A step's (or an abort's) deltas, with the engine's stats after it."""
+        ...
+
+    def fail(self, request_ids: list[str], message: str) -> None:
+        """A step failed: these requests are gone from the engine and end with an error."""
+        ...
+
+    def publish(self, stats: EngineStats) -> None:
+        """The engine's stats changed without a step (a request queued, standby)."""
+        ...
 
 
 def fill_queues(batch: list[tuple[Sink, RequestDelta]]) -> None:
@@ -83,16 +107,50 @@ def deliver_step(sinks: dict[str, Sink], deltas: list[RequestDelta]) -> None:
             loop.call_soon_threadsafe(fill_queues, batch)
 
 
+class LoopOutbox:
+    """The outbox of an engine loop running in a thread of the callers' process: each
+    request's deltas go to the sink it came with; `stats` is the latest snapshot."""
 
-async def stream_deltas(commands: queue.SimpleQueue[Command], request_id: str, prompt_ids: list[int],
-                        params: SamplingParams, resume: dict[int, list[int]] | None
+    def __init__(self, stats: EngineStats) -> None:
+        self.sinks: dict[str, Sink] = {}
+        self.stats = stats
+
+    def accept(self, command: Add) -> None:
+        assert command.sink is not None, "a request of this process comes with its sink"
+        self.sinks[command.request_id] = command.sink
+
+    def refuse(self, command: Add, error: ValueError) -> None:
+        assert command.sink is not None, "a request of this process comes with its sink"
+        command.sink.put(error)
+
+    def deliver(self, deltas: list[RequestDelta], stats: EngineStats) -> None:
+        # Stats first, so a caller that saw its last delta also sees the freed capacity.
+        self.stats = stats
+        deliver_step(self.sinks, deltas)
+
+    def fail(self, request_ids: list[str], message: str) -> None:
+        fail_sinks(self.sinks, request_ids, message)
+
+    def publish(self, stats: EngineStats) -> None:
+        self.stats = stats
+
+
+def fail_sinks(sinks: dict[str, Sink], request_ids: list[str], message: str) -> None:
+    """End these requests' streams with a RuntimeError (the engine failed under them)."""
+    for request_id in request_ids:
+        sink = sinks.pop(request_id, None)
+        if sink is not None:
+            sink.put(RuntimeError(message))
+
+
+async def stream_deltas(submit: Callable[[Sink], None], abort: Callable[[], None]
                         ) -> AsyncIterator[RequestDelta]:
-    """Queue a request for the engine thread and yield its deltas up to the finished one; an
-    error the engine thread put for it (a refused request, a failed step) raises here. Leaving
-    early (`aclose`) aborts the request. Both engines stream through this, so the synthetic
-    one costs its callers per token what the real one does."""
+    """Submit a request with a fresh sink (`submit` queues it for the engine) and yield its
+    deltas up to the finished one; an error the engine put for it (a refused request, a failed
+    step) raises here. Leaving early (`aclose`) calls `abort`. Every engine streams through
+    this, so the synthetic one costs its callers per token what the real one does."""
     sink = Sink(asyncio.get_running_loop())
-    commands.put(Add(request_id, prompt_ids, params, resume, sink))
+    submit(sink)
     finished = False
     try:
         while True:
@@ -106,4 +164,4 @@ async def stream_deltas(commands: queue.SimpleQueue[Command], request_id: str, p
                 return
     finally:
         if not finished:
-            commands.put(Abort(request_id))
+            abort()

@@ -56,4 +56,15 @@ class EmbeddingClient(EngineClient, Protocol):
         ...
 
 
+@runtime_checkable
+class EngineWithCore(EngineClient, Protocol):
+    """An engine whose loop runs in another process (`ProcessEngine`), which can die under the
+    worker: the worker watches it and stops (exit status 1) so that its pod is restarted and
+    its pending entries are claimed by the others."""
+
+    def wait_exit(self, timeout: float | None = None) -> str | None:
+        """Block until the engine's process exits (or `timeout`); why it did, or None."""
+        ...
+
+
 EngineFactory = Callable[[], EngineClient]

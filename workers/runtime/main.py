@@ -33,7 +33,7 @@ from pagefleet.platform.protocol.resilience import (
 )
 from pagefleet.workers.engine.outputs import EngineStats
 from pagefleet.workers.runtime.config import WorkerSettings
-from pagefleet.workers.runtime.engine_port import EngineClient, EngineFactory
+from pagefleet.workers.runtime.engine_port import EngineClient, EngineFactory, EngineWithCore
 from pagefleet.workers.runtime.executor import Executor
 from pagefleet.workers.runtime.heartbeat import HeartbeatWriter
 from pagefleet.workers.runtime.jobs import JobUpdater
@@ -67,6 +67,7 @@ class Worker:
         self.metrics = RuntimeMetrics(settings.model, self._stats)
         self.outages = RedisOutages(log, self.metrics.redis_outages.inc)
         self.executor: Executor | None = None
+        self.exit_status = 0
 
     def _stats(self) -> EngineStats | None:
         return None if self.engine is None else self.engine.stats()
@@ -100,12 +101,17 @@ class Worker:
         beats = HeartbeatWriter(self.redis, self.settings.model, self.settings.worker_id,
                                 self.settings.heartbeat_interval_s, self.heartbeat, self.outages)
         beat_task = asyncio.create_task(beats.run())
+        watch_task: asyncio.Task[None] | None = None
         try:
             self.engine = await asyncio.to_thread(self.engine_factory)
             self.phases.mark("engine_ready")
+            if isinstance(self.engine, EngineWithCore):
+                watch_task = asyncio.create_task(self._watch_engine_core(self.engine))
             if not self.stop.is_set():
                 await self._serve(beats)
         finally:
+            if watch_task is not None:
+                watch_task.cancel()
             beat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat_task
@@ -115,7 +121,17 @@ class Worker:
                 self.engine.shutdown()
             await self.phases.published(_SHUTDOWN_REDIS_S)
             await self.redis.aclose()
-        return 0
+        return self.exit_status
+
+    async def _watch_engine_core(self, engine: EngineWithCore) -> None:
+        """An engine core that exits under a running worker fails its requests (the engine
+        does that); the worker then drains and exits 1 rather than pull work it cannot run."""
+        reason = await asyncio.to_thread(engine.wait_exit)
+        if self.state == "draining" or self.stop.is_set():
+            return
+        log.error("%s: stopping the worker", reason)
+        self.exit_status = 1
+        self.stop.set()
 
     async def _serve(self, beats: HeartbeatWriter) -> None:
         settings = self.settings
@@ -196,15 +212,19 @@ class Worker:
 
 
 def registry_engine_factory(spec: Any, phases: PhaseRecorder | None = None,
-                            tokenizer: Any | None = None) -> EngineFactory:
+                            tokenizer: Any | None = None,
+                            engine_process: bool | None = None) -> EngineFactory:
     """Build the engine of a registry `ModelSpec` (called in a thread: loading blocks): the
-    generation `AsyncEngine`, for `task: embed` the cache-free `EmbeddingEngine`, or with
-    `synthetic_step_ms` the benchmarks' model-free `SyntheticEngine`. The AsyncEngine's
-    readiness phases go to `phases`; `tokenizer` is one a spare already loaded."""
+    generation engine (`AsyncEngine` in a thread, or `ProcessEngine` with its loop in an engine
+    core process when `spec.runs_engine_process`; `engine_process` overrides that), for
+    `task: embed` the cache-free `EmbeddingEngine`, or with `synthetic_step_ms` the benchmarks'
+    model-free synthetic engine. The engine's readiness phases go to `phases`; `tokenizer` is
+    one a spare already loaded."""
+    own_process = spec.runs_engine_process if engine_process is None else engine_process
+
     def build() -> EngineClient:
         if spec.synthetic_step_ms is not None:  # a benchmark device: no model, no torch
-            return _synthetic_engine(spec)
-        from pagefleet.workers.engine.async_engine import AsyncEngine
+            return _synthetic_engine(spec, own_process)
         from pagefleet.workers.engine.config import EngineConfig
 
         if phases is not None:
@@ -214,19 +234,37 @@ def registry_engine_factory(spec: Any, phases: PhaseRecorder | None = None,
             from pagefleet.workers.embed import EmbeddingEngine
 
             return EmbeddingEngine.from_config(config)
-        engine = AsyncEngine(config, tokenizer, standby_after_s=spec.scaling.standby_after_s)
+        standby_after_s = spec.scaling.standby_after_s
+        if own_process:
+            from pagefleet.workers.engine.core_process import ProcessEngine
+            from pagefleet.workers.engine.engine_loop import EngineCoreSpec
+
+            engine: Any = ProcessEngine(EngineCoreSpec(config, standby_after_s), tokenizer)
+        else:
+            from pagefleet.workers.engine.async_engine import AsyncEngine
+
+            engine = AsyncEngine(config, tokenizer, standby_after_s=standby_after_s)
         if phases is not None:
             phases.extend(engine.phases.phases)
         return engine
     return build
 
 
-def _synthetic_engine(spec: Any) -> EngineClient:
-    from pagefleet.workers.bench.synthetic_engine import SyntheticEngine, SyntheticEngineConfig
+def _synthetic_engine(spec: Any, own_process: bool) -> EngineClient:
+    from pagefleet.workers.bench.synthetic_engine import (
+        SyntheticCoreSpec,
+        SyntheticEngine,
+        SyntheticEngineConfig,
+    )
 
     limits = {name: value for name, value in spec.engine_kwargs().items()
               if name in ("max_num_seqs", "max_model_len")}
-    return SyntheticEngine(SyntheticEngineConfig(step_ms=spec.synthetic_step_ms, **limits))
+    config = SyntheticEngineConfig(step_ms=spec.synthetic_step_ms, **limits)
+    if own_process:
+        from pagefleet.workers.engine.core_process import ProcessEngine
+
+        return ProcessEngine(SyntheticCoreSpec(config))
+    return SyntheticEngine(config)
 
 
 def run_worker(settings: WorkerSettings, engine_factory: EngineFactory,

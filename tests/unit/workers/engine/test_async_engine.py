@@ -97,21 +97,23 @@ def test_huge_prompts_never_stall_a_parallel_stream(engine, monkeypatch):
     never come (the hold would time out and the test fail)."""
     import threading
 
-    real_tokenize = engine.engine.tokenize
+    from pagefleet.workers.engine import prompt_encoder
+
+    real_encode = prompt_encoder.encode_prompt
     tokenizing = threading.Event()
     stream_moved = threading.Event()
     tokenized_chars: list[int] = []
     held_until_stream_moved: list[bool] = []
 
-    def gated_tokenize(prompt):
+    def gated_encode(tokenizer, vocab_size, prompt):
         if isinstance(prompt, str):
             tokenized_chars.append(len(prompt))
             if len(prompt) > 1000:
                 tokenizing.set()
                 held_until_stream_moved.append(stream_moved.wait(timeout=30))
-        return real_tokenize(prompt)
+        return real_encode(tokenizer, vocab_size, prompt)
 
-    monkeypatch.setattr(engine.engine, "tokenize", gated_tokenize)
+    monkeypatch.setattr(prompt_encoder, "encode_prompt", gated_encode)
     huge = "x" * 3_600_000
     large = "word " * (engine.max_prompt_chars // 5)  # within the character bound
 
