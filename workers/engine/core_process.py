@@ -38,6 +38,7 @@ from pagefleet.platform.protocol.phases import Phase, PhaseLog
 from pagefleet.platform.protocol.sampling import SamplingParams
 from pagefleet.workers.engine.errors import (
     DuplicateRequestError,
+    EngineGoneError,
     InvalidParameterError,
     PromptTooLargeError,
     PromptTooLongError,
@@ -310,7 +311,7 @@ def serve_core(sock: socket.socket) -> int:
 # ---- the worker's side ------------------------------------------------------------------------
 
 class EngineProcessError(RuntimeError):
-    """The engine core could not be built or exited."""
+    """The engine core could not be built."""
 
 
 class ProcessEngine:
@@ -380,8 +381,8 @@ class ProcessEngine:
         resume: dict[int, list[int]] | None = None,
     ) -> AsyncIterator[RequestDelta]:
         """Stream the request's deltas; ValueError (the engine's own types) before the first
-        delta for bad input, `EngineProcessError` once the core is gone. Leaving the iteration
-        early aborts the request."""
+        delta for bad input, `EngineGoneError` once the core is gone (at any point). Leaving
+        the iteration early aborts the request."""
         self._check_alive()
         prompt_ids = await self.encoder.encode(prompt)
 
@@ -391,7 +392,7 @@ class ProcessEngine:
             self._sinks[request_id] = sink  # before sending: the reply may come at once
             if self._exit_message is not None:  # the reader may have failed the others already
                 self._sinks.pop(request_id, None)
-                raise EngineProcessError(self._exit_message)
+                raise EngineGoneError(self._exit_message)
             self._send(AddMsg(request_id, prompt_ids, params, resume))
 
         async with contextlib.aclosing(stream_deltas(submit, lambda: self.abort(request_id))) as deltas:
@@ -426,14 +427,14 @@ class ProcessEngine:
 
     def _check_alive(self) -> None:
         if self._exit_message is not None:
-            raise EngineProcessError(self._exit_message)
+            raise EngineGoneError(self._exit_message)
 
     def _send(self, message: ToCore) -> None:
         try:
             self.frames.send(self._encoder.encode(message))
         except OSError as exc:  # the core is gone; the reader fails the streams
             if not isinstance(message, StopMsg | AbortMsg):
-                raise EngineProcessError(f"the engine core is gone: {exc}") from exc
+                raise EngineGoneError(f"the engine core is gone: {exc}") from exc
 
     def _read(self) -> None:
         """The results thread: each frame decoded once and fanned out to the callers' loops
@@ -457,7 +458,7 @@ class ProcessEngine:
         self._exit_message = f"the engine core exited with status {status}"
         if not self._stopping:
             logger.error("%s; failing its %d open requests", self._exit_message, len(sinks))
-        fail_sinks(sinks, list(sinks), self._exit_message)
+        fail_sinks(sinks, list(sinks), self._exit_message, EngineGoneError)
         self._exited.set()
 
     def _kill(self) -> None:

@@ -63,3 +63,8 @@ class EngineAsleepError(RuntimeError):
 
     def __init__(self) -> None:
         super().__init__("the engine is asleep (standby): call wake() before adding requests")
+
+
+class EngineGoneError(RuntimeError):
+    """The engine's process exited under a running request: the request did not fail on its
+    own, so a worker leaves it pending for another worker to resume instead of answering it."""

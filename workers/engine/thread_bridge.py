@@ -135,12 +135,13 @@ class LoopOutbox:
         self.stats = stats
 
 
-def fail_sinks(sinks: dict[str, Sink], request_ids: list[str], message: str) -> None:
-    """End these requests' streams with a RuntimeError (the engine failed under them)."""
+def fail_sinks(sinks: dict[str, Sink], request_ids: list[str], message: str,
+               error: type[RuntimeError] = RuntimeError) -> None:
+    """End these requests' streams with `error(message)` (the engine failed under them)."""
     for request_id in request_ids:
         sink = sinks.pop(request_id, None)
         if sink is not None:
-            sink.put(RuntimeError(message))
+            sink.put(error(message))
 
 
 async def stream_deltas(submit: Callable[[Sink], None], abort: Callable[[], None]

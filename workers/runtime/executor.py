@@ -26,7 +26,11 @@ from pagefleet.platform.protocol.messages import ChatOptions, input_param
 from pagefleet.platform.protocol.resilience import RedisOutages, retry_transient
 from pagefleet.platform.protocol.ttft import record_ttft
 from pagefleet.workers.engine.chat_template import ChatPrompt
-from pagefleet.workers.engine.errors import InvalidParameterError, PromptTooLongError
+from pagefleet.workers.engine.errors import (
+    EngineGoneError,
+    InvalidParameterError,
+    PromptTooLongError,
+)
 from pagefleet.workers.runtime.engine_port import EmbeddingClient, EngineClient, EnginePrompt
 from pagefleet.workers.runtime.jobs import JobUpdater
 from pagefleet.workers.runtime.metrics import RuntimeMetrics
@@ -162,6 +166,8 @@ class Executor:
         entry = request.entry
         try:
             await self._run(request)
+        except EngineGoneError as exc:  # as if this worker had crashed: another one resumes it
+            log.error("request %s left pending for another worker: %s", entry.request_id, exc)
         except Exception as exc:
             log.exception("request %s failed in the runtime", entry.request_id)
             await self._fail(request, exc)

@@ -14,11 +14,14 @@ NUM_PROMPTS, OUTPUT_LEN, STEP_MS = 16, 8, 5.0
 
 
 @pytest.mark.timeout(300)
-def test_both_halves_complete_every_request_with_its_tokens(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("engine_process", ["off", "on"])
+def test_both_halves_complete_every_request_with_its_tokens(tmp_path: Path, capsys,
+                                                            engine_process: str) -> None:
     out = tmp_path / "synthetic.json"
     assert main(["bench", "serve", "--overhead", "--synthetic-step-ms", str(STEP_MS),
                  "--num-prompts", str(NUM_PROMPTS), "--concurrency", "4", "--input-len", "16",
-                 "--output-len", str(OUTPUT_LEN), "--max-total-len", "64", "--json", str(out)]) == 0
+                 "--output-len", str(OUTPUT_LEN), "--max-total-len", "64", "--json", str(out),
+                 "--engine-process", engine_process]) == 0
     result = json.loads(out.read_text())
     for half in ("platform", "engine"):
         summary = result[half]
@@ -27,6 +30,8 @@ def test_both_halves_complete_every_request_with_its_tokens(tmp_path: Path, caps
         assert round(output_tokens) == NUM_PROMPTS * OUTPUT_LEN, half
         assert 0 < summary["ttft"]["p50"] <= summary["e2e"]["p50"]
     assert set(result["cpu_cores"]["platform"]) >= {"client", "gateway", "worker"}
+    # The worker's engine loop in its own process (a child of the worker) or in a thread.
+    assert ("engine core" in result["cpu_cores"]["platform"]) is (engine_process == "on")
     steps = result["synthetic_engine"]
     # 16 requests of 8 tokens, 4 at a time: at least 4 rounds of 8 steps, none before its deadline.
     assert steps["step_ms"] == STEP_MS and steps["num_steps"] >= NUM_PROMPTS // 4 * OUTPUT_LEN
@@ -38,3 +43,8 @@ def test_refuses_a_registry_beside_the_synthetic_one(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="writes its own registry"):
         main(["bench", "serve", "--overhead", "--synthetic-step-ms", "3",
               "--registry", str(tmp_path / "registry.yaml")])
+
+
+def test_engine_process_goes_with_the_synthetic_engine_only() -> None:
+    with pytest.raises(SystemExit, match="set its engine_process in the registry"):
+        main(["bench", "serve", "--overhead", "--engine-process", "on"])

@@ -102,6 +102,7 @@ def test_source_defaults_to_name() -> None:
         (("engine", "tensor_parallel_size"), 1, "disagrees with profile.tensor_parallel_size"),
         (("engine", "max_num_seq"), 1, "engine: unknown key(s) ['max_num_seq']"),
         (("weights",), "x", "unknown key(s) ['weights']"),
+        (("engine_process",), "yes", "engine_process must be true, false or null"),
     ],
 )
 def test_invalid_values_are_rejected_precisely(path: tuple[str, ...], value: object, fragment: str) -> None:
@@ -158,3 +159,26 @@ def test_standby_example_shares_one_gpu() -> None:
     specs = list(registry.models.values())
     assert len(specs) == 2 and all(spec.scaling.standby_after_s for spec in specs)
     assert all(spec.engine.num_kv_blocks for spec in specs)  # sized alike whoever is awake
+
+
+@pytest.mark.parametrize(("accelerator", "task", "engine_process", "own_process"), [
+    ("cpu", "generate", None, False),  # slow steps: a thread costs nothing
+    ("nvidia.com/gpu", "generate", None, True),  # fast steps: the loop gets its own GIL
+    ("nvidia.com/gpu", "generate", False, False),
+    ("cpu", "generate", True, True),
+    ("nvidia.com/gpu", "embed", None, False),  # embedding engines run in the worker
+])
+def test_engine_process_defaults_to_gpu_generation_models(accelerator: str, task: str,
+                                                          engine_process: bool | None,
+                                                          own_process: bool) -> None:
+    data = _with(("profile", "accelerator"), accelerator)
+    data["models"]["tiny"].update(task=task, engine_process=engine_process)
+    spec = parse_registry(data, origin="reg.yaml").get("tiny")
+    assert spec.runs_engine_process is own_process
+
+
+def test_embedding_models_refuse_an_engine_process() -> None:
+    data = _with(("task",), "embed")
+    data["models"]["tiny"]["engine_process"] = True
+    with pytest.raises(RegistryError, match="engine_process needs task: generate"):
+        parse_registry(data, origin="reg.yaml")
