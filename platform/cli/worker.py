@@ -54,14 +54,15 @@ def run(args: argparse.Namespace) -> int:
     settings = flags.settings_from_args(
         WorkerSettings, args, model=spec.name,
         webhook_secret=os.environ.get("PAGEFLEET_WEBHOOK_SECRET") or None)
-    spawned_at, cpu_at_spawn, tokenizer = spawned_at_from_env(), 0.0, None
+    spawned_at, cpu_at_spawn, tokenizer, core = spawned_at_from_env(), 0.0, None, None
     if os.environ.get(SPARE_ENV):
         start = wait_for_start(spec, settings.redis_url, settings.worker_id)
         if start is None:
             return 0
-        spawned_at, cpu_at_spawn, tokenizer = start.spawned_at, time.process_time(), start.tokenizer
+        spawned_at, cpu_at_spawn, tokenizer, core = (start.spawned_at, time.process_time(),
+                                                     start.tokenizer, start.core)
     phases = PhaseRecorder(settings.model, settings.worker_id, spawned_at, cpu_at_spawn)
-    build_engine = registry_engine_factory(spec, phases, tokenizer)
+    build_engine = registry_engine_factory(spec, phases, tokenizer, core=core)
 
     def build_and_freeze():
         """This process lives for its engine: what loading left alive stays out of every

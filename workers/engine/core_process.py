@@ -20,6 +20,7 @@ open stream when the core's end closes (the core died) and reports it through `w
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import pickle
 import queue
@@ -30,6 +31,7 @@ import sys
 import threading
 import traceback
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -310,6 +312,28 @@ def serve_core(sock: socket.socket) -> int:
 
 # ---- the worker's side ------------------------------------------------------------------------
 
+@dataclass(frozen=True, slots=True)
+class CoreProcess:
+    """A started engine-core process that has not been told what to build yet."""
+
+    process: subprocess.Popen
+    frames: FrameSocket
+
+
+ENGINE_IMPORTS = ("pagefleet.workers.engine.llm_engine",)
+"""What a core imports before it reads its spec when started ahead (torch, the engine)."""
+
+
+def start_core(imports: tuple[str, ...] = ()) -> CoreProcess:
+    """Start a core; it imports `imports` first, then waits for its spec (a spare worker's core
+    does the slow imports while the spare waits to be started). It exits if the socket closes."""
+    parent_sock, child_sock = socket.socketpair()
+    process = subprocess.Popen([sys.executable, "-m", __name__, str(child_sock.fileno()), *imports],
+                               pass_fds=(child_sock.fileno(),))
+    child_sock.close()
+    return CoreProcess(process, FrameSocket(parent_sock))
+
+
 class EngineProcessError(RuntimeError):
     """The engine core could not be built."""
 
@@ -321,13 +345,12 @@ class ProcessEngine:
     tokenizer loads here while the core builds. `stats()` is the core's latest snapshot."""
 
     def __init__(self, spec: CoreSpec, tokenizer: Any | None = None,
-                 ready_timeout_s: float | None = None) -> None:
-        parent_sock, child_sock = socket.socketpair()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", __name__, str(child_sock.fileno())],
-            pass_fds=(child_sock.fileno(),))
-        child_sock.close()
-        self.frames = FrameSocket(parent_sock)
+                 ready_timeout_s: float | None = None, core: CoreProcess | None = None) -> None:
+        """`core`: one started earlier (a spare worker starts it with the engine's imports
+        done while it waits); by default a fresh one."""
+        core = core or start_core()
+        self.process = core.process
+        self.frames = core.frames
         self._decoder = msgspec.msgpack.Decoder(FromCore)
         self._encoder = msgspec.msgpack.Encoder()
         self._sinks: dict[str, Sink] = {}
@@ -470,6 +493,8 @@ class ProcessEngine:
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     sock = socket.socket(fileno=int(sys.argv[1]))
+    for module in sys.argv[2:]:
+        importlib.import_module(module)
     return serve_core(sock)
 
 

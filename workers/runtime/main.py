@@ -213,13 +213,13 @@ class Worker:
 
 def registry_engine_factory(spec: Any, phases: PhaseRecorder | None = None,
                             tokenizer: Any | None = None,
-                            engine_process: bool | None = None) -> EngineFactory:
+                            engine_process: bool | None = None, core: Any = None) -> EngineFactory:
     """Build the engine of a registry `ModelSpec` (called in a thread: loading blocks): the
     generation engine (`AsyncEngine` in a thread, or `ProcessEngine` with its loop in an engine
     core process when `spec.runs_engine_process`; `engine_process` overrides that), for
     `task: embed` the cache-free `EmbeddingEngine`, or with `synthetic_step_ms` the benchmarks'
     model-free synthetic engine. The engine's readiness phases go to `phases`; `tokenizer` is
-    one a spare already loaded."""
+    one a spare already loaded, `core` the engine-core process it started."""
     own_process = spec.runs_engine_process if engine_process is None else engine_process
 
     def build() -> EngineClient:
@@ -239,7 +239,7 @@ def registry_engine_factory(spec: Any, phases: PhaseRecorder | None = None,
             from pagefleet.workers.engine.core_process import ProcessEngine
             from pagefleet.workers.engine.engine_loop import EngineCoreSpec
 
-            engine: Any = ProcessEngine(EngineCoreSpec(config, standby_after_s), tokenizer)
+            engine: Any = ProcessEngine(EngineCoreSpec(config, standby_after_s), tokenizer, core=core)
         else:
             from pagefleet.workers.engine.async_engine import AsyncEngine
 

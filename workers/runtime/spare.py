@@ -57,12 +57,23 @@ def preload(spec: Any) -> Any:
     return load_tokenizer(resolved, kwargs.get("tokenizer"))
 
 
+def _start_core(spec: Any) -> Any:
+    """For a model whose engine runs in its own process, start that process now, importing
+    torch and the engine while the spare waits (it exits with the spare if never used)."""
+    if spec.synthetic_step_ms is not None or not spec.runs_engine_process:
+        return None
+    from pagefleet.workers.engine.core_process import ENGINE_IMPORTS, start_core
+
+    return start_core(ENGINE_IMPORTS)
+
+
 @dataclass(frozen=True, slots=True)
 class SpareStart:
     """What a spare hands the worker it becomes: when it was told to start, and its tokenizer."""
 
     spawned_at: float
     tokenizer: Any
+    core: Any = None  # a `CoreProcess` with the engine imported, for an engine_process model
 
 
 def wait_for_start(spec: Any, redis_url: str, worker_id: str,
@@ -71,6 +82,7 @@ def wait_for_start(spec: Any, redis_url: str, worker_id: str,
     when told to exit instead."""
     started = time.monotonic()
     tokenizer = preload(spec)
+    core = _start_core(spec)
     log.info("spare worker %s of %s preloaded in %.2fs; waiting for a start", worker_id, spec.name,
              time.monotonic() - started)
     client = redis.Redis.from_url(redis_url)
@@ -83,7 +95,7 @@ def wait_for_start(spec: Any, redis_url: str, worker_id: str,
     if not line.strip():
         return None
     try:
-        return SpareStart(float(json.loads(line)["spawned_at"]), tokenizer)
+        return SpareStart(float(json.loads(line)["spawned_at"]), tokenizer, core)
     except (ValueError, KeyError, TypeError) as exc:
         raise SystemExit(f"spare worker {worker_id}: bad start line {line!r}: {exc}") from None
 

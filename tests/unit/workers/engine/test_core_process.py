@@ -20,7 +20,12 @@ from pagefleet.workers.bench.synthetic_engine import (
     SyntheticEngineConfig,
     synthetic_token_id,
 )
-from pagefleet.workers.engine.core_process import EngineProcessError, ProcessEngine, Refusal
+from pagefleet.workers.engine.core_process import (
+    EngineProcessError,
+    ProcessEngine,
+    Refusal,
+    start_core,
+)
 from pagefleet.workers.engine.engine_loop import EngineCoreSpec
 from pagefleet.workers.engine.errors import (
     DuplicateRequestError,
@@ -188,3 +193,19 @@ def test_text_too_long_for_the_context_is_refused_before_tokenising(core) -> Non
     with pytest.raises(PromptTooLongError, match="characters"):
         asyncio.run(_tokens(core, "huge", "x" * (core.max_prompt_chars + 1),
                             SamplingParams(max_tokens=5)))
+
+
+def test_a_core_started_ahead_serves_once_given_its_spec_or_exits_unused() -> None:
+    """A spare worker starts its core with the engine's imports done; told to exit instead, it
+    closes the socket and the core exits cleanly."""
+    unused = start_core(("pagefleet.workers.bench.synthetic_engine",))
+    unused.frames.close()
+    assert unused.process.wait(timeout=30) == 0
+    ahead = start_core(("pagefleet.workers.bench.synthetic_engine",))
+    engine = ProcessEngine(SyntheticCoreSpec(SyntheticEngineConfig(step_ms=STEP_MS)), core=ahead)
+    try:
+        assert engine.process is ahead.process
+        assert len(asyncio.run(_tokens(engine, "ahead", [4, 2], SamplingParams(max_tokens=3)))) == 3
+    finally:
+        engine.shutdown()
+    assert ahead.process.returncode == 0
