@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -39,10 +38,9 @@ from pagefleet.workers.engine.thread_bridge import (
     Abort,
     Add,
     Command,
-    LoopOutbox,
     Outbox,
     Stop,
-    stream_deltas,
+    ThreadedLoop,
 )
 from pagefleet.workers.runtime.engine_port import EnginePrompt
 
@@ -293,11 +291,7 @@ class SyntheticEngine:
     def __init__(self, config: SyntheticEngineConfig) -> None:
         self.config = config
         self.loop = SyntheticLoop(config)
-        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
-        self._outbox = LoopOutbox(self.loop.stats())
-        self._thread = threading.Thread(target=self.loop.run, args=(self._commands, self._outbox),
-                                        name="pagefleet-synthetic-engine", daemon=True)
-        self._thread.start()
+        self._threaded = ThreadedLoop(self.loop, "pagefleet-synthetic-engine")
 
     @property
     def max_model_len(self) -> int:
@@ -311,26 +305,22 @@ class SyntheticEngine:
         delta for input it refuses. Leaving the iteration early aborts the request."""
         if not isinstance(prompt, list) or not all(isinstance(t, int) for t in prompt):
             raise ValueError("the synthetic engine takes token-id prompts only")
-        submit = lambda sink: self._commands.put(  # noqa: E731
-            Add(request_id, prompt, params, resume, sink))
-        async with contextlib.aclosing(stream_deltas(
-                submit, lambda: self._commands.put(Abort(request_id)))) as deltas:
+        async with contextlib.aclosing(self._threaded.stream(request_id, prompt, params,
+                                                              resume)) as deltas:
             async for delta in deltas:
                 yield delta
 
     def abort(self, request_id: str) -> None:
-        self._commands.put(Abort(request_id))
+        self._threaded.abort(request_id)
 
     def stats(self) -> EngineStats:
-        """A snapshot taken by the engine thread after its latest step or command."""
-        return self._outbox.stats
+        return self._threaded.stats()
 
     def step_report(self) -> StepReport:
         return self.loop.step_report()
 
     def shutdown(self) -> None:
-        self._commands.put(Stop())
-        self._thread.join(timeout=30)
+        self._threaded.stop()
         log_step_report(self.loop)
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
-import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,14 +23,7 @@ from pagefleet.workers.engine.engine_loop import EngineLoop
 from pagefleet.workers.engine.llm_engine import LLMEngine
 from pagefleet.workers.engine.outputs import EngineStats, RequestDelta
 from pagefleet.workers.engine.prompt_encoder import Prompt, PromptEncoder
-from pagefleet.workers.engine.thread_bridge import (
-    Abort,
-    Add,
-    Command,
-    LoopOutbox,
-    Stop,
-    stream_deltas,
-)
+from pagefleet.workers.engine.thread_bridge import ThreadedLoop
 
 
 class AsyncEngine:
@@ -46,11 +37,7 @@ class AsyncEngine:
         self.loop = EngineLoop(self.engine, standby_after_s)
         self.encoder = PromptEncoder(self.engine.tokenizer, self.engine.arch.vocab_size,
                                      self.engine.max_model_len)
-        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
-        self._outbox = LoopOutbox(self.engine.stats())
-        self._thread = threading.Thread(target=self.loop.run, args=(self._commands, self._outbox),
-                                        name="pagefleet-engine", daemon=True)
-        self._thread.start()
+        self._threaded = ThreadedLoop(self.loop, "pagefleet-engine")
 
     @property
     def standby_after_s(self) -> float | None:
@@ -91,22 +78,19 @@ class AsyncEngine:
         if params.structured_output is not None:  # compiled here, so the engine thread finds it cached
             await asyncio.get_running_loop().run_in_executor(
                 self.encoder.executor, self.engine.compile_grammar, params)
-        submit = lambda sink: self._commands.put(  # noqa: E731
-            Add(request_id, prompt_ids, params, resume, sink))
-        async with contextlib.aclosing(stream_deltas(
-                submit, lambda: self._commands.put(Abort(request_id)))) as deltas:
+        async with contextlib.aclosing(self._threaded.stream(request_id, prompt_ids, params,
+                                                              resume)) as deltas:
             async for delta in deltas:
                 yield delta
 
     def abort(self, request_id: str) -> None:
-        self._commands.put(Abort(request_id))
+        self._threaded.abort(request_id)
 
     def stats(self) -> EngineStats:
         """A snapshot taken by the engine thread after its latest step."""
-        return self._outbox.stats
+        return self._threaded.stats()
 
     def shutdown(self) -> None:
-        self._commands.put(Stop())
-        self._thread.join(timeout=30)
+        self._threaded.stop()
         self.encoder.shutdown()
         self.engine.shutdown()

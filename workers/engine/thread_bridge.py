@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from pagefleet.platform.protocol.sampling import SamplingParams
 from pagefleet.workers.engine.outputs import EngineStats, RequestDelta
@@ -166,3 +168,34 @@ async def stream_deltas(submit: Callable[[Sink], None], abort: Callable[[], None
     finally:
         if not finished:
             abort()
+
+
+class ThreadedLoop:
+    """An engine loop (`EngineLoop`, `SyntheticLoop`: anything with `stats()` and
+    `run(commands, outbox)`) in a daemon thread of this process, and the calls its callers make."""
+
+    def __init__(self, loop: Any, name: str) -> None:
+        self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self.outbox = LoopOutbox(loop.stats())
+        self.thread = threading.Thread(target=loop.run, args=(self.commands, self.outbox),
+                                       name=name, daemon=True)
+        self.thread.start()
+
+    def stream(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+               resume: dict[int, list[int]] | None) -> AsyncIterator[RequestDelta]:
+        """The request's deltas (`stream_deltas`); close it to abort the request."""
+        return stream_deltas(
+            lambda sink: self.commands.put(Add(request_id, prompt_ids, params, resume, sink)),
+            lambda: self.abort(request_id))
+
+    def abort(self, request_id: str) -> None:
+        self.commands.put(Abort(request_id))
+
+    def stats(self) -> EngineStats:
+        """The loop's latest snapshot (after its latest step or command)."""
+        return self.outbox.stats
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Abort what is left and end the thread."""
+        self.commands.put(Stop())
+        self.thread.join(timeout=timeout_s)
