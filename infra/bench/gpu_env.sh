@@ -8,7 +8,7 @@ wheels_dir=${PF_WHEELS:-.whl}; site_dir=${PF_SITE:-/tmp/site}; links_dir=${PF_LI
 if compgen -G "$wheels_dir/*.whl" > /dev/null; then
   timeout 120 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$site_dir" "$wheels_dir"/*.whl
-  export PYTHONPATH=$site_dir${PYTHONPATH:+:$PYTHONPATH}
+  export PYTHONPATH=$site_dir${PYTHONPATH:+:$PYTHONPATH} PATH=$site_dir/bin:$PATH
 fi
 mkdir -p "$links_dir/pagefleet"
 for d in kernels workers platform; do ln -sfn "$PWD/$d" "$links_dir/pagefleet/$d"; done

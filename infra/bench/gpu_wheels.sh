@@ -27,11 +27,12 @@ python=${PYTHON:-.venv/bin/python}
 # litestar and its needs; celery because the gateway builds its /v1/batches client at start-up;
 # the C speedups the gateway uses when installed: hiredis (redis-py's reply parser), uvloop and
 # httptools (uvicorn's loop and HTTP parser; the image has a uvloop of unknown version, this
-# pins the one the tests ran).
+# pins the one the tests ran); py-spy for infra/bench/gpu_serve_profile.sh.
 wheels=(
   litestar==2.25.0 litestar-htmx==0.5.0 multipart==2.0.1 polyfactory==3.5.0 faker==40.63.0
   rich-click==1.9.9 sniffio==1.3.1 msgspec==0.23.0 uvicorn==0.54.0 redis==8.1.0
   hiredis==3.5.0 uvloop==0.23.0 httptools==0.9.0
+  py-spy==0.4.3
   celery==5.7.0 kombu==5.7.0 billiard==4.3.2 vine==5.1.0 amqp==5.4.2 click-didyoumean==0.3.1
   click-repl==0.4.1 click-plugins==1.1.1.2 prompt-toolkit==3.0.53 wcwidth==0.9.4 tzlocal==5.4.5
   gguf==0.19.0
