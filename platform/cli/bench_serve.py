@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import httpx
+import redis.asyncio as aioredis
 
 from pagefleet.platform.bench.client import CompletionsClient
 from pagefleet.platform.bench.cpu import CpuMeter, child_pids, format_cores
@@ -30,6 +31,7 @@ from pagefleet.platform.bench.runner import (
     BenchRun,
     BenchSummary,
     LoadSpec,
+    Percentiles,
     RequestResult,
     StreamTimer,
     run_load,
@@ -39,7 +41,8 @@ from pagefleet.platform.cli import flags
 from pagefleet.platform.processes.children import start_child, stop_process, wait_until
 from pagefleet.platform.processes.ports import free_port, wait_for_port
 from pagefleet.platform.processes.redis_server import redis_server
-from pagefleet.platform.protocol import event_loop
+from pagefleet.platform.protocol import event_loop, keys
+from pagefleet.platform.protocol.ttft import take_samples
 from pagefleet.platform.protocol.workload import BenchRequest, WorkloadSpec, build_workload
 
 if TYPE_CHECKING:
@@ -141,13 +144,27 @@ def _registry_spec(path: str | None, model: str | None) -> ModelSpec:
 
 async def _http_run(base_url: str, model: str, api_key: str | None, requests: list[BenchRequest],
                     load: LoadSpec, warmup: list[BenchRequest] | None = None,
-                    cpu: CpuMeter | None = None) -> BenchSummary:
+                    cpu: CpuMeter | None = None,
+                    worker_ttft: list[float] | None = None, redis_url: str | None = None
+                    ) -> BenchSummary:
+    """With `redis_url`, the worker's TTFT samples of the measured requests (gateway enqueue to
+    first token written, `protocol.ttft`) are appended to `worker_ttft`."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as http:
         client = CompletionsClient(http, base_url, model, api_key)
         if warmup:
             await run_load(warmup, client.send, load)
-        return summarize(await _measured(run_load(requests, client.send, load), cpu))
+        if redis_url is None:
+            return summarize(await _measured(run_load(requests, client.send, load), cpu))
+        redis_client = aioredis.Redis.from_url(redis_url)
+        try:
+            await take_samples(redis_client, model, keys.PRIORITY_INTERACTIVE)  # the warm-up's
+            summary = summarize(await _measured(run_load(requests, client.send, load), cpu))
+            if worker_ttft is not None:
+                worker_ttft.extend(await take_samples(redis_client, model, keys.PRIORITY_INTERACTIVE))
+        finally:
+            await redis_client.aclose()
+        return summary
 
 
 async def _measured(load: Awaitable[BenchRun], cpu: CpuMeter | None) -> BenchRun:
@@ -173,12 +190,18 @@ def _run_overhead(args: argparse.Namespace, requests: list[BenchRequest], warmup
                 args.synthetic_step_ms, args.max_total_len,
                 {"on": True, "off": False}.get(args.engine_process)))
         spec = _registry_spec(registry, args.model)
+        worker_ttft: list[float] = []
         with warm_stack(registry, spec.name, args.redis_url) as stack:
             platform_cpu = CpuMeter(stack.pids)
             platform = event_loop.run(_http_run(stack.base_url, spec.name, None, requests, load,
-                                             warmup=warmup, cpu=platform_cpu))
+                                             warmup=warmup, cpu=platform_cpu,
+                                             worker_ttft=worker_ttft, redis_url=stack.redis_url))
     print(format_summary(f"{spec.name} through gateway + Redis + worker", platform))
     print(format_cores("platform", platform_cpu.cores), flush=True)
+    at_worker = Percentiles.of(worker_ttft)
+    print(f"TTFT at the worker (gateway enqueue -> first token written, {len(worker_ttft)} "
+          f"samples, ms): p50 {at_worker.p50:.1f} p90 {at_worker.p90:.1f}; the client's p50 "
+          f"{platform.ttft.p50:.1f} adds HTTP in and results out", flush=True)
     direct_cpu = CpuMeter({}, self_name="client + engine")
     engine = registry_engine_factory(spec, engine_process=False)()  # the engine alone, one process
     freeze_startup_heap()  # as the worker does after loading its engine
@@ -192,7 +215,8 @@ def _run_overhead(args: argparse.Namespace, requests: list[BenchRequest], warmup
     print("\n" + overhead_table(platform, direct))
     results: dict[str, BenchSummary | dict] = {
         "platform": platform, "engine": direct,
-        "cpu_cores": {"platform": platform_cpu.cores, "engine": direct_cpu.cores}}
+        "cpu_cores": {"platform": platform_cpu.cores, "engine": direct_cpu.cores},
+        "worker_ttft": asdict(at_worker)}
     if spec.synthetic_step_ms is not None:  # did the in-process engine keep its pace?
         report = engine.step_report()
         print(f"synthetic engine in-process: {report.num_steps} steps, mean interval "
@@ -220,6 +244,7 @@ def synthetic_registry(step_ms: float, max_model_len: int,
 class WarmStack:
     base_url: str  # the gateway's /v1
     pids: dict[str, int]  # gateway, worker and redis-server (when it answers INFO)
+    redis_url: str
 
 
 @contextlib.contextmanager
@@ -249,7 +274,7 @@ def warm_stack(registry: str, model: str, redis_url: str | None,
         redis_pid = _redis_pid(redis_url)
         if redis_pid is not None:
             pids["redis"] = redis_pid
-        yield WarmStack(f"http://127.0.0.1:{port}/v1", pids)
+        yield WarmStack(f"http://127.0.0.1:{port}/v1", pids, redis_url)
 
 
 def _redis_pid(redis_url: str) -> int | None:

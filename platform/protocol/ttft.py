@@ -56,3 +56,18 @@ async def read_ttft(client: aioredis.Redis, model: str, priority: int, now: floa
                                      p50_ms=round(percentile(ms, 0.5), 3),
                                      p95_ms=round(percentile(ms, 0.95), 3)))
     return points
+
+
+async def take_samples(client: aioredis.Redis, model: str, priority: int) -> list[float]:
+    """Remove and return every sample of `model` at `priority` still in Redis (seconds, any
+    order). The serving benchmark calls it before its measured load (to drop the warm-up's)
+    and after (the worker's side of the measured requests' TTFT)."""
+    pattern = keys.ttft_samples(model, priority, 0).rsplit(":", 1)[0] + ":*"
+    samples: list[float] = []
+    async for key in client.scan_iter(match=pattern):
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.lrange(key, 0, -1)
+            pipe.delete(key)
+            values, _deleted = await pipe.execute()
+        samples.extend(float(value) for value in values)
+    return samples
