@@ -41,9 +41,12 @@ def is_valid_key(token: str | None, api_keys: tuple[str, ...]) -> bool:
     return any(hmac.compare_digest(token.encode(), key.encode()) for key in api_keys)
 
 
-def api_key_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+async def api_key_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
     """Reject callers without a valid key (401), except on routes with `opt={"public": True}`
-    and the OpenAPI schema (clients and schemathesis read it to learn the API)."""
+    and the OpenAPI schema (clients and schemathesis read it to learn the API).
+
+    Async although it never awaits: Litestar runs a synchronous guard in its thread pool, a
+    thread hop (and a GIL hand-over) on every request for a few microseconds of work."""
     if handler.opt.get("public") or connection.url.path.startswith(OPENAPI_PATH):
         return
     api_keys: tuple[str, ...] = connection.app.state.settings.accepted_keys
@@ -64,9 +67,9 @@ def is_admin(token: str | None, api_keys: tuple[str, ...], admin_keys: tuple[str
     return any(hmac.compare_digest(token.encode(), key.encode()) for key in admin_keys)
 
 
-def admin_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+async def admin_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
     """403 for a valid key that is not an admin key (`api_key_guard` has answered 401 to the
-    rest); for routes with fleet-wide data."""
+    rest); for routes with fleet-wide data. Async for the reason `api_key_guard` is."""
     settings = connection.app.state.settings
     if not is_admin(bearer_token(connection), settings.api_keys, settings.admin_keys):
         raise OpenAIError(403, "This view needs an admin key (PAGEFLEET_ADMIN_KEYS).",
