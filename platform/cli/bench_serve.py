@@ -21,10 +21,9 @@ from collections.abc import Awaitable, Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-import httpx
 import redis.asyncio as aioredis
 
-from pagefleet.platform.bench.client import CompletionsClient
+from pagefleet.platform.bench.client import AiohttpCompletionsClient
 from pagefleet.platform.bench.cpu import CpuMeter, child_pids, format_cores
 from pagefleet.platform.bench.report import format_summary, overhead_table
 from pagefleet.platform.bench.runner import (
@@ -149,9 +148,12 @@ async def _http_run(base_url: str, model: str, api_key: str | None, requests: li
                     ) -> BenchSummary:
     """With `redis_url`, the worker's TTFT samples of the measured requests (gateway enqueue to
     first token written, `protocol.ttft`) are appended to `worker_ttft`."""
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as http:
-        client = CompletionsClient(http, base_url, model, api_key)
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=0)  # as many connections as requests in flight
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=600.0)) as session:
+        client = AiohttpCompletionsClient(session, base_url, model, api_key)
         if warmup:
             await run_load(warmup, client.send, load)
         if redis_url is None:
