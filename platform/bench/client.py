@@ -69,16 +69,23 @@ def failed(request: BenchRequest, error: str) -> RequestResult:
     return RequestResult(False, len(request.prompt_token_ids), 0, 0.0, [], 0.0, error)
 
 
-class CompletionsClient:
-    """Over an `httpx.AsyncClient`."""
+class _Endpoint:
+    """Where requests go and what they say, whatever carries them."""
 
-    def __init__(self, http: httpx.AsyncClient, base_url: str, model: str,
-                 api_key: str | None = None, temperature: float = 0.0) -> None:
-        self.http = http
+    def __init__(self, base_url: str, model: str, api_key: str | None, temperature: float) -> None:
         self.url = base_url.rstrip("/") + "/completions"
         self.model = model
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.temperature = temperature
+
+
+class CompletionsClient(_Endpoint):
+    """Over an `httpx.AsyncClient`."""
+
+    def __init__(self, http: httpx.AsyncClient, base_url: str, model: str,
+                 api_key: str | None = None, temperature: float = 0.0) -> None:
+        super().__init__(base_url, model, api_key, temperature)
+        self.http = http
 
     async def send(self, request: BenchRequest) -> RequestResult:
         reading = StreamReading(request)
@@ -94,17 +101,14 @@ class CompletionsClient:
         return reading.result()
 
 
-class AiohttpCompletionsClient:
+class AiohttpCompletionsClient(_Endpoint):
     """Over an `aiohttp.ClientSession`; reads each body to its end, so the connection goes
     back to the session's pool instead of being closed."""
 
     def __init__(self, session: Any, base_url: str, model: str, api_key: str | None = None,
                  temperature: float = 0.0) -> None:
+        super().__init__(base_url, model, api_key, temperature)
         self.session = session
-        self.url = base_url.rstrip("/") + "/completions"
-        self.model = model
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.temperature = temperature
 
     async def send(self, request: BenchRequest) -> RequestResult:
         reading = StreamReading(request)
