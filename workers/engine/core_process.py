@@ -24,6 +24,7 @@ import importlib
 import logging
 import pickle
 import queue
+import signal
 import socket
 import struct
 import subprocess
@@ -491,6 +492,11 @@ class ProcessEngine:
 
 
 def main() -> int:
+    # The worker stops its core (a stop message, or its end of the socket closing when it dies);
+    # a Ctrl-C or SIGTERM sent to the whole process group must not kill the core under a
+    # worker that is still draining its requests.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     sock = socket.socket(fileno=int(sys.argv[1]))
     for module in sys.argv[2:]:

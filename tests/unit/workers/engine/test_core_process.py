@@ -209,3 +209,17 @@ def test_a_core_started_ahead_serves_once_given_its_spec_or_exits_unused() -> No
     finally:
         engine.shutdown()
     assert ahead.process.returncode == 0
+
+
+def test_the_core_leaves_interrupts_to_its_worker() -> None:
+    """Ctrl-C reaches a terminal's whole process group: the core keeps serving until its worker
+    stops it."""
+    engine = _synthetic_core()
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            os.kill(engine.process.pid, sig)
+        assert len(asyncio.run(_tokens(engine, "after-sigint", [3], SamplingParams(max_tokens=4)))) == 4
+        assert engine.process.poll() is None
+    finally:
+        engine.shutdown()
+    assert engine.process.returncode == 0
