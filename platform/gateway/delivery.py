@@ -24,8 +24,9 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -120,6 +121,10 @@ class _Reader:
     def __init__(self, client: aioredis.Redis, commands: aioredis.Redis, name: str,
                  max_block_ms: int) -> None:
         self.client = client
+        # This connection only runs XREAD for this reader: take Redis's reply as it is, a
+        # flat [field, value] list per entry, instead of redis-py building a dict per entry
+        # and a list per stream (13 % of the gateway's busy time while streaming tokens).
+        client.set_response_callback("XREAD", _raw_reply)
         self.commands = commands
         self.wake_stream = keys.gateway_wake_stream(name)
         self.max_block_ms = max_block_ms
@@ -190,21 +195,21 @@ class _Reader:
             if not subscription.paused:
                 request[stream] = subscription.last_ids[stream]
         reply = await self.client.xread(request, count=_READ_COUNT, block=self.max_block_ms)
-        for stream_name, entries in reply or []:
+        for stream_name, entries in _streams_of(reply):
             stream = stream_name.decode() if isinstance(stream_name, bytes) else stream_name
             if stream == self.wake_stream:
                 self._wake_last_id = _text(entries[-1][0])
                 continue
             self._deliver(stream, entries)
 
-    def _deliver(self, stream: str, entries: Sequence[tuple[bytes, dict]]) -> None:
+    def _deliver(self, stream: str, entries: Sequence[tuple[bytes, list[bytes]]]) -> None:
         subscription = self.streams.get(stream)
         if subscription is None:  # the request left while the read was in flight
             return
         source = subscription.sources[stream]
         for entry_id, fields in entries:
             subscription.last_ids[stream] = _text(entry_id)
-            raw = fields.get(keys.ENTRY_EVENT.encode())
+            raw = _field(fields, _EVENT_FIELD)
             if raw is None:
                 continue
             event = decode_event(raw)
@@ -283,6 +288,31 @@ class ResultHub:
                                     buffer_events=self.buffer_events)
         reader.add(subscription)
         return subscription
+
+
+_EVENT_FIELD = keys.ENTRY_EVENT.encode()
+
+
+def _raw_reply(response: Any, **options: Any) -> Any:
+    return response
+
+
+def _streams_of(reply: Any) -> Iterable[tuple[bytes | str, list]]:
+    """(stream, entries) pairs of a raw XREAD reply: a list of pairs in RESP2, a map in RESP3,
+    None when the block timed out."""
+    if not reply:
+        return ()
+    return reply.items() if isinstance(reply, dict) else reply
+
+
+def _field(fields: list[bytes] | dict, name: bytes) -> bytes | None:
+    """One field's value of a raw entry (a flat [field, value, ...] list)."""
+    if isinstance(fields, dict):
+        return fields.get(name)
+    for i in range(0, len(fields) - 1, 2):
+        if fields[i] == name:
+            return fields[i + 1]
+    return None
 
 
 def _text(value: bytes | str) -> str:
