@@ -365,6 +365,7 @@ class ProcessEngine:
             ready = self._wait_ready(ready_timeout_s)
         except BaseException:
             self._kill()
+            self.frames.close()
             raise
         self.max_model_len = ready.max_model_len
         self.phases = PhaseLog()
@@ -414,10 +415,13 @@ class ProcessEngine:
             if request_id in self._sinks:
                 raise DuplicateRequestError(f"request {request_id!r} is already running")
             self._sinks[request_id] = sink  # before sending: the reply may come at once
-            if self._exit_message is not None:  # the reader may have failed the others already
+            try:
+                if self._exit_message is not None:  # the reader may have failed the rest already
+                    raise EngineGoneError(self._exit_message)
+                self._send(AddMsg(request_id, prompt_ids, params, resume))
+            except EngineGoneError:
                 self._sinks.pop(request_id, None)
-                raise EngineGoneError(self._exit_message)
-            self._send(AddMsg(request_id, prompt_ids, params, resume))
+                raise
 
         async with contextlib.aclosing(stream_deltas(submit, lambda: self.abort(request_id))) as deltas:
             async for delta in deltas:
