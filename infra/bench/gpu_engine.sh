@@ -70,12 +70,14 @@ if [ "$mode" = fp8fuse ]; then  # FP8 quantisation fused into RMSNorm / SiLU-and
   exit 0
 fi
 if [ "$mode" = gputests ]; then  # every fp8 kernel path compiled (failures named), then tests/gpu but TP
-  timeout ${KERNEL_TESTS_S:-150} python3 -m pytest -q -rf -p no:cacheprovider --confcutdir=tests/unit tests/unit/kernels \
+  # -v names each test as it ends, so a run cut off by its time limit (both were on 2026-12-07,
+  # before pytest's summary) still says which ones failed.
+  timeout ${KERNEL_TESTS_S:-150} python3 -m pytest -v -rf -p no:cacheprovider --confcutdir=tests/unit tests/unit/kernels \
     tests/unit/workers/attention -k "fp8" > "$out/gpu_kernel_fp8_tests.txt" 2>&1
-  grep -E "^FAILED|passed|failed" "$out/gpu_kernel_fp8_tests.txt" | cut -c1-300
-  timeout ${GPU_TESTS_S:-300} python3 -m pytest -q -rf --durations=15 -p no:cacheprovider --noconftest tests/gpu \
+  grep -E " (FAILED|ERROR)|^FAILED|passed|failed" "$out/gpu_kernel_fp8_tests.txt" | cut -c1-300
+  timeout ${GPU_TESTS_S:-300} python3 -m pytest -v -rf --durations=15 -p no:cacheprovider --noconftest tests/gpu \
     --ignore=tests/gpu/test_tensor_parallel_cuda.py > "$out/gpu_tests.txt" 2>&1
-  grep -E "^FAILED|passed|failed" "$out/gpu_tests.txt" | cut -c1-300
+  grep -E " (FAILED|ERROR)|^FAILED|passed|failed" "$out/gpu_tests.txt" | cut -c1-300
   exit 0
 fi
 if [ "$mode" = moe ]; then  # fused-MoE kernel and Mixtral/Qwen3-MoE on the GPU, one layer's timing, Qwen3-30B-A3B
