@@ -23,7 +23,6 @@ process (`core_process`) one message per step. Nothing here imports torch.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import time
@@ -297,18 +296,13 @@ class SyntheticEngine:
     def max_model_len(self) -> int:
         return self.config.max_model_len
 
-    async def add_request(
+    def add_request(
         self, request_id: str, prompt: EnginePrompt, params: SamplingParams,
         resume: dict[int, list[int]] | None = None,
     ) -> AsyncIterator[RequestDelta]:
         """Stream the request's deltas (token-id prompts only); ValueError before the first
         delta for input it refuses. Leaving the iteration early aborts the request."""
-        if not isinstance(prompt, list) or not all(isinstance(t, int) for t in prompt):
-            raise ValueError("the synthetic engine takes token-id prompts only")
-        async with contextlib.aclosing(self._threaded.stream(request_id, prompt, params,
-                                                              resume)) as deltas:
-            async for delta in deltas:
-                yield delta
+        return self._threaded.stream(request_id, lambda: token_ids_only(prompt), params, resume)
 
     def abort(self, request_id: str) -> None:
         self._threaded.abort(request_id)
@@ -322,6 +316,12 @@ class SyntheticEngine:
     def shutdown(self) -> None:
         self._threaded.stop()
         log_step_report(self.loop)
+
+
+async def token_ids_only(prompt: EnginePrompt) -> list[int]:
+    if not isinstance(prompt, list) or not all(isinstance(t, int) for t in prompt):
+        raise ValueError("the synthetic engine takes token-id prompts only")
+    return prompt
 
 
 def log_step_report(loop: SyntheticLoop) -> None:

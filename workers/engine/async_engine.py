@@ -12,14 +12,13 @@ boundary, for hosts where the engine loop and the caller's loop should not share
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 from pagefleet.platform.protocol.phases import PhaseLog
 from pagefleet.platform.protocol.sampling import SamplingParams
 from pagefleet.workers.engine.config import EngineConfig
-from pagefleet.workers.engine.engine_loop import EngineLoop
+from pagefleet.workers.engine.engine_loop import EngineLoop, check_standby_after_s
 from pagefleet.workers.engine.llm_engine import LLMEngine
 from pagefleet.workers.engine.outputs import EngineStats, RequestDelta
 from pagefleet.workers.engine.prompt_encoder import Prompt, PromptEncoder
@@ -31,8 +30,7 @@ class AsyncEngine:
 
     def __init__(self, config: EngineConfig, tokenizer: Any | None = None,
                  standby_after_s: float | None = None) -> None:
-        if standby_after_s is not None and standby_after_s < 0:
-            raise ValueError(f"standby_after_s must be at least 0, got {standby_after_s}")
+        check_standby_after_s(standby_after_s)  # before the model loads
         self.engine = LLMEngine(config, tokenizer)
         self.loop = EngineLoop(self.engine, standby_after_s)
         self.encoder = PromptEncoder(self.engine.tokenizer, self.engine.arch.vocab_size,
@@ -68,20 +66,23 @@ class AsyncEngine:
         """Token ids of a prompt, encoded off the engine thread (`PromptEncoder.encode`)."""
         return await self.encoder.encode(prompt)
 
-    async def add_request(
+    def add_request(
         self, request_id: str, prompt: Prompt, params: SamplingParams,
         resume: dict[int, list[int]] | None = None,
     ) -> AsyncIterator[RequestDelta]:
         """Stream the request's deltas; raises ValueError (e.g. PromptTooLongError) before the
         first delta for bad input. Leaving the iteration early aborts the request."""
+        return self._threaded.stream(request_id, lambda: self._prepare(prompt, params), params,
+                                     resume)
+
+    async def _prepare(self, prompt: Prompt, params: SamplingParams) -> list[int]:
+        """Off the engine thread: the prompt's ids, and its grammar compiled, so the engine
+        thread finds it cached."""
         prompt_ids = await self.encoder.encode(prompt)
-        if params.structured_output is not None:  # compiled here, so the engine thread finds it cached
+        if params.structured_output is not None:
             await asyncio.get_running_loop().run_in_executor(
                 self.encoder.executor, self.engine.compile_grammar, params)
-        async with contextlib.aclosing(self._threaded.stream(request_id, prompt_ids, params,
-                                                              resume)) as deltas:
-            async for delta in deltas:
-                yield delta
+        return prompt_ids
 
     def abort(self, request_id: str) -> None:
         self._threaded.abort(request_id)

@@ -401,17 +401,14 @@ class ProcessEngine:
             raise EngineProcessError(f"the engine core said {type(message).__name__} before ready")
         return message
 
-    async def add_request(
+    def add_request(
         self, request_id: str, prompt: Prompt, params: SamplingParams,
         resume: dict[int, list[int]] | None = None,
     ) -> AsyncIterator[RequestDelta]:
         """Stream the request's deltas; ValueError (the engine's own types) before the first
         delta for bad input, `EngineGoneError` once the core is gone (at any point). Leaving
         the iteration early aborts the request."""
-        self._check_alive()
-        prompt_ids = await self.encoder.encode(prompt)
-
-        def submit(sink: Sink) -> None:
+        def submit(sink: Sink, prompt_ids: list[int]) -> None:
             if request_id in self._sinks:
                 raise DuplicateRequestError(f"request {request_id!r} is already running")
             self._sinks[request_id] = sink  # before sending: the reply may come at once
@@ -423,9 +420,11 @@ class ProcessEngine:
                 self._sinks.pop(request_id, None)
                 raise
 
-        async with contextlib.aclosing(stream_deltas(submit, lambda: self.abort(request_id))) as deltas:
-            async for delta in deltas:
-                yield delta
+        return stream_deltas(lambda: self._encode(prompt), submit, lambda: self.abort(request_id))
+
+    async def _encode(self, prompt: Prompt) -> list[int]:
+        self._check_alive()
+        return await self.encoder.encode(prompt)
 
     def abort(self, request_id: str) -> None:
         if self._exit_message is None:

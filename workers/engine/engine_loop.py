@@ -22,14 +22,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def check_standby_after_s(standby_after_s: float | None) -> None:
+    """Refuse a negative standby time before anything is loaded for it."""
+    if standby_after_s is not None and standby_after_s < 0:
+        raise ValueError(f"standby_after_s must be at least 0, got {standby_after_s}")
+
+
 class EngineLoop:
     """`standby_after_s`: with nothing to do for that long the engine sleeps (standby: the
     device memory is freed, the process and its host copy of the weights stay), and the next
     request wakes it first. None: never sleep (idle means the controller's scale to zero)."""
 
     def __init__(self, engine: LLMEngine, standby_after_s: float | None = None) -> None:
-        if standby_after_s is not None and standby_after_s < 0:
-            raise ValueError(f"standby_after_s must be at least 0, got {standby_after_s}")
+        check_standby_after_s(standby_after_s)
         self.engine = engine
         self.standby_after_s = standby_after_s
 
@@ -129,8 +134,7 @@ class EngineCoreSpec:
     standby_after_s: float | None = None
 
     def __post_init__(self) -> None:
-        if self.standby_after_s is not None and self.standby_after_s < 0:
-            raise ValueError(f"standby_after_s must be at least 0, got {self.standby_after_s}")
+        check_standby_after_s(self.standby_after_s)
 
     def build(self) -> EngineLoop:
         from pagefleet.workers.engine.llm_engine import LLMEngine

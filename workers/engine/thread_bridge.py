@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -146,14 +146,18 @@ def fail_sinks(sinks: dict[str, Sink], request_ids: list[str], message: str,
             sink.put(error(message))
 
 
-async def stream_deltas(submit: Callable[[Sink], None], abort: Callable[[], None]
+async def stream_deltas(prepare: Callable[[], Awaitable[list[int]]],
+                        submit: Callable[[Sink, list[int]], None], abort: Callable[[], None]
                         ) -> AsyncIterator[RequestDelta]:
-    """Submit a request with a fresh sink (`submit` queues it for the engine) and yield its
+    """Await `prepare` (tokenising, checks: a ValueError there raises before any delta), submit
+    the request's prompt ids with a fresh sink (`submit` queues it for the engine) and yield its
     deltas up to the finished one; an error the engine put for it (a refused request, a failed
-    step) raises here. Leaving early (`aclose`) calls `abort`. Every engine streams through
-    this, so the synthetic one costs its callers per token what the real one does."""
+    step) raises here. Leaving early (`aclose`) after the submit calls `abort`. Every engine's
+    `add_request` returns this generator itself (no wrapping generator: one hop per token), so
+    the synthetic one costs its callers per token what the real one does."""
+    prompt_ids = await prepare()
     sink = Sink(asyncio.get_running_loop())
-    submit(sink)
+    submit(sink, prompt_ids)
     finished = False
     try:
         while True:
@@ -181,11 +185,13 @@ class ThreadedLoop:
                                        name=name, daemon=True)
         self.thread.start()
 
-    def stream(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
-               resume: dict[int, list[int]] | None) -> AsyncIterator[RequestDelta]:
+    def stream(self, request_id: str, prepare: Callable[[], Awaitable[list[int]]],
+               params: SamplingParams, resume: dict[int, list[int]] | None
+               ) -> AsyncIterator[RequestDelta]:
         """The request's deltas (`stream_deltas`); close it to abort the request."""
         return stream_deltas(
-            lambda sink: self.commands.put(Add(request_id, prompt_ids, params, resume, sink)),
+            prepare,
+            lambda sink, prompt_ids: self.commands.put(Add(request_id, prompt_ids, params, resume, sink)),
             lambda: self.abort(request_id))
 
     def abort(self, request_id: str) -> None:
