@@ -82,6 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="both halves on the model-free synthetic engine, one token per "
                                "request every MS ms (a GPU's step rate on any machine), through a "
                                f"private registry of one model, {SYNTHETIC_MODEL!r}")
+    overhead.add_argument("--gateway-workers", type=int, default=1, metavar="N",
+                          help="gateway processes on the one port (`pagefleet gateway --workers`)")
     overhead.add_argument("--engine-process", choices=("auto", "on", "off"), default="auto",
                           help="with --synthetic-step-ms: the worker's engine loop in its own "
                                "process (on), in a thread (off) or as the registry's default for "
@@ -94,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     if args.synthetic_step_ms is not None and (not args.overhead or args.registry_path or args.model):
         raise SystemExit("--synthetic-step-ms needs --overhead and writes its own registry (no "
                          "--registry or --model: give a registry model synthetic_step_ms instead)")
+    if args.gateway_workers < 1:
+        raise SystemExit(f"--gateway-workers must be >= 1, got {args.gateway_workers}")
     if args.engine_process != "auto" and args.synthetic_step_ms is None:
         raise SystemExit("--engine-process goes with --synthetic-step-ms; for a registry model set "
                          "its engine_process in the registry")
@@ -193,7 +197,8 @@ def _run_overhead(args: argparse.Namespace, requests: list[BenchRequest], warmup
                 {"on": True, "off": False}.get(args.engine_process)))
         spec = _registry_spec(registry, args.model)
         worker_ttft: list[float] = []
-        with warm_stack(registry, spec.name, args.redis_url) as stack:
+        with warm_stack(registry, spec.name, args.redis_url,
+                        gateway_workers=args.gateway_workers) as stack:
             platform_cpu = CpuMeter(stack.pids)
             platform = event_loop.run(_http_run(stack.base_url, spec.name, None, requests, load,
                                              warmup=warmup, cpu=platform_cpu,
@@ -251,10 +256,11 @@ class WarmStack:
 
 @contextlib.contextmanager
 def warm_stack(registry: str, model: str, redis_url: str | None,
-               batch_worker: bool = False) -> Iterator[WarmStack]:
-    """A private redis-server (unless `redis_url`), the gateway and one always-warm worker of
-    `model` (and with `batch_worker` the Celery worker of /v1/batches), all stopped on exit;
-    yields the gateway's base URL and the processes' ids once the worker is ready."""
+               batch_worker: bool = False, gateway_workers: int = 1) -> Iterator[WarmStack]:
+    """A private redis-server (unless `redis_url`), the gateway (`gateway_workers` processes)
+    and one always-warm worker of `model` (and with `batch_worker` the Celery worker of
+    /v1/batches), all stopped on exit; yields the gateway's base URL and the processes' ids
+    once the worker is ready."""
     from pagefleet.platform.cli.up import start_batch_worker, start_gateway
 
     with contextlib.ExitStack() as stack:
@@ -262,7 +268,7 @@ def warm_stack(registry: str, model: str, redis_url: str | None,
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="pf-bench-redis-"))
             redis_url = stack.enter_context(redis_server(workdir))
         port = free_port()
-        gateway = start_gateway("127.0.0.1", port, registry, redis_url)
+        gateway = start_gateway("127.0.0.1", port, registry, redis_url, gateway_workers)
         stack.callback(stop_process, gateway)
         worker = start_warm_worker(model, registry, redis_url)
         stack.callback(stop_process, worker, 60.0)
@@ -271,12 +277,30 @@ def warm_stack(registry: str, model: str, redis_url: str | None,
         wait_for_port(port, gateway, "the gateway")
         wait_for_ready_worker(redis_url, model, worker)
         pids = {"gateway": gateway.pid, "worker": worker.pid}
+        if gateway_workers > 1:  # uvicorn's supervisor (idle) and the processes that serve
+            wait_until(lambda: len(_spawned(gateway.pid)) >= gateway_workers, gateway,
+                       lambda: f"the gateway did not start {gateway_workers} processes", 60.0)
+            for number, child in enumerate(_spawned(gateway.pid)):
+                pids[f"gateway {number}"] = child
         for number, child in enumerate(child_pids(worker.pid)):  # an engine core process
             pids["engine core" if number == 0 else f"engine core {number}"] = child
         redis_pid = _redis_pid(redis_url)
         if redis_pid is not None:
             pids["redis"] = redis_pid
         yield WarmStack(f"http://127.0.0.1:{port}/v1", pids, redis_url)
+
+
+def _spawned(pid: int) -> list[int]:
+    """`pid`'s children started by multiprocessing's spawn (not its resource tracker)."""
+    spawned = []
+    for child in child_pids(pid):
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as cmdline:
+                if b"spawn_main" in cmdline.read():
+                    spawned.append(child)
+        except OSError:  # it exited meanwhile
+            continue
+    return spawned
 
 
 def _redis_pid(redis_url: str) -> int | None:

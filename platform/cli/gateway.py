@@ -5,6 +5,7 @@ PAGEFLEET_API_KEYS environment variable; with neither the gateway is open, like 
 Admin keys (accepted as API keys, and the only ones that open the console's fleet views) come
 from `--admin-key` or PAGEFLEET_ADMIN_KEYS the same way.
 The other flags are generated from `GatewaySettings`, which holds their defaults.
+`--workers N` runs N gateway processes on the one port (see `gateway.serving`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ _HELP = {
     "request_timeout_s": "seconds before a request is answered 504 and cancelled",
     "max_backlog": "undelivered interactive entries per model beyond which requests get 429",
     "max_job_backlog": "undelivered /v1/jobs entries per model beyond which new jobs get 429",
-    "max_in_flight": "requests this gateway waits on at once; beyond it 429 and /health/ready 503",
+    "max_in_flight": "requests each gateway process waits on at once; beyond it 429 and "
+                     "/health/ready 503",
     "job_retention_s": "seconds job records are kept",
     "webhook_allow_private": "accept job webhooks to private and loopback addresses",
     "files_dir": "where /v1/files keeps files (default ~/.pagefleet/files); the batch workers' too",
@@ -39,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("gateway", help="serve the OpenAI-compatible HTTP gateway")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=_positive_int, default=1,
+                        help="gateway processes sharing the port (one core each at most); "
+                             "/metrics sums them (default: 1)")
     flags.add_flags(parser, GatewaySettings, ("registry_path", "redis_url", "api_keys", "admin_keys",
                                               "request_timeout_s", "max_backlog", "max_job_backlog",
                                               "max_in_flight", "job_retention_s",
@@ -48,6 +53,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     flags.add_flags(parser, BatchSettings, _BATCH_FLAGS, help=_HELP)
     parser.add_argument("--log-level", default="info")
     parser.set_defaults(func=run)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _keys(given: list[str] | None, variable: str) -> tuple[str, ...]:
@@ -65,11 +77,8 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
+    from pagefleet.platform.gateway.serving import serve
 
-    from pagefleet.platform.gateway import create_app
-
-    app = create_app(settings_from_args(args))
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=10)
+    serve(settings_from_args(args), args.host, args.port, workers=args.workers,
+          log_level=args.log_level)
     return 0

@@ -58,15 +58,19 @@ def default_data_dir() -> str:
 @dataclass(frozen=True, slots=True)
 class UpSettings:
     """What `pagefleet up` runs. `redis_url` None: a private, persistent redis-server in
-    `data_dir` (None: `default_data_dir()`); `registry_path` None: the packaged registry."""
+    `data_dir` (None: `default_data_dir()`); `registry_path` None: the packaged registry;
+    `gateway_workers` gateway processes on the one port (`pagefleet gateway --workers`)."""
 
     host: str = "127.0.0.1"
     port: int = 8000
     registry_path: str | None = None
     redis_url: str | None = None
     data_dir: str | None = None
+    gateway_workers: int = 1
 
     def __post_init__(self) -> None:
+        if self.gateway_workers < 1:
+            raise ValueError(f"gateway_workers must be >= 1, got {self.gateway_workers}")
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be in [1, 65535], got {self.port}")
 
@@ -74,20 +78,24 @@ class UpSettings:
 _HELP = {
     "redis_url": "use this Redis instead of starting a private one",
     "data_dir": "the private Redis's data directory (default: ~/.local/state/pagefleet/redis)",
+    "gateway_workers": "gateway processes sharing the port (`pagefleet gateway --workers`)",
 }
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("up", help="run Redis, the gateway and the autoscaler on this machine")
-    flags.add_flags(parser, UpSettings, ("host", "port", "registry_path", "redis_url", "data_dir"),
+    flags.add_flags(parser, UpSettings, ("host", "port", "registry_path", "redis_url", "data_dir",
+                                         "gateway_workers"),
                     help=_HELP, env={"data_dir": "PAGEFLEET_DATA_DIR"})
     parser.set_defaults(func=run)
 
 
-def start_gateway(host: str, port: int, registry: str, redis_url: str) -> subprocess.Popen:
+def start_gateway(host: str, port: int, registry: str, redis_url: str,
+                  workers: int = 1) -> subprocess.Popen:
     return start_child([sys.executable, "-m", "pagefleet.platform.cli", "gateway",
                         "--host", host, "--port", str(port), "--registry", registry,
-                        "--redis-url", redis_url, "--log-level", "warning"])
+                        "--redis-url", redis_url, "--log-level", "warning",
+                        "--workers", str(workers)])
 
 
 def start_controller(registry: str, redis_url: str, spare_workers: int = 1,
@@ -157,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
     exited = None
     with contextlib.ExitStack() as stack:
         redis_url = settings.redis_url or stack.enter_context(persistent_redis(data_dir))
-        gateway = start_gateway(settings.host, settings.port, registry, redis_url)
+        gateway = start_gateway(settings.host, settings.port, registry, redis_url,
+                                settings.gateway_workers)
         stack.callback(stop_process, gateway)
         controller = start_controller(registry, redis_url)
         # Stopped first (callbacks run in reverse): the workers drain while the gateway still

@@ -2,20 +2,29 @@
 
 A registry per app (not prometheus_client's global one) lets tests build many apps in one
 process and keeps /metrics free of anything the app did not register.
+
+Several gateway processes on one port (`pagefleet gateway --workers N`) run with
+`PROMETHEUS_MULTIPROC_DIR` set: prometheus_client then keeps every value in a per-process file
+there, and `render` sums the folder's files, so a scrape answered by any process counts the
+requests of all of them.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
 class GatewayMetrics:
     def __init__(self) -> None:
+        # prometheus_client chose its value class from this variable when it was imported.
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "pagefleet:gateway_requests", "HTTP requests by route, method and status",
@@ -28,9 +37,10 @@ class GatewayMetrics:
             "pagefleet:gateway_time_to_first_token_seconds",
             "Streaming requests: time from admission to the first token sent", ["model"],
             buckets=_LATENCY_BUCKETS, registry=self.registry)
+        # Set from Redis by whichever process answers the scrape, just before it renders.
         self.backlog = Gauge(
             "pagefleet:gateway_queue_backlog", "Entries no worker has pulled yet, by model",
-            ["model"], registry=self.registry)
+            ["model"], registry=self.registry, multiprocess_mode="mostrecent")
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, method=method, status=str(status)).inc()
@@ -40,7 +50,11 @@ class GatewayMetrics:
         self.ttft.labels(model=model).observe(seconds)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        every_process = CollectorRegistry()
+        MultiProcessCollector(every_process, path=self.multiprocess_dir)
+        return generate_latest(every_process)
 
 
 class MetricsMiddleware:

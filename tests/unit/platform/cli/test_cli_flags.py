@@ -104,3 +104,14 @@ def test_a_missing_command_module_is_an_error() -> None:
     subparsers = argparse.ArgumentParser().add_subparsers()
     with pytest.raises(ModuleNotFoundError, match="no_such_command"):
         register_commands(subparsers, ("pagefleet.platform.cli.no_such_command",))
+
+
+def test_up_passes_gateway_processes_on() -> None:
+    from pagefleet.platform.cli.up import UpSettings
+
+    parser = build_parser()
+    assert flags.settings_from_args(UpSettings, parser.parse_args(["up"])).gateway_workers == 1
+    settings = flags.settings_from_args(UpSettings, parser.parse_args(["up", "--gateway-workers", "3"]))
+    assert settings.gateway_workers == 3
+    with pytest.raises(ValueError, match="gateway_workers"):
+        flags.settings_from_args(UpSettings, parser.parse_args(["up", "--gateway-workers", "0"]))
