@@ -10,7 +10,7 @@
 # NUM_PROMPTS [512], CONCURRENCY [64], INPUT_LEN [128], OUTPUT_LEN [128]; MAX_NUM_SEQS [256];
 # STEP_TIMEOUT [200] seconds for each model's two runs; ENGINE_PROCESS [unset: the registry's
 # default, the engine loop in its own process on a GPU profile; true or false to choose];
-# GATEWAY_WORKERS [1] gateway processes on the one port; TAG [empty] appended to the result
+# GATEWAY_WORKERS [1] gateway processes on the one port; CLIENT_PROCESSES [1] load generators; TAG [empty] appended to the result
 # files' names (several configurations in one OUT_DIR); PF_WHEELS, PF_SITE, PF_LINKS (gpu_env.sh).
 set -uo pipefail
 out=${1:?usage: infra/bench/gpu_serve.sh OUT_DIR}
@@ -48,7 +48,8 @@ for model in $models; do
   timeout "$step_timeout" python3 -m pagefleet.platform.cli bench serve --overhead \
     --registry "$registry" --model "$model" --num-prompts "${NUM_PROMPTS:-512}" \
     --concurrency "${CONCURRENCY:-64}" --input-len "${INPUT_LEN:-128}" \
-    --output-len "${OUTPUT_LEN:-128}" --gateway-workers "${GATEWAY_WORKERS:-1}" --json "$out/serve_overhead_$tag.json" 2>&1 \
+    --output-len "${OUTPUT_LEN:-128}" --gateway-workers "${GATEWAY_WORKERS:-1}" \
+    --client-processes "${CLIENT_PROCESSES:-1}" --json "$out/serve_overhead_$tag.json" 2>&1 \
     | grep -v Warning | tee "$out/serve_overhead_$tag.txt"
   rc=${PIPESTATUS[0]}
   if [ "$rc" = 0 ]; then  # bench serve reports failed requests but exits 0

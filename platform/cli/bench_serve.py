@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 
 from pagefleet.platform.bench.client import AiohttpCompletionsClient
+from pagefleet.platform.bench.client_processes import run_http_load
 from pagefleet.platform.bench.cpu import CpuMeter, child_pids, format_cores
 from pagefleet.platform.bench.report import format_summary, overhead_table
 from pagefleet.platform.bench.runner import (
@@ -73,6 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "seed, same lengths and load; at most --num-prompts), so kernel "
                              "compilation lands in neither measurement (0: one short request)")
     parser.add_argument("--json", default=None, help="write the summaries here")
+    parser.add_argument("--client-processes", type=int, default=1, metavar="N",
+                        help="HTTP load from N processes, each with 1/N of the requests and of "
+                             "the load, so the client's own CPU does not cap the run")
     overhead = parser.add_argument_group("--overhead: platform vs in-process engine")
     overhead.add_argument("--overhead", action="store_true")
     flags.add_registry_flag(overhead)
@@ -98,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
                          "--registry or --model: give a registry model synthetic_step_ms instead)")
     if args.gateway_workers < 1:
         raise SystemExit(f"--gateway-workers must be >= 1, got {args.gateway_workers}")
+    if args.client_processes < 1:
+        raise SystemExit(f"--client-processes must be >= 1, got {args.client_processes}")
     if args.engine_process != "auto" and args.synthetic_step_ms is None:
         raise SystemExit("--engine-process goes with --synthetic-step-ms; for a registry model set "
                          "its engine_process in the registry")
@@ -114,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
                                   load)
     else:
         model = args.model or _registry_spec(args.registry_path, None).name
-        summaries = {"server": event_loop.run(_http_run(args.base_url, model, args.api_key, requests, load))}
+        summaries = {"server": _http_measure(args.base_url, model, args.api_key, requests, load,
+                                             args.client_processes)}
         print(format_summary(f"{model} at {args.base_url}", summaries["server"]))
     if args.json:
         with open(args.json, "w") as out:
@@ -143,6 +150,44 @@ def _registry_spec(path: str | None, model: str | None) -> ModelSpec:
     from pagefleet.platform.registry import load_registry
 
     return load_registry(path).get_or_first(model)
+
+
+def _http_measure(base_url: str, model: str, api_key: str | None, requests: list[BenchRequest],
+                  load: LoadSpec, processes: int, warmup: list[BenchRequest] | None = None,
+                  cpu: CpuMeter | None = None, worker_ttft: list[float] | None = None,
+                  redis_url: str | None = None) -> BenchSummary:
+    """`_http_run` from this process, or from `processes` client processes
+    (`bench.client_processes`), whose CPU the meter then counts as `client 0`, `client 1`..."""
+    if processes == 1:
+        return event_loop.run(_http_run(base_url, model, api_key, requests, load, warmup, cpu,
+                                        worker_ttft, redis_url))
+
+    def between(pids: list[int]) -> None:
+        if redis_url is not None:
+            event_loop.run(_worker_ttft_samples(redis_url, model))  # drop the warm-up's
+        if cpu is not None:
+            cpu.pids.update({f"client {number}": pid for number, pid in enumerate(pids)})
+            cpu.start()
+
+    def after() -> None:
+        if cpu is not None:
+            cpu.stop()
+        if redis_url is not None and worker_ttft is not None:
+            worker_ttft.extend(event_loop.run(_worker_ttft_samples(redis_url, model)))
+
+    try:
+        return summarize(run_http_load(base_url, model, api_key, requests, warmup or [], load,
+                                       processes, between, after))
+    except ValueError as exc:  # a load that cannot be split that way
+        raise SystemExit(str(exc)) from None
+
+
+async def _worker_ttft_samples(redis_url: str, model: str) -> list[float]:
+    redis_client = aioredis.Redis.from_url(redis_url)
+    try:
+        return await take_samples(redis_client, model, keys.PRIORITY_INTERACTIVE)
+    finally:
+        await redis_client.aclose()
 
 
 async def _http_run(base_url: str, model: str, api_key: str | None, requests: list[BenchRequest],
@@ -199,10 +244,11 @@ def _run_overhead(args: argparse.Namespace, requests: list[BenchRequest], warmup
         worker_ttft: list[float] = []
         with warm_stack(registry, spec.name, args.redis_url,
                         gateway_workers=args.gateway_workers) as stack:
-            platform_cpu = CpuMeter(stack.pids)
-            platform = event_loop.run(_http_run(stack.base_url, spec.name, None, requests, load,
-                                             warmup=warmup, cpu=platform_cpu,
-                                             worker_ttft=worker_ttft, redis_url=stack.redis_url))
+            platform_cpu = CpuMeter(stack.pids, self_name="client" if args.client_processes == 1
+                                    else "bench parent")
+            platform = _http_measure(stack.base_url, spec.name, None, requests, load,
+                                     args.client_processes, warmup=warmup, cpu=platform_cpu,
+                                     worker_ttft=worker_ttft, redis_url=stack.redis_url)
     print(format_summary(f"{spec.name} through gateway + Redis + worker", platform))
     print(format_cores("platform", platform_cpu.cores), flush=True)
     at_worker = Percentiles.of(worker_ttft)

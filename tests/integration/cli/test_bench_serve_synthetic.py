@@ -14,14 +14,16 @@ NUM_PROMPTS, OUTPUT_LEN, STEP_MS = 16, 8, 5.0
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize(("engine_process", "gateway_workers"), [("off", 1), ("on", 2)])
+@pytest.mark.parametrize(("engine_process", "processes"), [("off", 1), ("on", 2)])
 def test_both_halves_complete_every_request_with_its_tokens(tmp_path: Path, capsys, engine_process: str,
-                                                            gateway_workers: int) -> None:
+                                                            processes: int) -> None:
+    """`processes`: of the gateway and of the HTTP client."""
     out = tmp_path / "synthetic.json"
     assert main(["bench", "serve", "--overhead", "--synthetic-step-ms", str(STEP_MS),
                  "--num-prompts", str(NUM_PROMPTS), "--concurrency", "4", "--input-len", "16",
                  "--output-len", str(OUTPUT_LEN), "--max-total-len", "64", "--json", str(out),
-                 "--engine-process", engine_process, "--gateway-workers", str(gateway_workers)]) == 0
+                 "--engine-process", engine_process, "--gateway-workers", str(processes),
+                 "--client-processes", str(processes)]) == 0
     result = json.loads(out.read_text())
     for half in ("platform", "engine"):
         summary = result[half]
@@ -29,12 +31,15 @@ def test_both_halves_complete_every_request_with_its_tokens(tmp_path: Path, caps
         output_tokens = summary["output_throughput"] * summary["duration_s"]
         assert round(output_tokens) == NUM_PROMPTS * OUTPUT_LEN, half
         assert 0 < summary["ttft"]["p50"] <= summary["e2e"]["p50"]
-    assert set(result["cpu_cores"]["platform"]) >= {"client", "gateway", "worker"}
+    assert set(result["cpu_cores"]["platform"]) >= {"client" if processes == 1 else "bench parent",
+                                                    "gateway", "worker"}
     # The worker's engine loop in its own process (a child of the worker) or in a thread.
     assert ("engine core" in result["cpu_cores"]["platform"]) is (engine_process == "on")
     # Several gateway processes: each one's CPU is counted (uvicorn's supervisor as "gateway").
-    serving = {f"gateway {number}" for number in range(gateway_workers)} if gateway_workers > 1 else set()
-    assert {name for name in result["cpu_cores"]["platform"] if name.startswith("gateway ")} == serving
+    # Several client processes: each one's too (this one only waits for them).
+    for role in ("gateway", "client"):
+        several = {f"{role} {number}" for number in range(processes)} if processes > 1 else set()
+        assert {name for name in result["cpu_cores"]["platform"] if name.startswith(f"{role} ")} == several
     steps = result["synthetic_engine"]
     # 16 requests of 8 tokens, 4 at a time: at least 4 rounds of 8 steps, none before its deadline.
     assert steps["step_ms"] == STEP_MS and steps["num_steps"] >= NUM_PROMPTS // 4 * OUTPUT_LEN
