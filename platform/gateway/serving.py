@@ -27,8 +27,10 @@ from collections.abc import Iterator
 import msgspec
 
 from pagefleet.platform.gateway.settings import GatewaySettings
+from pagefleet.platform.processes.children import terminate_with_parent
 
 SETTINGS_VARIABLE = "PAGEFLEET_GATEWAY_SETTINGS"
+SUPERVISOR_VARIABLE = "PAGEFLEET_GATEWAY_SUPERVISOR"  # its pid: the processes stop with it
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 _GRACEFUL_SHUTDOWN_S = 10
 
@@ -48,6 +50,7 @@ def serve(settings: GatewaySettings, host: str, port: int, *, workers: int = 1,
         return
     with _multiprocess_metrics_dir():
         os.environ[SETTINGS_VARIABLE] = msgspec.json.encode(settings).decode()
+        os.environ[SUPERVISOR_VARIABLE] = str(os.getpid())
         uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=workers, host=host,
                     port=port, log_level=log_level, timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S)
 
@@ -59,6 +62,9 @@ def app_from_environment():  # -> Litestar; uvicorn's factory in each spawned pr
     if raw is None:
         raise RuntimeError(f"{SETTINGS_VARIABLE} is not set: this factory is for gateway "
                            "processes started by `pagefleet gateway --workers N`")
+    supervisor = os.environ.get(SUPERVISOR_VARIABLE)
+    if supervisor is not None:  # a SIGKILLed supervisor must not leave servers on its port
+        terminate_with_parent(int(supervisor))
     return create_app(msgspec.json.decode(raw, type=GatewaySettings))
 
 

@@ -38,13 +38,20 @@ def _die_with_parent_hook() -> Callable[[], None] | None:
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork, not in the child
     parent = os.getpid()
+    return lambda: _terminate_with(parent, prctl)
 
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before the prctl: nobody will signal us
-            os.kill(os.getpid(), signal.SIGTERM)
 
-    return hook
+def terminate_with_parent(parent: int) -> None:
+    """From now on this process gets SIGTERM when `parent` (its parent's pid, read before
+    anything could have reparented it) dies, e.g. a supervisor that was SIGKILLed; Linux only."""
+    if sys.platform.startswith("linux"):
+        _terminate_with(parent, ctypes.CDLL(None, use_errno=True).prctl)
+
+
+def _terminate_with(parent: int, prctl: Callable[..., int]) -> None:
+    prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the prctl: nobody will signal us
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def stop_process(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:

@@ -14,9 +14,19 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pagefleet.platform.bench.cpu import child_pids
 from tests.integration.gateway.conftest import MODEL
 from tests.support.redis_server import free_port
 from tests.support.scripted_engine import InProcessWorker
+
+
+def pid_alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _start_gateway(port: int, redis_url: str, registry_path: str, *extra: str,
@@ -83,3 +93,25 @@ def test_several_gateway_processes_serve_one_port(redis_url: str, registry_path:
         proc.terminate()
         proc.wait(timeout=30)
     assert proc.returncode == 0
+
+
+def test_gateway_processes_stop_with_a_killed_supervisor(redis_url: str, registry_path: str,
+                                                         tmp_path: Path) -> None:
+    """SIGKILL gives uvicorn's supervisor no chance to stop its processes: they stop
+    themselves rather than keep serving the port with nobody in charge."""
+    port = free_port()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    proc = _start_gateway(port, redis_url, registry_path, "--workers", "2", env=env)
+    try:
+        servers = [pid for pid in child_pids(proc.pid) if pid_alive(pid)]
+        assert len(servers) >= 2  # the two gateway processes (and multiprocessing's tracker)
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(pid_alive(pid) for pid in servers):  # polling a condition with a deadline
+            assert time.monotonic() < deadline, "gateway processes outlived their supervisor"
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
