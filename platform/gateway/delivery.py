@@ -20,6 +20,7 @@ event or a 503) and the reader reconnects with backoff; `healthy` reports it to 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -59,6 +60,47 @@ class SourcedEvent:
     event: ResultEvent
 
 
+class EventBuffer:
+    """One request's events in arrival order: its reader puts, its handler waits and takes.
+
+    Not asyncio.Queue + asyncio.timeout: those cost a Timeout object, a timer scheduled and
+    cancelled, and the queue's waiter bookkeeping on every wait, which for a request that
+    keeps up is every token. Here a wait is one future; the deadline is one timer per request
+    (`Subscription.batches`), which calls `wake`."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[SourcedEvent | ResultsUnavailable] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: SourcedEvent | ResultsUnavailable) -> None:
+        self._items.append(item)
+        self.wake()
+
+    def get_nowait(self) -> SourcedEvent | ResultsUnavailable:
+        return self._items.popleft()
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def wake(self) -> None:
+        """End the current `wait`, if any."""
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until an item is put or `wake` is called; at once if items are waiting."""
+        if self._items:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        await self._waiter
+
+
 @dataclass(eq=False, slots=True)
 class Subscription:
     """One request's view: its streams, the last id read of each, and its event buffer."""
@@ -67,7 +109,7 @@ class Subscription:
     sources: dict[str, int]  # result stream -> sub-request index
     last_ids: dict[str, str]  # streams still open -> last entry id read
     buffer_events: int
-    queue: asyncio.Queue[SourcedEvent | ResultsUnavailable] = field(default_factory=asyncio.Queue)
+    queue: EventBuffer = field(default_factory=EventBuffer)
     paused: bool = False
     closed: bool = False
 
@@ -80,33 +122,42 @@ class Subscription:
         so the per-event cost of waiting and of sending shrinks exactly when it matters.
         """
         remaining_streams = len(self.sources)
-        while remaining_streams:
-            timeout = deadline - time.time()
-            if timeout <= 0:
-                raise DeadlineExceeded
-            if self.queue.empty():
-                try:  # asyncio.timeout, not wait_for: no task per event
-                    async with asyncio.timeout(timeout):
-                        item = await self.queue.get()
-                except TimeoutError:
-                    raise DeadlineExceeded from None
-            else:
-                item = self.queue.get_nowait()
-            batch: list[SourcedEvent] = []
-            while not isinstance(item, ResultsUnavailable):
-                batch.append(item)
-                if isinstance(item.event, FinalEvent | ErrorEvent):
-                    remaining_streams -= 1
-                if not remaining_streams or self.queue.empty():
-                    break
-                item = self.queue.get_nowait()
-            if self.paused and self.queue.qsize() <= self.buffer_events // 2:
-                self.paused = False
-                self.reader.wake()
-            if batch:
-                yield batch
-            if isinstance(item, ResultsUnavailable):
-                raise item
+        # One timer for the request's whole life wakes a wait that outlasts the deadline.
+        timer = asyncio.get_running_loop().call_later(max(0.0, deadline - time.time()),
+                                                      self.queue.wake)
+        try:
+            while remaining_streams:
+                if time.time() >= deadline:
+                    raise DeadlineExceeded
+                if self.queue.empty():
+                    await self.queue.wait()
+                    if self.queue.empty():  # woken by the timer, not by an event
+                        raise DeadlineExceeded
+                batch, remaining_streams, item = self._take(remaining_streams)
+                if batch:
+                    yield batch
+                if isinstance(item, ResultsUnavailable):
+                    raise item
+        finally:
+            timer.cancel()
+
+    def _take(self, remaining_streams: int) -> tuple[list[SourcedEvent], int,
+                                                     SourcedEvent | ResultsUnavailable]:
+        """What the buffer holds, up to the last event of the request or an outage (returned
+        as the last item), and the streams still open after it."""
+        item = self.queue.get_nowait()
+        batch: list[SourcedEvent] = []
+        while not isinstance(item, ResultsUnavailable):
+            batch.append(item)
+            if isinstance(item.event, FinalEvent | ErrorEvent):
+                remaining_streams -= 1
+            if not remaining_streams or self.queue.empty():
+                break
+            item = self.queue.get_nowait()
+        if self.paused and self.queue.qsize() <= self.buffer_events // 2:
+            self.paused = False
+            self.reader.wake()
+        return batch, remaining_streams, item
 
     def close(self) -> None:
         """Stop reading this request's streams (idempotent)."""

@@ -105,6 +105,30 @@ def test_a_passed_deadline_ends_even_a_full_buffer() -> None:
     assert len(taken) == 1 and isinstance(taken[0], DeadlineExceeded)
 
 
+def test_a_deadline_that_passes_while_waiting_ends_the_wait() -> None:
+    """Nothing arrives: the request's one timer wakes the wait at its deadline, events taken
+    before it still count."""
+    started = time.time()
+    taken = _batches(_subscription(), [SourcedEvent(0, _delta(0)), None],
+                     deadline=started + 0.2)
+    assert taken[0] == [(0, _delta(0))] and isinstance(taken[1], DeadlineExceeded)
+    assert time.time() - started >= 0.19
+
+
+def test_an_event_put_while_waiting_ends_the_wait() -> None:
+    async def scenario() -> list:
+        subscription = _subscription(num_sources=1)
+        batches = subscription.batches(time.time() + 30)
+        taking = asyncio.ensure_future(anext(batches))
+        await asyncio.sleep(0)  # the handler now waits on an empty buffer
+        assert not taking.done()
+        subscription.queue.put_nowait(SourcedEvent(0, _FINAL))
+        taken = [(s.source, s.event) for s in await taking]
+        return [taken, await anext(batches, "ended")]
+
+    assert asyncio.run(scenario()) == [[(0, _FINAL)], "ended"]
+
+
 def test_taking_a_batch_resumes_a_paused_subscription() -> None:
     subscription = _subscription(num_sources=1, buffer_events=4)
     subscription.paused = True
