@@ -33,9 +33,12 @@ def heartbeat_hash(model: str) -> str:
     return f"pf:w:{model}"
 
 
+CANCEL_FLAG_PREFIX = "pf:c:"
+
+
 def cancel_flag(request_id: str) -> str:
     """Set when a request is cancelled, so a worker that pulls it later skips it."""
-    return f"pf:c:{request_id}"
+    return CANCEL_FLAG_PREFIX + request_id
 
 
 def cancel_channel(model: str) -> str:

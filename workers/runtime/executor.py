@@ -112,8 +112,13 @@ class Executor:
             n = entry.envelope.params.n if entry.envelope else 1
             self.active[entry.request_id] = ActiveRequest(entry, claimed, n)
             fresh.append(self.active[entry.request_id])
-        flags = await self.cancel_flags([r.entry.request_id for r in fresh])
-        for request, flagged in zip(fresh, flags, strict=True):
+        # Flags read with the entries (`RequestQueues.read_available`) need no round trip.
+        unread = [r for r in fresh if r.entry.flagged is None]
+        flags = dict(zip((r.entry.request_id for r in unread),
+                         await self.cancel_flags([r.entry.request_id for r in unread]), strict=True))
+        for request in fresh:
+            flagged = request.entry.flagged
+            flagged = flags[request.entry.request_id] if flagged is None else flagged
             request.cancelled = request.cancelled or flagged
             if request.claimed:
                 request_id = request.entry.request_id

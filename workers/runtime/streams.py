@@ -23,32 +23,66 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class PulledEntry:
-    """One request entry delivered to this worker; `envelope` is None if it cannot be decoded."""
+    """One request entry delivered to this worker; `envelope` is None if it cannot be decoded.
+    `flagged`: whether its cancel flag was set when it was read (None: not read with it)."""
 
     stream: str
     entry_id: str
     request_id: str
     envelope: RequestEnvelope | None
     error: str | None = None
+    flagged: bool | None = None
+
+
+# XREADGROUP and the cancel flags of what it delivered, in one round trip: a new request
+# reaches the engine a round trip sooner than with a separate EXISTS after the read. Returns
+# [entry id, [field, value, ...], flag set (0/1)] per entry. The flags are keys the script does
+# not declare: fine on one Redis, as everything here assumes (no cluster).
+_PULL_SCRIPT = """
+local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
+                         'STREAMS', KEYS[1], '>')
+if not reply then return {} end
+local pulled = {}
+for i, entry in ipairs(reply[1][2]) do
+  local fields, flagged = entry[2], 0
+  for j = 1, #fields, 2 do
+    if fields[j] == ARGV[4] then
+      flagged = redis.call('EXISTS', ARGV[5] .. fields[j + 1])
+      break
+    end
+  end
+  pulled[i] = {entry[1], fields, flagged}
+end
+return pulled
+"""
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def parse_entry(stream: str, entry_id: bytes | str, fields: dict | None) -> PulledEntry:
+def _pairs(flat: list) -> dict:
+    """[field, value, field, value, ...] -> {field: value}."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def parse_entry(stream: str, entry_id: bytes | str, fields: dict | None,
+                flagged: bool | None = None) -> PulledEntry:
     """Decode one stream entry; a broken one still carries its ids so it can be answered."""
     fields = fields or {}
     raw_id = fields.get(keys.ENTRY_REQUEST_ID.encode()) or fields.get(keys.ENTRY_REQUEST_ID)
     request_id = _text(raw_id) if raw_id else ""
     raw_env = fields.get(keys.ENTRY_ENVELOPE.encode()) or fields.get(keys.ENTRY_ENVELOPE)
     if raw_env is None:
-        return PulledEntry(stream, _text(entry_id), request_id, None, "the entry has no envelope")
+        return PulledEntry(stream, _text(entry_id), request_id, None, "the entry has no envelope",
+                           flagged)
     try:
         envelope = decode_envelope(raw_env)
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-        return PulledEntry(stream, _text(entry_id), request_id, None, f"invalid envelope: {exc}")
-    return PulledEntry(stream, _text(entry_id), request_id or envelope.request_id, envelope)
+        return PulledEntry(stream, _text(entry_id), request_id, None, f"invalid envelope: {exc}",
+                           flagged)
+    return PulledEntry(stream, _text(entry_id), request_id or envelope.request_id, envelope,
+                       flagged=flagged)
 
 
 class RequestQueues:
@@ -58,6 +92,7 @@ class RequestQueues:
         self.redis = redis
         self.consumer = consumer
         self.streams = [keys.request_stream(model, p) for p in keys.PRIORITIES]
+        self._pull = redis.register_script(_PULL_SCRIPT)
 
     async def ensure_groups(self) -> None:
         for stream in self.streams:
@@ -80,17 +115,17 @@ class RequestQueues:
                 count = min(count, max_batch)
             if count <= 0:
                 break
-            reply = await self._xreadgroup(stream, count)
-            pulled = [parse_entry(stream, entry_id, fields)
-                      for _name, entries in reply or [] for entry_id, fields in entries]
+            pulled = [parse_entry(stream, entry_id, _pairs(fields), bool(flagged))
+                      for entry_id, fields, flagged in await self._pull_with_flags(stream, count)]
             if pulled:
                 return pulled
         return []
 
-    async def _xreadgroup(self, stream: str, count: int) -> list:
+    async def _pull_with_flags(self, stream: str, count: int) -> list:
         try:
-            return await self.redis.xreadgroup(
-                keys.CONSUMER_GROUP, self.consumer, {stream: ">"}, count=count)
+            return await self._pull(keys=[stream], args=[
+                keys.CONSUMER_GROUP, self.consumer, count, keys.ENTRY_REQUEST_ID,
+                keys.CANCEL_FLAG_PREFIX])
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
