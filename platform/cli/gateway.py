@@ -28,6 +28,8 @@ _HELP = {
                      "/health/ready 503",
     "job_retention_s": "seconds job records are kept",
     "webhook_allow_private": "accept job webhooks to private and loopback addresses",
+    "result_readers": "Redis connections per gateway process that read every in-flight "
+                      "request's results (one XREAD loop each)",
     "files_dir": "where /v1/files keeps files (default ~/.pagefleet/files); the batch workers' too",
     "file_retention_s": "seconds after which a file is deleted (its expires_at); the batch "
                         "workers, which delete it, need the same value",
@@ -47,9 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     flags.add_flags(parser, GatewaySettings, ("registry_path", "redis_url", "api_keys", "admin_keys",
                                               "request_timeout_s", "max_backlog", "max_job_backlog",
                                               "max_in_flight", "job_retention_s",
-                                              "webhook_allow_private"),
+                                              "webhook_allow_private", "result_readers"),
                     help=_HELP, flags={"api_keys": "--api-key", "admin_keys": "--admin-key"},
-                    env={"webhook_allow_private": "PAGEFLEET_WEBHOOK_ALLOW_PRIVATE"})
+                    env={"webhook_allow_private": "PAGEFLEET_WEBHOOK_ALLOW_PRIVATE",
+                         "result_readers": "PAGEFLEET_RESULT_READERS"})
     flags.add_flags(parser, BatchSettings, _BATCH_FLAGS, help=_HELP)
     parser.add_argument("--log-level", default="info")
     parser.set_defaults(func=run)
