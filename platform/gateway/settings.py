@@ -60,7 +60,7 @@ Backlogs are read at most every `backlog_max_age_s` per queue (see `Broker.backl
     redis_pool_timeout_s: float = 30.0
     redis_retries: int = 3
     redis_health_check_interval_s: float = 5.0
-    result_readers: int = 2
+    result_readers: int = 1
     result_buffer_events: int = 64
     batch: BatchSettings = field(default_factory=BatchSettings)  # /v1/files and /v1/batches
 
