@@ -7,7 +7,7 @@
 # Usage: infra/bench/gpu_serve.sh OUT_DIR
 # Environment (defaults in brackets): MODELS [smollm2-135m-instruct llama-3.2-1b]: the default
 # model's shapes and tokenizer with dummy weights, then presets with dummy weights;
-# NUM_PROMPTS [512], CONCURRENCY [64], INPUT_LEN [128], OUTPUT_LEN [128]; MAX_NUM_SEQS [256];
+# NUM_PROMPTS [512], CONCURRENCY [64] (REQUEST_RATE: Poisson arrivals at that rate instead), INPUT_LEN [128], OUTPUT_LEN [128]; MAX_NUM_SEQS [256];
 # STEP_TIMEOUT [200] seconds for each model's two runs; ENGINE_PROCESS [unset: the registry's
 # default, the engine loop in its own process on a GPU profile; true or false to choose];
 # GATEWAY_WORKERS [1] gateway processes on the one port; CLIENT_PROCESSES [1] load generators; TAG [empty] appended to the result
@@ -47,7 +47,7 @@ for model in $models; do
   tag=${model//[-.]/}${TAG:-}
   timeout "$step_timeout" python3 -m pagefleet.platform.cli bench serve --overhead \
     --registry "$registry" --model "$model" --num-prompts "${NUM_PROMPTS:-512}" \
-    --concurrency "${CONCURRENCY:-64}" --input-len "${INPUT_LEN:-128}" \
+    $(if [ -n "${REQUEST_RATE:-}" ]; then echo --request-rate "$REQUEST_RATE"; else echo --concurrency "${CONCURRENCY:-64}"; fi) --input-len "${INPUT_LEN:-128}" \
     --output-len "${OUTPUT_LEN:-128}" --gateway-workers "${GATEWAY_WORKERS:-1}" \
     --client-processes "${CLIENT_PROCESSES:-1}" --json "$out/serve_overhead_$tag.json" 2>&1 \
     | grep -v Warning | tee "$out/serve_overhead_$tag.txt"
