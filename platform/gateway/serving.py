@@ -40,14 +40,17 @@ def serve(settings: GatewaySettings, host: str, port: int, *, workers: int = 1,
     """Serve until interrupted; `workers` gateway processes (1: this one)."""
     import uvicorn
 
+    from pagefleet.platform.gateway import create_app
+
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if workers == 1:
-        from pagefleet.platform.gateway import create_app
-
         uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level,
                     timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S)
         return
+    # Fail here, once, on what would fail in every process: uvicorn's supervisor restarts a
+    # process that dies while building its app, forever, where one process would just exit.
+    create_app(settings)
     with _multiprocess_metrics_dir():
         os.environ[SETTINGS_VARIABLE] = msgspec.json.encode(settings).decode()
         os.environ[SUPERVISOR_VARIABLE] = str(os.getpid())

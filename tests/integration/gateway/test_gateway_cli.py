@@ -115,3 +115,14 @@ def test_gateway_processes_stop_with_a_killed_supervisor(redis_url: str, registr
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def test_several_processes_fail_once_on_a_bad_registry(redis_url: str, tmp_path: Path) -> None:
+    """A setting every process would fail on stops the gateway at once (uvicorn's supervisor
+    would otherwise restart processes that die building their app, forever)."""
+    done = subprocess.run([sys.executable, "-m", "pagefleet.platform.cli", "gateway", "--port",
+                           str(free_port()), "--redis-url", redis_url, "--registry",
+                           str(tmp_path / "missing.yaml"), "--workers", "2"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "cannot read the registry" in done.stderr
