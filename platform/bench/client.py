@@ -16,7 +16,9 @@ streamed request (its connection pool and h11), several times what aiohttp spend
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -120,6 +122,19 @@ class AiohttpCompletionsClient(_Endpoint):
             async for raw in response.content:
                 reading.line(raw.decode())
         return reading.result()
+
+
+@contextlib.asynccontextmanager
+async def aiohttp_client(base_url: str, model: str, api_key: str | None
+                         ) -> AsyncIterator[AiohttpCompletionsClient]:
+    """An `AiohttpCompletionsClient` over its own session, with as many connections as
+    requests in flight (a load generator's pool must never be what queues them)."""
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=600.0)) as session:
+        yield AiohttpCompletionsClient(session, base_url, model, api_key)
 
 
 def _chunk_tokens(choices: list[dict]) -> int:

@@ -126,14 +126,9 @@ def _client_main(share: ClientShare, warmed, go, results: multiprocessing.Queue)
 
 
 async def _send_share(share: ClientShare, warmed, go) -> BenchRun:
-    import aiohttp
+    from pagefleet.platform.bench.client import aiohttp_client
 
-    from pagefleet.platform.bench.client import AiohttpCompletionsClient
-
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=600.0)) as session:
-        client = AiohttpCompletionsClient(session, share.base_url, share.model, share.api_key)
+    async with aiohttp_client(share.base_url, share.model, share.api_key) as client:
         if share.warmup:
             await run_load(share.warmup, client.send, share.load)
         # Blocking the loop is fine here: nothing of this process is in flight between runs.

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
-from pagefleet.platform.bench.client import AiohttpCompletionsClient
+from pagefleet.platform.bench.client import aiohttp_client
 from pagefleet.platform.bench.client_processes import run_http_load
 from pagefleet.platform.bench.cpu import CpuMeter, child_pids, format_cores
 from pagefleet.platform.bench.report import format_summary, overhead_table
@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "seed, same lengths and load; at most --num-prompts), so kernel "
                              "compilation lands in neither measurement (0: one short request)")
     parser.add_argument("--json", default=None, help="write the summaries here")
-    parser.add_argument("--client-processes", type=int, default=1, metavar="N",
+    parser.add_argument("--client-processes", type=flags.positive_int, default=1, metavar="N",
                         help="HTTP load from N processes, each with 1/N of the requests and of "
                              "the load, so the client's own CPU does not cap the run")
     overhead = parser.add_argument_group("--overhead: platform vs in-process engine")
@@ -86,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="both halves on the model-free synthetic engine, one token per "
                                "request every MS ms (a GPU's step rate on any machine), through a "
                                f"private registry of one model, {SYNTHETIC_MODEL!r}")
-    overhead.add_argument("--gateway-workers", type=int, default=1, metavar="N",
+    overhead.add_argument("--gateway-workers", type=flags.positive_int, default=1, metavar="N",
                           help="gateway processes on the one port (`pagefleet gateway --workers`)")
     overhead.add_argument("--engine-process", choices=("auto", "on", "off"), default="auto",
                           help="with --synthetic-step-ms: the worker's engine loop in its own "
@@ -100,10 +100,6 @@ def run(args: argparse.Namespace) -> int:
     if args.synthetic_step_ms is not None and (not args.overhead or args.registry_path or args.model):
         raise SystemExit("--synthetic-step-ms needs --overhead and writes its own registry (no "
                          "--registry or --model: give a registry model synthetic_step_ms instead)")
-    if args.gateway_workers < 1:
-        raise SystemExit(f"--gateway-workers must be >= 1, got {args.gateway_workers}")
-    if args.client_processes < 1:
-        raise SystemExit(f"--client-processes must be >= 1, got {args.client_processes}")
     if args.engine_process != "auto" and args.synthetic_step_ms is None:
         raise SystemExit("--engine-process goes with --synthetic-step-ms; for a registry model set "
                          "its engine_process in the registry")
@@ -197,24 +193,14 @@ async def _http_run(base_url: str, model: str, api_key: str | None, requests: li
                     ) -> BenchSummary:
     """With `redis_url`, the worker's TTFT samples of the measured requests (gateway enqueue to
     first token written, `protocol.ttft`) are appended to `worker_ttft`."""
-    import aiohttp
-
-    connector = aiohttp.TCPConnector(limit=0)  # as many connections as requests in flight
-    async with aiohttp.ClientSession(connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=600.0)) as session:
-        client = AiohttpCompletionsClient(session, base_url, model, api_key)
+    async with aiohttp_client(base_url, model, api_key) as client:
         if warmup:
             await run_load(warmup, client.send, load)
-        if redis_url is None:
-            return summarize(await _measured(run_load(requests, client.send, load), cpu))
-        redis_client = aioredis.Redis.from_url(redis_url)
-        try:
-            await take_samples(redis_client, model, keys.PRIORITY_INTERACTIVE)  # the warm-up's
-            summary = summarize(await _measured(run_load(requests, client.send, load), cpu))
-            if worker_ttft is not None:
-                worker_ttft.extend(await take_samples(redis_client, model, keys.PRIORITY_INTERACTIVE))
-        finally:
-            await redis_client.aclose()
+        if redis_url is not None:
+            await _worker_ttft_samples(redis_url, model)  # drop the warm-up's
+        summary = summarize(await _measured(run_load(requests, client.send, load), cpu))
+        if redis_url is not None and worker_ttft is not None:
+            worker_ttft.extend(await _worker_ttft_samples(redis_url, model))
         return summary
 
 

@@ -24,6 +24,14 @@ _RENAMED = {"registry_path": "registry"}  # a flag name older than the field nam
 _UNIT_SUFFIXES = ("_s",)
 
 
+def positive_int(text: str) -> int:
+    """argparse `type` of a count that must be at least 1 (processes, workers)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def flag_name(field_name: str) -> str:
     """`request_timeout_s` -> `--request-timeout`."""
     name = _RENAMED.get(field_name, field_name)

@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("gateway", help="serve the OpenAI-compatible HTTP gateway")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--workers", type=_positive_int, default=1,
+    parser.add_argument("--workers", type=flags.positive_int, default=1,
                         help="gateway processes sharing the port (one core each at most); "
                              "/metrics sums them (default: 1)")
     flags.add_flags(parser, GatewaySettings, ("registry_path", "redis_url", "api_keys", "admin_keys",
@@ -56,13 +56,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     flags.add_flags(parser, BatchSettings, _BATCH_FLAGS, help=_HELP)
     parser.add_argument("--log-level", default="info")
     parser.set_defaults(func=run)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _keys(given: list[str] | None, variable: str) -> tuple[str, ...]:

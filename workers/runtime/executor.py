@@ -112,14 +112,14 @@ class Executor:
             n = entry.envelope.params.n if entry.envelope else 1
             self.active[entry.request_id] = ActiveRequest(entry, claimed, n)
             fresh.append(self.active[entry.request_id])
-        # Flags read with the entries (`RequestQueues.read_available`) need no round trip.
+        # Flags read with the entries (`RequestQueues.read_available`) need no round trip;
+        # claimed entries come without them.
         unread = [r for r in fresh if r.entry.flagged is None]
-        flags = dict(zip((r.entry.request_id for r in unread),
-                         await self.cancel_flags([r.entry.request_id for r in unread]), strict=True))
-        for request in fresh:
-            flagged = request.entry.flagged
-            flagged = flags[request.entry.request_id] if flagged is None else flagged
+        for request, flagged in zip(unread, await self.cancel_flags([r.entry.request_id for r in unread]),
+                                    strict=True):
             request.cancelled = request.cancelled or flagged
+        for request in fresh:
+            request.cancelled = request.cancelled or bool(request.entry.flagged)
             if request.claimed:
                 request_id = request.entry.request_id
                 request.replay = await retry_transient(
