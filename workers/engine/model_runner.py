@@ -332,7 +332,7 @@ class ModelRunner:
         return self._staging.upload(arrays, dtype, self.device)
 
     def execute(self, output: SchedulerOutput, in_flight: InFlightTokens | None = None) -> torch.Tensor:
-        """Logits `[num_sampling_seqs, vocab]` (float32) of the sequences that sample; with
+        """Logits `[num_sampling_seqs, vocab]` (model dtype) of the sequences that sample; with
         tensor parallelism every rank runs the same step. Nothing here waits for the device."""
         step = self.flatten(output, in_flight)
         if self.tp.size > 1:

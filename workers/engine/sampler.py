@@ -83,14 +83,16 @@ class Sampler:
         """Choose one token per row without waiting for the device. `seqs[i]` holds the
         tokens before the one being chosen (penalties read their values, so a caller with a
         token still in flight must settle it first: `needs_token_values`)."""
-        # logits: [num_seqs, vocab] float32
+        # logits: [num_seqs, vocab] in the model's dtype; greedy rows take their argmax as
+        # they are, everything that computes with the values (edits, softmax) widens first.
         raw_logits = logits
         has_bias = any(seq.params.logit_bias for seq in seqs)
         has_penalties = any(_has_penalties(seq) for seq in seqs)
         has_min_tokens = any(seq.num_output_tokens < seq.params.min_tokens for seq in seqs)
         constrained = [row for row, seq in enumerate(seqs) if seq.grammar is not None]
         if has_bias or has_penalties or has_min_tokens or constrained:
-            logits = raw_logits.clone()  # once; every edit below is in place (logprobs read raw)
+            # once; every edit below is in place (logprobs read raw)
+            logits = raw_logits.to(torch.float32, copy=True)
         if has_bias:
             self._apply_logit_bias(logits, seqs)
         if has_penalties:
@@ -120,7 +122,7 @@ class Sampler:
         rows = torch.tensor(random_rows, device=self.device)
         params = [seqs[i].params for i in random_rows]
         temperature = torch.tensor([p.temperature for p in params], device=self.device)
-        scaled = logits[rows] / temperature[:, None]
+        scaled = logits[rows].float() / temperature[:, None]
         scaled = _apply_top_k_top_p_min_p(scaled, params, self.device)
         probs = scaled.softmax(dim=-1)
         noise = self._exponential_noise(probs.shape, [seqs[i] for i in random_rows])
@@ -188,7 +190,7 @@ class Sampler:
         if not rows:
             return None
         index = torch.tensor(rows, device=self.device)
-        logprobs = raw_logits[index].log_softmax(dim=-1)
+        logprobs = raw_logits[index].float().log_softmax(dim=-1)
         num_top = [seqs[i].params.logprobs or 0 for i in rows]
         top_values, top_ids = logprobs.topk(max(max(num_top), 1), dim=-1)
         sampled = logprobs.gather(1, token_ids[index][:, None]).squeeze(1)

@@ -188,4 +188,5 @@ class GemmaForCausalLM(LlamaForCausalLM):
     model_cls = GemmaModel
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return soft_cap(super().compute_logits(hidden), self.arch.final_logit_softcapping)
+        # Capped in float32, as transformers does.
+        return soft_cap(super().compute_logits(hidden).float(), self.arch.final_logit_softcapping)

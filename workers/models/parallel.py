@@ -259,7 +259,7 @@ class ParallelLMHead(VocabParallelEmbedding):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.int8_weight is not None and hidden.shape[0] <= GEMV_MAX_ROWS:
-            logits = int8_matvec(hidden, Int8Weight(self.int8_weight, self.int8_scale)).float()
+            logits = int8_matvec(hidden, Int8Weight(self.int8_weight, self.int8_scale)).to(hidden.dtype)
         else:
-            logits = F.linear(hidden, self.weight).float()  # [n, padded vocab / tp]
+            logits = F.linear(hidden, self.weight)  # [n, padded vocab / tp]
         return self.tp.all_gather_last_dim(logits)[..., : self.vocab_size]

@@ -98,3 +98,21 @@ def test_logprobs_report_sampled_token_and_top_k():
     reference = logits[0].log_softmax(-1)
     assert lp.top_token_ids == reference.topk(3).indices.tolist()
     assert abs(lp.logprob - reference[out.token_ids[0]].item()) < 1e-5
+
+
+def test_bf16_logits_compute_in_float32():
+    """The LM head hands over logits in the model's dtype: greedy rows take their argmax as
+    they are (the same as after widening), edits and softmax run on float32 values."""
+    sampler = Sampler([0], torch.device("cpu"), seed=0)
+    logits = _logits(4, seed=7).to(torch.bfloat16)
+    greedy = [_seq(SamplingParams(temperature=0)) for _ in range(4)]
+    assert sampler(logits, greedy).token_ids == logits.float().argmax(-1).tolist()
+    # 1.995 is a float32 value only: in bf16 it would round to a tie that index 7 wins.
+    edited = torch.zeros(1, VOCAB, dtype=torch.bfloat16)
+    edited[0, 7] = 1.9921875
+    edited[0, 8] = 2.0
+    penalised = _seq(SamplingParams(temperature=0, frequency_penalty=0.005), outputs=[8])
+    assert sampler(edited, [penalised]).token_ids == [8]
+    out = sampler(logits[:1], [_seq(SamplingParams(temperature=0, logprobs=2))])
+    reference = logits[0].float().log_softmax(-1)
+    assert abs(out.logprobs[0].logprob - reference[out.token_ids[0]].item()) < 1e-6

@@ -110,13 +110,14 @@ def test_llama3_rope_scaling_changes_only_low_frequencies() -> None:
     assert torch.isclose(scaled[-1], base[-1] / arch.rope_scaling["factor"])
 
 
-def test_bfloat16_model_keeps_float32_logits(default_resolved) -> None:
+def test_bfloat16_model_gives_bfloat16_logits(default_resolved) -> None:
+    """The head's output is not widened (the sampler widens only what computes with it)."""
     bf16 = build_model(default_resolved, dtype=torch.bfloat16)
     assert bf16.model.layers[0].self_attn.qkv_proj.weight.dtype == torch.bfloat16
     cache = PagedCache(default_resolved.arch, num_blocks=8, block_size=4)
     cache.kv_caches = [(k.bfloat16(), v.bfloat16()) for k, v in cache.kv_caches]
     logits = run(bf16, cache, cache.step({0: [1, 2, 3, 4, 5]}))
-    assert logits.dtype == torch.float32 and logits.shape == (5, default_resolved.arch.vocab_size)
+    assert logits.dtype == torch.bfloat16 and logits.shape == (5, default_resolved.arch.vocab_size)
     assert torch.isfinite(logits).all()
 
 
