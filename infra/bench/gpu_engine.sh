@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Engine checks and throughput benchmarks on a GPU machine (the lent H100), from the repo root.
 # Needs torch, triton and transformers there; carries msgspec/gguf wheels in .whl/ if missing.
-# Usage: infra/bench/gpu_engine.sh OUT_DIR [quick|gputests|tp|profile|compare|moe|fp8|fp8fuse|fp8kv|final|int4|fixed|standby|extra]
+# Usage: infra/bench/gpu_engine.sh OUT_DIR [quick|gputests|diag|tp|profile|compare|moe|fp8|fp8fuse|fp8kv|final|int4|fixed|standby|extra]
 set -uo pipefail
 out=${1:-/tmp/pf-bench}; mode=${2:-full}
 source "$(dirname "$0")/gpu_env.sh"
@@ -78,6 +78,19 @@ if [ "$mode" = gputests ]; then  # every fp8 kernel path compiled (failures name
   timeout ${GPU_TESTS_S:-300} python3 -m pytest -v -rf --durations=15 -p no:cacheprovider --noconftest tests/gpu \
     --ignore=tests/gpu/test_tensor_parallel_cuda.py > "$out/gpu_tests.txt" 2>&1
   grep -E " (FAILED|ERROR)|^FAILED|passed|failed" "$out/gpu_tests.txt" | cut -c1-300
+  exit 0
+fi
+if [ "$mode" = diag ]; then  # the float32 FP8-cache prefill test's traceback, decode profiles by KV dtype, SiLU+FP8 variants
+  timeout 90 python3 -m pytest -x -q --tb=long -p no:cacheprovider --confcutdir=tests/unit \
+    tests/unit/kernels/test_kernel_paged_prefill_attention.py -k "fp8_cache and dtype0" > "$out/fp8_prefill_f32.txt" 2>&1
+  grep -E "^E |passed|failed" "$out/fp8_prefill_f32.txt" | head -20
+  for run in ${DIAG_PROFILES:-llama-3.1-8b:fp8:auto llama-3.1-8b:fp8:fp8 llama-3.2-1b:bf16:auto}; do
+    IFS=: read -r m q kv <<< "$run"; qflag=""; [ $q != bf16 ] && qflag="--quantization $q"
+    timeout 120 python3 infra/bench/profile_decode.py --model $m --batch 256 --context 400 $qflag --kv-cache-dtype $kv \
+      2>&1 | grep -v Warning > "$out/profile_${m}_${q}_kv${kv}.txt"
+    grep -E "^(device time|kernel launches)|paged_decode|Error" "$out/profile_${m}_${q}_kv${kv}.txt" | cut -c1-60,150-260 | sed "s/^/$m $q kv=$kv: /"
+  done
+  timeout 90 python3 infra/bench/silu_quant_variants.py 2>&1 | grep -v Warning | tee "$out/silu_quant_variants.txt"
   exit 0
 fi
 if [ "$mode" = moe ]; then  # fused-MoE kernel and Mixtral/Qwen3-MoE on the GPU, one layer's timing, Qwen3-30B-A3B

@@ -2,7 +2,7 @@
 
 Usage (on a GPU host, from the repo root, after infra/bench/gpu_engine.sh's set-up):
     python3 infra/bench/profile_decode.py --model llama-3.1-8b --batch 256 --context 400 \
-        [--quantization fp8 [--no-fused-fp8-quant]]
+        [--quantization fp8 [--no-fused-fp8-quant]] [--kv-cache-dtype fp8]
 Builds a dummy-weight engine, fills `batch` sequences to `context` tokens, then profiles a few
 decode steps with torch.profiler and prints the kernels sorted by total device time, and the
 device time and kernel launches per step.
@@ -28,10 +28,11 @@ def main() -> None:
     parser.add_argument("--eager", action="store_true")
     parser.add_argument("--quantization", default=None, choices=["fp8", "int4"])
     parser.add_argument("--no-fused-fp8-quant", action="store_true")
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
     args = parser.parse_args()
     llm = LLM(model=args.model, load_format="dummy", max_model_len=2048, max_num_seqs=args.batch,
               enforce_eager=args.eager, async_scheduling=False, quantization=args.quantization,
-              fused_fp8_quant=not args.no_fused_fp8_quant)
+              fused_fp8_quant=not args.no_fused_fp8_quant, kv_cache_dtype=args.kv_cache_dtype)
     engine = llm.engine
     params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=1000)
     for i in range(args.batch):
