@@ -19,6 +19,8 @@ class AttentionBackend(Protocol):
     `sliding_window`: a query at position p sees keys `p - sliding_window + 1 .. p` only (None:
     all of `0..p`); keys before that are never read, so their blocks may have been freed.
     `softcap`: scores (after `scale`) become `softcap * tanh(scores / softcap)` (Gemma 2).
+    `out`: where to write the result (a captured graph's buffer, `piecewise_graphs`) instead
+    of a new tensor.
     """
 
     name: str
@@ -34,4 +36,5 @@ class AttentionBackend(Protocol):
         scale: float,
         sliding_window: int | None = None,
         softcap: float | None = None,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor: ...

@@ -114,6 +114,8 @@ class TorchAttentionBackend:
         k_cache: torch.Tensor, v_cache: torch.Tensor,
         metadata: AttentionMetadata, scale: float,
         sliding_window: int | None = None, softcap: float | None = None,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         write_kv_cache_ref(k, v, k_cache, v_cache, metadata.slot_mapping)
-        return paged_attention_batched(q, k_cache, v_cache, metadata, scale, sliding_window, softcap)
+        result = paged_attention_batched(q, k_cache, v_cache, metadata, scale, sliding_window, softcap)
+        return result if out is None else out.copy_(result)

@@ -32,9 +32,10 @@ class TritonAttentionBackend:
         k_cache: torch.Tensor, v_cache: torch.Tensor,
         metadata: AttentionMetadata, scale: float,
         sliding_window: int | None = None, softcap: float | None = None,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         reshape_and_cache(k, v, k_cache, v_cache, metadata.slot_mapping)
-        out = torch.empty_like(q)  # [num_tokens, num_heads, head_dim]
+        out = torch.empty_like(q) if out is None else out  # [num_tokens, num_heads, head_dim]
         if metadata.max_query_len == 1 and q.shape[0] == metadata.num_seqs:
             return paged_decode_attention(
                 q, k_cache, v_cache, metadata.block_tables, metadata.seq_lens, scale, out,

@@ -44,6 +44,11 @@ class EngineConfig:
     calibration the scales are fixed at 1.0: values are stored as they are, rounded to e4m3's
     3 mantissa bits, and any beyond +-448 saturate to +-448 (clamped on write, never NaN).
 
+    `piecewise_graphs`: with CUDA graphs, steps that are not decode-only and have at most
+    512 tokens (a prompt chunk beside the running decodes, the usual step under a serving
+    load) replay graphs captured in pieces between the attention calls instead of launching
+    every kernel from Python (`piecewise_graphs.py`). Off by default until measured on a GPU.
+
     `swap_space` (vLLM's name): GiB of host memory (pinned on CUDA) that a preempted
     sequence's KV blocks may move to instead of being recomputed; 0 turns swapping off.
     `preemption_mode` (vLLM v0's name) forces one path; None picks per preemption by the
@@ -69,6 +74,7 @@ class EngineConfig:
     attention_backend: str | None = None
     fused_layers: bool | None = None
     async_scheduling: bool | None = None
+    piecewise_graphs: bool = False
     quantization: str | None = None
     fused_fp8_quant: bool = True
     kv_cache_dtype: KVCacheDtype = "auto"

@@ -21,6 +21,7 @@ from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.engine.cuda_graphs import DecodeGraphs
 from pagefleet.workers.engine.host_memory import HostKVCache, HostWeights
 from pagefleet.workers.engine.lazy_zeros import zeros
+from pagefleet.workers.engine.piecewise_graphs import PiecewiseGraphs, SplittingAttention
 from pagefleet.workers.engine.pinned import PinnedRing
 from pagefleet.workers.engine.resolved_config import (
     ResolvedEngineConfig,
@@ -105,6 +106,8 @@ class ModelRunner:
         self.device, self.dtype = settings.device, settings.dtype
         self.kv_cache_dtype = settings.kv_cache_dtype
         self.attention = get_attention_backend(settings.attention_backend)
+        if settings.piecewise_graphs:  # the model's attention calls split the captures
+            self.attention = SplittingAttention(self.attention)
         self.block_size = settings.block_size
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -126,6 +129,7 @@ class ModelRunner:
         self.phases.mark("kv_allocated")
         self._staging = PinnedRing(slots=4)  # two uploads a step; used on CUDA only
         self.graphs = self._capture_graphs()
+        self.piecewise = self._capture_piecewise()
         self.host_weights: HostWeights | None = None  # made by the first sleep, then kept
         self.host_kv: HostKVCache | None = None  # the swap space, see allocate_swap_space
         self.is_sleeping = False
@@ -139,6 +143,14 @@ class ModelRunner:
             self.model, self.kv_caches, self.settings.max_graph_batch_size,
             self.settings.max_model_len, self.block_size, null_block=self.num_blocks,
             device=self.device,
+        )
+
+    def _capture_piecewise(self) -> PiecewiseGraphs | None:
+        if not self.settings.piecewise_graphs:
+            return None
+        return PiecewiseGraphs(
+            self.model, self.attention, self.kv_caches, self.settings.max_num_batched_tokens,
+            self.block_size, null_block=self.num_blocks, device=self.device,
         )
 
     @property
@@ -179,7 +191,7 @@ class ModelRunner:
             return
         if self.host_weights is None:
             self.host_weights = HostWeights(self.model, self.device)
-        self.graphs = None
+        self.graphs = self.piecewise = None
         self.kv_caches = []
         self.host_weights.release_device()
         self.is_sleeping = True
@@ -200,6 +212,7 @@ class ModelRunner:
             torch.cuda.synchronize(self.device)
         kv_done = time.perf_counter()
         self.graphs = self._capture_graphs()  # synchronises
+        self.piecewise = self._capture_piecewise()
         self.is_sleeping = False
         return WakeTimes(weights_done - start, kv_done - weights_done, time.perf_counter() - kv_done)
 
@@ -349,7 +362,10 @@ class ModelRunner:
             hidden = self.graphs.run(inputs.input_ids, inputs.positions, md.slot_mapping,
                                      md.seq_lens, md.block_tables)
             return self.model.compute_logits(hidden)  # every decode row samples
-        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, md)
+        if self.piecewise is not None and self.piecewise.can_run(inputs.input_ids.shape[0]):
+            hidden = self.piecewise.run(inputs.input_ids, inputs.positions, md)
+        else:
+            hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, md)
         return self.model.compute_logits(hidden[inputs.sample_indices])
 
     @torch.inference_mode()

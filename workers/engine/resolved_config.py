@@ -48,6 +48,7 @@ class ResolvedEngineConfig:
     enable_prefix_caching: bool
     use_cuda_graphs: bool
     max_graph_batch_size: int
+    piecewise_graphs: bool  # CUDA graphs for mixed steps too (see piecewise_graphs.py)
     admission_batch: int
     num_kv_blocks: int | None = None  # None until the runner has sized the cache
 
@@ -109,5 +110,6 @@ def resolve(config: EngineConfig, arch: ModelArch, device: torch.device) -> Reso
         enable_prefix_caching=config.enable_prefix_caching,
         use_cuda_graphs=use_cuda_graphs,
         max_graph_batch_size=min(config.max_num_seqs, _MAX_GRAPH_BATCH_SIZE),
+        piecewise_graphs=use_cuda_graphs and config.piecewise_graphs,
         admission_batch=max(1, config.max_num_seqs // 8) if use_cuda_graphs else 1,
     )
