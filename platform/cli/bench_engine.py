@@ -67,7 +67,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="measured passes of the same work with other token ids (the lower median is reported)")
     parser.add_argument("--breakdown", action="store_true",
                         help="first an instrumented pass that splits the time by phase")
-    add_flags(parser, EngineConfig, ["swap_space", "preemption_mode", "kv_cache_dtype"], help={
+    parser.add_argument("--compare-piecewise-graphs", action="store_true",
+                        help="then the same requests through a second engine with --piecewise-graphs "
+                             "flipped (an A/B in one run)")
+    add_flags(parser, EngineConfig, ["swap_space", "preemption_mode", "kv_cache_dtype",
+                                     "piecewise_graphs"], help={
+        "piecewise_graphs": "CUDA graphs for steps of up to 512 tokens that are not decode-only "
+                            "too, captured in pieces between the attention calls",
         "swap_space": "GiB of host memory for swapped-out KV blocks (0: always recompute)",
         "preemption_mode": "force swapping or recomputing preempted sequences (default: by cost)",
         "kv_cache_dtype": "auto: the model's dtype; fp8: e4m3, half the bytes of bf16 "
@@ -94,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         fused_layers=False if args.no_fused_layers else None, quantization=args.quantization,
         fused_fp8_quant=not args.no_fused_fp8_quant,
         swap_space=args.swap_space, preemption_mode=args.preemption_mode,
-        kv_cache_dtype=args.kv_cache_dtype,
+        kv_cache_dtype=args.kv_cache_dtype, piecewise_graphs=args.piecewise_graphs,
     )
     if args.standby_cycles > 0:
         from pagefleet.workers.bench.standby_bench import run_standby_bench
@@ -131,13 +137,18 @@ def _variants(args: argparse.Namespace, engine: EngineConfig) -> tuple[EngineVar
     """The engines to measure after the main one."""
     from pagefleet.workers.bench.engine_bench import EngineVariant
 
-    if not args.compare_fused_fp8_quant:
-        return ()
-    if engine.quantization != "fp8" or engine.fused_layers is False:
-        raise SystemExit("--compare-fused-fp8-quant needs --quantization fp8 and the fused layers")
-    fused = not engine.fused_fp8_quant
-    name = "pagefleet (fp8 quant fused)" if fused else "pagefleet (fp8 quant in matmul)"
-    return (EngineVariant(name, dataclasses.replace(engine, fused_fp8_quant=fused)),)
+    variants = []
+    if args.compare_fused_fp8_quant:
+        if engine.quantization != "fp8" or engine.fused_layers is False:
+            raise SystemExit("--compare-fused-fp8-quant needs --quantization fp8 and the fused layers")
+        fused = not engine.fused_fp8_quant
+        name = "pagefleet (fp8 quant fused)" if fused else "pagefleet (fp8 quant in matmul)"
+        variants.append(EngineVariant(name, dataclasses.replace(engine, fused_fp8_quant=fused)))
+    if args.compare_piecewise_graphs:
+        piecewise = not engine.piecewise_graphs
+        name = "pagefleet (piecewise graphs)" if piecewise else "pagefleet (mixed steps eager)"
+        variants.append(EngineVariant(name, dataclasses.replace(engine, piecewise_graphs=piecewise)))
+    return tuple(variants)
 
 
 def _fractions(text: str) -> tuple[float, ...]:

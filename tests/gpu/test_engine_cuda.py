@@ -52,6 +52,33 @@ def test_cuda_graphs_equal_eager_on_dummy_llama():
     assert [o.outputs[0].token_ids for o in eager.generate(prompts, params)] == with_graphs
 
 
+def test_piecewise_graphs_equal_eager_through_mixed_steps():
+    """A 64-token step budget makes most steps prompt chunks beside decodes: replayed in
+    pieces (attention eager between them), they must pick the eager engine's tokens."""
+    kwargs = dict(model="llama-3.2-1b", load_format="dummy", dtype="float32", device="cuda",
+                  max_model_len=256, max_num_seqs=24, num_kv_blocks=512, max_num_batched_tokens=64)
+    prompts = [[(7 * i + j) % 5000 + 10 for j in range(5 + 3 * i)] for i in range(20)]
+    params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=16)
+    piecewise = LLM(piecewise_graphs=True, **kwargs)
+    runner = piecewise.engine.runner
+    assert runner.piecewise is not None and runner.piecewise.sizes == [16, 32, 64]
+    replays = 0
+    run = runner.piecewise.run
+
+    def counted(*args):
+        nonlocal replays
+        replays += 1
+        return run(*args)
+
+    runner.piecewise.run = counted
+    with_pieces = [o.outputs[0].token_ids for o in piecewise.generate(prompts, params)]
+    assert replays > 5
+    del piecewise, runner
+    torch.cuda.empty_cache()
+    eager = LLM(enforce_eager=True, **kwargs)
+    assert [o.outputs[0].token_ids for o in eager.generate(prompts, params)] == with_pieces
+
+
 def test_bf16_dummy_engine_with_preemption_and_prefix_hits():
     llm = LLM(model="llama-3.2-1b", load_format="dummy", device="cuda", max_model_len=256,
               num_kv_blocks=40)

@@ -1,15 +1,18 @@
-"""`pagefleet bench engine --compare-fused-fp8-quant`: a second engine with the switch flipped
-runs the same requests in the same run, and its row sits beside the main one."""
+"""`pagefleet bench engine --compare-fused-fp8-quant` / `--compare-piecewise-graphs`: a second
+engine with the switch flipped runs the same requests in the same run, and its row sits beside
+the main one."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
 from pagefleet.platform.cli import bench_engine
+from pagefleet.workers.engine.config import EngineConfig
 from tests.unit.workers.models.tiny import write_tiny_checkpoint
 
 
@@ -39,3 +42,15 @@ def test_compare_needs_fp8_and_the_fused_layers(flags: tuple[str, ...]) -> None:
     args = _parse("--compare-fused-fp8-quant", *flags)
     with pytest.raises(SystemExit, match="needs --quantization fp8"):
         args.func(args)
+
+
+@pytest.mark.parametrize(("flags", "name", "piecewise"), [
+    ((), "pagefleet (piecewise graphs)", True),
+    (("--piecewise-graphs",), "pagefleet (mixed steps eager)", False),
+])
+def test_compare_piecewise_graphs_flips_the_switch(flags: tuple[str, ...], name: str, piecewise: bool) -> None:
+    args = _parse("--compare-piecewise-graphs", *flags)
+    engine = EngineConfig(piecewise_graphs=args.piecewise_graphs)
+    [variant] = bench_engine._variants(args, engine)
+    assert variant.name == name and variant.engine.piecewise_graphs is piecewise
+    assert variant.engine == dataclasses.replace(engine, piecewise_graphs=piecewise)

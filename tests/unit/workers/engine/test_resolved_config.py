@@ -38,6 +38,14 @@ def test_no_graphs_without_triton_or_when_eager():
         assert not settings.use_cuda_graphs and settings.admission_batch == 1
 
 
+def test_piecewise_graphs_only_where_graphs_are_captured():
+    assert not resolve(EngineConfig(), ARCH, CUDA).piecewise_graphs  # off unless asked for
+    assert resolve(EngineConfig(piecewise_graphs=True), ARCH, CUDA).piecewise_graphs
+    for device, config in ((CPU, EngineConfig(piecewise_graphs=True)),
+                           (CUDA, EngineConfig(piecewise_graphs=True, enforce_eager=True))):
+        assert not resolve(config, ARCH, device).piecewise_graphs
+
+
 def test_explicit_values_win():
     config = EngineConfig(max_num_batched_tokens=100, max_model_len=300, dtype="float16",
                           attention_backend="torch")
