@@ -10,7 +10,7 @@
 # NUM_PROMPTS [512], CONCURRENCY [64] (REQUEST_RATE: Poisson arrivals at that rate instead), INPUT_LEN [128], OUTPUT_LEN [128]; MAX_NUM_SEQS [256];
 # STEP_TIMEOUT [200] seconds for each model's two runs; ENGINE_PROCESS [unset: the registry's
 # default, the engine loop in its own process on a GPU profile; true or false to choose];
-# GATEWAY_WORKERS [1] gateway processes on the one port; CLIENT_PROCESSES [1] load generators; TAG [empty] appended to the result
+# PIECEWISE_GRAPHS [false] the engine setting on both halves; GATEWAY_WORKERS [1] gateway processes on the one port; CLIENT_PROCESSES [1] load generators; TAG [empty] appended to the result
 # files' names (several configurations in one OUT_DIR); PF_WHEELS, PF_SITE, PF_LINKS (gpu_env.sh).
 set -uo pipefail
 out=${1:?usage: infra/bench/gpu_serve.sh OUT_DIR}
@@ -35,7 +35,7 @@ for model in $models; do
   cat >> "$registry" <<EOF
   $model:
     source: $source
-    engine: {load_format: dummy, max_model_len: 2048, max_num_seqs: ${MAX_NUM_SEQS:-256}}
+    engine: {load_format: dummy, max_model_len: 2048, max_num_seqs: ${MAX_NUM_SEQS:-256}, piecewise_graphs: ${PIECEWISE_GRAPHS:-false}}
     profile: {accelerator: nvidia.com/gpu}
     scaling: {min_replicas: 1, max_replicas: 1}
 EOF

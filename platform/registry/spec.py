@@ -62,6 +62,7 @@ class EngineSettings:
     quantization: str | None = None
     kv_cache_dtype: str | None = None
     swap_space: float | None = None
+    piecewise_graphs: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens",
@@ -69,7 +70,7 @@ class EngineSettings:
             value = getattr(self, name)
             _require(value is None or (_is_int(value) and value >= 1),
                      f"{name} must be an integer of at least 1, got {value!r}")
-        for name in ("enable_prefix_caching", "enforce_eager"):
+        for name in ("enable_prefix_caching", "enforce_eager", "piecewise_graphs"):
             value = getattr(self, name)
             _require(value is None or isinstance(value, bool), f"{name} must be true or false, got {value!r}")
         _require(self.block_size is None or (_is_int(self.block_size) and self.block_size >= 1

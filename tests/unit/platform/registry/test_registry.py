@@ -17,6 +17,7 @@ from pagefleet.platform.registry import (
     load_registry,
     parse_registry,
 )
+from pagefleet.workers.engine.config import EngineConfig
 
 EXAMPLE = Path(__file__).resolve().parents[4] / "examples" / "registry.yaml"
 VALID = {
@@ -61,8 +62,10 @@ def test_example_registry_has_two_gpu_profiles() -> None:
 
 def test_engine_kwargs_hold_only_set_values() -> None:
     assert EngineSettings().as_engine_kwargs() == {}
-    settings = EngineSettings(max_num_seqs=8, enforce_eager=False)
-    assert settings.as_engine_kwargs() == {"max_num_seqs": 8, "enforce_eager": False}
+    settings = EngineSettings(max_num_seqs=8, enforce_eager=False, piecewise_graphs=True)
+    assert settings.as_engine_kwargs() == {"max_num_seqs": 8, "enforce_eager": False,
+                                           "piecewise_graphs": True}
+    EngineConfig(**settings.as_engine_kwargs())  # every registry setting is an engine argument
 
 
 def test_get_unknown_model_raises_key_error_listing_known() -> None:
@@ -97,6 +100,7 @@ def test_source_defaults_to_name() -> None:
         (("engine", "block_size"), 12, "block_size must be a power of two"),
         (("engine", "dtype"), "int3", "dtype must be one of"),
         (("engine", "kv_cache_dtype"), "int8", "kv_cache_dtype must be one of"),
+        (("engine", "piecewise_graphs"), "yes", "piecewise_graphs must be true or false"),
         (("engine", "max_num_seqs"), 0, "max_num_seqs must be an integer of at least 1"),
         (("engine", "gpu_memory_utilization"), 1.5, "gpu_memory_utilization must be in (0, 1]"),
         (("engine", "tensor_parallel_size"), 1, "disagrees with profile.tensor_parallel_size"),
