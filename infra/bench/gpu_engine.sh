@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Engine checks and throughput benchmarks on a GPU machine (the lent H100), from the repo root.
 # Needs torch, triton and transformers there; carries msgspec/gguf wheels in .whl/ if missing.
-# Usage: infra/bench/gpu_engine.sh OUT_DIR [quick|gputests|diag|tp|profile|compare|moe|fp8|fp8fuse|fp8kv|final|int4|fixed|standby|extra]
+# Usage: infra/bench/gpu_engine.sh OUT_DIR [quick|gputests|diag|piecewise|tp|profile|compare|moe|fp8|fp8fuse|fp8kv|final|int4|fixed|standby|extra]
 set -uo pipefail
 out=${1:-/tmp/pf-bench}; mode=${2:-full}
 source "$(dirname "$0")/gpu_env.sh"
@@ -91,6 +91,20 @@ if [ "$mode" = diag ]; then  # the float32 FP8-cache prefill test's traceback, d
     grep -E "^(device time|kernel launches)|paged_decode|Error" "$out/profile_${m}_${q}_kv${kv}.txt" | cut -c1-60,150-260 | sed "s/^/$m $q kv=$kv: /"
   done
   timeout 90 python3 infra/bench/silu_quant_variants.py 2>&1 | grep -v Warning | tee "$out/silu_quant_variants.txt"
+  exit 0
+fi
+if [ "$mode" = piecewise ]; then  # piecewise graphs for mixed steps: GPU tests, then engine A/Bs in one run each
+  timeout 200 python3 -m pytest -q -rf -p no:cacheprovider --noconftest tests/gpu/test_engine_cuda.py \
+    -k "piecewise or graphs_equal_eager" > "$out/piecewise_tests.txt" 2>&1
+  grep -E "^FAILED|passed|failed" "$out/piecewise_tests.txt"
+  # ShareGPT-like (few small mixed steps: admissions come in groups), then 512-token chunks
+  # (every prefill step is a mixed step the pieces can replay)
+  for run in ${PIECEWISE_RUNS:-llama-3.2-1b:8192 llama-3.2-1b:512 llama-3.1-8b:512}; do
+    IFS=: read -r m tokens <<< "$run"; tag=${m//[-.]/}
+    timeout 240 bash -c "$(declare -f bench); bench --model $m --load-format dummy --num-prompts 1000 --hf none \
+      --max-num-seqs 256 --max-num-batched-tokens $tokens --compare-piecewise-graphs --repeat 2 \
+      --json $out/${tag}_sharegpt_tokens${tokens}_piecewise_ab.json" 2>&1 | grep -E "^pass|^pagefleet|/|Error" | sed "s/^/$tag $tokens: /"
+  done
   exit 0
 fi
 if [ "$mode" = moe ]; then  # fused-MoE kernel and Mixtral/Qwen3-MoE on the GPU, one layer's timing, Qwen3-30B-A3B
