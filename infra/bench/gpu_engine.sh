@@ -20,9 +20,10 @@ if [ "$mode" = tp ]; then  # two GPUs: TP=2 equals TP=1, then 8B at TP 1 and 2, 
     timeout 300 python3 -m pytest -q -p no:cacheprovider --noconftest -o faulthandler_timeout=240 \
       tests/gpu/test_tensor_parallel_cuda.py 2>&1 | tail -15 | tee "$out/tp_tests.txt"
   fi
-  for tp in ${TP_SIZES:-1 2}; do
+  for tp in ${TP_SIZES:-1 2 2async}; do  # 2async: TP=2 with asynchronous scheduling
+    flags="--tensor-parallel-size ${tp%async}"; [ "$tp" != "${tp%async}" ] && flags="$flags --async-scheduling"
     timeout 200 bash -c "$(declare -f bench); bench --model llama-3.1-8b --load-format dummy --num-prompts 1000 \
-      --max-num-seqs 256 --tensor-parallel-size $tp --hf none --json $out/llama318b_tp$tp.json" \
+      --max-num-seqs 256 $flags --hf none --json $out/llama318b_tp$tp.json" \
       2>&1 | grep -v Warning | tail -4 | tee "$out/llama8b_tp$tp.txt"
   done
   timeout 330 bash -c "$(declare -f bench); bench --model llama-3.1-70b --load-format dummy --num-prompts 500 \

@@ -29,7 +29,9 @@ class EngineConfig:
     to 8192 on CUDA and 2048 elsewhere; `attention_backend` to triton on CUDA, torch
     elsewhere; `fused_layers` (the Triton residual+RMSNorm, RoPE and SiLU-and-mul kernels)
     to on with the Triton backend; `async_scheduling` (vLLM's name: the host schedules and
-    uploads step N+1 while the device runs step N) to on on CUDA with one rank.
+    uploads step N+1 while the device runs step N) to on on CUDA with one rank (with several
+    it may be turned on: rank 0 then broadcasts each step's sampled ids on the device, where
+    the other ranks read the next step's pending inputs; not yet measured on GPUs).
     `quantization="fp8"` stores the linear layers' weights in fp8 e4m3 (vLLM's online FP8:
     per-channel weight scales, per-token dynamic activation scales); `"int4"` rounds them to
     int4 per group of 128 (symmetric RTN, for benchmarks); `"int8"` (CPU only) stores them as
@@ -110,9 +112,6 @@ class EngineConfig:
             raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {self.kv_cache_dtype!r}")
-        if self.async_scheduling and self.tensor_parallel_size > 1:
-            raise ValueError("async_scheduling needs tensor_parallel_size 1: only rank 0 "
-                             "samples, so the other ranks could not read the chosen tokens")
         if self.swap_space < 0:
             raise ValueError(f"swap_space must be at least 0 (GiB), got {self.swap_space}")
         if self.preemption_mode not in (None, "swap", "recompute"):

@@ -297,6 +297,8 @@ class LLMEngine:
         if sampling:
             launched = LaunchedStep(sampling, [seq.num_output_tokens for seq in sampling],
                                     self.sampler.sample(logits, sampling))
+            if self.settings.async_scheduling:  # the other ranks' next pending inputs
+                self.runner.tp.broadcast_from_driver(launched.sample.token_ids)
             for seq in sampling:
                 seq.output_token_ids.append(PENDING_TOKEN)
         self.scheduler.update(scheduled)

@@ -2,7 +2,9 @@
 
 The engine process is rank 0: it schedules, flattens each step on the host and broadcasts
 that small description on a gloo control group; every rank then runs the same forward, whose
-collectives (all-reduce, all-gather) go over the model group. Only rank 0 samples.
+collectives (all-reduce, all-gather) go over the model group. Only rank 0 samples; with
+asynchronous scheduling it broadcasts the sampled ids over the model group (on the device, no
+host wait), since the next step's decode inputs are those ids before the host has seen them.
 
 Teardown is collective: NCCL communicators are destroyed by every rank together (a rank that
 exits first leaves its peers waiting forever in `destroy_process_group`), so all ranks meet at
@@ -138,6 +140,10 @@ def _worker_main(config: EngineConfig, rank: int, init_method: str, env: dict[st
     context = _init(config, rank, init_method)
     runner = ModelRunner(config, resolve_model(config.model, load_format=config.load_format),
                          tp_context=context)
+    sampled = None  # the previous step's choices (asynchronous scheduling), as rank 0 sent them
     while (step := context.broadcast(None)) is not None:
-        runner.execute_host(step)
+        runner.execute_host(step, sampled)
+        if runner.settings.async_scheduling and step.sample_indices.size:
+            sampled = runner.tp.broadcast_from_driver(
+                torch.empty(step.sample_indices.size, dtype=torch.long, device=runner.device))
     teardown(context.control_group)

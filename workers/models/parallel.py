@@ -60,6 +60,12 @@ class TensorParallel:
             dist.all_reduce(x, group=self.group)
         return x
 
+    def broadcast_from_driver(self, x: torch.Tensor) -> torch.Tensor:
+        """Rank 0's `x` into every rank's `x` (same shape and dtype), on the device's stream."""
+        if self.size > 1:
+            dist.broadcast(x, src=0, group=self.group)
+        return x
+
     def all_gather_last_dim(self, x: torch.Tensor) -> torch.Tensor:
         if self.size == 1:
             return x

@@ -22,15 +22,21 @@ def tiny_llama(tmp_path_factory) -> str:
     return str(folder)
 
 
-def test_tp2_greedy_tokens_equal_tp1(tiny_llama):
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_tp2_greedy_tokens_equal_tp1(tiny_llama, async_scheduling):
+    """With asynchronous scheduling the other rank takes its decode inputs from the ids rank 0
+    broadcasts after sampling; 16-token steps make prompt chunks and decodes share steps."""
     prompts = [[(11 * i + 5 * j) % 1000 + 3 for j in range(4 + 9 * i)] for i in range(5)]
     params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=12)
     single = LLM(model=tiny_llama, max_model_len=256, num_kv_blocks=64)
     want = [o.outputs[0].token_ids for o in single.generate(prompts, params)]
-    parallel = LLM(model=tiny_llama, max_model_len=256, num_kv_blocks=64, tensor_parallel_size=2)
+    parallel = LLM(model=tiny_llama, max_model_len=256, num_kv_blocks=64, tensor_parallel_size=2,
+                   async_scheduling=async_scheduling,
+                   max_num_batched_tokens=16 if async_scheduling else None)
     workers = parallel.engine.tp_context.processes
     try:
         assert parallel.engine.runner.num_kv_heads == 1  # each rank holds half the KV heads
+        assert parallel.engine.settings.async_scheduling is async_scheduling
         got = [o.outputs[0].token_ids for o in parallel.generate(prompts, params)]
     finally:
         parallel.shutdown()
