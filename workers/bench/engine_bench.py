@@ -116,8 +116,10 @@ class StepBreakdown:
     large_graph_roofline_s: float = 0.0
     graph_steps: int = 0
     eager_steps: int = 0
+    piecewise_steps: int = 0  # mixed steps replayed in pieces (piecewise_graphs)
     graph_s: float = 0.0
     eager_s: float = 0.0
+    piecewise_s: float = 0.0
     sample_s: float = 0.0
     graph_floor_s: float = 0.0
     large_graph_steps: int = 0  # decode batches of 128 sequences or more
@@ -151,9 +153,11 @@ class StepBreakdown:
                 f"TFLOP/s), roofline {1e3 * roofline / steps:.2f} ms (ratio {elapsed / roofline:.2f})")
 
     def report(self, total_s: float) -> str:
-        other = total_s - self.graph_s - self.eager_s - self.sample_s
-        lines = [f"time: {self.graph_steps} graph steps {self.graph_s:.2f} s, {self.eager_steps} eager "
-                 f"(prefill/mixed) steps {self.eager_s:.2f} s, sampling {self.sample_s:.2f} s, "
+        other = total_s - self.graph_s - self.eager_s - self.piecewise_s - self.sample_s
+        piecewise = (f"{self.piecewise_steps} piecewise-graph (mixed) steps {self.piecewise_s:.2f} s, "
+                     if self.piecewise_steps else "")
+        lines = [f"time: {self.graph_steps} graph steps {self.graph_s:.2f} s, {piecewise}{self.eager_steps} "
+                 f"eager (prefill/mixed) steps {self.eager_s:.2f} s, sampling {self.sample_s:.2f} s, "
                  f"scheduler + bookkeeping {other:.2f} s (of {total_s:.2f} s)"]
         if self.graph_steps and self.graph_floor_s:
             lines.append(
@@ -238,9 +242,13 @@ def instrument(llm: LLM) -> StepBreakdown:
         elapsed = time.perf_counter() - start
         decode_only = all(item.num_new_tokens == 1 for item in output.scheduled)
         num_seqs = len(output.scheduled)
+        num_tokens = sum(item.num_new_tokens for item in output.scheduled)
         if runner.graphs is not None and decode_only and runner.graphs.can_run(num_seqs):
             context = sum(item.seq.num_computed_tokens + 1 for item in output.scheduled)
             breakdown.add_graph_step(elapsed, num_seqs, context)
+        elif runner.piecewise is not None and runner.piecewise.can_run(num_tokens):
+            breakdown.piecewise_steps += 1
+            breakdown.piecewise_s += elapsed
         else:
             breakdown.eager_steps += 1
             breakdown.eager_s += elapsed

@@ -38,3 +38,14 @@ def test_matmul_flops_count_every_projection_once(tmp_path: Path, variant: str):
                  + 3 * hidden * c["intermediate_size"])  # gate, up, down
     lm_head = c["vocab_size"] * hidden  # tied or not, the logits are one matmul with it
     assert _matmul_flops_per_token(model) == 2 * (c["num_hidden_layers"] * per_layer + lm_head)
+
+
+def test_piecewise_steps_have_their_own_line_item():
+    breakdown = StepBreakdown()
+    breakdown.graph_steps, breakdown.graph_s = 10, 0.02
+    breakdown.piecewise_steps, breakdown.piecewise_s = 4, 0.012
+    breakdown.eager_steps, breakdown.eager_s = 1, 0.03
+    first = breakdown.report(total_s=0.07).splitlines()[0]
+    assert "4 piecewise-graph (mixed) steps 0.01 s, 1 eager" in first
+    assert "scheduler + bookkeeping 0.01 s (of 0.07 s)" in first  # 0.07 - 0.02 - 0.012 - 0.03
+    assert "piecewise" not in StepBreakdown().report(total_s=1.0)
