@@ -128,9 +128,21 @@ def test_capture_splits_at_every_attention_call(resolved) -> None:
     assert graphs.attention.split is None
 
 
-def test_replays_compute_the_eager_forward(resolved) -> None:
+@pytest.fixture(scope="module")
+def gemma2(tmp_path_factory: pytest.TempPathFactory):
+    """Gemma 2 shrunk: sliding and global layers, attention soft-caps (per-call arguments)."""
+    from tests.unit.workers.models.test_gemma import build_hf
+
+    folder = tmp_path_factory.mktemp("gemma2")
+    build_hf("gemma2").save_pretrained(folder)
+    return resolve_model(str(folder))
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma2"])
+def test_replays_compute_the_eager_forward(request: pytest.FixtureRequest, family: str) -> None:
     """Two mixed steps (prompt chunks beside decodes) of different token counts: the hidden
     states and the KV cache after each equal the eager forward's on a twin cache."""
+    resolved = request.getfixturevalue("resolved" if family == "qwen3" else "gemma2")
     graphs, cache, _ = _piecewise(resolved, max_tokens=32)
     eager_cache = PagedCache(resolved.arch, num_blocks=40, block_size=4, seed=3)
     generator = torch.Generator().manual_seed(11)
