@@ -4,8 +4,8 @@ A decode-only step replays one captured graph (`cuda_graphs.DecodeGraphs`); any 
 prompt chunk in it ran eagerly, every layer's ~15 kernels launched from Python. Under a
 serving load most steps are such mixed steps (a new request's prompt beside the running
 decodes), and on a small model launching them costs the host more than the device takes to
-run them: the engine-core profile of the 1B serve run on an H100 spent two thirds of its
-forward time in the eager model's Python (docs/benchmarks.md, issue 13 item 7).
+run them: in the engine-core profile of the 1B serve run on an H100, two thirds of the time
+the core spent launching steps went to the eager model's Python (issue 13 item 7).
 
 Attention is the only part of the forward whose work depends on how the step's tokens split
 into sequences; everything else is row-wise and depends only on the token count. So, for a
