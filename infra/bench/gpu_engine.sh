@@ -102,8 +102,8 @@ if [ "$mode" = piecewise ]; then  # piecewise graphs for mixed steps: GPU tests,
   # (every prefill step is a mixed step the pieces can replay)
   for run in ${PIECEWISE_RUNS:-llama-3.2-1b:8192 llama-3.2-1b:512 llama-3.1-8b:512}; do
     IFS=: read -r m tokens <<< "$run"; tag=${m//[-.]/}
-    timeout 240 bash -c "$(declare -f bench); bench --model $m --load-format dummy --num-prompts 1000 --hf none \
-      --max-num-seqs 256 --max-num-batched-tokens $tokens --compare-piecewise-graphs --repeat 2 \
+    timeout ${PIECEWISE_TIMEOUT:-280} bash -c "$(declare -f bench); bench --model $m --load-format dummy --num-prompts 1000 --hf none \
+      --max-num-seqs 256 --max-num-batched-tokens $tokens --compare-piecewise-graphs --repeat ${PIECEWISE_REPEAT:-2} \
       --json $out/${tag}_sharegpt_tokens${tokens}_piecewise_ab.json" 2>&1 | grep -E "^pass|^pagefleet|/|Error" | sed "s/^/$tag $tokens: /"
   done
   exit 0
