@@ -27,6 +27,7 @@ from pagefleet.kernels.bench_attention import (
     time_ms,
 )
 from pagefleet.kernels.fp8_e4m3 import FP8_DTYPE
+from pagefleet.kernels.host_math import cdiv
 from pagefleet.kernels.paged_decode_attention import DecodeConfig
 from pagefleet.kernels.paged_prefill_attention import PrefillConfig
 
@@ -151,7 +152,7 @@ def _time_fp8_cache_decode(batch: int, context: int, shape: AttentionShape, devi
     kv_cache_dtype="fp8" against "auto", measured in the same run."""
     fp8_shape = replace(shape, cache_dtype=FP8_DTYPE)
     bytes_needed = DecodeCase.bytes_needed(batch, context, fp8_shape)
-    copies = max(1, min(64, triton.cdiv(ROTATE_BYTES, bytes_needed)))
+    copies = max(1, min(64, cdiv(ROTATE_BYTES, bytes_needed)))
     cases = [DecodeCase(batch, context, fp8_shape, device, generator) for _ in range(copies)]
     ms = time_in_graph([lambda c=c: c.run(config) for c in cases])
     return ms, cases[0].bytes_moved() / ms / 1e6
@@ -168,7 +169,7 @@ def bench_attention(report: Report, options: KernelBenchOptions, device: torch.d
                 print(f"decode {batch}x{context}: skipped, does not fit")
                 continue
             bytes_needed = DecodeCase.bytes_needed(batch, context, shape)
-            copies = max(1, min(64, triton.cdiv(ROTATE_BYTES, bytes_needed)))
+            copies = max(1, min(64, cdiv(ROTATE_BYTES, bytes_needed)))
             cases = [DecodeCase(batch, context, shape, device, generator) for _ in range(copies)]
             num_splits = cases[0].num_splits(decode_config)
             graph_ms = time_in_graph([lambda c=c: c.run(decode_config) for c in cases])

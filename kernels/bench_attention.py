@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import triton
 import triton.testing
 
+from pagefleet.kernels.host_math import cdiv
 from pagefleet.kernels.paged_decode_attention import (
     DecodeConfig,
     choose_num_splits,
@@ -79,7 +80,7 @@ def random_paged_cache(
 ) -> PagedCache:
     """K and V caches of random values holding `batch` sequences of `seq_len` tokens behind
     a shuffled block table."""
-    blocks_per_seq = triton.cdiv(seq_len, shape.block_size)
+    blocks_per_seq = cdiv(seq_len, shape.block_size)
     num_blocks = batch * blocks_per_seq
     cache_shape = (num_blocks, shape.block_size, shape.num_kv_heads, shape.head_dim)
     k_cache = to_cache_dtype(torch.randn(cache_shape, dtype=shape.dtype, device=device,

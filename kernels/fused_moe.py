@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from pagefleet.kernels.checks import check_float, check_shape, upcast_dot_operands
+from pagefleet.kernels.host_math import cdiv
 from pagefleet.kernels.silu_and_mul import silu_and_mul
 
 
@@ -68,7 +69,7 @@ def align_to_experts(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> 
     flat = topk_ids.reshape(-1).long()
     num_pairs = flat.numel()
     device = flat.device
-    max_blocks = triton.cdiv(num_pairs, block_m) + min(num_experts, num_pairs)
+    max_blocks = cdiv(num_pairs, block_m) + min(num_experts, num_pairs)
     counts = torch.zeros(num_experts, dtype=torch.int64, device=device)
     counts.scatter_add_(0, flat, torch.ones_like(flat))
     padded_ends = torch.cumsum((counts + block_m - 1) // block_m * block_m, 0)  # [E]
@@ -128,7 +129,7 @@ def _grouped_gemm(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor, blocks: E
                   rows_per_a: int, pair_weights: torch.Tensor | None, config: MoeBlockConfig) -> None:
     """One launch for every expert: `out` `[num_pairs, N]` from `a` rows and `w` `[E, N, K]`."""
     num_pairs, n = out.shape
-    grid = (blocks.block_experts.numel(), triton.cdiv(n, config.block_n))
+    grid = (blocks.block_experts.numel(), cdiv(n, config.block_n))
     _fused_moe_kernel[grid](
         a, w, out, blocks.sorted_pair_ids, blocks.block_experts,
         out if pair_weights is None else pair_weights,

@@ -27,6 +27,7 @@ from pagefleet.kernels.checks import (
     check_shape,
     upcast_dot_operands,
 )
+from pagefleet.kernels.host_math import cdiv, next_power_of_2
 from pagefleet.kernels.soft_cap import soft_cap_tile
 
 LOG2E = 1.4426950408889634
@@ -59,7 +60,7 @@ def choose_num_splits(
     if config.num_splits is not None:
         return config.num_splits
     programs = max(1, num_seqs * num_kv_heads)
-    by_occupancy = triton.cdiv(config.programs_per_sm * num_sms, programs)
+    by_occupancy = cdiv(config.programs_per_sm * num_sms, programs)
     by_length = max(1, max_seq_len // config.min_tokens_per_split)
     splits = max(1, min(by_occupancy, by_length, config.max_splits))
     return 1 << (splits.bit_length() - 1)  # a power of two: few compiled variants
@@ -216,7 +217,7 @@ def paged_decode_attention(
             (num_seqs, num_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
         partial_lse = torch.empty((num_seqs, num_heads, num_splits), dtype=torch.float32,
                                   device=q.device)
-    head_dim_pad = triton.next_power_of_2(head_dim)
+    head_dim_pad = next_power_of_2(head_dim)
     _paged_decode_attention_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens, out, partial_out, partial_lse,
         scale * LOG2E, num_splits, sliding_window or 0, (softcap or 1.0) * LOG2E,
@@ -225,7 +226,7 @@ def paged_decode_attention(
         block_tables.stride(0), out.stride(0), out.stride(1),
         partial_out.stride(0) if split else 0, partial_out.stride(1) if split else 0,
         partial_out.stride(2) if split else 0,
-        QUERIES_PER_KV=queries_per_kv, GROUP_PAD=max(16, triton.next_power_of_2(queries_per_kv)),
+        QUERIES_PER_KV=queries_per_kv, GROUP_PAD=max(16, next_power_of_2(queries_per_kv)),
         HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, BLOCK_SIZE=block_size,
         BLOCK_N=config.block_n, SPLIT=split,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
@@ -239,7 +240,7 @@ def paged_decode_attention(
             partial_out.stride(0), partial_out.stride(1), partial_out.stride(2),
             out.stride(0), out.stride(1),
             HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
-            SPLITS_PAD=triton.next_power_of_2(num_splits), num_warps=4,
+            SPLITS_PAD=next_power_of_2(num_splits), num_warps=4,
         )
     return out
 
@@ -281,7 +282,7 @@ def paged_decode_attention_ref(
     block_size = k_cache.shape[1]
     out = torch.empty_like(q)
     for s, seq_len in enumerate(seq_lens.tolist()):
-        num_blocks = triton.cdiv(seq_len, block_size)
+        num_blocks = cdiv(seq_len, block_size)
         blocks = block_tables[s, :num_blocks].long()
         first = first_visible_key(seq_len, 1, sliding_window)
         keys = k_cache[blocks].flatten(0, 1)[first:seq_len].float()  # [keys, kv_heads, dim]

@@ -37,6 +37,7 @@ from pagefleet.kernels.checks import (
     check_shape,
     upcast_dot_operands,
 )
+from pagefleet.kernels.host_math import cdiv, next_power_of_2
 from pagefleet.kernels.soft_cap import soft_cap_tile
 
 LOG2E = 1.4426950408889634
@@ -254,7 +255,7 @@ def paged_prefill_attention(
     if num_tokens == 0 or num_seqs == 0 or max_query_len == 0:
         return out
     heads_per_program = shared_heads(num_heads // num_kv_heads, config)
-    grid = (triton.cdiv(max_query_len, config.block_m // heads_per_program),
+    grid = (cdiv(max_query_len, config.block_m // heads_per_program),
             num_heads // heads_per_program, num_seqs)
     _paged_prefill_attention_kernel[grid](
         q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, out, scale * LOG2E,
@@ -263,7 +264,7 @@ def paged_prefill_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         QUERIES_PER_KV=num_heads // num_kv_heads, HEADS_PER_PROGRAM=heads_per_program, HEAD_DIM=head_dim,
-        HEAD_DIM_PAD=triton.next_power_of_2(head_dim), BLOCK_SIZE=block_size,
+        HEAD_DIM_PAD=next_power_of_2(head_dim), BLOCK_SIZE=block_size,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         UPCAST_DOT=upcast_dot_operands(q),
@@ -289,7 +290,7 @@ def paged_prefill_attention_ref(
         if q_end == q_start:
             continue
         first = first_visible_key(seq_len, q_end - q_start, sliding_window)
-        blocks = block_tables[s, : triton.cdiv(seq_len, block_size)].long()
+        blocks = block_tables[s, : cdiv(seq_len, block_size)].long()
         group = num_heads // num_kv_heads
         keys = k_cache[blocks].flatten(0, 1)[first:seq_len].float().repeat_interleave(group, dim=1)
         values = v_cache[blocks].flatten(0, 1)[first:seq_len].float().repeat_interleave(group, dim=1)

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from pagefleet.kernels.checks import check_float, check_last_dim_contiguous, check_shape
+from pagefleet.kernels.host_math import next_power_of_2
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
@@ -117,7 +118,7 @@ def per_token_quant_fp8(x: torch.Tensor, out: torch.Tensor, scale: torch.Tensor)
     QuantizedActivation(out, scale, x.dtype).check(rows, cols)
     if rows == 0:
         return
-    block = triton.next_power_of_2(cols)
+    block = next_power_of_2(cols)
     _per_token_quant_fp8_kernel[(rows,)](
         x, out, scale, x.stride(0), out.stride(0), COLS=cols, BLOCK=block,
         num_warps=row_num_warps(block),

@@ -21,6 +21,7 @@ from pagefleet.kernels.checks import (
     check_shape,
 )
 from pagefleet.kernels.fp8_e4m3 import FP8_DTYPE, round_to_e4m3, saturate_to_e4m3
+from pagefleet.kernels.host_math import next_power_of_2
 
 
 @triton.jit
@@ -87,8 +88,8 @@ def reshape_and_cache(
         key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
-        HEADS_PAD=triton.next_power_of_2(num_kv_heads),
-        HEAD_DIM_PAD=triton.next_power_of_2(head_dim), BLOCK_SIZE=block_size,
+        HEADS_PAD=next_power_of_2(num_kv_heads),
+        HEAD_DIM_PAD=next_power_of_2(head_dim), BLOCK_SIZE=block_size,
         FP8_CACHE=k_cache.dtype == FP8_DTYPE,
     )
 

@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from pagefleet.kernels.checks import check_float, check_last_dim_contiguous, check_shape
+from pagefleet.kernels.host_math import next_power_of_2
 from pagefleet.kernels.quant_fp8 import (
     QuantizedActivation,
     per_token_quant_fp8_ref,
@@ -89,7 +90,7 @@ def _launch(
     num_rows = x2.shape[0]
     if num_rows == 0:
         return
-    block = triton.next_power_of_2(hidden)
+    block = next_power_of_2(hidden)
     _rms_norm_kernel[(num_rows,)](
         x2, res2, weight, out2, res_out2, scale, eps,
         x2.stride(0), res2.stride(0), out2.stride(0), res_out2.stride(0),

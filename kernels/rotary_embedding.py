@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from pagefleet.kernels.checks import check_float, check_last_dim_contiguous, check_shape
+from pagefleet.kernels.host_math import next_power_of_2
 
 
 @triton.jit
@@ -88,9 +89,9 @@ def rotary_embedding(
         q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1),
         cos_sin_cache.stride(0),
         NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads,
-        HEADS_PAD=triton.next_power_of_2(num_heads),
-        KV_HEADS_PAD=triton.next_power_of_2(num_kv_heads),
-        HALF=half, HALF_PAD=triton.next_power_of_2(half), num_warps=4,
+        HEADS_PAD=next_power_of_2(num_heads),
+        KV_HEADS_PAD=next_power_of_2(num_kv_heads),
+        HALF=half, HALF_PAD=next_power_of_2(half), num_warps=4,
     )
 
 

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from pagefleet.kernels.checks import check_float, check_last_dim_contiguous, check_shape
+from pagefleet.kernels.host_math import cdiv, next_power_of_2
 from pagefleet.kernels.quant_fp8 import (
     QuantizedActivation,
     per_token_quant_fp8_ref,
@@ -59,8 +60,8 @@ def silu_and_mul(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     out2 = out.view(-1, d)
     if x2.shape[0] == 0:
         return out
-    block = min(1024, triton.next_power_of_2(d))
-    _silu_and_mul_kernel[(x2.shape[0], triton.cdiv(d, block))](
+    block = min(1024, next_power_of_2(d))
+    _silu_and_mul_kernel[(x2.shape[0], cdiv(d, block))](
         x2, out2, out2, x2.stride(0), out2.stride(0), D=d, BLOCK=block, QUANT_FP8=False,
         num_warps=4,
     )
@@ -74,7 +75,7 @@ def silu_and_mul_quant_fp8(x: torch.Tensor, out: QuantizedActivation) -> Quantiz
     out.check(x2.shape[0], d)
     if x2.shape[0] == 0:
         return out
-    block = triton.next_power_of_2(d)
+    block = next_power_of_2(d)
     _silu_and_mul_kernel[(x2.shape[0], 1)](
         x2, out.values, out.scale, x2.stride(0), out.values.stride(0), D=d, BLOCK=block,
         QUANT_FP8=True, num_warps=row_num_warps(block),

@@ -30,6 +30,7 @@ from pagefleet.kernels.checks import (
     check_shape,
     upcast_dot_operands,
 )
+from pagefleet.kernels.host_math import cdiv
 
 PACK_FACTOR = 8  # int4 values per int32
 GROUP_SIZES = (32, 64, 128)
@@ -146,13 +147,13 @@ def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     if num_rows == 0:
         return out
     config = block_config(num_rows, group_size)
-    tiles = (triton.cdiv(num_rows, config.block_m), triton.cdiv(out.shape[1], config.block_n))
+    tiles = (cdiv(num_rows, config.block_m), cdiv(out.shape[1], config.block_n))
     num_k_blocks = in_features // config.block_k
     target = (2 * torch.cuda.get_device_properties(x.device).multi_processor_count
               if x.device.type == "cuda" else CPU_PROGRAMS)
     splits = split_k(tiles[0] * tiles[1], num_k_blocks, target)
-    k_per_split = triton.cdiv(num_k_blocks, splits) * config.block_k
-    splits = triton.cdiv(in_features, k_per_split)
+    k_per_split = cdiv(num_k_blocks, splits) * config.block_k
+    splits = cdiv(in_features, k_per_split)
     # Split-K partial sums go to a float32 workspace and are summed by torch (deterministic,
     # no atomics); a single slice writes `out` directly.
     target_out = out if splits == 1 else torch.empty((splits, *out.shape), dtype=torch.float32, device=out.device)

@@ -6,8 +6,8 @@ import torch
 
 from pagefleet.kernels.attention_mask import soft_cap, visible_keys
 from pagefleet.kernels.fp8_e4m3 import FP8_DTYPE
+from pagefleet.kernels.host_math import cdiv
 from pagefleet.kernels.reshape_and_cache import to_cache_dtype
-from pagefleet.workers.arithmetic import cdiv
 from pagefleet.workers.attention.metadata import AttentionMetadata
 
 

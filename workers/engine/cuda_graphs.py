@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pagefleet.workers.arithmetic import cdiv
+from pagefleet.kernels.host_math import cdiv
 from pagefleet.workers.attention import AttentionMetadata
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pagefleet.workers.arithmetic import cdiv
+from pagefleet.kernels.host_math import cdiv
 
 _ALIGN = 256  # bytes: every tensor in a flat buffer starts aligned for any dtype and vector load
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pagefleet.kernels.attention_mask import first_visible_key
-from pagefleet.workers.arithmetic import cdiv
+from pagefleet.kernels.host_math import cdiv
 from pagefleet.workers.engine.block_pool import Block, BlockPool
 from pagefleet.workers.engine.sequence import PENDING_TOKEN, Sequence
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pagefleet.kernels.host_math import cdiv
 from pagefleet.platform.protocol.phases import PhaseLog
-from pagefleet.workers.arithmetic import cdiv
 from pagefleet.workers.attention import AttentionMetadata, get_attention_backend
 from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.engine.cuda_graphs import DecodeGraphs
