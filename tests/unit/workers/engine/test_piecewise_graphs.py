@@ -59,6 +59,7 @@ class EmulatedForward:
         self.graphs, self.size, self.captured = graphs, size, captured
         self.reached: queue.Queue[object] = queue.Queue()
         self.resume: queue.Queue[None] = queue.Queue()
+        self._calls_seen = 0
         for index, piece in enumerate(captured.pieces):
             piece.forward, piece.index = self, index
 
