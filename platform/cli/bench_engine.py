@@ -37,11 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument("--attention-backend", default=None, choices=["torch", "triton"])
-    parser.add_argument("--no-async-scheduling", action="store_true",
-                        help="postprocess each step before scheduling the next (the old path)")
-    parser.add_argument("--async-scheduling", action="store_true",
-                        help="schedule the next step while one runs where it is not the default "
-                             "(tensor parallelism)")
+    parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                        help="schedule the next step while one runs (default: on CUDA with one "
+                             "rank); --no-async-scheduling postprocesses each step first (the old path)")
     parser.add_argument("--no-fused-layers", action="store_true",
                         help="torch ops for RMSNorm, RoPE and SiLU-and-mul instead of Triton kernels")
     parser.add_argument("--no-fused-fp8-quant", action="store_true",
@@ -99,8 +97,7 @@ def run(args: argparse.Namespace) -> int:
         gpu_memory_utilization=args.gpu_memory_utilization,
         enable_prefix_caching=not args.no_prefix_caching, enforce_eager=args.enforce_eager,
         tensor_parallel_size=args.tensor_parallel_size, attention_backend=args.attention_backend,
-        seed=args.seed,
-        async_scheduling=False if args.no_async_scheduling else (True if args.async_scheduling else None),
+        seed=args.seed, async_scheduling=args.async_scheduling,
         fused_layers=False if args.no_fused_layers else None, quantization=args.quantization,
         fused_fp8_quant=not args.no_fused_fp8_quant,
         swap_space=args.swap_space, preemption_mode=args.preemption_mode,

@@ -240,13 +240,12 @@ def instrument(llm: LLM) -> StepBreakdown:
         logits = execute(output, in_flight)
         _sync(runner.device)
         elapsed = time.perf_counter() - start
-        decode_only = all(item.num_new_tokens == 1 for item in output.scheduled)
         num_seqs = len(output.scheduled)
-        num_tokens = sum(item.num_new_tokens for item in output.scheduled)
-        if runner.graphs is not None and decode_only and runner.graphs.can_run(num_seqs):
+        path = runner.forward_path(num_seqs, sum(item.num_new_tokens for item in output.scheduled))
+        if path == "graph":
             context = sum(item.seq.num_computed_tokens + 1 for item in output.scheduled)
             breakdown.add_graph_step(elapsed, num_seqs, context)
-        elif runner.piecewise is not None and runner.piecewise.can_run(num_tokens):
+        elif path == "piecewise":
             breakdown.piecewise_steps += 1
             breakdown.piecewise_s += elapsed
         else:

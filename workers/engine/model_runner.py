@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from pagefleet.workers.models.parallel import TensorParallel
 logger = logging.getLogger(__name__)
 
 _CPU_KV_CACHE_BYTES = 1 << 30
+ForwardPath = Literal["graph", "piecewise", "eager"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,15 +360,25 @@ class ModelRunner:
         if step.pending_rows.size:
             inputs.input_ids[inputs.pending_rows] = in_flight_ids[inputs.pending_sources]
         md = inputs.metadata
-        if self.graphs is not None and md.is_decode_only and self.graphs.can_run(md.num_seqs):
+        path = self.forward_path(md.num_seqs, inputs.input_ids.shape[0])
+        if path == "graph":
             hidden = self.graphs.run(inputs.input_ids, inputs.positions, md.slot_mapping,
                                      md.seq_lens, md.block_tables)
             return self.model.compute_logits(hidden)  # every decode row samples
-        if self.piecewise is not None and self.piecewise.can_run(inputs.input_ids.shape[0]):
+        if path == "piecewise":
             hidden = self.piecewise.run(inputs.input_ids, inputs.positions, md)
         else:
             hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, md)
         return self.model.compute_logits(hidden[inputs.sample_indices])
+
+    def forward_path(self, num_seqs: int, num_tokens: int) -> ForwardPath:
+        """How a step of `num_seqs` sequences and `num_tokens` tokens runs: a captured decode
+        graph (decode-only: one token each), piecewise graphs, or eagerly."""
+        if self.graphs is not None and num_tokens == num_seqs and self.graphs.can_run(num_seqs):
+            return "graph"
+        if self.piecewise is not None and self.piecewise.can_run(num_tokens):
+            return "piecewise"
+        return "eager"
 
     @torch.inference_mode()
     def forward_prompt(self, prompt_ids: list[int]) -> torch.Tensor:

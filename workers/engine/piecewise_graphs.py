@@ -25,7 +25,8 @@ ids and positions keep earlier steps' values, always valid indices.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -169,21 +170,24 @@ class PiecewiseGraphs:
     def _capture_all(self) -> None:
         on_cuda = self.device.type == "cuda"
         pool = torch.cuda.graph_pool_handle() if on_cuda else None
-        stream = torch.cuda.Stream(self.device) if on_cuda else None
         for size in reversed(self.sizes):  # largest first: smaller ones reuse its pool
             metadata = self._warm_up_metadata(size)
             args = (self.input_ids[:size], self.positions[:size], self.kv_caches, metadata)
             self.model(*args)  # outside any capture: autotuning, lazy initialisation
-            if on_cuda:
-                torch.cuda.synchronize(self.device)
-                stream.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(stream):
-                    self.forwards[size] = self._capture(args, pool)
-                torch.cuda.current_stream(self.device).wait_stream(stream)
-            else:
+            with self._capture_stream() if on_cuda else contextlib.nullcontext():
                 self.forwards[size] = self._capture(args, pool)
-        if on_cuda:
-            torch.cuda.synchronize(self.device)
+
+    @contextlib.contextmanager
+    def _capture_stream(self) -> Iterator[None]:
+        """CUDA captures run on a side stream, after and before everything on the current one."""
+        current = torch.cuda.current_stream(self.device)
+        stream = torch.cuda.Stream(self.device)
+        torch.cuda.synchronize(self.device)
+        stream.wait_stream(current)
+        with torch.cuda.stream(stream):
+            yield
+        current.wait_stream(stream)
+        torch.cuda.synchronize(self.device)
 
     def _capture(self, args: tuple, pool: object) -> CapturedForward:
         pieces = [self.new_graph()]
