@@ -66,12 +66,18 @@ class QuantizedActivation:
 
 
 @triton.jit
-def quantize_row_fp8(x):
-    """A float32 row (masked lanes 0) -> (its values rounded onto the e4m3 grid, still float32,
-    and the row's scale), with `x ~= values * scale` and `max |values| == 448`."""
-    # IEEE divisions (plain `/` is approximate on NVIDIA GPUs): the scale is torch's, and a
-    # value on a rounding tie must land exactly where torch puts it.
-    scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), 0), _FP8_MAX_VALUE), _MIN_SCALE_VALUE)
+def fp8_scale(amax):
+    """A row's scale from its largest magnitude (float32): `amax / 448`, never below
+    MIN_SCALE."""
+    # IEEE division (plain `/` is approximate on NVIDIA GPUs): the scale is torch's.
+    return tl.maximum(tl.math.div_rn(amax, _FP8_MAX_VALUE), _MIN_SCALE_VALUE)
+
+
+@triton.jit
+def round_to_fp8_grid(x, scale):
+    """Float32 values divided by their row's `scale`, clamped to +-448 and rounded onto the
+    e4m3 grid (half to even, like torch's cast), still float32: the final cast is exact."""
+    # IEEE division: a value on a rounding tie must land exactly where torch puts it.
     v = tl.clamp(tl.math.div_rn(x, scale), -_FP8_MAX_VALUE, _FP8_MAX_VALUE)
     # The grid step at |v|: 2^(exponent - mantissa bits); subnormals share the smallest. The
     # exponent is read off the float's bits and the step built from bits: exact, where the
@@ -85,7 +91,15 @@ def quantize_row_fp8(x):
     rounded = tl.where((frac > 0.5) | ((frac == 0.5) & odd), whole + 1.0, whole) * step
     # A negative value that rounds to zero is -0 in torch's cast (floor gave +0): v * 0 is a
     # zero of v's sign.
-    return tl.where(rounded == 0.0, v * 0.0, rounded), scale
+    return tl.where(rounded == 0.0, v * 0.0, rounded)
+
+
+@triton.jit
+def quantize_row_fp8(x):
+    """A float32 row (masked lanes 0) -> (its values rounded onto the e4m3 grid, still float32,
+    and the row's scale), with `x ~= values * scale` and `max |values| == 448`."""
+    scale = fp8_scale(tl.max(tl.abs(x), 0))
+    return round_to_fp8_grid(x, scale), scale
 
 
 @triton.jit

@@ -14,6 +14,11 @@ times, at the shapes of Llama-3.1-8B's MLP (d = 14336) and a few batch sizes:
   back in x's dtype with each tile's |max| folded into the row's by an atomic max; then the
   quantisation of each tile from the row's scale): the whole card works on a few rows, and
   the second pass reads what the first wrote, mostly from L2;
+- `exact_split`: the production kernel's bits (its explicit rounding, `quant_fp8`'s device
+  functions) over several programs a row, without atomics or scratch: a first launch writes
+  each tile's |max| (of the activation rounded to x's dtype), a second recomputes the tile's
+  SiLU-and-mul from x (read again, mostly from L2), folds the row's tile maxima into its scale
+  and quantises; it must differ from the reference exactly where `kernel` does;
 - `torch`: the unfused reference (silu-and-mul, then per-token quantisation), for scale;
 
 and counts the fp8 codes and scales of each that differ from the torch reference.
@@ -26,7 +31,13 @@ import torch
 import triton
 import triton.language as tl
 
-from pagefleet.kernels.quant_fp8 import FP8_MAX, MIN_SCALE, QuantizedActivation
+from pagefleet.kernels.quant_fp8 import (
+    FP8_MAX,
+    MIN_SCALE,
+    QuantizedActivation,
+    fp8_scale,
+    round_to_fp8_grid,
+)
 from pagefleet.kernels.silu_and_mul import silu_and_mul_quant_fp8, silu_and_mul_quant_fp8_ref
 
 D = 14336
@@ -76,6 +87,51 @@ def _quant_tiles_kernel(act_ptr, amax_ptr, out_ptr, scale_ptr, stride_out_row, D
         tl.store(scale_ptr + row, scale)
 
 
+@triton.jit
+def _silu_mul_tile(x_ptr, stride_x_row, row, tile, D: tl.constexpr, BLOCK: tl.constexpr):
+    """One tile of a row's SiLU-and-mul, rounded to x's dtype, as float32 (0 past the row)."""
+    cols = tile * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < D
+    gate = tl.load(x_ptr + row * stride_x_row + cols, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(x_ptr + row * stride_x_row + D + cols, mask=mask, other=0.0).to(tl.float32)
+    return (gate / (1.0 + tl.exp(-gate)) * up).to(x_ptr.dtype.element_ty).to(tl.float32), cols, mask
+
+
+@triton.jit
+def _tile_amax_kernel(x_ptr, amax_ptr, stride_x_row, TILES: tl.constexpr, D: tl.constexpr,
+                      BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    tile = tl.program_id(1)
+    result, _cols, _mask = _silu_mul_tile(x_ptr, stride_x_row, row, tile, D, BLOCK)
+    tl.store(amax_ptr + row * TILES + tile, tl.max(tl.abs(result), 0))
+
+
+@triton.jit
+def _tile_quant_kernel(x_ptr, amax_ptr, out_ptr, scale_ptr, stride_x_row, stride_out_row,
+                       TILES: tl.constexpr, TILES_POW2: tl.constexpr, D: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    tile = tl.program_id(1)
+    tiles = tl.arange(0, TILES_POW2)
+    amax = tl.load(amax_ptr + row * TILES + tiles, mask=tiles < TILES, other=0.0)
+    scale = fp8_scale(tl.max(amax, 0))
+    result, cols, mask = _silu_mul_tile(x_ptr, stride_x_row, row, tile, D, BLOCK)
+    rounded = round_to_fp8_grid(result, scale)
+    tl.store(out_ptr + row * stride_out_row + cols, rounded.to(out_ptr.dtype.element_ty), mask=mask)
+    if tile == 0:
+        tl.store(scale_ptr + row, scale)
+
+
+def exact_split(x: torch.Tensor, out: QuantizedActivation, block: int = 1024) -> QuantizedActivation:
+    rows, tiles = x.shape[0], triton.cdiv(D, block)
+    amax = torch.empty(rows, tiles, dtype=torch.float32, device=x.device)
+    _tile_amax_kernel[(rows, tiles)](x, amax, x.stride(0), TILES=tiles, D=D, BLOCK=block, num_warps=4)
+    _tile_quant_kernel[(rows, tiles)](
+        x, amax, out.values, out.scale, x.stride(0), out.values.stride(0), TILES=tiles,
+        TILES_POW2=triton.next_power_of_2(tiles), D=D, BLOCK=block, num_warps=4)
+    return out
+
+
 def split(x: torch.Tensor, out: QuantizedActivation, block: int = 1024) -> QuantizedActivation:
     rows = x.shape[0]
     act = torch.empty(rows, D, dtype=x.dtype, device=x.device)
@@ -122,6 +178,8 @@ def main() -> None:
         "hwcast_w32": lambda x, out: hwcast(x, out, 32),
         "split": split,
         "split_2048": lambda x, out: split(x, out, 2048),
+        "exact_split": exact_split,
+        "exact_split_2048": lambda x, out: exact_split(x, out, 2048),
         "torch": torch_unfused,
     }
     for rows in (1, 64, 256, 512):
