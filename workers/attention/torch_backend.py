@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 
 from pagefleet.kernels.attention_mask import soft_cap, visible_keys
@@ -74,20 +76,53 @@ def paged_attention_batched(
 ) -> torch.Tensor:
     """The same attention as `paged_attention_ref`, with the batch padded into a few large
     tensor ops instead of a Python loop per sequence: what makes the torch backend usable
-    on a CPU, where per-call overhead dominates small attention problems."""
+    on a CPU, where per-call overhead dominates small attention problems.
+
+    A mixed step's decodes and prompt chunks are padded apart: padded together, one
+    1,024-token chunk beside 500 decodes would give every decode 1,024 query rows (scores of
+    500 x heads x 1,024 x the longest sequence, gigabytes a layer)."""
+    starts = metadata.query_start_loc.long()
+    query_lens = starts[1:] - starts[:-1]
+    seq_lens = metadata.seq_lens.long()
+    starts_cpu = metadata.query_start_loc_cpu
+    is_decode = [end - start == 1 for start, end in pairwise(starts_cpu)]
+    if all(is_decode) or not any(is_decode):  # one shape already
+        return _padded_attention(q, k_cache, v_cache, query_lens, seq_lens, metadata.block_tables,
+                                 metadata.max_query_len, metadata.max_seq_len, scale,
+                                 sliding_window, softcap)
+    out = torch.empty_like(q)
+    decode_seqs = torch.tensor(is_decode, device=q.device)
+    decode_tokens = torch.repeat_interleave(decode_seqs, query_lens, output_size=q.shape[0])
+    for decode in (True, False):
+        seqs = decode_seqs if decode else ~decode_seqs
+        tokens = decode_tokens if decode else ~decode_tokens
+        group = [s for s, flag in enumerate(is_decode) if flag == decode]
+        max_q = max(starts_cpu[s + 1] - starts_cpu[s] for s in group)
+        max_s = max(metadata.seq_lens_cpu[s] for s in group)
+        out[tokens] = _padded_attention(q[tokens], k_cache, v_cache, query_lens[seqs], seq_lens[seqs],
+                                        metadata.block_tables[seqs], max_q, max_s, scale,
+                                        sliding_window, softcap)
+    return out
+
+
+def _padded_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, query_lens: torch.Tensor,
+    seq_lens: torch.Tensor, block_tables: torch.Tensor, max_q: int, max_s: int, scale: float,
+    sliding_window: int | None, softcap: float | None,
+) -> torch.Tensor:
+    """Attention of `q` (the sequences' query rows back to back) with every sequence padded
+    to `max_q` queries and `max_s` keys."""
     num_tokens, num_heads, head_dim = q.shape
+    num_seqs = query_lens.shape[0]
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
-    num_seqs, max_q, max_s = metadata.num_seqs, metadata.max_query_len, metadata.max_seq_len
     device = q.device
-    starts = metadata.query_start_loc.long()
-    seq_lens = metadata.seq_lens.long()
-    query_lens = starts[1:] - starts[:-1]
+    starts = torch.cumsum(query_lens, 0) - query_lens
     seq_of_token = torch.repeat_interleave(
         torch.arange(num_seqs, device=device), query_lens, output_size=num_tokens
     )
     row_of_token = torch.arange(num_tokens, device=device) - starts[seq_of_token]
-    tables = metadata.block_tables[:, : cdiv(max_s, block_size)].long()
+    tables = block_tables[:, : cdiv(max_s, block_size)].long()
     keys = k_cache[tables].flatten(1, 2)[:, :max_s].float()  # [seqs, max_s, kv_heads, dim]
     values = v_cache[tables].flatten(1, 2)[:, :max_s].float()
     queries = q.new_zeros((num_seqs, max_q, num_heads, head_dim), dtype=torch.float32)

@@ -17,7 +17,9 @@ BLOCK_SIZE = 4
 @pytest.mark.parametrize("num_heads,num_kv_heads", [(4, 4), (6, 2), (8, 1)])
 @pytest.mark.parametrize(
     "seq_lens,query_lens",
-    [([1, 7, 13], [1, 7, 13]), ([9, 17, 5, 30], [1, 1, 1, 1]), ([23, 6, 11], [5, 1, 11])],
+    [([1, 7, 13], [1, 7, 13]), ([9, 17, 5, 30], [1, 1, 1, 1]), ([23, 6, 11], [5, 1, 11]),
+     # decodes between prompt chunks: the two groups are padded apart and interleave back
+     ([9, 23, 4, 17, 30, 2], [1, 5, 1, 17, 1, 2])],
 )
 def test_batched_backend_equals_reference(num_heads, num_kv_heads, seq_lens, query_lens):
     gen = torch.Generator().manual_seed(sum(seq_lens) + num_heads)
