@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from pagefleet.kernels.host_math import cdiv, next_power_of_2
 from pagefleet.kernels.quant_fp8 import (
     FP8_MAX,
     MIN_SCALE,
@@ -60,16 +61,22 @@ def _silu_mul_hwcast_kernel(x_ptr, out_ptr, scale_ptr, stride_x_row, stride_out_
 
 
 @triton.jit
-def _silu_mul_tiles_kernel(x_ptr, act_ptr, amax_ptr, stride_x_row, D: tl.constexpr,
-                           BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+def _silu_mul_tile(x_ptr, stride_x_row, row, tile, D: tl.constexpr, BLOCK: tl.constexpr):
+    """One tile of a row's SiLU-and-mul, rounded to x's dtype, as float32 (0 past the row)."""
+    cols = tile * BLOCK + tl.arange(0, BLOCK)
     mask = cols < D
     gate = tl.load(x_ptr + row * stride_x_row + cols, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + row * stride_x_row + D + cols, mask=mask, other=0.0).to(tl.float32)
-    result = (gate / (1.0 + tl.exp(-gate)) * up).to(act_ptr.dtype.element_ty)
-    tl.store(act_ptr + row * D + cols, result, mask=mask)
-    tl.atomic_max(amax_ptr + row, tl.max(tl.abs(result.to(tl.float32)), 0))
+    return (gate / (1.0 + tl.exp(-gate)) * up).to(x_ptr.dtype.element_ty).to(tl.float32), cols, mask
+
+
+@triton.jit
+def _silu_mul_tiles_kernel(x_ptr, act_ptr, amax_ptr, stride_x_row, D: tl.constexpr,
+                           BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    result, cols, mask = _silu_mul_tile(x_ptr, stride_x_row, row, tl.program_id(1), D, BLOCK)
+    tl.store(act_ptr + row * D + cols, result.to(act_ptr.dtype.element_ty), mask=mask)
+    tl.atomic_max(amax_ptr + row, tl.max(tl.abs(result), 0))
 
 
 @triton.jit
@@ -85,16 +92,6 @@ def _quant_tiles_kernel(act_ptr, amax_ptr, out_ptr, scale_ptr, stride_out_row, D
     tl.store(out_ptr + row * stride_out_row + cols, v.to(out_ptr.dtype.element_ty), mask=mask)
     if tile == 0:
         tl.store(scale_ptr + row, scale)
-
-
-@triton.jit
-def _silu_mul_tile(x_ptr, stride_x_row, row, tile, D: tl.constexpr, BLOCK: tl.constexpr):
-    """One tile of a row's SiLU-and-mul, rounded to x's dtype, as float32 (0 past the row)."""
-    cols = tile * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < D
-    gate = tl.load(x_ptr + row * stride_x_row + cols, mask=mask, other=0.0).to(tl.float32)
-    up = tl.load(x_ptr + row * stride_x_row + D + cols, mask=mask, other=0.0).to(tl.float32)
-    return (gate / (1.0 + tl.exp(-gate)) * up).to(x_ptr.dtype.element_ty).to(tl.float32), cols, mask
 
 
 @triton.jit
@@ -123,12 +120,12 @@ def _tile_quant_kernel(x_ptr, amax_ptr, out_ptr, scale_ptr, stride_x_row, stride
 
 
 def exact_split(x: torch.Tensor, out: QuantizedActivation, block: int = 1024) -> QuantizedActivation:
-    rows, tiles = x.shape[0], triton.cdiv(D, block)
+    rows, tiles = x.shape[0], cdiv(D, block)
     amax = torch.empty(rows, tiles, dtype=torch.float32, device=x.device)
     _tile_amax_kernel[(rows, tiles)](x, amax, x.stride(0), TILES=tiles, D=D, BLOCK=block, num_warps=4)
     _tile_quant_kernel[(rows, tiles)](
         x, amax, out.values, out.scale, x.stride(0), out.values.stride(0), TILES=tiles,
-        TILES_POW2=triton.next_power_of_2(tiles), D=D, BLOCK=block, num_warps=4)
+        TILES_POW2=next_power_of_2(tiles), D=D, BLOCK=block, num_warps=4)
     return out
 
 
@@ -136,7 +133,7 @@ def split(x: torch.Tensor, out: QuantizedActivation, block: int = 1024) -> Quant
     rows = x.shape[0]
     act = torch.empty(rows, D, dtype=x.dtype, device=x.device)
     amax = torch.zeros(rows, dtype=torch.float32, device=x.device)
-    grid = (rows, triton.cdiv(D, block))
+    grid = (rows, cdiv(D, block))
     _silu_mul_tiles_kernel[grid](x, act, amax, x.stride(0), D=D, BLOCK=block, num_warps=4)
     _quant_tiles_kernel[grid](act, amax, out.values, out.scale, out.values.stride(0), D=D,
                               BLOCK=block, FP8_MAX_C=FP8_MAX, MIN_SCALE_C=MIN_SCALE, num_warps=4)
@@ -146,7 +143,7 @@ def split(x: torch.Tensor, out: QuantizedActivation, block: int = 1024) -> Quant
 def hwcast(x: torch.Tensor, out: QuantizedActivation, num_warps: int) -> QuantizedActivation:
     _silu_mul_hwcast_kernel[(x.shape[0],)](
         x, out.values, out.scale, x.stride(0), out.values.stride(0), D=D,
-        BLOCK=triton.next_power_of_2(D), FP8_MAX_C=FP8_MAX, MIN_SCALE_C=MIN_SCALE,
+        BLOCK=next_power_of_2(D), FP8_MAX_C=FP8_MAX, MIN_SCALE_C=MIN_SCALE,
         num_warps=num_warps)
     return out
 
