@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from itertools import pairwise
 
 import torch
@@ -69,80 +70,121 @@ def paged_attention_ref(
     return out
 
 
+@dataclass(slots=True)
+class PaddedGroup:
+    """Sequences of one step padded to one shape (`max_q` queries, `max_s` keys each): the
+    step's index arithmetic, built once a step and read by every layer."""
+
+    tokens: torch.Tensor | None  # bool [num_tokens]: the step's query rows in this group; None: all
+    max_q: int
+    max_s: int
+    seq_of_token: torch.Tensor  # [group tokens]
+    row_of_token: torch.Tensor  # [group tokens]
+    tables: torch.Tensor  # [seqs, blocks covering max_s] int64
+    q_pos: torch.Tensor  # [seqs, max_q]
+    seq_lens: torch.Tensor  # [seqs]
+    masks: dict[int | None, torch.Tensor] = field(default_factory=dict)  # by sliding window
+
+    @classmethod
+    def build(cls, tokens: torch.Tensor | None, num_tokens: int, query_lens: torch.Tensor,
+              seq_lens: torch.Tensor, block_tables: torch.Tensor, max_q: int, max_s: int,
+              block_size: int) -> PaddedGroup:
+        device = query_lens.device
+        starts = torch.cumsum(query_lens, 0) - query_lens
+        seq_of_token = torch.repeat_interleave(
+            torch.arange(query_lens.shape[0], device=device), query_lens, output_size=num_tokens)
+        return cls(
+            tokens=tokens, max_q=max_q, max_s=max_s, seq_of_token=seq_of_token,
+            row_of_token=torch.arange(num_tokens, device=device) - starts[seq_of_token],
+            tables=block_tables[:, : cdiv(max_s, block_size)].long(),
+            q_pos=(seq_lens - query_lens)[:, None] + torch.arange(max_q, device=device)[None, :],
+            seq_lens=seq_lens,
+        )
+
+    def visible(self, sliding_window: int | None) -> torch.Tensor:
+        """`[seqs, max_q, max_s]`: which padded keys each padded query sees."""
+        if sliding_window not in self.masks:
+            k_pos = torch.arange(self.max_s, device=self.q_pos.device)
+            visible = visible_keys(self.q_pos[:, :, None], k_pos[None, None, :], sliding_window)
+            self.masks[sliding_window] = visible & (k_pos[None, None, :] < self.seq_lens[:, None, None])
+        return self.masks[sliding_window]
+
+
+def pad_groups(metadata: AttentionMetadata, block_size: int) -> list[PaddedGroup]:
+    """The step's sequences as padded groups: one, or a mixed step's decodes and prompt chunks
+    apart. Padded together, one 1,024-token chunk beside 500 decodes would give every decode
+    1,024 query rows (scores of 500 x heads x 1,024 x the longest sequence, gigabytes a layer)."""
+    starts = metadata.query_start_loc.long()
+    query_lens = starts[1:] - starts[:-1]
+    seq_lens = metadata.seq_lens.long()
+    num_tokens = metadata.query_start_loc_cpu[-1]
+    is_decode = [end - start == 1 for start, end in pairwise(metadata.query_start_loc_cpu)]
+    num_decodes = sum(is_decode)
+    if num_decodes in (0, len(is_decode)):  # one shape already
+        return [PaddedGroup.build(None, num_tokens, query_lens, seq_lens, metadata.block_tables,
+                                  metadata.max_query_len, metadata.max_seq_len, block_size)]
+    decode_seqs = torch.tensor(is_decode, device=starts.device)
+    decode_tokens = torch.repeat_interleave(decode_seqs, query_lens, output_size=num_tokens)
+    groups = []
+    for decode, seqs, tokens, group_tokens, max_q in (
+        (True, decode_seqs, decode_tokens, num_decodes, 1),
+        (False, ~decode_seqs, ~decode_tokens, num_tokens - num_decodes, metadata.max_query_len),
+    ):
+        max_s = max(n for n, flag in zip(metadata.seq_lens_cpu, is_decode, strict=True) if flag == decode)
+        groups.append(PaddedGroup.build(tokens, group_tokens, query_lens[seqs], seq_lens[seqs],
+                                        metadata.block_tables[seqs], max_q, max_s, block_size))
+    return groups
+
+
 def paged_attention_batched(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     metadata: AttentionMetadata, scale: float,
     sliding_window: int | None = None, softcap: float | None = None,
+    groups: list[PaddedGroup] | None = None,
 ) -> torch.Tensor:
     """The same attention as `paged_attention_ref`, with the batch padded into a few large
     tensor ops instead of a Python loop per sequence: what makes the torch backend usable
-    on a CPU, where per-call overhead dominates small attention problems.
-
-    A mixed step's decodes and prompt chunks are padded apart: padded together, one
-    1,024-token chunk beside 500 decodes would give every decode 1,024 query rows (scores of
-    500 x heads x 1,024 x the longest sequence, gigabytes a layer)."""
-    starts = metadata.query_start_loc.long()
-    query_lens = starts[1:] - starts[:-1]
-    seq_lens = metadata.seq_lens.long()
-    starts_cpu = metadata.query_start_loc_cpu
-    is_decode = [end - start == 1 for start, end in pairwise(starts_cpu)]
-    if all(is_decode) or not any(is_decode):  # one shape already
-        return _padded_attention(q, k_cache, v_cache, query_lens, seq_lens, metadata.block_tables,
-                                 metadata.max_query_len, metadata.max_seq_len, scale,
-                                 sliding_window, softcap)
+    on a CPU, where per-call overhead dominates small attention problems. `groups` is
+    `pad_groups(metadata, ...)`, passed in to build it once a step."""
+    if groups is None:
+        groups = pad_groups(metadata, k_cache.shape[1])
+    if groups[0].tokens is None:
+        return _padded_attention(q, k_cache, v_cache, groups[0], scale, sliding_window, softcap)
     out = torch.empty_like(q)
-    decode_seqs = torch.tensor(is_decode, device=q.device)
-    decode_tokens = torch.repeat_interleave(decode_seqs, query_lens, output_size=q.shape[0])
-    for decode in (True, False):
-        seqs = decode_seqs if decode else ~decode_seqs
-        tokens = decode_tokens if decode else ~decode_tokens
-        group = [s for s, flag in enumerate(is_decode) if flag == decode]
-        max_q = max(starts_cpu[s + 1] - starts_cpu[s] for s in group)
-        max_s = max(metadata.seq_lens_cpu[s] for s in group)
-        out[tokens] = _padded_attention(q[tokens], k_cache, v_cache, query_lens[seqs], seq_lens[seqs],
-                                        metadata.block_tables[seqs], max_q, max_s, scale,
-                                        sliding_window, softcap)
+    for group in groups:
+        out[group.tokens] = _padded_attention(q[group.tokens], k_cache, v_cache, group, scale,
+                                              sliding_window, softcap)
     return out
 
 
 def _padded_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, query_lens: torch.Tensor,
-    seq_lens: torch.Tensor, block_tables: torch.Tensor, max_q: int, max_s: int, scale: float,
-    sliding_window: int | None, softcap: float | None,
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, group: PaddedGroup,
+    scale: float, sliding_window: int | None, softcap: float | None,
 ) -> torch.Tensor:
-    """Attention of `q` (the sequences' query rows back to back) with every sequence padded
-    to `max_q` queries and `max_s` keys."""
-    num_tokens, num_heads, head_dim = q.shape
-    num_seqs = query_lens.shape[0]
-    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
-    group = num_heads // num_kv_heads
-    device = q.device
-    starts = torch.cumsum(query_lens, 0) - query_lens
-    seq_of_token = torch.repeat_interleave(
-        torch.arange(num_seqs, device=device), query_lens, output_size=num_tokens
-    )
-    row_of_token = torch.arange(num_tokens, device=device) - starts[seq_of_token]
-    tables = block_tables[:, : cdiv(max_s, block_size)].long()
-    keys = k_cache[tables].flatten(1, 2)[:, :max_s].float()  # [seqs, max_s, kv_heads, dim]
-    values = v_cache[tables].flatten(1, 2)[:, :max_s].float()
+    """Attention of `q` (the group's query rows back to back) over the group's padded shape."""
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    num_seqs, max_q, max_s = group.q_pos.shape[0], group.max_q, group.max_s
+    num_kv_heads = k_cache.shape[2]
+    keys = k_cache[group.tables].flatten(1, 2)[:, :max_s].float()  # [seqs, max_s, kv_heads, dim]
+    values = v_cache[group.tables].flatten(1, 2)[:, :max_s].float()
     queries = q.new_zeros((num_seqs, max_q, num_heads, head_dim), dtype=torch.float32)
-    queries[seq_of_token, row_of_token] = q.float()
-    queries = queries.view(num_seqs, max_q, num_kv_heads, group, head_dim)
-    q_pos = (seq_lens - query_lens)[:, None] + torch.arange(max_q, device=device)[None, :]
-    k_pos = torch.arange(max_s, device=device)
-    visible = visible_keys(q_pos[:, :, None], k_pos[None, None, :], sliding_window)
-    visible &= k_pos[None, None, :] < seq_lens[:, None, None]
+    queries[group.seq_of_token, group.row_of_token] = q.float()
+    queries = queries.view(num_seqs, max_q, num_kv_heads, num_heads // num_kv_heads, head_dim)
     scores = soft_cap(torch.einsum("bqkgd,bskd->bkgqs", queries, keys) * scale, softcap)
-    scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
+    scores = scores.masked_fill(~group.visible(sliding_window)[:, None, None], float("-inf"))
     out = torch.einsum("bkgqs,bskd->bqkgd", scores.softmax(dim=-1), values)
-    return out.reshape(num_seqs, max_q, num_heads, head_dim)[seq_of_token, row_of_token].to(q.dtype)
+    return out.reshape(num_seqs, max_q, num_heads, head_dim)[group.seq_of_token, group.row_of_token].to(q.dtype)
 
 
 class TorchAttentionBackend:
     """Plain-torch backend over the paged cache (any device); the Triton backend is tested
-    against it, and it is tested against the per-sequence `paged_attention_ref`."""
+    against it, and it is tested against the per-sequence `paged_attention_ref`. One instance
+    serves every layer of a model: it pads a step once, at its first layer."""
 
     name = "torch"
+
+    def __init__(self) -> None:
+        self._step: tuple[AttentionMetadata, list[PaddedGroup]] | None = None
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -152,5 +194,8 @@ class TorchAttentionBackend:
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         write_kv_cache_ref(k, v, k_cache, v_cache, metadata.slot_mapping)
-        result = paged_attention_batched(q, k_cache, v_cache, metadata, scale, sliding_window, softcap)
+        if self._step is None or self._step[0] is not metadata:  # a new step (held: no id reuse)
+            self._step = (metadata, pad_groups(metadata, k_cache.shape[1]))
+        result = paged_attention_batched(q, k_cache, v_cache, metadata, scale, sliding_window,
+                                         softcap, self._step[1])
         return result if out is None else out.copy_(result)
