@@ -42,7 +42,7 @@ class EmbeddingEngine:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max(max_num_batched_tokens, embedder.max_model_len)
         self._waiting: dict[str, _Pending] = {}  # arrival order
-        self._num_running = 0
+        self._running: dict[str, _Pending] = {}  # the batch in the forward pass now
         self._prompt_tokens = 0
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -74,12 +74,13 @@ class EmbeddingEngine:
         raise InvalidParameterError("this model serves embeddings only; use /v1/embeddings", "model")
 
     def abort(self, request_id: str) -> None:
-        pending = self._waiting.pop(request_id, None)
+        """A waiting request leaves the queue; a running one's batch finishes without it."""
+        pending = self._waiting.pop(request_id, None) or self._running.get(request_id)
         if pending is not None and not pending.future.done():
             pending.future.set_result(None)
 
     def stats(self) -> EngineStats:
-        return EngineStats(num_running=self._num_running, num_waiting=len(self._waiting),
+        return EngineStats(num_running=len(self._running), num_waiting=len(self._waiting),
                            kv_cache_usage=0.0, prefix_cache_hit_rate=0.0,
                            prompt_tokens_total=self._prompt_tokens, generation_tokens_total=0,
                            num_preemptions_total=0, max_num_seqs=self.max_num_seqs, num_kv_blocks=0)
@@ -103,9 +104,9 @@ class EmbeddingEngine:
             while self._waiting:
                 await self._run_batch(self._next_batch())
 
-    def _next_batch(self) -> list[_Pending]:
+    def _next_batch(self) -> dict[str, _Pending]:
         """Oldest first, while the padded batch fits the token budget (one input always fits)."""
-        batch: list[_Pending] = []
+        batch: dict[str, _Pending] = {}
         longest = 0
         for request_id in list(self._waiting):
             pending = self._waiting[request_id]
@@ -113,12 +114,13 @@ class EmbeddingEngine:
             if batch and (len(batch) == self.max_num_seqs
                           or (len(batch) + 1) * longest_with > self.max_num_batched_tokens):
                 break
-            batch.append(self._waiting.pop(request_id))
+            batch[request_id] = self._waiting.pop(request_id)
             longest = longest_with
         return batch
 
-    async def _run_batch(self, batch: list[_Pending]) -> None:
-        self._num_running = len(batch)
+    async def _run_batch(self, running: dict[str, _Pending]) -> None:
+        self._running = running
+        batch = list(running.values())
         try:
             outputs = await asyncio.to_thread(self.embedder.embed, [p.token_ids for p in batch],
                                               [p.dimensions for p in batch])
@@ -128,7 +130,7 @@ class EmbeddingEngine:
                     pending.future.set_exception(exc)
             return
         finally:
-            self._num_running = 0
+            self._running = {}
         for pending, output in zip(batch, outputs, strict=True):
             self._prompt_tokens += output.num_prompt_tokens
             if not pending.future.done():  # else aborted while it ran

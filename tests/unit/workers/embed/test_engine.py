@@ -82,10 +82,12 @@ def test_the_token_budget_splits_batches(embedder: CountingEmbedder) -> None:
 
 def test_abort_of_a_waiting_request_answers_none(embedder: CountingEmbedder) -> None:
     engine = EmbeddingEngine(embedder, max_num_seqs=1, max_num_batched_tokens=4096)
+    # Token ids queue in task order (text would race through two tokenizer threads).
+    first_ids, second_ids = embedder.tokenize(TEXTS[1]), embedder.tokenize(TEXTS[2])
 
     async def main() -> list:
-        first = asyncio.create_task(engine.embed("first", TEXTS[1]))
-        second = asyncio.create_task(engine.embed("second", TEXTS[2]))
+        first = asyncio.create_task(engine.embed("first", first_ids))
+        second = asyncio.create_task(engine.embed("second", second_ids))
         while engine.stats().num_waiting + engine.stats().num_running < 2:  # both queued
             await asyncio.sleep(0)
         engine.abort("second")
@@ -94,6 +96,25 @@ def test_abort_of_a_waiting_request_answers_none(embedder: CountingEmbedder) -> 
     first, second = asyncio.run(main())
     assert first is not None and second is None
     assert engine.stats().num_waiting == 0
+    engine.shutdown()
+
+
+def test_abort_of_a_running_request_answers_none_and_the_engine_goes_on(
+        embedder: CountingEmbedder) -> None:
+    engine = EmbeddingEngine(embedder, max_num_seqs=1, max_num_batched_tokens=4096)
+    ids = embedder.tokenize(TEXTS[1])
+
+    async def main() -> tuple:
+        running = asyncio.create_task(engine.embed("running", ids))
+        while engine.stats().num_running < 1:
+            await asyncio.sleep(0)
+        engine.abort("running")
+        aborted = await running
+        return aborted, await engine.embed("next", ids)
+
+    aborted, following = asyncio.run(main())
+    assert aborted is None and following is not None
+    assert engine.stats().num_running == 0
     engine.shutdown()
 
 
