@@ -25,6 +25,7 @@ from pagefleet.workers.engine.config import EngineConfig
 from pagefleet.workers.engine.detokenizer import (
     IncrementalDetokenizer,
     find_stop_string,
+    raw_decoder,
     stop_holdback,
 )
 from pagefleet.workers.engine.errors import (
@@ -108,6 +109,7 @@ class LLMEngine:
         resolved = resolve_model(config.model, load_format=config.load_format)
         self.resolved = resolved
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(resolved, config.tokenizer)
+        self._decode = raw_decoder(self.tokenizer) if self.tokenizer is not None else None
         self.phases.mark("tokenizer_loaded")
         self.arch = resolved.arch
         self.tp_context = tensor_parallel.launch(config) if config.tensor_parallel_size > 1 else None
@@ -180,9 +182,9 @@ class LLMEngine:
             if params.structured_output is not None:
                 seq.grammar = self.structured.start(params.structured_output, done_ids)
             detokenizer = None
-            if self.tokenizer is not None:
+            if self._decode is not None:
                 detokenizer = IncrementalDetokenizer(
-                    self.tokenizer, prompt_ids + done_ids, params.skip_special_tokens
+                    self._decode, prompt_ids + done_ids, params.skip_special_tokens
                 )
             choices.append(
                 ChoiceStream(seq, detokenizer, num_ready_tokens=len(done_ids),
