@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
+
 from pagefleet.platform.protocol.messages import TokenLogprob
 
 
-@dataclass(slots=True)
-class RequestDelta:
+class RequestDelta(msgspec.Struct, array_like=True):
     """New output of one choice since the last delta. `offset` counts that choice's tokens
-    emitted before this one; `finished` is set on the last delta of the whole request."""
+    emitted before this one; `finished` is set on the last delta of the whole request.
+
+    One is built per sequence per step and, with the engine core in its own process, crosses
+    a socket: a msgspec struct (encoded as an array, no field names) builds, encodes and
+    decodes in about a third of a slotted dataclass's time, in a sixth of the bytes."""
 
     request_id: str
     index: int
