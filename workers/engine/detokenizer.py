@@ -31,17 +31,18 @@ def raw_decoder(tokenizer: Any) -> Decode:
     the wrapper adds nothing: a fast tokenizer whose decode does not clean up spaces (the
     flag is off, or transformers skips the clean-up for BPE models, which it does in the
     versions that carry the BPE override flag). Anything else keeps the tokenizer's own decode."""
+    def wrapped(ids: list[int], skip: bool) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=skip)
+
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or not hasattr(backend, "decode"):
-        return lambda ids, skip: tokenizer.decode(ids, skip_special_tokens=skip)
+        return wrapped
     cleans_up = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))
     if cleans_up and hasattr(
             tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output"):
         forced = tokenizer.clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output
         cleans_up = forced or type(backend.model).__name__ != "BPE"
-    if cleans_up:
-        return lambda ids, skip: tokenizer.decode(ids, skip_special_tokens=skip)
-    return backend.decode
+    return wrapped if cleans_up else backend.decode
 
 
 class IncrementalDetokenizer:
