@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from pagefleet.kernels.attention_mask import first_visible_key
 from pagefleet.kernels.host_math import cdiv
 from pagefleet.workers.engine.block_pool import Block, BlockPool
@@ -43,22 +45,38 @@ class PrefixHit:
 NO_HIT = PrefixHit()
 
 
+_NO_BLOCK_IDS = np.zeros(0, dtype=np.int32)
+
+
 @dataclass(slots=True, eq=False)
 class BlockTable:
-    """One sequence's blocks, in order. `block_ids` repeats `blocks` as plain ids because the
-    runner reads them every step and rebuilding them would cost O(blocks); `block_hashes`
-    holds the chained hashes of the leading full blocks already offered to the prefix cache.
-    The first `num_released` blocks went back to the pool (out of the window): their ids stay
-    in place, so positions still index the table, and windowed attention never reads them."""
+    """One sequence's blocks, in order. `block_ids` repeats `blocks` as an int32 array (a view
+    of a buffer that doubles when full) because the runner copies every scheduled sequence's
+    ids into the step's block tables: from a list that was a Python-level conversion of every
+    id, every step (a quarter of the host path at 2k-token contexts); from an array it is one
+    copy a row. `block_hashes` holds the chained hashes of the leading full blocks already
+    offered to the prefix cache. The first `num_released` blocks went back to the pool (out of
+    the window): their ids stay in place, so positions still index the table, and windowed
+    attention never reads them."""
 
     blocks: list[Block] = field(default_factory=list)
-    block_ids: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)
     num_released: int = 0
+    _ids: np.ndarray = field(default_factory=lambda: np.empty(8, dtype=np.int32))
+
+    @property
+    def block_ids(self) -> np.ndarray:
+        """The ids of `blocks` (a view: read, never modify; later blocks do not appear in it)."""
+        return self._ids[: len(self.blocks)]
 
     def extend(self, blocks: list[Block]) -> None:
+        start, end = len(self.blocks), len(self.blocks) + len(blocks)
+        if end > self._ids.shape[0]:
+            grown = np.empty(max(end, 2 * self._ids.shape[0]), dtype=np.int32)
+            grown[:start] = self._ids[:start]
+            self._ids = grown
+        self._ids[start:end] = [block.block_id for block in blocks]
         self.blocks.extend(blocks)
-        self.block_ids.extend(block.block_id for block in blocks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +115,10 @@ class KVCacheManager:
             return 0.0
         return self.num_prefix_hit_tokens / self.num_prefix_queried_tokens
 
-    def block_ids(self, seq_id: SeqId) -> list[int]:
-        """The sequence's block ids (the live list: read, never modify)."""
+    def block_ids(self, seq_id: SeqId) -> np.ndarray:
+        """The sequence's block ids now (`BlockTable.block_ids`: read, never modify)."""
         table = self.block_tables.get(seq_id)
-        return table.block_ids if table is not None else []
+        return table.block_ids if table is not None else _NO_BLOCK_IDS
 
     def find_prefix(self, seq: Sequence) -> PrefixHit:
         """Longest cached prefix of a sequence that has computed nothing yet.
@@ -247,7 +265,7 @@ class KVCacheManager:
         if table is None:
             return False
         num_tokens = seq.num_computed_tokens + num_new_tokens
-        if num_tokens > len(table.block_ids) * self.block_size:
+        if num_tokens > len(table.blocks) * self.block_size:
             return False
         return not self.enable_prefix_caching or num_tokens // self.block_size <= len(
             table.block_hashes

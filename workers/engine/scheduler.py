@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from pagefleet.workers.engine.kv_cache_manager import NO_HIT, BlockCopy, KVCacheManager
 from pagefleet.workers.engine.preemption import PreemptionCost
 from pagefleet.workers.engine.sequence import Sequence, SequenceStatus
@@ -41,14 +43,14 @@ class SchedulerConfig:
 class ScheduledSeq:
     """One sequence's share of a step: everything the runner needs, no side lookups.
 
-    `block_ids` is the KV manager's live list for the sequence (read, never modify): it
-    already covers this step's tokens. `needs_sample`: this step reaches the sequence's last
+    `block_ids` is the KV manager's view of the sequence's block ids (read, never modify): it
+    covers this step's tokens. `needs_sample`: this step reaches the sequence's last
     token, so its logits are sampled (decided when scheduled, before the step moves
     `num_computed_tokens`)."""
 
     seq: Sequence
     num_new_tokens: int
-    block_ids: list[int]
+    block_ids: np.ndarray  # int32
     needs_sample: bool = field(init=False)
 
     def __post_init__(self) -> None:

@@ -31,7 +31,7 @@ def _check_invariants(kv: KVCacheManager, live: dict[str, Sequence], forks: set[
     assert set(free_ids) == {b.block_id for b in pool.blocks if b.ref_cnt == 0}, "leaked block"
     for table in kv.block_tables.values():
         assert len({b.block_id for b in table.blocks}) == len(table.blocks), "block twice in one table"
-        assert table.block_ids == [b.block_id for b in table.blocks], "ids out of step with blocks"
+        assert table.block_ids.tolist() == [b.block_id for b in table.blocks], "ids out of step with blocks"
         assert len(table.block_hashes) <= len(table.blocks)
     for block_hash, block in pool.cached.items():
         assert block.block_hash == block_hash
@@ -98,7 +98,7 @@ def test_prefix_hit_reuses_blocks_and_leaves_last_token_to_compute():
     second = _seq("b", list(range(12)))
     hit = kv.find_prefix(second)
     assert hit.num_tokens(BLOCK_SIZE) == 8  # 12 tokens: the third block must be recomputed
-    assert [b.block_id for b in hit.blocks] == kv.block_ids(("a", 0))[:2]
+    assert [b.block_id for b in hit.blocks] == kv.block_ids(("a", 0))[:2].tolist()
 
 
 def test_hash_collision_is_checked_against_tokens():

@@ -25,7 +25,7 @@ def _step(kv: KVCacheManager, seq: Sequence) -> bool:
 
 def _held(kv: KVCacheManager, seq: Sequence) -> list[int]:
     table = kv.block_tables[seq.seq_id]
-    return table.block_ids[table.num_released:]
+    return table.block_ids[table.num_released:].tolist()
 
 
 def test_a_long_sequence_runs_in_a_pool_smaller_than_it() -> None:
@@ -79,7 +79,7 @@ def test_released_blocks_stay_findable_as_a_cached_prefix() -> None:
     second = _seq("b", prompt)
     hit = kv.find_prefix(second)
     assert len(hit.blocks) == (len(prompt) - 1) // BLOCK_SIZE
-    assert [b.block_id for b in hit.blocks[:released]] == kv.block_tables[first.seq_id].block_ids[:released]
+    assert [b.block_id for b in hit.blocks[:released]] == kv.block_tables[first.seq_id].block_ids[:released].tolist()
     free_before = kv.pool.num_free_blocks
     assert kv.allocate(second, len(prompt) - hit.num_tokens(BLOCK_SIZE), hit)
     assert kv.pool.num_free_blocks < free_before

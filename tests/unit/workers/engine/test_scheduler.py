@@ -100,6 +100,6 @@ def test_scheduled_items_carry_block_ids_that_cover_their_tokens():
     output = scheduler.schedule()
     for item in output.scheduled:
         seq = item.seq
-        assert item.block_ids == scheduler.kv_cache.block_ids(seq.seq_id) != []
+        assert item.block_ids.tolist() == scheduler.kv_cache.block_ids(seq.seq_id).tolist() != []
         assert len(item.block_ids) * BLOCK_SIZE >= seq.num_computed_tokens + item.num_new_tokens
     assert [item.needs_sample for item in output.scheduled] == [True, False]  # b is mid-prefill
