@@ -77,7 +77,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         write_stub_model(Path(tmp), with_tokenizer=not args.no_tokenizer)
-        llm = LLM(tmp, load_format="dummy", num_kv_blocks=40_000, max_model_len=4096,
+        llm = LLM(tmp, load_format="dummy", max_model_len=args.prompt_len + args.output_len,
+                  num_kv_blocks=max(40_000, args.num_seqs * (args.prompt_len + args.output_len) // 16 + 64),
                   max_num_seqs=args.num_seqs, async_scheduling=args.async_scheduling)
     stub_forward(llm.engine.runner)
     gc.freeze()  # as the benchmarks and the worker do after start-up (`gc_freeze`)

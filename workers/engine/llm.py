@@ -76,18 +76,27 @@ class LLM:
                 outputs=[CompletionOutput(i, "", [], None) for i in range(params.n)],
             )
             order.append(request_id)
+        # Each choice's text pieces, joined at the end: `+=` on a str attribute copies the
+        # whole text every step, O(n^2) over a long generation.
+        texts: dict[tuple[str, int], list[str]] = {}
         while self.engine.has_unfinished():
             for delta in self.engine.step():
                 _merge(outputs[delta.request_id], delta)
+                if delta.text:
+                    texts.setdefault((delta.request_id, delta.index), []).append(delta.text)
+        for (request_id, index), pieces in texts.items():
+            outputs[request_id].outputs[index].text = "".join(pieces)
         return [outputs[request_id] for request_id in order]
 
 
 def _merge(output: RequestOutput, delta: RequestDelta) -> None:
+    """Everything of a delta but its text (`_run` joins the texts)."""
     choice = output.outputs[delta.index]
-    choice.text += delta.text
     choice.token_ids.extend(delta.token_ids)
     if delta.logprobs is not None:
-        choice.logprobs = (choice.logprobs or []) + delta.logprobs
+        if choice.logprobs is None:
+            choice.logprobs = []
+        choice.logprobs.extend(delta.logprobs)
     if delta.finish_reason is not None:
         choice.finish_reason = delta.finish_reason
         choice.stop_reason = delta.stop_reason

@@ -25,9 +25,15 @@ log = logging.getLogger(__name__)
 @dataclass(slots=True)
 class Choice:
     token_ids: list[int] = field(default_factory=list)
-    text: str = ""
+    # The text in pieces, joined when read: `+=` on a str attribute copies the whole text
+    # for every delta, O(n^2) over a long generation.
+    text_pieces: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_pieces)
 
 
 class Transcript:
@@ -53,9 +59,12 @@ class Transcript:
                         event.offset, event.index, len(choice.token_ids))
             return False
         choice.token_ids.extend(event.token_ids)
-        choice.text += event.text
+        if event.text:
+            choice.text_pieces.append(event.text)
         if event.logprobs is not None:
-            choice.logprobs = (choice.logprobs or []) + event.logprobs
+            if choice.logprobs is None:
+                choice.logprobs = []
+            choice.logprobs.extend(event.logprobs)
         choice.finish_reason = event.finish_reason
         if event.prompt_token_ids is not None:
             self.prompt_token_ids = event.prompt_token_ids

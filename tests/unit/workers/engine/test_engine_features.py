@@ -45,6 +45,21 @@ def test_stop_string_truncates_text(llm):
     assert kept.text == choice.text + " 6"
 
 
+def test_stop_strings_across_tokens_cut_at_their_first_occurrence(llm):
+    """Stops taken from the middle of the greedy text (so they span tokens and deltas), next
+    to a longer stop that never matches and sets how much text is held back."""
+    text = llm.generate(PROMPT, SamplingParams(temperature=0, max_tokens=48))[0].outputs[0].text
+    for start in (len(text) // 3, len(text) // 2):
+        stop = text[start : start + 7]
+        first = text.index(stop)
+        for include in (False, True):
+            params = SamplingParams(temperature=0, max_tokens=48, include_stop_str_in_output=include,
+                                    stop=["a stop string never seen", stop])
+            out = llm.generate(PROMPT, params)[0].outputs[0]
+            assert (out.finish_reason, out.stop_reason) == ("stop", stop)
+            assert out.text == text[: first + (len(stop) if include else 0)]
+
+
 def test_stop_token_ids_and_length(llm):
     greedy = llm.generate("1, 2, 3, 4,", SamplingParams(temperature=0, max_tokens=8))[0].outputs[0]
     assert greedy.finish_reason == "length" and len(greedy.token_ids) == 8
