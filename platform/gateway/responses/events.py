@@ -14,7 +14,7 @@ A failure after the stream has begun ends it with an `error` event and `response
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import msgspec
@@ -38,14 +38,19 @@ _FAILED_CODES = {"invalid_request_error": "invalid_prompt", "rate_limit_error": 
 @dataclass(slots=True)
 class _OpenItem:
     """The output item being streamed: a message (`text`) or a function call (`text` holds
-    its arguments so far)."""
+    its arguments so far). The text is kept in pieces, joined when read: `+=` on an
+    attribute would copy all of it for every delta, O(n^2) over a long answer."""
 
     index: int
     item_id: str
     kind: Literal["message", "function_call"]
-    text: str = ""
+    pieces: list[str] = field(default_factory=list)
     name: str = ""
     call_id: str = ""
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
 
     def item(self, status: str) -> OutputItem:
         if self.kind == "message":
@@ -106,7 +111,7 @@ class ResponseEvents:
                                    item=MessageItem(id=item.item_id, content=[], status="in_progress")),
                        self._event("response.content_part.added", **_where(item), content_index=0,
                                    part=OutputText(""))]
-        item.text += text
+        item.pieces.append(text)
         events.append(self._event("response.output_text.delta", **_where(item), content_index=0,
                                   delta=text, logprobs=[]))
         return events
@@ -125,7 +130,7 @@ class ResponseEvents:
             raise ValueError(f"arguments of tool call {call.index} came before the call")
         arguments = call.function.arguments or ""
         if arguments:
-            item.text += arguments
+            item.pieces.append(arguments)
             events.append(self._event("response.function_call_arguments.delta", **_where(item),
                                       delta=arguments))
         return events
