@@ -413,7 +413,9 @@ class LLMEngine:
         return delta
 
     def _token_text(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id]) if self.tokenizer is not None else ""
+        """One token's text (logprobs name every top alternative: several a token), through
+        the same direct decode as the detokeniser."""
+        return self._decode([token_id], False) if self._decode is not None else ""
 
     def _token_logprob(self, token_id: int, logprobs: SampledLogprobs) -> TokenLogprob:
         text = self._token_text
