@@ -29,7 +29,6 @@ from tokenizer_folder import write_tokenizer_folder  # beside this script (run a
 
 from pagefleet.platform.protocol.sampling import SamplingParams
 from pagefleet.workers.engine.llm import LLM
-from pagefleet.workers.engine.model_runner import HostStep, ModelRunner
 
 _VOCAB = 1024  # tokenizer ids below this are ordinary tokens of the default model
 
@@ -47,23 +46,25 @@ def write_stub_model(folder: Path, with_tokenizer: bool) -> None:
                 path.unlink()
 
 
-def stub_forward(runner: ModelRunner) -> None:
-    """Replace this runner's forward (after its uploads) with one-hot logits that walk the
-    vocabulary, so every sequence decodes varied text."""
+def stub_forward(model: torch.nn.Module) -> None:
+    """Replace the model's forward with nothing and its logits with one-hot rows that walk the
+    vocabulary (so every sequence decodes varied text); the runner's own uploads, pending-token
+    fill and row selection still run around them."""
     calls = 0
 
-    def execute_host(step: HostStep, in_flight_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(input_ids: torch.Tensor, *_: object) -> torch.Tensor:
+        return input_ids.new_zeros((input_ids.shape[0], 1), dtype=torch.float32)
+
+    def compute_logits(hidden: torch.Tensor) -> torch.Tensor:
         nonlocal calls
-        inputs = runner.upload(step)
-        if step.pending_rows.size:
-            inputs.input_ids[inputs.pending_rows] = in_flight_ids[inputs.pending_sources]
         calls += 1
-        rows = torch.arange(inputs.sample_indices.shape[0])
+        rows = torch.arange(hidden.shape[0])
         logits = torch.zeros(rows.shape[0], _VOCAB)
         logits[rows, (rows * 7 + calls * 131) % (_VOCAB - 300) + 300] = 1.0
         return logits
 
-    runner.execute_host = execute_host
+    model.forward = forward
+    model.compute_logits = compute_logits
 
 
 def main() -> None:
@@ -80,7 +81,7 @@ def main() -> None:
         llm = LLM(tmp, load_format="dummy", max_model_len=args.prompt_len + args.output_len,
                   num_kv_blocks=max(40_000, args.num_seqs * (args.prompt_len + args.output_len) // 16 + 64),
                   max_num_seqs=args.num_seqs, async_scheduling=args.async_scheduling)
-    stub_forward(llm.engine.runner)
+    stub_forward(llm.engine.runner.model)
     gc.freeze()  # as the benchmarks and the worker do after start-up (`gc_freeze`)
     prompts = [[10 + (i * 7 + j) % 900 for j in range(args.prompt_len)] for i in range(args.num_seqs)]
     params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=args.output_len)

@@ -46,6 +46,7 @@ NO_HIT = PrefixHit()
 
 
 _NO_BLOCK_IDS = np.zeros(0, dtype=np.int32)
+_NO_BLOCK_IDS.flags.writeable = False  # shared by every sequence without a table
 
 
 @dataclass(slots=True, eq=False)
