@@ -76,7 +76,6 @@ class PaddedGroup:
     step's index arithmetic, built once a step and read by every layer."""
 
     tokens: torch.Tensor | None  # bool [num_tokens]: the step's query rows in this group; None: all
-    max_q: int
     max_s: int
     seq_of_token: torch.Tensor  # [group tokens]
     row_of_token: torch.Tensor  # [group tokens]
@@ -94,7 +93,7 @@ class PaddedGroup:
         seq_of_token = torch.repeat_interleave(
             torch.arange(query_lens.shape[0], device=device), query_lens, output_size=num_tokens)
         return cls(
-            tokens=tokens, max_q=max_q, max_s=max_s, seq_of_token=seq_of_token,
+            tokens=tokens, max_s=max_s, seq_of_token=seq_of_token,
             row_of_token=torch.arange(num_tokens, device=device) - starts[seq_of_token],
             tables=block_tables[:, : cdiv(max_s, block_size)].long(),
             q_pos=(seq_lens - query_lens)[:, None] + torch.arange(max_q, device=device)[None, :],
@@ -163,7 +162,7 @@ def _padded_attention(
 ) -> torch.Tensor:
     """Attention of `q` (the group's query rows back to back) over the group's padded shape."""
     num_heads, head_dim = q.shape[1], q.shape[2]
-    num_seqs, max_q, max_s = group.q_pos.shape[0], group.max_q, group.max_s
+    (num_seqs, max_q), max_s = group.q_pos.shape, group.max_s
     num_kv_heads = k_cache.shape[2]
     keys = k_cache[group.tables].flatten(1, 2)[:, :max_s].float()  # [seqs, max_s, kv_heads, dim]
     values = v_cache[group.tables].flatten(1, 2)[:, :max_s].float()
